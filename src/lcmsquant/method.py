@@ -1,0 +1,527 @@
+"""The assay definition: transitions, internal standards, calibrator sets and acceptance settings.
+
+A method is a TOML file (format documented in the README). Loading it validates every key and
+reports all problems at once, so a chemist fixes the file in one pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+MODELS = ("linear", "linear_through_zero", "quadratic")
+WEIGHTINGS = ("none", "1/x", "1/x^2", "1/y", "1/y^2")
+MATRICES = ("plasma", "serum", "marrow", "csf")
+QC_LEVELS = ("LLOQ", "LQC", "MQC", "HQC", "DQC")
+CALIBRATOR_LEVEL = re.compile(r"^CAL\d+$")
+
+# EU 2002/657: (relative abundance of the qualifier in %, lower bound) -> tolerance in % of the ratio.
+DEFAULT_ION_RATIO_TIERS = ((50.0, 20.0), (20.0, 25.0), (10.0, 30.0), (0.0, 50.0))
+
+
+class MethodError(ValueError):
+    """A method or calibrator file that cannot be used; `problems` lists every reason."""
+
+    def __init__(self, path: Path | str, problems: list[str]):
+        self.path = Path(path)
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{self.path}: {len(problems)} problem(s) in the method:\n{lines}")
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One SRM transition Q1 -> Q3 and what it measures."""
+
+    compound: str
+    role: str  # "quantifier", "qualifier" or "internal_standard"
+    q1: float
+    q3: float
+    index: int = 0  # qualifier number, 0 for quantifier and IS
+
+    @property
+    def name(self) -> str:
+        if self.role == "qualifier":
+            return f"{self.compound} qualifier {self.index}" if self.index > 1 else f"{self.compound} qualifier"
+        return f"{self.compound} {self.role.replace('_', ' ')}"
+
+
+@dataclass(frozen=True)
+class InternalStandard:
+    name: str
+    transition: Transition
+    rt: float  # expected retention time, minutes
+
+
+@dataclass(frozen=True)
+class Analyte:
+    name: str
+    quantifier: Transition
+    qualifiers: tuple[Transition, ...]
+    internal_standard: str
+    rt: float  # expected retention time, minutes
+    model: str
+    weighting: str
+
+
+@dataclass(frozen=True)
+class CalibratorSet:
+    """Nominal concentrations (method units) of calibrator and QC levels, for some matrices."""
+
+    name: str
+    matrices: tuple[str, ...]
+    nominals: pd.DataFrame = field(compare=False, repr=False)  # columns level, analyte, nominal
+    source: str = ""
+
+    def nominal(self, level: str, analyte: str) -> float | None:
+        rows = self.nominals[(self.nominals["level"] == level) & (self.nominals["analyte"] == analyte)]
+        return float(rows["nominal"].iloc[0]) if len(rows) else None
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.nominals["level"]))
+
+
+@dataclass(frozen=True)
+class Integration:
+    """Peak search settings (minutes)."""
+
+    rt_window: float = 0.30  # half-width of the search window around the expected RT
+    anchored_rt_window: float = 0.10  # half-width around the RT predicted from the found IS
+    min_detection_sn: float = 3.0  # below this S/N no peak is reported (NO_PEAK)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Peak identity checks: RT and qualifier/quantifier ion ratio."""
+
+    rt_tolerance: float = 0.10  # minutes, against the IS-predicted RT
+    ion_ratio_tiers: tuple[tuple[float, float], ...] = DEFAULT_ION_RATIO_TIERS
+
+    def ion_ratio_tolerance_pct(self, reference_ratio: float) -> float:
+        """Allowed deviation (% of the reference) for a qualifier of this relative abundance."""
+        abundance = 100.0 * reference_ratio
+        for lower, tolerance in self.ion_ratio_tiers:
+            if abundance > lower:
+                return tolerance
+        return self.ion_ratio_tiers[-1][1]
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """Run acceptance limits; defaults are ICH M10 (2022) section 3.3 and 4.4 numbers."""
+
+    calibrator_tolerance_pct: float = 15.0
+    lloq_tolerance_pct: float = 20.0
+    min_calibrator_fraction: float = 0.75
+    min_calibrator_levels: int = 6
+    min_level_replicate_fraction: float = 0.5
+    qc_tolerance_pct: float = 15.0
+    lloq_qc_tolerance_pct: float = 20.0
+    min_qc_fraction: float = 2.0 / 3.0
+    min_qc_level_fraction: float = 0.5
+    is_response_band_pct: tuple[float, float] = (50.0, 150.0)
+    carryover_pct_of_lloq: float = 20.0
+    carryover_is_pct: float = 5.0
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    version: str
+    units: str
+    mz_tolerance: float
+    analytes: tuple[Analyte, ...]
+    internal_standards: tuple[InternalStandard, ...]
+    calibrator_sets: tuple[CalibratorSet, ...]
+    integration: Integration
+    identity: Identity
+    acceptance: Acceptance
+    path: str = ""
+    sha256: str = ""
+
+    def analyte(self, name: str) -> Analyte:
+        return next(a for a in self.analytes if a.name == name)
+
+    def internal_standard(self, name: str) -> InternalStandard:
+        return next(i for i in self.internal_standards if i.name == name)
+
+    def calibrator_set_for(self, matrix: str) -> CalibratorSet | None:
+        return next((s for s in self.calibrator_sets if matrix in s.matrices), None)
+
+    def transitions(self) -> tuple[Transition, ...]:
+        """Every transition the instrument must deliver, internal standards first."""
+        out = [i.transition for i in self.internal_standards]
+        for a in self.analytes:
+            out.append(a.quantifier)
+            out.extend(a.qualifiers)
+        return tuple(out)
+
+    def expected_rt(self, transition: Transition) -> float:
+        if transition.role == "internal_standard":
+            return self.internal_standard(transition.compound).rt
+        return self.analyte(transition.compound).rt
+
+    def with_calibrator_sets(self, sets: tuple[CalibratorSet, ...]) -> Method:
+        """This method with some calibrator sets replaced (a batch's own calibrators.csv)."""
+        replaced = {m for s in sets for m in s.matrices}
+        kept = []
+        for s in self.calibrator_sets:
+            remaining = tuple(m for m in s.matrices if m not in replaced)
+            if remaining:
+                kept.append(CalibratorSet(s.name, remaining, s.nominals, s.source))
+        return replace(self, calibrator_sets=tuple(kept) + tuple(sets))
+
+
+def shipped_path(*parts: str) -> Path:
+    """A file of the shipped assay (methods/, calibrators/), installed or in a source checkout."""
+    installed = resources.files("lcmsquant").joinpath("assets", *parts)
+    if installed.is_file():
+        return Path(str(installed))
+    checkout = Path(__file__).resolve().parents[2].joinpath(*parts)
+    if checkout.is_file():
+        return checkout
+    raise FileNotFoundError(f"shipped file {'/'.join(parts)} is missing from this installation")
+
+
+def default_method_path() -> Path:
+    return shipped_path("methods", "flumatinib.toml")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+_TOP_KEYS = {
+    "name", "version", "description", "units", "mz_tolerance", "calibration", "calibrator_sets",
+    "integration", "identity", "acceptance", "internal_standards", "analytes",
+}
+_ANALYTE_KEYS = {"internal_standard", "rt", "quantifier", "qualifiers", "model", "weighting"}
+_IS_KEYS = {"q1", "q3", "rt"}
+_SET_KEYS = {"file", "matrices"}
+
+
+class _Problems(list):
+    def unknown_keys(self, table: dict, allowed: set[str], where: str) -> None:
+        for key in sorted(set(table) - allowed):
+            self.append(f"{where}: unknown key '{key}' (allowed: {', '.join(sorted(allowed))})")
+
+    def number(self, table: dict, key: str, where: str, *, default=None, positive=True, required=False):
+        if key not in table:
+            if required:
+                self.append(f"{where}: missing required key '{key}'")
+            return default
+        value = table[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.append(f"{where}.{key}: expected a number, got {value!r}")
+            return default
+        if positive and value <= 0:
+            self.append(f"{where}.{key}: must be greater than 0, got {value!r}")
+            return default
+        if value < 0:
+            self.append(f"{where}.{key}: must not be negative, got {value!r}")
+            return default
+        return float(value)
+
+
+def load_method(path: Path | str) -> Method:
+    """Read and validate a method TOML file; raise MethodError listing every problem."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise MethodError(path, [f"cannot read the method file: {err.strerror}"]) from None
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise MethodError(path, [f"not valid TOML: {err}"]) from None
+    method = parse_method(doc, base_dir=path.parent, source=str(path))
+    return replace(method, path=str(path), sha256=hashlib.sha256(raw).hexdigest())
+
+
+def parse_method(doc: dict[str, Any], base_dir: Path, source: str = "method") -> Method:
+    """Build a Method from a parsed TOML document (see load_method)."""
+    p = _Problems()
+    p.unknown_keys(doc, _TOP_KEYS, "top level")
+    name = str(doc.get("name", "")) or p.append("top level: missing required key 'name'") or ""
+    version = str(doc.get("version", "1"))
+    units = str(doc.get("units", "ng/mL"))
+    mz_tol = p.number(doc, "mz_tolerance", "top level", default=0.5)
+
+    calibration = _table(doc, "calibration", p)
+    p.unknown_keys(calibration, {"model", "weighting"}, "[calibration]")
+    default_model = _choice(calibration, "model", MODELS, "[calibration]", p, "linear")
+    default_weighting = _choice(calibration, "weighting", WEIGHTINGS, "[calibration]", p, "1/x^2")
+
+    integration = _settings(Integration, _table(doc, "integration", p), "[integration]", p)
+    identity = _identity(_table(doc, "identity", p), p)
+    acceptance = _acceptance(_table(doc, "acceptance", p), p)
+
+    internal_standards = []
+    for is_name, table in _table(doc, "internal_standards", p).items():
+        where = f"[internal_standards.{is_name}]"
+        if not isinstance(table, dict):
+            p.append(f"{where}: expected a table with q1, q3, rt")
+            continue
+        p.unknown_keys(table, _IS_KEYS, where)
+        q1 = p.number(table, "q1", where, required=True)
+        q3 = p.number(table, "q3", where, required=True)
+        rt = p.number(table, "rt", where, required=True)
+        if None not in (q1, q3, rt):
+            internal_standards.append(
+                InternalStandard(is_name, Transition(is_name, "internal_standard", q1, q3), rt)
+            )
+    is_names = {i.name for i in internal_standards}
+
+    analytes = []
+    analyte_tables = _table(doc, "analytes", p)
+    if not analyte_tables:
+        p.append("[analytes]: the method defines no analyte")
+    for a_name, table in analyte_tables.items():
+        where = f"[analytes.{a_name}]"
+        if not isinstance(table, dict):
+            p.append(f"{where}: expected a table")
+            continue
+        p.unknown_keys(table, _ANALYTE_KEYS, where)
+        is_name = table.get("internal_standard")
+        if not is_name:
+            p.append(f"{where}: analyte without internal standard: add internal_standard = \"NAME\"")
+        elif is_name not in is_names:
+            p.append(f"{where}.internal_standard: '{is_name}' is not defined under [internal_standards]")
+        rt = p.number(table, "rt", where, required=True)
+        quant = _transition(table.get("quantifier"), a_name, "quantifier", 0, f"{where}.quantifier", p)
+        quals_raw = table.get("qualifiers", [])
+        if isinstance(quals_raw, dict):
+            quals_raw = [quals_raw]
+        if not isinstance(quals_raw, list):
+            p.append(f"{where}.qualifiers: expected a list of {{ q1 = ..., q3 = ... }}")
+            quals_raw = []
+        quals = [
+            _transition(q, a_name, "qualifier", i + 1, f"{where}.qualifiers[{i}]", p)
+            for i, q in enumerate(quals_raw)
+        ]
+        model = _choice(table, "model", MODELS, where, p, default_model)
+        weighting = _choice(table, "weighting", WEIGHTINGS, where, p, default_weighting)
+        if quant is not None and rt is not None and None not in quals:
+            analytes.append(
+                Analyte(a_name, quant, tuple(quals), str(is_name or ""), rt, model, weighting)
+            )
+    used_is = {a.internal_standard for a in analytes}
+    for i in internal_standards:
+        if i.name not in used_is:
+            p.append(f"[internal_standards.{i.name}]: not used by any analyte")
+
+    method_stub = Method(
+        name, version, units, mz_tol or 0.5, tuple(analytes), tuple(internal_standards), (),
+        integration, identity, acceptance,
+    )
+    _check_transitions_distinct(method_stub, p)
+
+    sets = []
+    set_tables = _table(doc, "calibrator_sets", p)
+    if not set_tables:
+        p.append("[calibrator_sets]: the method names no calibrator set")
+    for set_name, table in set_tables.items():
+        where = f"[calibrator_sets.{set_name}]"
+        if not isinstance(table, dict):
+            p.append(f"{where}: expected a table with file and matrices")
+            continue
+        p.unknown_keys(table, _SET_KEYS, where)
+        matrices = table.get("matrices", [])
+        if not isinstance(matrices, list) or not matrices:
+            p.append(f"{where}.matrices: expected a non-empty list of matrices ({', '.join(MATRICES)})")
+            matrices = []
+        for m in matrices:
+            if m not in MATRICES:
+                p.append(f"{where}.matrices: unknown matrix '{m}' (known: {', '.join(MATRICES)})")
+        if "file" not in table:
+            p.append(f"{where}: missing required key 'file'")
+            continue
+        file = (base_dir / str(table["file"])).resolve()
+        try:
+            nominals = read_calibrator_csv(file)
+        except MethodError as err:
+            p.extend(f"{where}.file: {e}" for e in err.problems)
+            continue
+        sets.append(CalibratorSet(set_name, tuple(m for m in matrices if m in MATRICES), nominals, str(file)))
+    _check_matrix_coverage(sets, p)
+    for s in sets:
+        p.extend(check_calibrator_set(s, method_stub))
+
+    if p:
+        raise MethodError(source, list(p))
+    return replace(method_stub, calibrator_sets=tuple(sets))
+
+
+def _table(doc: dict, key: str, p: _Problems) -> dict:
+    value = doc.get(key, {})
+    if not isinstance(value, dict):
+        p.append(f"[{key}]: expected a table, got {type(value).__name__}")
+        return {}
+    return value
+
+
+def _choice(table: dict, key: str, allowed: tuple[str, ...], where: str, p: _Problems, default: str) -> str:
+    value = table.get(key, default)
+    if value not in allowed:
+        p.append(f"{where}.{key}: unknown value {value!r} (allowed: {', '.join(allowed)})")
+        return default
+    return value
+
+
+def _settings(cls, table: dict, where: str, p: _Problems):
+    defaults = cls()
+    allowed = set(cls.__dataclass_fields__)
+    p.unknown_keys(table, allowed, where)
+    values = {}
+    for key in allowed & set(table):
+        values[key] = p.number(table, key, where, default=getattr(defaults, key))
+    return cls(**values)
+
+
+def _identity(table: dict, p: _Problems) -> Identity:
+    where = "[identity]"
+    p.unknown_keys(table, {"rt_tolerance", "ion_ratio_tolerance"}, where)
+    rt_tol = p.number(table, "rt_tolerance", where, default=Identity.rt_tolerance)
+    tiers = DEFAULT_ION_RATIO_TIERS
+    if "ion_ratio_tolerance" in table:
+        raw = table["ion_ratio_tolerance"]
+        ok = isinstance(raw, list) and raw and all(
+            isinstance(t, list) and len(t) == 2 and all(isinstance(v, (int, float)) and v >= 0 for v in t)
+            for t in raw
+        )
+        if not ok:
+            p.append(
+                f"{where}.ion_ratio_tolerance: expected a list of [relative_abundance_pct, tolerance_pct] "
+                "pairs of non-negative numbers, e.g. [[50, 20], [20, 25], [10, 30], [0, 50]]"
+            )
+        else:
+            tiers = tuple(sorted(((float(a), float(t)) for a, t in raw), reverse=True))
+    return Identity(rt_tol, tiers)
+
+
+def _acceptance(table: dict, p: _Problems) -> Acceptance:
+    where = "[acceptance]"
+    defaults = Acceptance()
+    allowed = set(Acceptance.__dataclass_fields__)
+    p.unknown_keys(table, allowed, where)
+    values: dict[str, Any] = {}
+    for key in allowed & set(table):
+        if key == "is_response_band_pct":
+            band = table[key]
+            if (
+                not isinstance(band, list) or len(band) != 2
+                or not all(isinstance(v, (int, float)) and v >= 0 for v in band) or band[0] >= band[1]
+            ):
+                p.append(f"{where}.{key}: expected [low, high] percentages with low < high, got {band!r}")
+            else:
+                values[key] = (float(band[0]), float(band[1]))
+            continue
+        value = p.number(table, key, where, default=getattr(defaults, key))
+        if key.startswith("min_") and key.endswith("fraction") and value is not None and value > 1:
+            p.append(f"{where}.{key}: a fraction between 0 and 1, got {value!r}")
+            continue
+        values[key] = int(value) if key == "min_calibrator_levels" else value
+    return Acceptance(**values)
+
+
+def _transition(raw, compound: str, role: str, index: int, where: str, p: _Problems) -> Transition | None:
+    if not isinstance(raw, dict):
+        p.append(f"{where}: expected {{ q1 = <precursor m/z>, q3 = <product m/z> }}, got {raw!r}")
+        return None
+    p.unknown_keys(raw, {"q1", "q3"}, where)
+    q1 = p.number(raw, "q1", where, required=True)
+    q3 = p.number(raw, "q3", where, required=True)
+    if q1 is None or q3 is None:
+        return None
+    return Transition(compound, role, q1, q3, index)
+
+
+def _check_transitions_distinct(method: Method, p: _Problems) -> None:
+    """Two transitions within the m/z tolerance cannot be told apart in the data."""
+    tol = method.mz_tolerance
+    seen: list[Transition] = []
+    for t in method.transitions():
+        for other in seen:
+            if abs(t.q1 - other.q1) <= tol and abs(t.q3 - other.q3) <= tol:
+                p.append(
+                    f"transition {t.q1:g}->{t.q3:g} is used twice ({other.name} and {t.name}) "
+                    f"within the m/z tolerance {tol:g}"
+                )
+        seen.append(t)
+
+
+def _check_matrix_coverage(sets: list[CalibratorSet], p: _Problems) -> None:
+    owner: dict[str, str] = {}
+    for s in sets:
+        for m in s.matrices:
+            if m in owner:
+                p.append(f"[calibrator_sets]: matrix '{m}' is served by both '{owner[m]}' and '{s.name}'")
+            owner[m] = s.name
+
+
+def read_calibrator_csv(path: Path | str) -> pd.DataFrame:
+    """Read a `level,analyte,nominal` file (extra `matrix` column allowed); raise MethodError."""
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=True, encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise MethodError(path, [f"calibrator file {path} does not exist"]) from None
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
+        raise MethodError(path, [f"cannot read calibrator file {path}: {err}"]) from None
+    table.columns = [c.strip() for c in table.columns]
+    missing = {"level", "analyte", "nominal"} - set(table.columns)
+    if missing:
+        raise MethodError(path, [f"{path.name}: missing column(s) {', '.join(sorted(missing))}"])
+    problems = []
+    nominal = pd.to_numeric(table["nominal"].str.strip(), errors="coerce")
+    for i, (value, num) in enumerate(zip(table["nominal"], nominal)):
+        if pd.isna(num) or num <= 0:
+            problems.append(f"{path.name} line {i + 2}: nominal {value!r} is not a positive number")
+    table = table.assign(
+        level=table["level"].str.strip(), analyte=table["analyte"].str.strip(), nominal=nominal
+    )
+    for i, level in enumerate(table["level"]):
+        if not (CALIBRATOR_LEVEL.match(level) or level in QC_LEVELS):
+            problems.append(
+                f"{path.name} line {i + 2}: level {level!r} is neither CAL<n> nor one of {', '.join(QC_LEVELS)}"
+            )
+    keys = ["matrix", "level", "analyte"] if "matrix" in table.columns else ["level", "analyte"]
+    for i in table.index[table.duplicated(keys, keep="first")]:
+        problems.append(f"{path.name} line {i + 2}: {' '.join(table.loc[i, keys])} is listed twice")
+    if problems:
+        raise MethodError(path, problems)
+    return table
+
+
+def check_calibrator_set(s: CalibratorSet, method: Method) -> list[str]:
+    """Every analyte needs enough calibrator levels; unknown analytes are refused."""
+    where = f"calibrator set '{s.name}' ({Path(s.source).name})"
+    problems = []
+    known = {a.name for a in method.analytes}
+    for unknown in sorted(set(s.nominals["analyte"]) - known):
+        problems.append(f"{where}: analyte '{unknown}' is not in the method")
+    for a in method.analytes:
+        rows = s.nominals[s.nominals["analyte"] == a.name]
+        cal = rows[rows["level"].str.match(CALIBRATOR_LEVEL)]
+        if len(cal) < method.acceptance.min_calibrator_levels:
+            problems.append(
+                f"{where}: {a.name} has {len(cal)} calibrator levels, "
+                f"ICH M10 needs at least {method.acceptance.min_calibrator_levels}"
+            )
+            continue
+        low, high = cal["nominal"].min(), cal["nominal"].max()
+        for _, qc in rows[~rows["level"].str.match(CALIBRATOR_LEVEL)].iterrows():
+            if qc["level"] != "DQC" and not (low <= qc["nominal"] <= high):
+                problems.append(
+                    f"{where}: {a.name} {qc['level']} nominal {qc['nominal']:g} lies outside the "
+                    f"calibration range {low:g}-{high:g}"
+                )
+    return problems
