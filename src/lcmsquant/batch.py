@@ -1,0 +1,248 @@
+"""The batch folder: worklist.csv (one row per injection, in injection order), the mzML files it
+names, an optional calibrators.csv replacing the method's nominal concentrations, and an
+optional method.toml.
+
+Loading checks the whole folder before any processing and reports every problem at once.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lcmsquant.method import (
+    CALIBRATOR_LEVEL,
+    MATRICES,
+    QC_LEVELS,
+    CalibratorSet,
+    Method,
+    MethodError,
+    check_calibrator_set,
+    default_method_path,
+    load_method,
+    read_calibrator_csv,
+)
+
+WORKLIST = "worklist.csv"
+CALIBRATORS = "calibrators.csv"
+BATCH_METHOD = "method.toml"
+COLUMNS = (
+    "file", "sample_id", "sample_type", "level", "matrix", "subject_id", "visit", "timepoint",
+    "dilution_factor",
+)
+SAMPLE_TYPES = ("blank", "zero", "calibrator", "qc", "unknown")
+
+
+class BatchError(ValueError):
+    """A batch folder that cannot be processed; `problems` lists every reason."""
+
+    def __init__(self, path: Path | str, problems: list[str]):
+        self.path = Path(path)
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{self.path}: {len(problems)} problem(s) in the batch:\n{lines}")
+
+
+@dataclass(frozen=True)
+class Injection:
+    """One row of the worklist."""
+
+    order: int  # 1-based position in the injection sequence
+    file: Path
+    sample_id: str
+    sample_type: str
+    level: str
+    matrix: str
+    dilution_factor: float
+
+    @property
+    def file_name(self) -> str:
+        return self.file.name
+
+
+@dataclass(frozen=True)
+class Batch:
+    folder: Path
+    method: Method  # with the batch's calibrators.csv applied
+    worklist: pd.DataFrame = field(repr=False)  # validated, one row per injection, all columns as text
+    injections: tuple[Injection, ...] = field(repr=False)
+
+    @property
+    def extra_columns(self) -> tuple[str, ...]:
+        return tuple(c for c in self.worklist.columns if c not in COLUMNS and c != "line")
+
+
+def resolve_method_path(folder: Path | str, method_path: Path | str | None = None) -> Path:
+    """--method if given, else the batch folder's method.toml, else the shipped flumatinib method."""
+    if method_path is not None:
+        return Path(method_path)
+    own = Path(folder) / BATCH_METHOD
+    return own if own.is_file() else default_method_path()
+
+
+def load_batch(folder: Path | str, method: Method | None = None) -> Batch:
+    """Read and validate a batch folder; raise BatchError (or MethodError) listing every problem."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BatchError(folder, [f"{folder} is not a folder: give the batch folder that holds {WORKLIST}"])
+    if method is None:
+        method = load_method(resolve_method_path(folder))
+    worklist_path = folder / WORKLIST
+    if not worklist_path.is_file():
+        raise BatchError(
+            folder,
+            [f"{WORKLIST} not found in {folder}: a batch folder needs one, with columns {', '.join(COLUMNS)}"],
+        )
+    table = read_worklist(worklist_path)
+    problems: list[str] = []
+    calibrators_path = folder / CALIBRATORS
+    if calibrators_path.is_file():
+        try:
+            method = apply_batch_calibrators(method, calibrators_path, set(table.get("matrix", [])))
+        except MethodError as err:
+            problems.extend(err.problems)
+    problems.extend(check_worklist(table, folder, method))
+    if problems:
+        raise BatchError(folder, problems)
+    injections = tuple(
+        Injection(
+            order=i + 1,
+            file=folder / row["file"],
+            sample_id=row["sample_id"],
+            sample_type=row["sample_type"],
+            level=row["level"],
+            matrix=row["matrix"],
+            dilution_factor=_dilution(row["dilution_factor"]),
+        )
+        for i, row in table.iterrows()
+    )
+    return Batch(folder, method, table, injections)
+
+
+def read_worklist(path: Path) -> pd.DataFrame:
+    """The worklist as text columns, tolerant of a BOM, `;` or tab separators and blank lines."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise BatchError(path.parent, [f"{path.name}: not UTF-8 text ({err.reason} at byte {err.start}): save it as UTF-8 CSV"]) from None
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise BatchError(path.parent, [f"{path.name} is empty: it needs a header row with {', '.join(COLUMNS)}"])
+    delimiter = max(",;\t", key=lambda d: lines[0].count(d))
+    rows = list(csv.reader(lines, delimiter=delimiter))
+    header = [h.strip() for h in rows[0]]
+    problems = []
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        problems.append(f"{path.name}: missing column(s) {', '.join(missing)} (header has: {', '.join(header)})")
+    duplicated = sorted({h for h in header if header.count(h) > 1})
+    if duplicated:
+        problems.append(f"{path.name}: column(s) {', '.join(duplicated)} appear more than once")
+    body = []
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) > len(header):
+            problems.append(f"{path.name} line {number}: {len(row)} fields but the header has {len(header)}")
+        body.append([v.strip() for v in row] + [""] * (len(header) - len(row)))
+    if problems:
+        raise BatchError(path.parent, problems)
+    table = pd.DataFrame([r[: len(header)] for r in body], columns=header, dtype=object)
+    table.insert(0, "line", range(2, 2 + len(table)))
+    table["sample_type"] = table["sample_type"].str.lower()
+    table["matrix"] = table["matrix"].str.lower()
+    return table
+
+
+def check_worklist(table: pd.DataFrame, folder: Path, method: Method) -> list[str]:
+    """Every problem of the worklist rows, each naming its line."""
+    problems = []
+    if table.empty:
+        return [f"{WORKLIST}: no injections listed"]
+    seen_ids: dict[str, int] = {}
+    for _, row in table.iterrows():
+        where = f"{WORKLIST} line {row['line']}"
+        file = row["file"]
+        if not file:
+            problems.append(f"{where}: empty file name")
+        elif not (folder / file).is_file():
+            problems.append(f"{where}: file '{file}' does not exist in {folder}")
+        elif not file.lower().endswith((".mzml", ".mzml.gz")):
+            problems.append(f"{where}: file '{file}' is not .mzML or .mzML.gz")
+        sid = row["sample_id"]
+        if not sid:
+            problems.append(f"{where}: empty sample_id")
+        elif sid in seen_ids:
+            problems.append(f"{where}: sample_id '{sid}' is duplicated (first on line {seen_ids[sid]})")
+        else:
+            seen_ids[sid] = row["line"]
+        stype = row["sample_type"]
+        if stype not in SAMPLE_TYPES:
+            problems.append(f"{where}: unknown sample_type '{stype}' (use one of {', '.join(SAMPLE_TYPES)})")
+        matrix = row["matrix"]
+        if matrix not in MATRICES:
+            problems.append(f"{where}: unknown matrix '{matrix}' (use one of {', '.join(MATRICES)})")
+        cal_set = method.calibrator_set_for(matrix) if matrix in MATRICES else None
+        if matrix in MATRICES and cal_set is None and stype in ("calibrator", "qc", "unknown"):
+            problems.append(f"{where}: the method has no calibrator set for matrix '{matrix}'")
+        level = row["level"]
+        if stype in ("calibrator", "qc"):
+            expected = "CAL<n>" if stype == "calibrator" else "/".join(QC_LEVELS)
+            kind_ok = bool(CALIBRATOR_LEVEL.match(level)) if stype == "calibrator" else level in QC_LEVELS
+            if not level:
+                problems.append(f"{where}: a {stype} needs a level ({expected})")
+            elif not kind_ok:
+                problems.append(f"{where}: level '{level}' is not a {stype} level ({expected})")
+            elif cal_set is not None and level not in cal_set.levels:
+                problems.append(
+                    f"{where}: level '{level}' is not in calibrator set '{cal_set.name}' "
+                    f"({Path(cal_set.source).name}); add it there or to the batch's {CALIBRATORS}"
+                )
+        dilution = row["dilution_factor"]
+        if dilution and not np.isfinite(_dilution(dilution, strict=False)):
+            problems.append(f"{where}: dilution_factor '{dilution}' is not a positive number (leave empty for 1)")
+    return problems
+
+
+def apply_batch_calibrators(method: Method, path: Path, batch_matrices: set[str]) -> Method:
+    """The method with the batch's calibrators.csv in place of its own nominal concentrations.
+
+    With a `matrix` column, the file replaces the calibrator set of each matrix it names (and so
+    serves every matrix that set served); without one, it replaces every set the batch uses.
+    """
+    table = read_calibrator_csv(path)
+    if "matrix" in table.columns:
+        groups = {m.lower(): rows.drop(columns="matrix") for m, rows in table.groupby("matrix", sort=True)}
+    else:
+        groups = {m: table for m in sorted(batch_matrices)}
+    sets: dict[str, CalibratorSet] = {}
+    problems = []
+    for matrix, rows in groups.items():
+        if matrix not in MATRICES:
+            problems.append(f"{path.name}: unknown matrix '{matrix}' (use one of {', '.join(MATRICES)})")
+            continue
+        current = method.calibrator_set_for(matrix)
+        name = current.name if current is not None else matrix
+        matrices = current.matrices if current is not None else (matrix,)
+        new = CalibratorSet(name, matrices, rows.reset_index(drop=True), str(path))
+        sets[name] = new
+        problems.extend(check_calibrator_set(new, method))
+    if problems:
+        raise MethodError(path, problems)
+    return method.with_calibrator_sets(tuple(sets.values()))
+
+
+def _dilution(text: str, strict: bool = True) -> float:
+    if not text:
+        return 1.0
+    try:
+        value = float(text)
+    except ValueError:
+        value = np.nan
+    if not np.isfinite(value) or value <= 0:
+        if strict:
+            raise ValueError(f"dilution factor {text!r}")
+        return np.nan
+    return value

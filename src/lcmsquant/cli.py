@@ -1,0 +1,122 @@
+"""The `lcmsquant` command: a thin shell over the library."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from lcmsquant import __version__
+from lcmsquant.batch import BatchError, load_batch, resolve_method_path
+from lcmsquant.method import MATRICES, MethodError, load_method
+from lcmsquant.pipeline import RunResult, measure_batch, quantify
+from lcmsquant.results import write_outputs
+
+app = typer.Typer(
+    help="Triple-quadrupole LC-MS/MS quantitation judged by ICH M10.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+# Logs and pipes get a fixed width so the summary table is not squeezed to 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 120)
+errors = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+
+EXIT_BAD_INPUT = 2
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"lcmsquant {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Triple-quadrupole LC-MS/MS quantitation judged by ICH M10."""
+
+
+def _fail(err: Exception) -> None:
+    errors.print(f"[bold red]error:[/] {err}", markup=True, highlight=False)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+@app.command()
+def run(
+    batch_dir: Annotated[Path, typer.Argument(help="Batch folder with worklist.csv and the mzML files.")],
+    method: Annotated[
+        Path | None, typer.Option("--method", help="Method TOML (default: the batch's method.toml, else the shipped flumatinib method).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: BATCH_DIR/results).")] = None,
+) -> None:
+    """Quantify a batch: peaks, calibration curves, ICH M10 acceptance, results files."""
+    try:
+        batch = load_batch(batch_dir, load_method(resolve_method_path(batch_dir, method)))
+    except (MethodError, BatchError) as err:
+        _fail(err)
+    with Progress(
+        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=console, transient=True,
+    ) as progress:
+        task = progress.add_task("Integrating injections", total=len(batch.injections))
+        peaks, read_errors = measure_batch(batch, progress=lambda _: progress.advance(task))
+    result = quantify(batch, peaks, read_errors)
+    out_dir = out if out is not None else batch.folder / "results"
+    write_outputs(batch, result, out_dir, command=["lcmsquant", *sys.argv[1:]])
+    for order, message in sorted(result.injection_errors.items()):
+        errors.print(f"[yellow]warning:[/] injection {order}: {message} (flagged NO_DATA)", highlight=False)
+    console.print(summary_table(result))
+    console.print(f"Results written to {out_dir}")
+
+
+def summary_table(result: RunResult) -> Table:
+    """Per analyte and calibrator set: the curve, QCs passed, and what became of the samples."""
+    table = Table(title="Run summary", title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("analyte", "set", "curve", "r²", "QCs ok", "verdict", "quant.", "BLQ", "ALQ", "flagged"):
+        table.add_column(column, justify="left" if column in ("analyte", "set", "curve", "verdict") else "right", no_wrap=True)
+    calibration = result.calibration
+    results = result.results
+    for _, cal in calibration.iterrows():
+        rows = results[(results["analyte"] == cal["analyte"]) & (results["calibrator_set"] == cal["calibrator_set"])]
+        unknown = rows[rows["sample_type"] == "unknown"]
+        qcs = rows[(rows["sample_type"] == "qc") & (rows["level"] != "DQC")]
+        flags = unknown["flags"].str.split(";")
+        curve = f"{cal['model'].replace('_through_zero', '/0')} {cal['weighting']}" if cal["model"] else "none"
+        verdict = "[green]accepted[/]" if cal["accepted"] else "[bold red]rejected[/]"
+        table.add_row(
+            cal["analyte"], cal["calibrator_set"], curve,
+            f"{cal['r_squared']:.4f}" if cal["model"] else "-",
+            f"{int(qcs['qc_passed'].fillna(False).sum())}/{len(qcs)}",
+            verdict,
+            str(int(unknown["concentration"].notna().sum())),
+            str(int(flags.map(lambda f: "BLQ" in f).sum())),
+            str(int(flags.map(lambda f: "ALQ" in f).sum())),
+            str(int((unknown["flags"] != "").sum())),
+        )
+    return table
+
+
+@app.command()
+def simulate(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the simulated batch to.")],
+    seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same files.")] = 1,
+    matrix: Annotated[str, typer.Option("--matrix", help="Calibration matrix: plasma or csf.")] = "plasma",
+    unknowns: Annotated[int, typer.Option("--unknowns", help="Number of study samples.")] = 24,
+) -> None:
+    """Write a realistic simulated batch (and its true concentrations beside the folder)."""
+    from lcmsquant.simulate import SimulationOptions, simulate_batch
+
+    if matrix not in ("plasma", "csf"):
+        _fail(ValueError(f"--matrix must be plasma or csf, got {matrix!r} (known matrices: {', '.join(MATRICES)})"))
+    truth = simulate_batch(out_dir, seed=seed, matrix=matrix, options=SimulationOptions(n_unknowns=unknowns))
+    console.print(f"Simulated batch written to {out_dir}; true concentrations in {truth}")

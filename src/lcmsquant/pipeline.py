@@ -1,0 +1,362 @@
+"""From a loaded batch to quantified results: measure every injection, fit the curves, judge the
+run and flag the samples. Pure functions over tidy tables; no file is written here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lcmsquant import acceptance
+from lcmsquant.acceptance import Rule
+from lcmsquant.batch import Batch, Injection
+from lcmsquant.calibration import CalibrationResult, calibrate
+from lcmsquant.chromatograms import ChromatogramReadError, Trace, read_injection
+from lcmsquant.method import CALIBRATOR_LEVEL, Analyte, Method, Transition
+from lcmsquant.peaks import Peak, PeakSearch, find_peak
+
+# Flags that make a study sample's concentration not reportable at all.
+BLOCKING_FLAGS = ("NO_DATA", "NO_PEAK", "BLQ", "ALQ", "REJECTED", "NO_IS")
+# Flags that keep the value but send the sample for review or reanalysis.
+REVIEW_FLAGS = ("IS_RESPONSE", "ION_RATIO", "RT_SHIFT", "DILUTION_QC", "EDGE")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Everything a run produces, as tables; see results.write_outputs for the files."""
+
+    results: pd.DataFrame = field(repr=False)  # one row per injection x analyte
+    peaks: pd.DataFrame = field(repr=False)  # one row per injection x transition
+    calibration: pd.DataFrame = field(repr=False)  # one row per analyte x calibrator set
+    rules: tuple[Rule, ...] = ()
+    verdicts: dict = field(default_factory=dict)  # (analyte, set) -> {"accepted": bool, "reasons": [...]}
+    injection_errors: dict = field(default_factory=dict)  # injection order -> message
+
+
+# ---------------------------------------------------------------------------------------------
+# One injection
+
+
+def measure_injection(path: Path, method: Method) -> tuple[list[dict], str]:
+    """Peaks of every transition of one injection, and an error message if it was unreadable.
+
+    Internal standards are found first; each analyte is then searched around the RT its IS
+    predicts, and each qualifier around its quantifier's apex.
+    """
+    try:
+        traces = read_injection(path, method)
+    except ChromatogramReadError as err:
+        return [_peak_row(t, method.expected_rt(t), None, None, "NO_DATA") for t in method.transitions()], str(err)
+    rows, found_rt = [], {}
+    integ = method.integration
+    for istd in method.internal_standards:
+        t = istd.transition
+        peak = _search(traces.get(t), PeakSearch(istd.rt, integ.rt_window, integ.min_detection_sn))
+        rows.append(_peak_row(t, istd.rt, traces.get(t), peak))
+        if peak is not None:
+            found_rt[istd.name] = peak.rt
+    for analyte in method.analytes:
+        expected, window = predicted_rt(analyte, method, found_rt)
+        quant = _search(traces.get(analyte.quantifier), PeakSearch(expected, window, integ.min_detection_sn))
+        rows.append(_peak_row(analyte.quantifier, expected, traces.get(analyte.quantifier), quant))
+        for qual in analyte.qualifiers:
+            q_expected = quant.rt if quant is not None else expected
+            q_window = integ.anchored_rt_window if quant is not None else window
+            peak = _search(traces.get(qual), PeakSearch(q_expected, q_window, integ.min_detection_sn))
+            rows.append(_peak_row(qual, q_expected, traces.get(qual), peak))
+    return rows, ""
+
+
+def predicted_rt(analyte: Analyte, method: Method, found_is_rt: dict[str, float]) -> tuple[float, float]:
+    """Expected RT and search half-window of an analyte, anchored on its IS when the IS was found."""
+    istd = method.internal_standard(analyte.internal_standard)
+    if istd.name in found_is_rt:
+        return found_is_rt[istd.name] + (analyte.rt - istd.rt), method.integration.anchored_rt_window
+    return analyte.rt, method.integration.rt_window
+
+
+def _search(trace: Trace | None, search: PeakSearch) -> Peak | None:
+    return None if trace is None else find_peak(trace.time, trace.intensity, search)
+
+
+def _peak_row(t: Transition, expected: float, trace: Trace | None, peak: Peak | None, status: str | None = None) -> dict:
+    if status is None:
+        status = "NO_DATA" if trace is None else ("NO_PEAK" if peak is None else "OK")
+    row = {
+        "transition": t.name, "compound": t.compound, "role": t.role, "q1": t.q1, "q3": t.q3,
+        "status": status, "expected_rt_min": expected,
+        "native_id": trace.native_id if trace is not None else "",
+        "rt_min": np.nan, "start_min": np.nan, "end_min": np.nan, "area": np.nan, "height": np.nan,
+        "sn": np.nan, "noise": np.nan, "points": np.nan, "edge": False,
+    }
+    if peak is not None:
+        row.update(
+            rt_min=peak.rt, start_min=peak.start, end_min=peak.end, area=peak.area, height=peak.height,
+            sn=peak.sn, noise=peak.noise, points=peak.points, edge=peak.edge,
+        )
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
+# The batch
+
+
+def measure_batch(batch: Batch, progress: Callable[[Injection], None] | None = None) -> tuple[pd.DataFrame, dict]:
+    """The peak table of every injection (one row per injection x transition) and read errors."""
+    rows, errors = [], {}
+    for injection in batch.injections:
+        peaks, error = measure_injection(injection.file, batch.method)
+        if error:
+            errors[injection.order] = error
+        for p in peaks:
+            rows.append({"injection": injection.order, **p})
+        if progress is not None:
+            progress(injection)
+    return pd.DataFrame(rows), errors
+
+
+def quantify(batch: Batch, peaks: pd.DataFrame, injection_errors: dict | None = None) -> RunResult:
+    """Curves, back-calculated concentrations, acceptance rules and flags from the peak table."""
+    method = batch.method
+    table = analyte_table(batch, peaks)
+    table = _add_ion_ratio_and_rt(table, method)
+    calibration_rows, rules, verdicts = [], [], {}
+    table["back_calculated"] = np.nan
+    table["lloq"] = np.nan
+    table["uloq"] = np.nan
+    table["qc_passed"] = pd.Series(pd.NA, index=table.index, dtype="boolean")
+    table["excluded"] = False
+    table["exclusion_reason"] = ""
+    n_unknowns = int((batch.worklist["sample_type"] == "unknown").sum())
+    for cal_set in method.calibrator_sets:
+        in_set = table["matrix"].isin(cal_set.matrices)
+        if not (in_set & (table["sample_type"] == "calibrator")).any():
+            continue  # this set's matrices were not calibrated in this batch
+        for analyte in method.analytes:
+            rows = in_set & (table["analyte"] == analyte.name)
+            result = _calibrate_analyte(table, rows, analyte, method)
+            table.loc[rows, "lloq"] = result.lloq if result.lloq is not None else np.nan
+            table.loc[rows, "uloq"] = result.uloq if result.uloq is not None else np.nan
+            if result.curve is not None:
+                table.loc[rows, "back_calculated"] = result.curve.back_calculate(table.loc[rows, "area_ratio"])
+            cal_rows = result.calibrators.set_index("row")
+            table.loc[cal_rows.index, "excluded"] = cal_rows["excluded"].astype(bool)
+            table.loc[cal_rows.index, "exclusion_reason"] = cal_rows["exclusion_reason"]
+            table["concentration_found"] = table["back_calculated"] * table["dilution_factor"]
+            qcs = acceptance.qc_accuracy(table[rows & (table["sample_type"] == "qc")], method.acceptance)
+            table.loc[qcs.index, "qc_passed"] = qcs["qc_passed"].astype("boolean")
+            analyte_rules = acceptance.judge(analyte.name, cal_set.name, result, qcs, n_unknowns, method.acceptance)
+            accepted, reasons = acceptance.verdict(analyte_rules)
+            rules.extend(analyte_rules)
+            verdicts[(analyte.name, cal_set.name)] = {"accepted": accepted, "reasons": reasons}
+            table.loc[rows, "calibrator_set"] = cal_set.name
+            table.loc[rows, "analyte_accepted"] = accepted
+            calibration_rows.append(_calibration_row(analyte.name, cal_set.name, result, accepted))
+            dqc_rule = next((r for r in analyte_rules if r.rule == "dilution QCs within tolerance"), None)
+            if dqc_rule is not None and not dqc_rule.passed:
+                table.loc[rows & (table["dilution_factor"] > 1), "dilution_qc_failed"] = True
+    table = _add_is_response(table, method)
+    table = _finish(table)
+    return RunResult(
+        results=table,
+        peaks=peaks,
+        calibration=pd.DataFrame(calibration_rows),
+        rules=tuple(rules),
+        verdicts=verdicts,
+        injection_errors=dict(injection_errors or {}),
+    )
+
+
+def analyte_table(batch: Batch, peaks: pd.DataFrame) -> pd.DataFrame:
+    """One row per injection x analyte: quantifier, IS and first qualifier side by side."""
+    method = batch.method
+    by_key = peaks.set_index(["injection", "transition"])
+    records = []
+    for inj in batch.injections:
+        nominal_set = method.calibrator_set_for(inj.matrix)
+        for analyte in method.analytes:
+            quant = by_key.loc[(inj.order, analyte.quantifier.name)]
+            istd = by_key.loc[(inj.order, method.internal_standard(analyte.internal_standard).transition.name)]
+            qual = by_key.loc[(inj.order, analyte.qualifiers[0].name)] if analyte.qualifiers else None
+            nominal = np.nan
+            if inj.sample_type in ("calibrator", "qc") and nominal_set is not None:
+                value = nominal_set.nominal(inj.level, analyte.name)
+                nominal = value if value is not None else np.nan
+            records.append({
+                "injection": inj.order,
+                "analyte": analyte.name,
+                "internal_standard": analyte.internal_standard,
+                "quant_status": quant["status"],
+                "is_status": istd["status"],
+                "rt_min": quant["rt_min"],
+                "expected_rt_min": quant["expected_rt_min"],
+                "start_min": quant["start_min"],
+                "end_min": quant["end_min"],
+                "area": quant["area"],
+                "height": quant["height"],
+                "sn": quant["sn"],
+                "edge": bool(quant["edge"]),
+                "is_rt_min": istd["rt_min"],
+                "is_expected_rt_min": istd["expected_rt_min"],
+                "is_area": istd["area"],
+                "qualifier_area": qual["area"] if qual is not None else np.nan,
+                "nominal": nominal,
+            })
+    table = pd.DataFrame(records)
+    info = batch.worklist.drop(columns=["line"]).copy()
+    info.insert(0, "injection", range(1, len(info) + 1))
+    info["dilution_factor"] = [inj.dilution_factor for inj in batch.injections]
+    table = info.merge(table, on="injection", how="right")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        table["area_ratio"] = table["area"] / table["is_area"]
+    table["calibrator_set"] = ""
+    table["analyte_accepted"] = True
+    table["dilution_qc_failed"] = False
+    return table
+
+
+def _calibrate_analyte(table: pd.DataFrame, rows: pd.Series, analyte: Analyte, method: Method) -> CalibrationResult:
+    cals = table[rows & (table["sample_type"] == "calibrator")]
+    points = pd.DataFrame({
+        "row": cals.index,
+        "injection": cals["injection"],
+        "level": cals["level"],
+        "nominal": cals["nominal"],
+        "area_ratio": cals["area_ratio"],
+    })
+    return calibrate(points, analyte.model, analyte.weighting, method.acceptance)
+
+
+def _calibration_row(analyte: str, cal_set: str, result: CalibrationResult, accepted: bool) -> dict:
+    curve = result.curve
+    cals = result.calibrators
+    return {
+        "analyte": analyte,
+        "calibrator_set": cal_set,
+        "model": curve.model if curve else "",
+        "weighting": curve.weighting if curve else "",
+        "intercept": curve.intercept if curve else np.nan,
+        "slope": curve.slope if curve else np.nan,
+        "quadratic": curve.quadratic if curve else np.nan,
+        "intercept_se": curve.std_errors[0] if curve else np.nan,
+        "slope_se": curve.std_errors[1] if curve else np.nan,
+        "quadratic_se": curve.std_errors[2] if curve and len(curve.std_errors) > 2 else np.nan,
+        "r_squared": curve.r_squared if curve else np.nan,
+        "n_calibrators": len(cals),
+        "n_used": int((~cals["excluded"]).sum()),
+        "levels_used": ";".join(result.levels_used),
+        "levels_excluded": ";".join(result.levels_excluded),
+        "lloq": result.lloq,
+        "uloq": result.uloq,
+        "accepted": accepted,
+        "problem": result.problem,
+    }
+
+
+def _add_ion_ratio_and_rt(table: pd.DataFrame, method: Method) -> pd.DataFrame:
+    """Ion ratio qualifier/quantifier against the mean of the batch's calibrators; RT checks."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        table["ion_ratio"] = table["qualifier_area"] / table["area"]
+    table["ion_ratio_reference"] = np.nan
+    table["ion_ratio_flag"] = False
+    for name, rows in table.groupby("analyte").groups.items():
+        sub = table.loc[rows]
+        reference = sub.loc[sub["sample_type"] == "calibrator", "ion_ratio"].dropna()
+        if reference.empty:
+            continue
+        ref = float(reference.mean())
+        tolerance = method.identity.ion_ratio_tolerance_pct(ref)
+        deviation = 100.0 * (sub["ion_ratio"] / ref - 1.0)
+        table.loc[rows, "ion_ratio_reference"] = ref
+        table.loc[rows, "ion_ratio_flag"] = deviation.abs() > tolerance
+    tol = method.identity.rt_tolerance
+    table["rt_flag"] = ((table["rt_min"] - table["expected_rt_min"]).abs() > tol) | (
+        (table["is_rt_min"] - table["is_expected_rt_min"]).abs() > tol
+    )
+    return table
+
+
+def _add_is_response(table: pd.DataFrame, method: Method) -> pd.DataFrame:
+    """IS area as % of the mean IS area of the calibrators and QCs of the same calibrator set."""
+    low, high = method.acceptance.is_response_band_pct
+    table["is_response_pct"] = np.nan
+    for (_, _), rows in table.groupby(["internal_standard", "calibrator_set"]).groups.items():
+        sub = table.loc[rows]
+        reference = sub.loc[sub["sample_type"].isin(["calibrator", "qc"]), "is_area"].dropna()
+        reference = reference.groupby(sub["injection"]).first()  # one IS area per injection
+        if reference.empty:
+            continue
+        table.loc[rows, "is_response_pct"] = 100.0 * sub["is_area"] / float(reference.mean())
+    expects_is = table["sample_type"] != "blank"
+    pct = table["is_response_pct"]
+    table["is_flag"] = expects_is & pct.notna() & ((pct < low) | (pct > high))
+    return table
+
+
+def _finish(table: pd.DataFrame) -> pd.DataFrame:
+    """Concentration (after dilution), accuracy and flags of every row."""
+    bc = table["back_calculated"]
+    table["concentration_found"] = bc * table["dilution_factor"]
+    below = bc.notna() & table["lloq"].notna() & (bc < table["lloq"] - 1e-12)
+    above = bc.notna() & table["uloq"].notna() & (bc > table["uloq"] + 1e-12)
+    calibrated = table["sample_type"].isin(["calibrator", "qc"])
+    table["accuracy_pct"] = np.where(calibrated, 100.0 * table["concentration_found"] / table["nominal"], np.nan)
+
+    qc_failed = table["qc_passed"].fillna(True).astype(bool).eq(False)
+    dilution_failed = table["dilution_qc_failed"].fillna(False).astype(bool)
+    flags = []
+    for i, row in table.iterrows():
+        f = []
+        if row["quant_status"] == "NO_DATA" or row["is_status"] == "NO_DATA":
+            f.append("NO_DATA")
+        elif row["quant_status"] == "NO_PEAK":
+            f.append("NO_PEAK")
+        if row["sample_type"] != "blank" and row["is_status"] == "NO_PEAK":
+            f.append("NO_IS")
+        if row["sample_type"] == "unknown" and below[i] and row["quant_status"] == "OK":
+            f.append("BLQ")
+        if row["sample_type"] == "unknown" and above[i]:
+            f.append("ALQ")
+        if row["is_flag"]:
+            f.append("IS_RESPONSE")
+        if row["ion_ratio_flag"]:
+            f.append("ION_RATIO")
+        if row["rt_flag"]:
+            f.append("RT_SHIFT")
+        if row["edge"]:
+            f.append("EDGE")
+        if row["sample_type"] == "calibrator" and row["excluded"]:
+            f.append("EXCLUDED")
+        if qc_failed[i]:
+            f.append("QC_FAIL")
+        if row["sample_type"] == "unknown" and dilution_failed[i]:
+            f.append("DILUTION_QC")
+        if row["sample_type"] == "unknown" and not row["analyte_accepted"]:
+            f.append("REJECTED")
+        flags.append(f)
+    table["flags"] = [";".join(f) for f in flags]
+    reportable_value = table["sample_type"].isin(["unknown", "qc", "calibrator"]) & bc.notna()
+    blocked = pd.Series([any(x in BLOCKING_FLAGS for x in f) for f in flags], index=table.index)
+    review = pd.Series([any(x in REVIEW_FLAGS for x in f) for f in flags], index=table.index)
+    unknown = table["sample_type"] == "unknown"
+    table["concentration"] = np.where(reportable_value & ~(unknown & blocked), table["concentration_found"], np.nan)
+    table["reportable"] = unknown & reportable_value & ~blocked & ~review
+    return table
+
+
+def run_batch(
+    folder: Path | str,
+    method_path: Path | str | None = None,
+    progress: Callable[[Injection], None] | None = None,
+) -> tuple[Batch, RunResult]:
+    """Load, measure and quantify a batch folder: the whole `lcmsquant run` without writing files."""
+    from lcmsquant.batch import load_batch, resolve_method_path
+    from lcmsquant.method import load_method
+
+    batch = load_batch(folder, load_method(resolve_method_path(folder, method_path)))
+    peaks, errors = measure_batch(batch, progress)
+    return batch, quantify(batch, peaks, errors)

@@ -1,0 +1,205 @@
+"""The run's files: results.csv, peaks.csv, calibration.csv, run.json (deterministic) and
+session.json (when and how the run was made, kept apart so reruns compare byte for byte).
+
+Every file is written to a temporary name in the output folder and renamed into place, so a
+reader never sees half a file and an interrupted run leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lcmsquant import __version__
+from lcmsquant.batch import CALIBRATORS, WORKLIST, Batch
+from lcmsquant.pipeline import RunResult
+
+RESULT_COLUMNS = (
+    "injection", "file", "sample_id", "sample_type", "level", "matrix", "subject_id", "visit",
+    "timepoint", "dilution_factor",
+)
+MEASURE_COLUMNS = (
+    "analyte", "calibrator_set", "internal_standard", "rt_min", "expected_rt_min", "start_min",
+    "end_min", "area", "height", "sn", "is_rt_min", "is_area", "is_response_pct", "area_ratio",
+    "qualifier_area", "ion_ratio", "ion_ratio_reference", "back_calculated", "concentration",
+    "nominal", "accuracy_pct", "lloq", "uloq", "flags", "reportable", "exclusion_reason",
+)
+# Decimal places (or significant digits, negative) per column, for readable, stable CSVs.
+ROUNDING = {
+    "rt_min": 4, "expected_rt_min": 4, "start_min": 4, "end_min": 4, "is_rt_min": 4,
+    "area": 1, "height": 1, "is_area": 1, "qualifier_area": 1, "sn": 1, "noise": 2,
+    "is_response_pct": 1, "accuracy_pct": 1, "area_ratio": -6, "ion_ratio": -4,
+    "ion_ratio_reference": -4, "back_calculated": -4, "concentration": -4, "nominal": -6,
+    "lloq": -6, "uloq": -6, "intercept": -6, "slope": -6, "quadratic": -6, "intercept_se": -4,
+    "slope_se": -4, "quadratic_se": -4, "r_squared": 6,
+}
+SOFTWARE = ("pyopenms", "numpy", "scipy", "pandas", "statsmodels")
+
+
+def results_table(batch: Batch, run: RunResult) -> pd.DataFrame:
+    """results.csv: worklist columns (and any extra ones), then the measurement per analyte."""
+    table = run.results
+    columns = [*RESULT_COLUMNS, *batch.extra_columns, *MEASURE_COLUMNS]
+    return _rounded(table[columns].sort_values("injection", kind="stable"))
+
+
+def peaks_table(batch: Batch, run: RunResult) -> pd.DataFrame:
+    """peaks.csv: every transition of every injection as integrated."""
+    files = {inj.order: inj.file_name for inj in batch.injections}
+    ids = {inj.order: inj.sample_id for inj in batch.injections}
+    peaks = run.peaks.copy()
+    peaks.insert(1, "file", peaks["injection"].map(files))
+    peaks.insert(2, "sample_id", peaks["injection"].map(ids))
+    return _rounded(peaks)
+
+
+def calibration_table(run: RunResult) -> pd.DataFrame:
+    return _rounded(run.calibration)
+
+
+def run_summary(batch: Batch, run: RunResult) -> dict:
+    """run.json: verdicts, every rule with its measured value and limit, and provenance."""
+    analytes = {}
+    for (analyte, cal_set), v in run.verdicts.items():
+        analytes.setdefault(analyte, {})[cal_set] = {
+            "verdict": "accepted" if v["accepted"] else "rejected",
+            "reasons": v["reasons"],
+        }
+    results = run.results
+    unknown = results[results["sample_type"] == "unknown"]
+    counts = {}
+    for analyte, rows in unknown.groupby("analyte"):
+        flags = rows["flags"].str.split(";")
+        counts[analyte] = {
+            "unknowns": int(len(rows)),
+            "reportable": int(rows["reportable"].sum()),
+            "quantified": int(rows["concentration"].notna().sum()),
+            "blq": int(flags.map(lambda f: "BLQ" in f).sum()),
+            "alq": int(flags.map(lambda f: "ALQ" in f).sum()),
+            "flagged": int((rows["flags"] != "").sum()),
+        }
+    return {
+        "lcmsquant": __version__,
+        "batch": batch.folder.name,
+        "run_accepted": all(v["accepted"] for v in run.verdicts.values()) if run.verdicts else False,
+        "analytes": analytes,
+        "sample_counts": counts,
+        "rules": [r.as_dict() for r in run.rules],
+        "injection_errors": {str(k): v for k, v in sorted(run.injection_errors.items())},
+        "provenance": provenance(batch),
+    }
+
+
+def provenance(batch: Batch) -> dict:
+    """Input files with SHA-256, the method and its hash, and software versions."""
+    inputs = [{"file": WORKLIST, "sha256": sha256(batch.folder / WORKLIST)}]
+    if (batch.folder / CALIBRATORS).is_file():
+        inputs.append({"file": CALIBRATORS, "sha256": sha256(batch.folder / CALIBRATORS)})
+    for inj in batch.injections:
+        inputs.append({"file": str(inj.file.relative_to(batch.folder)), "sha256": sha256(inj.file)})
+    method = batch.method
+    return {
+        "method": {"name": method.name, "version": method.version, "file": Path(method.path).name, "sha256": method.sha256},
+        "calibrator_sets": [
+            {"name": s.name, "matrices": list(s.matrices), "file": Path(s.source).name,
+             "sha256": sha256(Path(s.source)) if Path(s.source).is_file() else ""}
+            for s in method.calibrator_sets
+        ],
+        "inputs": inputs,
+        "software": software_versions(),
+    }
+
+
+def software_versions() -> dict:
+    versions = {"lcmsquant": __version__, "python": platform.python_version()}
+    for name in SOFTWARE:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "unknown"
+    return versions
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_outputs(batch: Batch, run: RunResult, out_dir: Path, command: list[str] | None = None) -> list[Path]:
+    """Write every output file atomically; return their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [
+        write_csv(results_table(batch, run), out_dir / "results.csv"),
+        write_csv(peaks_table(batch, run), out_dir / "peaks.csv"),
+        write_csv(calibration_table(run), out_dir / "calibration.csv"),
+        write_text(json.dumps(_jsonable(run_summary(batch, run)), indent=2) + "\n", out_dir / "run.json"),
+    ]
+    session = {
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command if command is not None else sys.argv,
+        "host": platform.node(),
+    }
+    written.append(write_text(json.dumps(session, indent=2) + "\n", out_dir / "session.json"))
+    return written
+
+
+def write_csv(table: pd.DataFrame, path: Path) -> Path:
+    return write_text(table.to_csv(index=False, lineterminator="\n"), path)
+
+
+def write_text(text: str, path: Path) -> Path:
+    """Write to a temporary file beside `path`, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _rounded(table: pd.DataFrame) -> pd.DataFrame:
+    table = table.copy()
+    for column, digits in ROUNDING.items():
+        if column in table.columns:
+            values = pd.to_numeric(table[column], errors="coerce")
+            table[column] = values.round(digits) if digits >= 0 else values.map(lambda v: _significant(v, -digits))
+    return table
+
+
+def _significant(value: float, digits: int) -> float:
+    if not np.isfinite(value) or value == 0:
+        return value
+    return float(f"{value:.{digits}g}")
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        return None if not np.isfinite(obj) else float(obj)
+    return obj
