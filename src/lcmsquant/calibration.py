@@ -117,7 +117,12 @@ def tolerance_pct(nominal: float, lowest_nominal: float, acceptance: Acceptance)
 
 
 def calibrate(points: pd.DataFrame, model: str, weighting: str, acceptance: Acceptance) -> CalibrationResult:
-    """Fit a curve to calibrators, excluding failing ones one at a time, worst first (ICH M10 3.3.2).
+    """Fit a curve to calibrators, excluding failing ones one at a time with refit (ICH M10 3.3.2).
+
+    While any included calibrator fails its tolerance, the one excluded is the calibrator that is
+    worst against a curve fitted without it (leave-one-out). With 1/x^2 weights an outlying LLOQ
+    pulls the curve through itself and makes its neighbours fail; judging each point against
+    the others finds the real culprit instead of discarding good calibrators.
 
     `points` has columns injection, level, nominal, area_ratio (NaN when no peak). Returned
     calibrators gain back_calculated, accuracy_pct, re_pct, tolerance_pct, passed, excluded and
@@ -126,38 +131,52 @@ def calibrate(points: pd.DataFrame, model: str, weighting: str, acceptance: Acce
     table = points.copy().reset_index(drop=True)
     lowest = float(table["nominal"].min()) if len(table) else np.nan
     table["tolerance_pct"] = [tolerance_pct(n, lowest, acceptance) for n in table["nominal"]]
-    usable = np.isfinite(table["area_ratio"].to_numpy(float)) & (table["area_ratio"].to_numpy(float) > 0)
+    ratio = table["area_ratio"].to_numpy(float)
+    usable = np.isfinite(ratio) & (ratio > 0)
     table["excluded"] = ~usable
     table["exclusion_reason"] = np.where(usable, "", "no response")
     table["back_calculated"] = np.nan
     table["re_pct"] = np.nan
     minimum_points = {"linear": 2, "linear_through_zero": 1, "quadratic": 3}[model] + 1
 
-    curve = None
     while True:
-        active = table[~table["excluded"]]
+        active = table.index[~table["excluded"]]
         if len(active) < minimum_points:
             problem = f"only {len(active)} usable calibrators: a {model} curve needs {minimum_points}"
             return _result(None, table, acceptance, problem)
-        curve = fit_curve(active["nominal"], active["area_ratio"], model, weighting)
+        curve = fit_curve(table.loc[active, "nominal"], table.loc[active, "area_ratio"], model, weighting)
         table["back_calculated"] = curve.back_calculate(table["area_ratio"])
         table["re_pct"] = 100.0 * (table["back_calculated"] - table["nominal"]) / table["nominal"]
-        badness = (table["re_pct"].abs() / table["tolerance_pct"]).fillna(np.inf)
-        badness = badness[~table["excluded"]]
-        worst = badness.idxmax()
-        if badness[worst] <= 1.0:
-            break
+        failing = (table.loc[active, "re_pct"].abs() > table.loc[active, "tolerance_pct"]) | table.loc[active, "re_pct"].isna()
+        if not failing.any():
+            return _result(curve, table, acceptance, "")
+        if len(active) == minimum_points:
+            worst = table.loc[active, "re_pct"].abs().div(table.loc[active, "tolerance_pct"]).fillna(np.inf).idxmax()
+        else:
+            worst = _worst_left_out(table, active, model, weighting)
         table.loc[worst, "excluded"] = True
-        re = table.loc[worst, "re_pct"]
-        table.loc[worst, "exclusion_reason"] = (
-            f"back-calculated {re:+.1f} % from nominal (limit +-{table.loc[worst, 'tolerance_pct']:g} %)"
-            if np.isfinite(re) else "no concentration on the curve"
-        )
-    return _result(curve, table, acceptance, "")
+        table.loc[worst, "exclusion_reason"] = "failing; excluded and the curve refitted"
+
+
+def _worst_left_out(table: pd.DataFrame, active: pd.Index, model: str, weighting: str):
+    """The calibrator with the largest |%RE| / tolerance against a curve fitted without it."""
+    badness = {}
+    for i in active:
+        others = active.drop(i)
+        curve = fit_curve(table.loc[others, "nominal"], table.loc[others, "area_ratio"], model, weighting)
+        found = curve.back_calculate([table.loc[i, "area_ratio"]])[0]
+        re = 100.0 * (found - table.loc[i, "nominal"]) / table.loc[i, "nominal"]
+        badness[i] = abs(re) / table.loc[i, "tolerance_pct"] if np.isfinite(re) else np.inf
+    return max(badness, key=badness.get)
 
 
 def _result(curve: Curve | None, table: pd.DataFrame, acceptance: Acceptance, problem: str) -> CalibrationResult:
     """Level verdicts (at least 50 % of a level's replicates pass) and the run's LLOQ/ULOQ."""
+    refitted = table["exclusion_reason"] == "failing; excluded and the curve refitted"
+    table.loc[refitted, "exclusion_reason"] = [
+        f"back-calculated {re:+.1f} % from nominal (limit +-{tol:g} %)" if np.isfinite(re) else "no concentration on the curve"
+        for re, tol in zip(table.loc[refitted, "re_pct"], table.loc[refitted, "tolerance_pct"])
+    ]
     table["accuracy_pct"] = 100.0 + table["re_pct"]
     table["passed"] = (~table["excluded"]) & (table["re_pct"].abs() <= table["tolerance_pct"])
     levels = table.groupby("level", sort=False).agg(nominal=("nominal", "first"), passed=("passed", "mean"))

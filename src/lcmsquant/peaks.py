@@ -5,8 +5,11 @@ the raw signal above a baseline fitted to the trace around the peak.
 
 Definitions used everywhere in lcmsquant:
 - noise (sigma): robust RMS of the baseline noise, 1.4826 * MAD of the first differences of the
-  raw trace divided by sqrt(2) (first differences remove drift; MAD ignores the peak itself);
-- S/N: baseline-corrected apex height of the smoothed trace divided by sigma;
+  raw trace outside the peak, divided by sqrt(2) (first differences remove drift, the MAD
+  ignores spikes);
+- height: the highest raw point above the baseline, near the smoothed apex;
+- S/N: baseline-corrected apex height of the smoothed trace divided by sigma (the smoothed
+  height is not inflated by the noise it is compared with);
 - area: trapezoidal integral of (raw - baseline) between the boundaries, in counts (cps x s).
 """
 
@@ -88,7 +91,9 @@ def find_peak(time: np.ndarray, intensity: np.ndarray, search: PeakSearch) -> Pe
     if not candidates:
         return None
     apex = max(candidates, key=lambda c: (c[1], -abs(time[c[0]] - search.expected_rt)))[0]
-    baseline = _baseline(time, intensity, smoothed, apex)
+    baseline, outside = _baseline(time, intensity, smoothed, apex)
+    if len(outside) >= 10:
+        sigma = noise_sigma(intensity[outside])
     start, end = _boundaries(smoothed, baseline(time), apex, sigma)
     peak = integrate(time, intensity, start, end, baseline, sigma, smoothed)
     if peak is None or peak.sn < search.min_sn:
@@ -114,14 +119,15 @@ def integrate(
     area = float(np.trapezoid(corrected, t)) * SECONDS_PER_MINUTE
     reference = (smoothed if smoothed is not None else intensity)[seg] - baseline(t)
     apex = int(np.argmax(reference))
-    height = float(reference[apex])
+    near = slice(max(apex - 2, 0), apex + 3)
+    smoothed_height = float(reference[apex])
     return Peak(
         rt=float(_refine_apex(t, reference, apex)),
         start=float(t[0]),
         end=float(t[-1]),
         area=area,
-        height=height,
-        sn=height / sigma if sigma > 0 else float("inf"),
+        height=float(np.max(corrected[near])),
+        sn=smoothed_height / sigma if sigma > 0 else float("inf"),
         noise=sigma,
         baseline_start=float(baseline(t[0])),
         baseline_end=float(baseline(t[-1])),
@@ -131,14 +137,18 @@ def integrate(
 
 
 def integrate_between(time: np.ndarray, intensity: np.ndarray, start_rt: float, end_rt: float) -> Peak | None:
-    """Integrate fixed boundaries (a manual integration) with a base-to-base baseline."""
+    """Integrate fixed boundaries (a manual integration) with a base-to-base baseline.
+
+    Each end of the baseline is the mean of the boundary point and the two points outside it,
+    so one noisy point does not tilt the baseline and the peak's own flank does not lift it.
+    """
     time, intensity = _clean(time, intensity)
     inside = np.flatnonzero((time >= start_rt) & (time <= end_rt))
     if len(inside) < 3:
         return None
     start, end = int(inside[0]), int(inside[-1])
-    y0 = float(np.mean(intensity[max(start - 1, 0): start + 2]))
-    y1 = float(np.mean(intensity[end - 1: end + 2]))
+    y0 = float(np.mean(intensity[max(start - 2, 0): start + 1]))
+    y1 = float(np.mean(intensity[end: end + 3]))
     t0, t1 = time[start], time[end]
     slope = (y1 - y0) / (t1 - t0)
 
@@ -160,7 +170,8 @@ def _clean(time: np.ndarray, intensity: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def _baseline(time: np.ndarray, intensity: np.ndarray, smoothed: np.ndarray, apex: int):
-    """A straight baseline fitted (Theil-Sen, robust to small interferences) around the peak.
+    """A straight baseline fitted (Theil-Sen, robust to small interferences) around the peak,
+    and the indices of the points it was fitted to.
 
     The peak region excluded from the fit reaches 3 half-widths before and 5 after the apex,
     so that a tailing peak does not lift its own baseline.
@@ -189,7 +200,7 @@ def _baseline(time: np.ndarray, intensity: np.ndarray, smoothed: np.ndarray, ape
     def baseline(t):
         return intercept + slope * np.asarray(t, dtype=float)
 
-    return baseline
+    return baseline, outside
 
 
 def _boundaries(smoothed: np.ndarray, base: np.ndarray, apex: int, sigma: float) -> tuple[int, int]:

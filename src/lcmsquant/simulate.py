@@ -1,0 +1,636 @@
+"""Simulate a triple-quadrupole LC-MS/MS bioanalytical batch (worklist + one mzML per injection).
+
+The simulator is used by the tests, the shipped example and the benchmarks. It writes
+
+    out_dir/worklist.csv              one row per injection, in injection order
+    out_dir/NNN_<sample_id>.mzML      one indexed mzML per injection (TIC + scheduled SRM traces)
+    out_dir/../<out_dir.name>_truth.csv   what was really in every sample (never read by the
+                                          pipeline; beside the folder so it is not mistaken for input)
+
+Run layout (typical bioanalytical run): double blank, zero, CAL1..CALn ascending, carry-over
+blank, QC set 1 (LLOQ, LQC, MQC, HQC), first half of the unknowns, QC set 2 (LQC, MQC, HQC) and
+two DQCs (dilution factor 10), second half of the unknowns, QC set 3 (LLOQ, LQC, MQC, HQC),
+final blank. Among the unknowns, for every analyte: two samples below the LLOQ (0.3-0.7 x LLOQ),
+one pre-dose sample (truth 0), one sample above the ULOQ injected undiluted (1.5-3 x ULOQ) and
+one sample at 2-8 x ULOQ injected with dilution factor 10; the others are log-uniform between
+1.5 x LLOQ and 0.9 x ULOQ, independently per analyte.
+
+Physics (areas are in counts x seconds; heights in counts):
+- peaks are exponentially modified Gaussians (sigma 1.6-2.0 s, tau 1.0-2.5 s) whose apex sits
+  at the simulated RT and whose area is exactly the simulated area;
+- RT = method RT + a batch drift (linear in injection order, +0.04 min at the end) + a
+  per-injection jitter (SD 0.005 min), the same shift for every compound of an injection, so an
+  analyte and its IS co-elute exactly as the method says;
+- scheduled SRM: each trace covers [RT_expected - 0.5, RT_expected + 0.5] min, one point per
+  0.35 s cycle, each trace starting at its own random phase within the cycle (~171 points);
+- analyte area = k * V * c * (1 - 0.03 c / ULOQ) * ME * S * ratio_noise, IS area = k_IS * ME * S,
+  with ME the per-injection matrix effect (lognormal, sigma 0.15, the same for an analyte and
+  its IS; mean 0.85 in bone marrow, 1 elsewhere), S a slow sensitivity loss over the batch
+  (-5 % at the end, tracked by the IS) and ratio_noise lognormal sigma 0.02;
+  qualifier area = quantifier area x ion ratio (flumatinib 0.45, M1 0.30, M3 0.60) x lognormal
+  sigma 0.03;
+- k is chosen from a target LLOQ peak height (flumatinib 1350, M1 900, M3 920 counts at the
+  plasma LLOQ, i.e. 20-30 x the nominal baseline noise of 45 counts); the IS heights are
+  ~110 000 (flumatinib-d3) and ~90 000 (M3-d4) counts, 50-200 x the LLOQ heights;
+- V is an "injection volume" factor of the batch matrix: plasma 1, CSF 5.8 (CSF is injected
+  without the protein-precipitation dilution of plasma). With it the CSF LLOQ (0.1 ng/mL) is
+  17-24 x the noise for all three analytes (a shared k with V = 1 would leave flumatinib's CSF
+  LLOQ at 3 x the noise), while k stays one property of each analyte.
+  The CSF IS working solution is weaker by the same factor, so IS responses match plasma;
+- detector saturation at 5e6 counts (flat top); ULOQ peaks stay around 1e6 counts;
+- baseline per trace: offset 50-300 counts, linear drift up to +/-30 % of the offset across the
+  trace, Gaussian noise SD 30-60 counts, shot noise 0.8 x sqrt(signal); clipped at 0, float32;
+- carry-over: every injection receives carryover_fraction x the previous injection's analyte
+  amount (analytes only, not the IS);
+- interferences: with probability 4 % per SRM trace a small extra peak (1 % to 2 x the LLOQ
+  height, log-uniform) 0.25-0.45 min from the expected RT; in about 1 of 30 unknowns (at least
+  one per batch) a co-eluting interference raises one analyte's qualifier area by 50-100 %;
+  only these co-eluting ones are recorded in the truth file (`interference` column), the
+  off-RT peaks never overlap the true peak;
+- blanks hold no analyte and no IS (baseline, noise, carry-over); the zero holds the IS only.
+
+Determinism: every random draw comes from numpy Generators seeded by `seed` (one stream for the
+design, one for the batch drift, one per injection, so an option that changes one injection
+leaves the noise of the others as it was); no clock is read. The same seed and options give
+byte-identical files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import exponnorm
+
+from .method import CALIBRATOR_LEVEL, CalibratorSet, Method, Transition, default_method_path, load_method
+from .mzml_writer import Chromatogram, _atomic_write, srm_native_id, write_chromatogram_mzml
+
+__all__ = ["SimulationOptions", "simulate_batch", "WORKLIST_COLUMNS", "TRUTH_COLUMNS", "truth_path_for"]
+
+WORKLIST_COLUMNS = (
+    "file", "sample_id", "sample_type", "level", "matrix", "subject_id", "visit", "timepoint",
+    "dilution_factor",
+)
+TRUTH_COLUMNS = (
+    "sample_id", "sample_type", "level", "matrix", "analyte", "true_concentration",
+    "dilution_factor", "interference",
+)
+BATCH_MATRICES = ("plasma", "csf")
+
+# --- acquisition ----------------------------------------------------------------------------
+CYCLE_S = 0.35  # scheduled-SRM cycle time
+WINDOW_HALF_MIN = 0.5  # each transition is acquired within expected RT +/- this
+RUN_START = datetime(2024, 5, 6, 8, 0, 0)  # fixed, fictitious; injections every 6 min
+INJECTION_INTERVAL = timedelta(minutes=6)
+
+# --- response -------------------------------------------------------------------------------
+NOISE_NOMINAL = 45.0  # counts, the middle of the 30-60 noise SD range
+SATURATION = 5.0e6  # counts, detector limit (flat tops above)
+NOMINAL_SIGMA_S, NOMINAL_TAU_S = 1.8, 1.75  # the peak shape the k's are computed for
+LLOQ_HEIGHT = {"flumatinib": 1350.0, "M1": 900.0, "M3": 920.0}  # counts at the plasma LLOQ
+DEFAULT_LLOQ_SN = 25.0  # for analytes of other methods
+IS_HEIGHT = {"flumatinib-d3": 110_000.0, "M3-d4": 90_000.0}
+DEFAULT_IS_HEIGHT = 100_000.0
+INJECTION_VOLUME = {"plasma": 1.0, "csf": 5.8}
+ION_RATIO = {"flumatinib": 0.45, "M1": 0.30, "M3": 0.60}
+DEFAULT_ION_RATIO = 0.40
+MATRIX_EFFECT_MEAN = {"plasma": 1.0, "serum": 1.0, "marrow": 0.85, "csf": 1.0}
+MATRIX_EFFECT_SIGMA = 0.15
+RATIO_NOISE_SIGMA = 0.02
+ION_RATIO_NOISE_SIGMA = 0.03
+COMPRESSION_AT_ULOQ = 0.03
+SENSITIVITY_LOSS = 0.05  # fraction lost by the end of the batch
+RT_DRIFT_END_MIN = 0.04
+RT_JITTER_MIN = 0.005
+INTERFERENCE_PROBABILITY = 0.04
+SPOIL_FACTOR = 1.5
+IS_DROPOUT_FACTOR = 0.20
+
+# --- samples --------------------------------------------------------------------------------
+MATRIX_SUFFIX = {"plasma": "PL", "serum": "SER", "marrow": "BM", "csf": "CSF"}
+QC_SET_1 = ("LLOQ", "LQC", "MQC", "HQC")
+QC_SET_2 = ("LQC", "MQC", "HQC", "DQC", "DQC")
+QC_SET_3 = ("LLOQ", "LQC", "MQC", "HQC")
+DILUTION = 10
+MIN_UNKNOWNS = 6
+
+
+class _FrozenMapping(Mapping):
+    """A read-only, hashable mapping, so SimulationOptions stays frozen and hashable."""
+
+    def __init__(self, data: Mapping | None = None):
+        self._data = dict(data or {})
+
+    def __getitem__(self, key):
+        return self._data[key]
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._data.items()))
+
+    def __repr__(self) -> str:
+        return repr(self._data)
+
+
+@dataclass(frozen=True)
+class SimulationOptions:
+    """What to simulate besides a clean run (defaults: a normal, passing batch)."""
+
+    n_unknowns: int = 24
+    compress: bool = True  # zlib-compress binary arrays
+    gzip: bool = False  # write .mzML.gz instead of .mzML
+    # analyte -> bias in % applied to the QC true concentrations (to make QCs fail on purpose)
+    qc_bias_pct: Mapping[str, float] = field(default_factory=dict)
+    # (analyte, level): that calibrator's analyte response x 1.5
+    spoil_calibrator: tuple[str, str] | None = None
+    # fraction of the previous injection's analyte amount that appears in the next injection
+    carryover_fraction: float = 5e-5
+    # sample_ids whose IS response is cut to 20 %
+    is_dropout: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if isinstance(self.n_unknowns, bool) or not isinstance(self.n_unknowns, (int, np.integer)):
+            raise ValueError(f"n_unknowns must be an integer, got {self.n_unknowns!r}")
+        object.__setattr__(self, "n_unknowns", int(self.n_unknowns))
+        if self.n_unknowns < MIN_UNKNOWNS:
+            raise ValueError(
+                f"n_unknowns must be at least {MIN_UNKNOWNS} (the designed BLQ, ALQ, diluted and "
+                f"pre-dose samples plus one ordinary sample), got {self.n_unknowns}"
+            )
+        if not (math.isfinite(self.carryover_fraction) and 0 <= self.carryover_fraction < 1):
+            raise ValueError(f"carryover_fraction must be in [0, 1), got {self.carryover_fraction!r}")
+        bias = dict(self.qc_bias_pct)
+        for analyte, value in bias.items():
+            if not math.isfinite(float(value)) or float(value) <= -100:
+                raise ValueError(f"qc_bias_pct[{analyte!r}] must be a finite percentage above -100, got {value!r}")
+        object.__setattr__(self, "qc_bias_pct", _FrozenMapping({k: float(v) for k, v in bias.items()}))
+        if isinstance(self.is_dropout, str):
+            object.__setattr__(self, "is_dropout", (self.is_dropout,))
+        else:
+            object.__setattr__(self, "is_dropout", tuple(self.is_dropout))
+        if self.spoil_calibrator is not None:
+            spoil = tuple(self.spoil_calibrator)
+            if len(spoil) != 2:
+                raise ValueError(f"spoil_calibrator must be (analyte, level), got {self.spoil_calibrator!r}")
+            object.__setattr__(self, "spoil_calibrator", spoil)
+
+
+def truth_path_for(out_dir: Path | str) -> Path:
+    """Where simulate_batch writes the truth file of a batch folder."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / f"{out_dir.name}_truth.csv"
+
+
+def simulate_batch(
+    out_dir: Path | str,
+    seed: int,
+    matrix: str = "plasma",
+    method: Method | None = None,
+    options: SimulationOptions = SimulationOptions(),
+) -> Path:
+    """Write a batch folder (worklist.csv + one mzML per injection) and return the truth file path."""
+    if matrix not in BATCH_MATRICES:
+        raise ValueError(f"unknown batch matrix {matrix!r}: simulate_batch knows {', '.join(BATCH_MATRICES)}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    seed = int(seed)
+    if method is None:
+        method = load_method(default_method_path())
+    cal_set = method.calibrator_set_for(matrix)
+    if cal_set is None:
+        raise ValueError(f"method {method.name!r} has no calibrator set for matrix {matrix!r}")
+    ranges = _ranges(method, cal_set)
+    _check_options(method, cal_set, options)
+
+    design_rng = _rng(seed, 0)
+    injections = _design(method, cal_set, matrix, options, ranges, design_rng)
+    _check_dropout(options, injections)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    physics = _Physics(method, matrix, options, ranges, n_injections=len(injections), rng=_rng(seed, 1))
+
+    previous_amount = {a.name: 0.0 for a in method.analytes}
+    for inj in injections:
+        chroms, previous_amount = physics.injection(inj, previous_amount, _rng(seed, 2, inj.number))
+        write_chromatogram_mzml(
+            out_dir / inj.file, chroms, compress=options.compress, gzip=options.gzip,
+            start_timestamp=(RUN_START + (inj.number - 1) * INJECTION_INTERVAL).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+
+    truth = truth_path_for(out_dir)
+    _atomic_write(truth, _truth_csv(method, injections))
+    _remove_stale_files(out_dir, {inj.file for inj in injections})
+    _atomic_write(out_dir / "worklist.csv", _worklist_csv(injections))
+    return truth
+
+
+# ---------------------------------------------------------------------------------------------
+# Design: which samples, in which order, with which true concentrations
+
+
+@dataclass
+class _Injection:
+    number: int  # 1-based injection order
+    sample_id: str
+    sample_type: str
+    level: str = ""
+    matrix: str = ""
+    subject_id: str = ""
+    visit: str = ""
+    timepoint: str = ""
+    dilution_factor: int = 1
+    truth: dict[str, float] = field(default_factory=dict)  # ng/mL in the sample as received
+    interference: dict[str, str] = field(default_factory=dict)  # analyte -> hit transition name
+    file: str = ""
+
+
+@dataclass(frozen=True)
+class _Range:
+    lloq: float
+    uloq: float
+
+
+def _rng(seed: int, *key: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
+
+
+def _calibrator_levels(cal_set: CalibratorSet) -> list[str]:
+    return sorted((lv for lv in cal_set.levels if CALIBRATOR_LEVEL.match(lv)), key=lambda lv: int(lv[3:]))
+
+
+def _ranges(method: Method, cal_set: CalibratorSet) -> dict[str, _Range]:
+    out = {}
+    for a in method.analytes:
+        values = [cal_set.nominal(lv, a.name) for lv in _calibrator_levels(cal_set)]
+        values = [v for v in values if v is not None]
+        if not values:
+            raise ValueError(f"calibrator set {cal_set.name!r} has no calibrator for analyte {a.name!r}")
+        out[a.name] = _Range(min(values), max(values))
+    return out
+
+
+def _check_options(method: Method, cal_set: CalibratorSet, options: SimulationOptions) -> None:
+    names = {a.name for a in method.analytes}
+    unknown = sorted(set(options.qc_bias_pct) - names)
+    if unknown:
+        raise ValueError(f"qc_bias_pct names unknown analyte(s) {', '.join(unknown)} (method has {', '.join(sorted(names))})")
+    if options.spoil_calibrator is not None:
+        analyte, level = options.spoil_calibrator
+        if analyte not in names:
+            raise ValueError(f"spoil_calibrator: unknown analyte {analyte!r}")
+        if level not in _calibrator_levels(cal_set) or cal_set.nominal(level, analyte) is None:
+            raise ValueError(f"spoil_calibrator: {analyte} has no calibrator level {level!r}")
+
+
+def _check_dropout(options: SimulationOptions, injections: list[_Injection]) -> None:
+    ids = {inj.sample_id for inj in injections}
+    missing = [s for s in options.is_dropout if s not in ids]
+    if missing:
+        raise ValueError(f"is_dropout names sample id(s) not in the batch: {', '.join(missing)}")
+
+
+def _round(x: float) -> float:
+    """Truth values as written to the truth file (12 significant digits), used by the physics too."""
+    return float(f"{x:.12g}")
+
+
+def _design(
+    method: Method, cal_set: CalibratorSet, matrix: str, options: SimulationOptions,
+    ranges: dict[str, _Range], rng: np.random.Generator,
+) -> list[_Injection]:
+    analytes = [a.name for a in method.analytes]
+    zero = {a: 0.0 for a in analytes}
+    qc_counter: dict[str, int] = {}
+
+    def qc(level: str) -> _Injection | None:
+        nominals = {a: cal_set.nominal(level, a) for a in analytes}
+        if any(v is None for v in nominals.values()):
+            return None
+        qc_counter[level] = qc_counter.get(level, 0) + 1
+        n = qc_counter[level]
+        sample_id = f"DQC-{n}" if level == "DQC" else f"QC-{level}-{n}"
+        truth = {a: _round(v * (1 + options.qc_bias_pct.get(a, 0.0) / 100)) for a, v in nominals.items()}
+        return _Injection(0, sample_id, "qc", level, matrix, dilution_factor=DILUTION if level == "DQC" else 1,
+                          truth=truth)
+
+    def qc_set(levels: tuple[str, ...]) -> list[_Injection]:
+        return [q for q in (qc(lv) for lv in levels) if q is not None]
+
+    def blank(n: int) -> _Injection:
+        return _Injection(0, f"BLK-{n}", "blank", matrix=matrix, truth=dict(zero))
+
+    calibrators = [
+        _Injection(0, lv, "calibrator", lv, matrix, truth={a: _round(cal_set.nominal(lv, a) or 0.0) for a in analytes})
+        for lv in _calibrator_levels(cal_set)
+    ]
+    unknowns = _unknowns(method, matrix, options.n_unknowns, ranges, rng)
+    half = (len(unknowns) + 1) // 2
+
+    order = (
+        [blank(1), _Injection(0, "ZERO-1", "zero", matrix=matrix, truth=dict(zero))]
+        + calibrators
+        + [blank(2)]
+        + qc_set(QC_SET_1)
+        + unknowns[:half]
+        + qc_set(QC_SET_2)
+        + unknowns[half:]
+        + qc_set(QC_SET_3)
+        + [blank(3)]
+    )
+    width = max(3, len(str(len(order))))
+    seen: set[str] = set()
+    for number, inj in enumerate(order, start=1):
+        if inj.sample_id in seen:  # cannot happen with the built-in naming; keep the contract anyway
+            raise AssertionError(f"duplicate sample id {inj.sample_id}")
+        seen.add(inj.sample_id)
+        inj.number = number
+        inj.file = f"{number:0{width}d}_{_safe(inj.sample_id)}.mzML" + (".gz" if options.gzip else "")
+    return order
+
+
+def _safe(sample_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", sample_id).strip("_") or "sample"
+
+
+def _unknown_slots(n: int, matrix: str) -> list[tuple[str, str, str, str]]:
+    """(subject, visit, timepoint, matrix) for n study samples; sample ids do not depend on the seed.
+
+    Plasma batch: subjects with paired serum + bone marrow draws, subjects on plasma, and
+    subjects with serum at both visits and marrow at C1D15. CSF batch: CSF at C1D15 and C2D1.
+    The first slot is a pre-dose (C1D1) sample of subject S001.
+    """
+    first = "csf" if matrix == "csf" else "serum"
+    slots = [("S001", "C1D1", "pre-dose", first)]
+    subject = 1
+    while len(slots) < n:
+        sid = f"S{subject:03d}"
+        for visit in ("C1D15", "C2D1"):
+            if matrix == "csf":
+                mats: tuple[str, ...] = ("csf",)
+            elif subject % 3 == 1:
+                mats = ("serum", "marrow")
+            elif subject % 3 == 2:
+                mats = ("plasma",)
+            else:
+                mats = ("serum", "marrow") if visit == "C1D15" else ("serum",)
+            slots.extend((sid, visit, "trough", m) for m in mats)
+        subject += 1
+    return slots[:n]
+
+
+def _unknowns(
+    method: Method, matrix: str, n: int, ranges: dict[str, _Range], rng: np.random.Generator,
+) -> list[_Injection]:
+    analytes = [a.name for a in method.analytes]
+    slots = _unknown_slots(n, matrix)
+    designs = ["predose"] + ["normal"] * (n - 1)
+    for idx, kind in zip(rng.choice(np.arange(1, n), size=4, replace=False), ("blq", "blq", "alq", "diluted")):
+        designs[int(idx)] = kind
+
+    out = []
+    for (subject, visit, timepoint, m), kind in zip(slots, designs):
+        truth = {}
+        for a in analytes:
+            r = ranges[a]
+            if kind == "predose":
+                c = 0.0
+            elif kind == "blq":
+                c = rng.uniform(0.3, 0.7) * r.lloq
+            elif kind == "alq":
+                c = rng.uniform(1.5, 3.0) * r.uloq
+            elif kind == "diluted":
+                c = rng.uniform(2.0, 8.0) * r.uloq
+            else:
+                c = math.exp(rng.uniform(math.log(1.5 * r.lloq), math.log(0.9 * r.uloq)))
+            truth[a] = _round(c)
+        out.append(_Injection(
+            0, f"{subject}-{visit}-{MATRIX_SUFFIX[m]}", "unknown", "", m, subject, visit, timepoint,
+            DILUTION if kind == "diluted" else 1, truth,
+        ))
+
+    # co-eluting qualifier interferences: about 1 unknown in 30, at least one per batch
+    with_qualifiers = [a for a in method.analytes if a.qualifiers]
+    normal = [i for i, kind in enumerate(designs) if kind == "normal"]
+    n_hit = max(1, round(n / 30))
+    hits = rng.choice(np.array(normal), size=min(n_hit, len(normal)), replace=False) if normal else []
+    for idx in sorted(int(i) for i in hits):
+        if with_qualifiers:
+            a = with_qualifiers[int(rng.integers(len(with_qualifiers)))]
+            out[idx].interference[a.name] = a.qualifiers[0].name
+
+    return [out[int(i)] for i in rng.permutation(n)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Physics: from true concentrations to chromatograms
+
+
+def emg_shape(t_s: np.ndarray, sigma_s: float, tau_s: float) -> np.ndarray:
+    """Exponentially modified Gaussian with unit area and its apex (mode) at t = 0 (seconds)."""
+    k = tau_s / sigma_s
+    return exponnorm.pdf(t_s / sigma_s + _emg_mode(k), k) / sigma_s
+
+
+def emg_height_per_area(sigma_s: float, tau_s: float) -> float:
+    """Apex height of a unit-area EMG, in 1/s."""
+    k = tau_s / sigma_s
+    return float(exponnorm.pdf(_emg_mode(k), k)) / sigma_s
+
+
+def _emg_mode(k: float) -> float:
+    """Mode of the standard exponnorm(K) density (grid search, then a parabola through the top)."""
+    x = np.linspace(-1.0, k + 1.0, 2001)
+    y = exponnorm.logpdf(x, k)
+    i = int(np.clip(np.argmax(y), 1, len(x) - 2))
+    y0, y1, y2 = y[i - 1], y[i], y[i + 1]
+    denom = y0 - 2 * y1 + y2
+    step = x[1] - x[0]
+    return float(x[i] + (0.5 * step * (y0 - y2) / denom if denom != 0 else 0.0))
+
+
+class _Physics:
+    def __init__(self, method: Method, matrix: str, options: SimulationOptions, ranges: dict[str, _Range],
+                 n_injections: int, rng: np.random.Generator):
+        self.method = method
+        self.options = options
+        self.ranges = ranges
+        self.volume = INJECTION_VOLUME[matrix]
+        h = emg_height_per_area(NOMINAL_SIGMA_S, NOMINAL_TAU_S)
+        reference = method.calibrator_set_for("plasma") or method.calibrator_set_for(matrix)
+        ref_ranges = _ranges(method, reference)
+        # k: area (counts*s) per ng/mL injected at V = 1
+        self.k = {
+            a.name: LLOQ_HEIGHT.get(a.name, DEFAULT_LLOQ_SN * NOISE_NOMINAL) / ref_ranges[a.name].lloq / h
+            for a in method.analytes
+        }
+        self.k_is = {i.name: IS_HEIGHT.get(i.name, DEFAULT_IS_HEIGHT) / h for i in method.internal_standards}
+        # LLOQ heights of this batch's curve, the scale of the small interferences
+        self.lloq_height = {a.name: self.k[a.name] * self.volume * ranges[a.name].lloq * h for a in method.analytes}
+        for i in method.internal_standards:
+            users = [self.lloq_height[a.name] for a in method.analytes if a.internal_standard == i.name]
+            self.lloq_height[i.name] = min(users) if users else DEFAULT_LLOQ_SN * NOISE_NOMINAL
+        self.transitions = method.transitions()
+        steps = np.arange(n_injections) / max(n_injections - 1, 1)
+        self.rt_shift = RT_DRIFT_END_MIN * steps + rng.normal(0.0, RT_JITTER_MIN, n_injections)
+        self.sensitivity = 1.0 - SENSITIVITY_LOSS * steps
+        self.dt_min = CYCLE_S / 60.0
+        last = max(method.expected_rt(t) for t in self.transitions) + WINDOW_HALF_MIN
+        self.run_end_min = math.ceil((last + 0.5) * 10) / 10
+
+    def injection(self, inj: _Injection, previous_amount: dict[str, float], rng: np.random.Generator):
+        """The chromatograms of one injection and the analyte amounts it leaves for carry-over."""
+        method, options = self.method, self.options
+        i = inj.number - 1
+        shift = float(self.rt_shift[i])
+        scale = float(self.sensitivity[i])
+        matrix_effect = {
+            s.name: MATRIX_EFFECT_MEAN.get(inj.matrix, 1.0) * math.exp(rng.normal(0.0, MATRIX_EFFECT_SIGMA))
+            for s in method.internal_standards
+        }
+        compounds = [a.name for a in method.analytes] + [s.name for s in method.internal_standards]
+        shapes = {c: (rng.uniform(1.6, 2.0), rng.uniform(1.0, 2.5)) for c in compounds}
+
+        area: dict[Transition, float] = {}
+        amount: dict[str, float] = {}
+        for a in method.analytes:
+            own = inj.truth.get(a.name, 0.0) / inj.dilution_factor
+            c = own + options.carryover_fraction * previous_amount.get(a.name, 0.0)
+            amount[a.name] = c
+            compression = max(0.5, 1.0 - COMPRESSION_AT_ULOQ * c / self.ranges[a.name].uloq)
+            noise = math.exp(rng.normal(0.0, RATIO_NOISE_SIGMA))
+            q_area = self.k[a.name] * self.volume * c * compression * matrix_effect[a.internal_standard] * scale * noise
+            if options.spoil_calibrator == (a.name, inj.level) and inj.sample_type == "calibrator":
+                q_area *= SPOIL_FACTOR
+            area[a.quantifier] = q_area
+            for q in a.qualifiers:
+                ratio = ION_RATIO.get(a.name, DEFAULT_ION_RATIO) * 0.5 ** (q.index - 1)
+                area[q] = q_area * ratio * math.exp(rng.normal(0.0, ION_RATIO_NOISE_SIGMA))
+        for s in method.internal_standards:
+            is_area = 0.0 if inj.sample_type == "blank" else self.k_is[s.name] * matrix_effect[s.name] * scale
+            if inj.sample_id in options.is_dropout:
+                is_area *= IS_DROPOUT_FACTOR
+            area[s.transition] = is_area
+
+        chroms = []
+        for index, t in enumerate(self.transitions):
+            expected = method.expected_rt(t)
+            apex = expected + shift
+            sigma, tau = shapes[t.compound]
+            start = expected - WINDOW_HALF_MIN + rng.uniform(0.0, self.dt_min)
+            n = int(math.floor((expected + WINDOW_HALF_MIN - start) / self.dt_min + 1e-9)) + 1
+            time = start + np.arange(n) * self.dt_min
+            signal = np.zeros(n)
+            if area[t] > 0:
+                signal += area[t] * emg_shape((time - apex) * 60.0, sigma, tau)
+
+            # a small unrelated peak 0.25-0.45 min from the expected RT (all draws made always)
+            hit = rng.random() < INTERFERENCE_PROBABILITY
+            side = 1.0 if rng.random() < 0.5 else -1.0
+            where = expected + side * rng.uniform(0.25, 0.45)
+            rel_height = math.exp(rng.uniform(math.log(0.01), math.log(2.0)))
+            i_sigma, i_tau = rng.uniform(1.5, 3.0), rng.uniform(0.5, 2.0)
+            if hit:
+                height = rel_height * self.lloq_height[t.compound]
+                signal += height / emg_height_per_area(i_sigma, i_tau) * emg_shape((time - where) * 60.0, i_sigma, i_tau)
+
+            # a co-eluting interference on a qualifier (recorded in the truth file)
+            extra = rng.uniform(0.5, 1.0)
+            offset = rng.normal(0.0, 0.005)
+            c_sigma = sigma * rng.uniform(0.9, 1.2)
+            if t.role == "qualifier" and inj.interference.get(t.compound) == t.name and area[t] > 0:
+                signal += extra * area[t] * emg_shape((time - apex - offset) * 60.0, c_sigma, tau)
+
+            offset_counts = rng.uniform(50.0, 300.0)
+            drift = rng.uniform(-0.3, 0.3) * offset_counts
+            noise_sd = rng.uniform(30.0, 60.0)
+            u = np.linspace(-1.0, 1.0, n)
+            baseline = offset_counts + drift * u
+            y = (
+                baseline + signal
+                + rng.normal(0.0, noise_sd, n)
+                + rng.normal(0.0, 1.0, n) * 0.8 * np.sqrt(signal)
+            )
+            y = np.clip(y, 0.0, SATURATION).astype(np.float32)
+            chroms.append(Chromatogram(
+                srm_native_id(t.q1, t.q3, index), t.q1, t.q3, time, y,
+                collision_energy=_collision_energy(t),
+            ))
+        tic = self._tic(chroms)
+        return [tic, *chroms], amount
+
+    def _tic(self, chroms: list[Chromatogram]) -> Chromatogram:
+        grid = np.arange(0.0, self.run_end_min + 1e-9, self.dt_min)
+        total = np.zeros(len(grid))
+        for c in chroms:
+            total += np.interp(grid, c.time_min, c.intensity.astype(np.float64), left=0.0, right=0.0)
+        return Chromatogram("TIC", None, None, grid, total.astype(np.float32), polarity=None)
+
+
+def _collision_energy(t: Transition) -> float:
+    """An illustrative collision energy (eV): rises with precursor m/z, higher for qualifiers."""
+    return float(round(0.045 * t.q1 + 12 + (6 if t.role == "qualifier" else 0)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Output tables
+
+
+def _csv(rows: list[list[str]], header: tuple[str, ...]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue().encode("utf-8")
+
+
+def _worklist_csv(injections: list[_Injection]) -> bytes:
+    rows = [
+        [inj.file, inj.sample_id, inj.sample_type, inj.level, inj.matrix, inj.subject_id, inj.visit,
+         inj.timepoint, "" if inj.dilution_factor == 1 else str(inj.dilution_factor)]
+        for inj in injections
+    ]
+    return _csv(rows, WORKLIST_COLUMNS)
+
+
+def _truth_csv(method: Method, injections: list[_Injection]) -> bytes:
+    rows = []
+    for inj in injections:
+        for a in method.analytes:
+            rows.append([
+                inj.sample_id, inj.sample_type, inj.level, inj.matrix, a.name,
+                f"{inj.truth.get(a.name, 0.0):.12g}", str(inj.dilution_factor), inj.interference.get(a.name, ""),
+            ])
+    return _csv(rows, TRUTH_COLUMNS)
+
+
+def _remove_stale_files(out_dir: Path, keep: set[str]) -> None:
+    """Delete injections a previous simulation wrote into this folder that this one did not rewrite.
+
+    Only files named in the folder's old worklist.csv are touched, never anything else.
+    """
+    old = out_dir / "worklist.csv"
+    if not old.is_file():
+        return
+    try:
+        with old.open(newline="", encoding="utf-8") as fh:
+            names = [row.get("file", "") for row in csv.DictReader(fh)]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return
+    for name in names:
+        if name and name not in keep and "/" not in name and "\\" not in name and name not in ("..", "."):
+            target = out_dir / name
+            if target.is_file() and re.search(r"\.mzML(\.gz)?$", name):
+                target.unlink()
