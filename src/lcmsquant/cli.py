@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -47,7 +48,7 @@ def main(
 
 
 def _fail(err: Exception) -> None:
-    errors.print(f"[bold red]error:[/] {err}", markup=True, highlight=False)
+    errors.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
     raise typer.Exit(EXIT_BAD_INPUT)
 
 
@@ -74,7 +75,7 @@ def run(
     out_dir = out if out is not None else batch.folder / "results"
     write_outputs(batch, result, out_dir, command=["lcmsquant", *sys.argv[1:]])
     for order, message in sorted(result.injection_errors.items()):
-        errors.print(f"[yellow]warning:[/] injection {order}: {message} (flagged NO_DATA)", highlight=False)
+        errors.print(f"[yellow]warning:[/] injection {order}: {escape(message)} (flagged NO_DATA)", highlight=False)
     console.print(summary_table(result))
     console.print(f"Results written to {out_dir}")
 

@@ -345,6 +345,12 @@ def parse_method(doc: dict[str, Any], base_dir: Path, source: str = "method") ->
             p.append(f"{where}: missing required key 'file'")
             continue
         file = (base_dir / str(table["file"])).resolve()
+        if not file.is_file():
+            p.append(
+                f"{where}.file: calibrator file {file} does not exist "
+                f"(a relative path is taken from the method file's folder, {base_dir})"
+            )
+            continue
         try:
             nominals = read_calibrator_csv(file)
         except MethodError as err:

@@ -22,7 +22,7 @@ from lcmsquant.peaks import Peak, PeakSearch, find_peak
 # Flags that make a study sample's concentration not reportable at all.
 BLOCKING_FLAGS = ("NO_DATA", "NO_PEAK", "BLQ", "ALQ", "REJECTED", "NO_IS")
 # Flags that keep the value but send the sample for review or reanalysis.
-REVIEW_FLAGS = ("IS_RESPONSE", "ION_RATIO", "RT_SHIFT", "DILUTION_QC", "EDGE")
+REVIEW_FLAGS = ("IS_RESPONSE", "ION_RATIO", "NO_QUALIFIER", "RT_SHIFT", "DILUTION_QC", "EDGE")
 
 
 @dataclass(frozen=True)
@@ -204,6 +204,7 @@ def analyte_table(batch: Batch, peaks: pd.DataFrame) -> pd.DataFrame:
                 "is_expected_rt_min": istd["expected_rt_min"],
                 "is_area": istd["area"],
                 "qualifier_area": qual["area"] if qual is not None else np.nan,
+                "qualifier_status": qual["status"] if qual is not None else "",
                 "nominal": nominal,
             })
     table = pd.DataFrame(records)
@@ -325,6 +326,8 @@ def _finish(table: pd.DataFrame) -> pd.DataFrame:
             f.append("IS_RESPONSE")
         if row["ion_ratio_flag"]:
             f.append("ION_RATIO")
+        if row["qualifier_status"] == "NO_DATA" and row["quant_status"] == "OK":
+            f.append("NO_QUALIFIER")
         if row["rt_flag"]:
             f.append("RT_SHIFT")
         if row["edge"]:

@@ -1,0 +1,117 @@
+"""The `lcmsquant` command as a chemist uses it: exit codes, messages, files, reruns."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import lcmsquant
+from lcmsquant.method import default_method_path
+
+REQUIRED_COLUMNS = [
+    "file", "sample_id", "sample_type", "level", "matrix", "subject_id", "visit", "timepoint",
+    "dilution_factor", "analyte", "rt_min", "area", "is_area", "area_ratio", "sn", "concentration",
+    "nominal", "accuracy_pct", "flags",
+]
+DETERMINISTIC = ("results.csv", "peaks.csv", "calibration.csv", "run.json")
+
+
+def lcmsquant_cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "lcmsquant", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def test_version():
+    done = lcmsquant_cli("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"lcmsquant {lcmsquant.__version__}"
+
+
+def test_run_writes_results_and_prints_the_summary(plasma_batch):
+    done = lcmsquant_cli("run", plasma_batch)
+    assert done.returncode == 0, done.stderr
+    for analyte in ("flumatinib", "M1", "M3"):
+        assert analyte in done.stdout
+    assert "accepted" in done.stdout and "linear 1/x^2" in done.stdout
+    out = plasma_batch / "results"
+    results = pd.read_csv(out / "results.csv")
+    assert set(REQUIRED_COLUMNS) <= set(results.columns)
+    worklist = pd.read_csv(plasma_batch / "worklist.csv")
+    assert len(results) == 3 * len(worklist)
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["run_accepted"] is True
+    assert len(summary["provenance"]["inputs"]) == len(worklist) + 1
+    assert all(len(item["sha256"]) == 64 for item in summary["provenance"]["inputs"])
+    assert not list(out.glob(".*tmp"))  # no temporary file left behind
+
+
+def test_rerun_gives_byte_identical_outputs(plasma_batch, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert lcmsquant_cli("run", plasma_batch, "--out", first).returncode == 0
+    assert lcmsquant_cli("run", plasma_batch, "--out", second).returncode == 0
+    for name in DETERMINISTIC:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    assert (first / "session.json").is_file()
+    assert not (plasma_batch / "results").exists()
+
+
+def test_unusable_batch_exits_2_with_every_problem_and_writes_nothing(plasma_batch):
+    worklist = plasma_batch / "worklist.csv"
+    lines = worklist.read_text().splitlines()
+    lines[3] = lines[3].replace("calibrator", "standard")
+    lines[5] = lines[5].replace(".mzML", ".mzXML", 1)
+    worklist.write_text("\n".join(lines) + "\n")
+    done = lcmsquant_cli("run", plasma_batch)
+    assert done.returncode == 2
+    assert "worklist.csv line 4: unknown sample_type 'standard'" in done.stderr
+    assert "worklist.csv line 6: file" in done.stderr and "does not exist" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert not (plasma_batch / "results").exists()
+
+
+def test_missing_folder_and_bad_method_exit_2_without_traceback(tmp_path, plasma_batch):
+    done = lcmsquant_cli("run", tmp_path / "nowhere")
+    assert done.returncode == 2 and "is not a folder" in done.stderr
+    bad = tmp_path / "bad.toml"
+    text = default_method_path().read_text().replace('weighting = "1/x^2"  ', 'weighting = "1/x^3"  ')
+    bad.write_text(text.replace('file = "../calibrators/', f'file = "{default_method_path().parents[1]}/calibrators/'))
+    done = lcmsquant_cli("run", plasma_batch, "--method", bad)
+    assert done.returncode == 2
+    assert "[calibration].weighting: unknown value '1/x^3'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_corrupt_injection_is_a_warning_not_a_failure(plasma_batch):
+    victim = sorted(plasma_batch.glob("*.mzML"))[-5]
+    victim.write_bytes(victim.read_bytes()[:5000])
+    done = lcmsquant_cli("run", plasma_batch)
+    assert done.returncode == 0
+    assert f"{victim.name}: not a readable mzML file" in done.stderr
+    results = pd.read_csv(plasma_batch / "results" / "results.csv")
+    assert results.loc[results["file"] == victim.name, "flags"].str.contains("NO_DATA").all()
+
+
+def test_simulate_writes_a_batch_and_its_truth_beside_it(tmp_path):
+    done = lcmsquant_cli("simulate", tmp_path / "sim", "--seed", 3, "--matrix", "csf", "--unknowns", 8)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "sim" / "worklist.csv").is_file() and (tmp_path / "sim_truth.csv").is_file()
+    assert lcmsquant_cli("simulate", tmp_path / "x", "--matrix", "urine").returncode == 2
+
+
+def test_shipped_example_runs(tmp_path):
+    example = Path(__file__).resolve().parents[1] / "examples" / "plasma-batch"
+    done = lcmsquant_cli("run", example, "--out", tmp_path)
+    assert done.returncode == 0, done.stderr
+    results = pd.read_csv(tmp_path / "results.csv")
+    assert results.loc[results["sample_type"] == "unknown", "concentration"].notna().sum() >= 20
+
+
+def test_shipped_method_is_found_inside_an_installed_package():
+    path = default_method_path()
+    assert path.is_file() and path.name == "flumatinib.toml"
+    package = Path(lcmsquant.__file__).resolve().parent
+    if "site-packages" in package.parts:  # a non-editable install, as in CI
+        assert package in path.parents
