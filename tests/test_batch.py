@@ -1,6 +1,5 @@
 """The batch folder contract: worklist.csv, the files it names, optional calibrators.csv."""
 
-import shutil
 
 import pytest
 

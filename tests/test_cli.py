@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 import lcmsquant
 from lcmsquant.method import default_method_path

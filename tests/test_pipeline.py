@@ -1,6 +1,5 @@
 """End to end on simulated batches with known truth: the numbers a chemist would sign."""
 
-import numpy as np
 import pandas as pd
 import pytest
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lcmsquant.files import InputError
 from lcmsquant.method import (
     CALIBRATOR_LEVEL,
     MATRICES,
@@ -37,14 +38,10 @@ COLUMNS = (
 SAMPLE_TYPES = ("blank", "zero", "calibrator", "qc", "unknown")
 
 
-class BatchError(ValueError):
+class BatchError(InputError):
     """A batch folder that cannot be processed; `problems` lists every reason."""
 
-    def __init__(self, path: Path | str, problems: list[str]):
-        self.path = Path(path)
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{self.path}: {len(problems)} problem(s) in the batch:\n{lines}")
+    kind = "batch"
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from lcmsquant import __version__
-from lcmsquant.batch import BatchError, load_batch, resolve_method_path
-from lcmsquant.method import MATRICES, MethodError, load_method
+from lcmsquant.batch import load_batch, resolve_method_path
+from lcmsquant.files import InputError
+from lcmsquant.method import MATRICES, load_method
 from lcmsquant.pipeline import RunResult, measure_batch, quantify
 from lcmsquant.results import write_outputs
 
@@ -63,7 +64,7 @@ def run(
     """Quantify a batch: peaks, calibration curves, ICH M10 acceptance, results files."""
     try:
         batch = load_batch(batch_dir, load_method(resolve_method_path(batch_dir, method)))
-    except (MethodError, BatchError) as err:
+    except InputError as err:
         _fail(err)
     with Progress(
         TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),

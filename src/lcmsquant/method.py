@@ -16,6 +16,8 @@ from typing import Any
 
 import pandas as pd
 
+from lcmsquant.files import InputError
+
 MODELS = ("linear", "linear_through_zero", "quadratic")
 WEIGHTINGS = ("none", "1/x", "1/x^2", "1/y", "1/y^2")
 MATRICES = ("plasma", "serum", "marrow", "csf")
@@ -26,14 +28,10 @@ CALIBRATOR_LEVEL = re.compile(r"^CAL\d+$")
 DEFAULT_ION_RATIO_TIERS = ((50.0, 20.0), (20.0, 25.0), (10.0, 30.0), (0.0, 50.0))
 
 
-class MethodError(ValueError):
+class MethodError(InputError):
     """A method or calibrator file that cannot be used; `problems` lists every reason."""
 
-    def __init__(self, path: Path | str, problems: list[str]):
-        self.path = Path(path)
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{self.path}: {len(problems)} problem(s) in the method:\n{lines}")
+    kind = "method"
 
 
 @dataclass(frozen=True)

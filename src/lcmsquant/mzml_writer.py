@@ -16,8 +16,6 @@ from __future__ import annotations
 import base64
 import gzip as gzip_module
 import hashlib
-import os
-import tempfile
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,6 +23,8 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 import numpy as np
+
+from lcmsquant.files import atomic_write
 
 __all__ = ["Chromatogram", "srm_native_id", "write_chromatogram_mzml"]
 
@@ -86,7 +86,7 @@ def write_chromatogram_mzml(
                                    start_timestamp=start_timestamp)
     if gzip:
         data = gzip_module.compress(data, compresslevel=6, mtime=0)
-    _atomic_write(path, data)
+    atomic_write(path, data)
     return path
 
 
@@ -303,19 +303,3 @@ def _strip_suffix(name: str) -> str:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; give the file ordinary permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise

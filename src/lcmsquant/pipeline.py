@@ -16,7 +16,7 @@ from lcmsquant.acceptance import Rule
 from lcmsquant.batch import Batch, Injection
 from lcmsquant.calibration import CalibrationResult, calibrate
 from lcmsquant.chromatograms import ChromatogramReadError, Trace, read_injection
-from lcmsquant.method import CALIBRATOR_LEVEL, Analyte, Method, Transition
+from lcmsquant.method import Analyte, Method, Transition
 from lcmsquant.peaks import Peak, PeakSearch, find_peak
 
 # Flags that make a study sample's concentration not reportable at all.

@@ -7,12 +7,9 @@ reader never sees half a file and an interrupted run leaves the previous file in
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import platform
 import sys
-import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -22,6 +19,7 @@ import pandas as pd
 
 from lcmsquant import __version__
 from lcmsquant.batch import CALIBRATORS, WORKLIST, Batch
+from lcmsquant.files import atomic_write, sha256
 from lcmsquant.pipeline import RunResult
 
 RESULT_COLUMNS = (
@@ -130,14 +128,6 @@ def software_versions() -> dict:
     return versions
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_outputs(batch: Batch, run: RunResult, out_dir: Path, command: list[str] | None = None) -> list[Path]:
     """Write every output file atomically; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -145,35 +135,19 @@ def write_outputs(batch: Batch, run: RunResult, out_dir: Path, command: list[str
         write_csv(results_table(batch, run), out_dir / "results.csv"),
         write_csv(peaks_table(batch, run), out_dir / "peaks.csv"),
         write_csv(calibration_table(run), out_dir / "calibration.csv"),
-        write_text(json.dumps(_jsonable(run_summary(batch, run)), indent=2) + "\n", out_dir / "run.json"),
+        atomic_write(out_dir / "run.json", json.dumps(_jsonable(run_summary(batch, run)), indent=2) + "\n"),
     ]
     session = {
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command if command is not None else sys.argv,
         "host": platform.node(),
     }
-    written.append(write_text(json.dumps(session, indent=2) + "\n", out_dir / "session.json"))
+    written.append(atomic_write(out_dir / "session.json", json.dumps(session, indent=2) + "\n"))
     return written
 
 
 def write_csv(table: pd.DataFrame, path: Path) -> Path:
-    return write_text(table.to_csv(index=False, lineterminator="\n"), path)
-
-
-def write_text(text: str, path: Path) -> Path:
-    """Write to a temporary file beside `path`, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, table.to_csv(index=False, lineterminator="\n"))
 
 
 def _rounded(table: pd.DataFrame) -> pd.DataFrame:

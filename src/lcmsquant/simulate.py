@@ -70,7 +70,8 @@ import numpy as np
 from scipy.stats import exponnorm
 
 from .method import CALIBRATOR_LEVEL, CalibratorSet, Method, Transition, default_method_path, load_method
-from .mzml_writer import Chromatogram, _atomic_write, srm_native_id, write_chromatogram_mzml
+from .files import atomic_write
+from .mzml_writer import Chromatogram, srm_native_id, write_chromatogram_mzml
 
 __all__ = ["SimulationOptions", "simulate_batch", "WORKLIST_COLUMNS", "TRUTH_COLUMNS", "truth_path_for"]
 
@@ -231,9 +232,9 @@ def simulate_batch(
         )
 
     truth = truth_path_for(out_dir)
-    _atomic_write(truth, _truth_csv(method, injections))
+    atomic_write(truth, _truth_csv(method, injections))
     _remove_stale_files(out_dir, {inj.file for inj in injections})
-    _atomic_write(out_dir / "worklist.csv", _worklist_csv(injections))
+    atomic_write(out_dir / "worklist.csv", _worklist_csv(injections))
     return truth
 
 
