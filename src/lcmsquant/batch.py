@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from lcmsquant.files import InputError
+from lcmsquant.overrides import OVERRIDES, Override, OverrideError, read_overrides
 from lcmsquant.method import (
     CALIBRATOR_LEVEL,
     MATRICES,
@@ -67,6 +68,12 @@ class Batch:
     method: Method  # with the batch's calibrators.csv applied
     worklist: pd.DataFrame = field(repr=False)  # validated, one row per injection, all columns as text
     injections: tuple[Injection, ...] = field(repr=False)
+    overrides: tuple[Override, ...] = ()  # manual integrations from overrides.csv
+
+    def overrides_for(self, injection: Injection) -> dict[str, Override]:
+        """This injection's manual integrations, by transition name."""
+        name = str(injection.file.relative_to(self.folder))
+        return {o.transition: o for o in self.overrides if o.file == name}
 
     @property
     def extra_columns(self) -> tuple[str, ...]:
@@ -103,6 +110,12 @@ def load_batch(folder: Path | str, method: Method | None = None) -> Batch:
         except MethodError as err:
             problems.extend(err.problems)
     problems.extend(check_worklist(table, folder, method))
+    overrides: tuple[Override, ...] = ()
+    if (folder / OVERRIDES).is_file():
+        try:
+            overrides = read_overrides(folder / OVERRIDES, method, set(table["file"]))
+        except OverrideError as err:
+            problems.extend(err.problems)
     if problems:
         raise BatchError(folder, problems)
     injections = tuple(
@@ -117,7 +130,7 @@ def load_batch(folder: Path | str, method: Method | None = None) -> Batch:
         )
         for i, row in table.iterrows()
     )
-    return Batch(folder, method, table, injections)
+    return Batch(folder, method, table, injections, overrides)
 
 
 def read_worklist(path: Path) -> pd.DataFrame:

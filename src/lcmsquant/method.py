@@ -94,6 +94,8 @@ class Integration:
     rt_window: float = 0.30  # half-width of the search window around the expected RT
     anchored_rt_window: float = 0.10  # half-width around the RT predicted from the found IS
     min_detection_sn: float = 3.0  # below this S/N no peak is reported (NO_PEAK)
+    min_sn: float = 5.0  # a quantifier peak below this S/N is flagged LOW_SN
+    no_peak_as_blq: bool = False  # report a study sample without a peak as BLQ (else NO_PEAK only)
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ class Identity:
     """Peak identity checks: RT and qualifier/quantifier ion ratio."""
 
     rt_tolerance: float = 0.10  # minutes, against the IS-predicted RT
+    rrt_tolerance_pct: float = 1.0  # relative RT (analyte / IS) against the method's
     ion_ratio_tiers: tuple[tuple[float, float], ...] = DEFAULT_ION_RATIO_TIERS
 
     def ion_ratio_tolerance_pct(self, reference_ratio: float) -> float:
@@ -323,9 +326,7 @@ def parse_method(doc: dict[str, Any], base_dir: Path, source: str = "method") ->
     _check_transitions_distinct(method_stub, p)
 
     sets = []
-    set_tables = _table(doc, "calibrator_sets", p)
-    if not set_tables:
-        p.append("[calibrator_sets]: the method names no calibrator set")
+    set_tables = _table(doc, "calibrator_sets", p)  # none: the method can integrate but not quantify
     for set_name, table in set_tables.items():
         where = f"[calibrator_sets.{set_name}]"
         if not isinstance(table, dict):
@@ -386,14 +387,22 @@ def _settings(cls, table: dict, where: str, p: _Problems):
     p.unknown_keys(table, allowed, where)
     values = {}
     for key in allowed & set(table):
-        values[key] = p.number(table, key, where, default=getattr(defaults, key))
+        default = getattr(defaults, key)
+        if isinstance(default, bool):
+            if isinstance(table[key], bool):
+                values[key] = table[key]
+            else:
+                p.append(f"{where}.{key}: expected true or false, got {table[key]!r}")
+            continue
+        values[key] = p.number(table, key, where, default=default)
     return cls(**values)
 
 
 def _identity(table: dict, p: _Problems) -> Identity:
     where = "[identity]"
-    p.unknown_keys(table, {"rt_tolerance", "ion_ratio_tolerance"}, where)
+    p.unknown_keys(table, {"rt_tolerance", "rrt_tolerance_pct", "ion_ratio_tolerance"}, where)
     rt_tol = p.number(table, "rt_tolerance", where, default=Identity.rt_tolerance)
+    rrt_tol = p.number(table, "rrt_tolerance_pct", where, default=Identity.rrt_tolerance_pct)
     tiers = DEFAULT_ION_RATIO_TIERS
     if "ion_ratio_tolerance" in table:
         raw = table["ion_ratio_tolerance"]
@@ -408,7 +417,7 @@ def _identity(table: dict, p: _Problems) -> Identity:
             )
         else:
             tiers = tuple(sorted(((float(a), float(t)) for a, t in raw), reverse=True))
-    return Identity(rt_tol, tiers)
+    return Identity(rt_tol, rrt_tol, tiers)
 
 
 def _acceptance(table: dict, p: _Problems) -> Acceptance:
@@ -449,15 +458,18 @@ def _transition(raw, compound: str, role: str, index: int, where: str, p: _Probl
 
 
 def _check_transitions_distinct(method: Method, p: _Problems) -> None:
-    """Two transitions within the m/z tolerance cannot be told apart in the data."""
+    """Two transitions within the m/z tolerance can only be told apart by retention time: their
+    search windows must not overlap (isomers on one Q1/Q3 pair, as in scheduled SRM)."""
     tol = method.mz_tolerance
+    separation = 2 * method.integration.rt_window
     seen: list[Transition] = []
     for t in method.transitions():
         for other in seen:
-            if abs(t.q1 - other.q1) <= tol and abs(t.q3 - other.q3) <= tol:
+            same_mz = abs(t.q1 - other.q1) <= tol and abs(t.q3 - other.q3) <= tol
+            if same_mz and abs(method.expected_rt(t) - method.expected_rt(other)) < separation:
                 p.append(
                     f"transition {t.q1:g}->{t.q3:g} is used twice ({other.name} and {t.name}) "
-                    f"within the m/z tolerance {tol:g}"
+                    f"within the m/z tolerance {tol:g} and less than 2 x rt_window apart"
                 )
         seen.append(t)
 

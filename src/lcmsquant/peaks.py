@@ -10,6 +10,13 @@ Definitions used everywhere in lcmsquant:
 - height: the highest raw point above the baseline, near the smoothed apex;
 - S/N: baseline-corrected apex height of the smoothed trace divided by sigma (the smoothed
   height is not inflated by the noise it is compared with);
+- shape, on the baseline-corrected smoothed trace: FWHM; USP tailing factor T = (a + b) / 2a at
+  5 % of the height; asymmetry factor As = b / a at 10 % (a: apex to front edge, b: apex to
+  back edge); points across the FWHM;
+- baseline rule: a straight line fitted to the trace around the peak (base to base); where a
+  boundary is a valley before a neighbouring peak the peak is cut there by a perpendicular drop
+  to that same baseline (`split`);
+- saturated: three or more raw points within 0.1 % of the maximum at the apex (a flat top);
 - area: trapezoidal integral of (raw - baseline) between the boundaries, in counts (cps x s).
 """
 
@@ -39,6 +46,12 @@ class Peak:
     baseline_end: float
     points: int  # raw data points between the boundaries
     edge: bool = False  # a boundary sits on the first or last point of the trace
+    fwhm: float = float("nan")  # minutes
+    tailing_factor: float = float("nan")  # USP, at 5 % height
+    asymmetry: float = float("nan")  # at 10 % height
+    points_fwhm: int = 0
+    saturated: bool = False
+    split: bool = False  # cut at a valley before or after a neighbouring peak
 
 
 @dataclass(frozen=True)
@@ -94,8 +107,8 @@ def find_peak(time: np.ndarray, intensity: np.ndarray, search: PeakSearch) -> Pe
     baseline, outside = _baseline(time, intensity, smoothed, apex)
     if len(outside) >= 10:
         sigma = noise_sigma(intensity[outside])
-    start, end = _boundaries(smoothed, baseline(time), apex, sigma)
-    peak = integrate(time, intensity, start, end, baseline, sigma, smoothed)
+    start, end, split = _boundaries(smoothed, baseline(time), apex, sigma)
+    peak = integrate(time, intensity, start, end, baseline, sigma, smoothed, split=split)
     if peak is None or peak.sn < search.min_sn:
         return None
     return peak
@@ -109,6 +122,7 @@ def integrate(
     baseline,
     sigma: float,
     smoothed: np.ndarray | None = None,
+    split: bool = False,
 ) -> Peak | None:
     """Integrate raw intensity minus baseline between point indices start..end (inclusive)."""
     if end - start < 2:
@@ -133,7 +147,58 @@ def integrate(
         baseline_end=float(baseline(t[-1])),
         points=len(t),
         edge=start == 0 or end == len(time) - 1,
+        split=split,
+        saturated=_flat_top(intensity[seg]),
+        **_shape(t, reference, apex),
     )
+
+
+def _shape(t: np.ndarray, y: np.ndarray, apex: int) -> dict:
+    """FWHM, USP tailing (5 %), asymmetry (10 %) and points across the FWHM (module docstring)."""
+    height = y[apex]
+    if not height > 0:
+        return {}
+
+    def edges(fraction: float) -> tuple[float, float]:
+        level = fraction * height
+        return _crossing_time(t, y, apex, -1, level), _crossing_time(t, y, apex, +1, level)
+
+    half_left, half_right = edges(0.5)
+    front5, back5 = edges(0.05)
+    front10, back10 = edges(0.10)
+    apex_t = t[apex]
+    a5, b5 = apex_t - front5, back5 - apex_t
+    a10, b10 = apex_t - front10, back10 - apex_t
+    return {
+        "fwhm": half_right - half_left,
+        "tailing_factor": (a5 + b5) / (2 * a5) if a5 > 0 else float("nan"),
+        "asymmetry": b10 / a10 if a10 > 0 else float("nan"),
+        "points_fwhm": int(np.count_nonzero((t >= half_left) & (t <= half_right))),
+    }
+
+
+def _crossing_time(t: np.ndarray, y: np.ndarray, apex: int, step: int, level: float) -> float:
+    """Time where y first falls to `level` walking from the apex, linearly interpolated; NaN if never."""
+    i = apex
+    while 0 <= i + step < len(y):
+        j = i + step
+        if y[j] <= level:
+            return float(t[i] + (t[j] - t[i]) * (y[i] - level) / (y[i] - y[j]))
+        i = j
+    return float("nan")
+
+
+def _flat_top(raw: np.ndarray) -> bool:
+    """Three or more consecutive raw points within 0.1 % of the maximum: the detector's ceiling."""
+    top = float(np.max(raw))
+    if top <= 0:
+        return False
+    at_top = raw >= top * (1 - 1e-3)
+    best = run = 0
+    for flag in at_top:
+        run = run + 1 if flag else 0
+        best = max(best, run)
+    return best >= 3
 
 
 def integrate_between(time: np.ndarray, intensity: np.ndarray, start_rt: float, end_rt: float) -> Peak | None:
@@ -203,7 +268,7 @@ def _baseline(time: np.ndarray, intensity: np.ndarray, smoothed: np.ndarray, ape
     return baseline, outside
 
 
-def _boundaries(smoothed: np.ndarray, base: np.ndarray, apex: int, sigma: float) -> tuple[int, int]:
+def _boundaries(smoothed: np.ndarray, base: np.ndarray, apex: int, sigma: float) -> tuple[int, int, bool]:
     """Peak limits: where the smoothed signal returns to the baseline, or a valley before another
     peak, but never narrower than 3 half-widths before and 4 after the apex (the noisy tail of a
     small peak must not cut it short) nor wider than 6 and 12."""
@@ -220,7 +285,7 @@ def _boundaries(smoothed: np.ndarray, base: np.ndarray, apex: int, sigma: float)
         end = max(end, apex + 4 * hw_right)
     start = max(start, apex - 6 * hw_left, 0)
     end = min(end, apex + 12 * hw_right, n - 1)
-    return start, end
+    return start, end, left_valley or right_valley
 
 
 def _crossing(above: np.ndarray, apex: int, step: int, level: float) -> int:

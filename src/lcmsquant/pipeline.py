@@ -4,7 +4,7 @@ run and flag the samples. Pure functions over tidy tables; no file is written he
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,12 +17,21 @@ from lcmsquant.batch import Batch, Injection
 from lcmsquant.calibration import CalibrationResult, calibrate
 from lcmsquant.chromatograms import ChromatogramReadError, Trace, read_injection
 from lcmsquant.method import Analyte, Method, Transition
-from lcmsquant.peaks import Peak, PeakSearch, find_peak
+from lcmsquant.overrides import OVERRIDES, Override, OverrideError
+from lcmsquant.peaks import Peak, PeakSearch, find_peak, integrate_between
 
 # Flags that make a study sample's concentration not reportable at all.
 BLOCKING_FLAGS = ("NO_DATA", "NO_PEAK", "BLQ", "ALQ", "REJECTED", "NO_IS")
 # Flags that keep the value but send the sample for review or reanalysis.
-REVIEW_FLAGS = ("IS_RESPONSE", "ION_RATIO", "NO_QUALIFIER", "RT_SHIFT", "DILUTION_QC", "EDGE")
+REVIEW_FLAGS = (
+    "IS_RESPONSE", "ION_RATIO", "NO_QUALIFIER", "RT_SHIFT", "DILUTION_QC", "EDGE", "SATURATED", "LOW_SN",
+    "SPLIT",
+)
+AUDITED = ("status", "rt_min", "start_min", "end_min", "area")
+PEAK_FIELDS = (
+    "rt_min", "start_min", "end_min", "area", "height", "sn", "noise", "points", "fwhm_s",
+    "tailing_factor", "asymmetry", "points_fwhm",
+)
 
 
 @dataclass(frozen=True)
@@ -41,34 +50,61 @@ class RunResult:
 # One injection
 
 
-def measure_injection(path: Path, method: Method) -> tuple[list[dict], str]:
+def measure_injection(
+    path: Path, method: Method, overrides: Mapping[str, Override] | None = None
+) -> tuple[list[dict], str]:
     """Peaks of every transition of one injection, and an error message if it was unreadable.
 
     Internal standards are found first; each analyte is then searched around the RT its IS
-    predicts, and each qualifier around its quantifier's apex.
+    predicts, and each qualifier around its quantifier's apex. A manual integration replaces
+    the automatic peak of its transition (and so anchors what is searched after it); the row
+    keeps the automatic values it replaced for the audit trail.
     """
+    overrides = overrides or {}
     try:
         traces = read_injection(path, method)
     except ChromatogramReadError as err:
         return [_peak_row(t, method.expected_rt(t), None, None, "NO_DATA") for t in method.transitions()], str(err)
     rows, found_rt = [], {}
     integ = method.integration
+
+    def measure(t: Transition, search: PeakSearch) -> Peak | None:
+        trace = traces.get(t)
+        peak = _search(trace, search)
+        override = overrides.get(t.name)
+        if override is None:
+            rows.append(_peak_row(t, search.expected_rt, trace, peak))
+            return peak
+        manual = _manual_peak(trace, override)
+        row = _peak_row(t, search.expected_rt, trace, manual, "NO_PEAK" if manual is None and trace is not None else None)
+        automatic = _peak_row(t, search.expected_rt, trace, peak)
+        row.update(manual=True, override_line=override.line, **{f"auto_{k}": automatic[k] for k in AUDITED})
+        if override.action == "integrate" and manual is None:
+            row["override_problem"] = (
+                f"{OVERRIDES} line {override.line}: no data of {t.name} in {path.name} between "
+                f"{override.start:g} and {override.end:g} min"
+            )
+        rows.append(row)
+        return manual
+
     for istd in method.internal_standards:
-        t = istd.transition
-        peak = _search(traces.get(t), PeakSearch(istd.rt, integ.rt_window, integ.min_detection_sn))
-        rows.append(_peak_row(t, istd.rt, traces.get(t), peak))
+        peak = measure(istd.transition, PeakSearch(istd.rt, integ.rt_window, integ.min_detection_sn))
         if peak is not None:
             found_rt[istd.name] = peak.rt
     for analyte in method.analytes:
         expected, window = predicted_rt(analyte, method, found_rt)
-        quant = _search(traces.get(analyte.quantifier), PeakSearch(expected, window, integ.min_detection_sn))
-        rows.append(_peak_row(analyte.quantifier, expected, traces.get(analyte.quantifier), quant))
+        quant = measure(analyte.quantifier, PeakSearch(expected, window, integ.min_detection_sn))
         for qual in analyte.qualifiers:
             q_expected = quant.rt if quant is not None else expected
             q_window = integ.anchored_rt_window if quant is not None else window
-            peak = _search(traces.get(qual), PeakSearch(q_expected, q_window, integ.min_detection_sn))
-            rows.append(_peak_row(qual, q_expected, traces.get(qual), peak))
+            measure(qual, PeakSearch(q_expected, q_window, integ.min_detection_sn))
     return rows, ""
+
+
+def _manual_peak(trace: Trace | None, override: Override) -> Peak | None:
+    if trace is None or override.action == "no_peak":
+        return None
+    return integrate_between(trace.time, trace.intensity, override.start, override.end)
 
 
 def predicted_rt(analyte: Analyte, method: Method, found_is_rt: dict[str, float]) -> tuple[float, float]:
@@ -90,13 +126,16 @@ def _peak_row(t: Transition, expected: float, trace: Trace | None, peak: Peak | 
         "transition": t.name, "compound": t.compound, "role": t.role, "q1": t.q1, "q3": t.q3,
         "status": status, "expected_rt_min": expected,
         "native_id": trace.native_id if trace is not None else "",
-        "rt_min": np.nan, "start_min": np.nan, "end_min": np.nan, "area": np.nan, "height": np.nan,
-        "sn": np.nan, "noise": np.nan, "points": np.nan, "edge": False,
+        **dict.fromkeys(PEAK_FIELDS, np.nan),
+        "edge": False, "saturated": False, "split": False, "manual": False, "override_line": np.nan,
+        **{f"auto_{k}": np.nan for k in AUDITED}, "override_problem": "",
     }
     if peak is not None:
         row.update(
             rt_min=peak.rt, start_min=peak.start, end_min=peak.end, area=peak.area, height=peak.height,
-            sn=peak.sn, noise=peak.noise, points=peak.points, edge=peak.edge,
+            sn=peak.sn, noise=peak.noise, points=peak.points, fwhm_s=peak.fwhm * 60,
+            tailing_factor=peak.tailing_factor, asymmetry=peak.asymmetry, points_fwhm=peak.points_fwhm,
+            edge=peak.edge, saturated=peak.saturated, split=peak.split,
         )
     return row
 
@@ -106,17 +145,24 @@ def _peak_row(t: Transition, expected: float, trace: Trace | None, peak: Peak | 
 
 
 def measure_batch(batch: Batch, progress: Callable[[Injection], None] | None = None) -> tuple[pd.DataFrame, dict]:
-    """The peak table of every injection (one row per injection x transition) and read errors."""
+    """The peak table of every injection (one row per injection x transition) and read errors.
+
+    Raises OverrideError when a manual integration finds no data to integrate.
+    """
     rows, errors = [], {}
     for injection in batch.injections:
-        peaks, error = measure_injection(injection.file, batch.method)
+        peaks, error = measure_injection(injection.file, batch.method, batch.overrides_for(injection))
         if error:
             errors[injection.order] = error
         for p in peaks:
             rows.append({"injection": injection.order, **p})
         if progress is not None:
             progress(injection)
-    return pd.DataFrame(rows), errors
+    table = pd.DataFrame(rows)
+    problems = [p for p in table["override_problem"] if p]
+    if problems:
+        raise OverrideError(batch.folder / OVERRIDES, problems)
+    return table.drop(columns="override_problem"), errors
 
 
 def quantify(batch: Batch, peaks: pd.DataFrame, injection_errors: dict | None = None) -> RunResult:
@@ -160,7 +206,7 @@ def quantify(batch: Batch, peaks: pd.DataFrame, injection_errors: dict | None = 
             if dqc_rule is not None and not dqc_rule.passed:
                 table.loc[rows & (table["dilution_factor"] > 1), "dilution_qc_failed"] = True
     table = _add_is_response(table, method)
-    table = _finish(table)
+    table = _finish(table, method)
     return RunResult(
         results=table,
         peaks=peaks,
@@ -181,7 +227,8 @@ def analyte_table(batch: Batch, peaks: pd.DataFrame) -> pd.DataFrame:
         for analyte in method.analytes:
             quant = by_key.loc[(inj.order, analyte.quantifier.name)]
             istd = by_key.loc[(inj.order, method.internal_standard(analyte.internal_standard).transition.name)]
-            qual = by_key.loc[(inj.order, analyte.qualifiers[0].name)] if analyte.qualifiers else None
+            quals = [by_key.loc[(inj.order, q.name)] for q in analyte.qualifiers]
+            qual = quals[0] if quals else None
             nominal = np.nan
             if inj.sample_type in ("calibrator", "qc") and nominal_set is not None:
                 value = nominal_set.nominal(inj.level, analyte.name)
@@ -199,7 +246,15 @@ def analyte_table(batch: Batch, peaks: pd.DataFrame) -> pd.DataFrame:
                 "area": quant["area"],
                 "height": quant["height"],
                 "sn": quant["sn"],
+                "fwhm_s": quant["fwhm_s"],
+                "tailing_factor": quant["tailing_factor"],
+                "asymmetry": quant["asymmetry"],
+                "points": quant["points"],
+                "points_fwhm": quant["points_fwhm"],
                 "edge": bool(quant["edge"]),
+                "saturated": bool(quant["saturated"] or istd["saturated"]),
+                "split": bool(quant["split"]),
+                "manual": bool(quant["manual"] or istd["manual"] or any(q["manual"] for q in quals)),
                 "is_rt_min": istd["rt_min"],
                 "is_expected_rt_min": istd["expected_rt_min"],
                 "is_area": istd["area"],
@@ -274,9 +329,15 @@ def _add_ion_ratio_and_rt(table: pd.DataFrame, method: Method) -> pd.DataFrame:
         deviation = 100.0 * (sub["ion_ratio"] / ref - 1.0)
         table.loc[rows, "ion_ratio_reference"] = ref
         table.loc[rows, "ion_ratio_flag"] = deviation.abs() > tolerance
-    tol = method.identity.rt_tolerance
-    table["rt_flag"] = ((table["rt_min"] - table["expected_rt_min"]).abs() > tol) | (
-        (table["is_rt_min"] - table["is_expected_rt_min"]).abs() > tol
+    identity = method.identity
+    expected_rrt = {a.name: a.rt / method.internal_standard(a.internal_standard).rt for a in method.analytes}
+    table["rrt"] = table["rt_min"] / table["is_rt_min"]
+    table["rrt_expected"] = table["analyte"].map(expected_rrt)
+    rrt_off = 100.0 * (table["rrt"] / table["rrt_expected"] - 1.0)
+    table["rt_flag"] = (
+        ((table["rt_min"] - table["expected_rt_min"]).abs() > identity.rt_tolerance)
+        | ((table["is_rt_min"] - table["is_expected_rt_min"]).abs() > identity.rt_tolerance)
+        | (rrt_off.abs() > identity.rrt_tolerance_pct)
     )
     return table
 
@@ -298,8 +359,10 @@ def _add_is_response(table: pd.DataFrame, method: Method) -> pd.DataFrame:
     return table
 
 
-def _finish(table: pd.DataFrame) -> pd.DataFrame:
+def _finish(table: pd.DataFrame, method: Method) -> pd.DataFrame:
     """Concentration (after dilution), accuracy and flags of every row."""
+    min_sn = method.integration.min_sn
+    no_peak_as_blq = method.integration.no_peak_as_blq
     bc = table["back_calculated"]
     table["concentration_found"] = bc * table["dilution_factor"]
     below = bc.notna() & table["lloq"].notna() & (bc < table["lloq"] - 1e-12)
@@ -316,6 +379,8 @@ def _finish(table: pd.DataFrame) -> pd.DataFrame:
             f.append("NO_DATA")
         elif row["quant_status"] == "NO_PEAK":
             f.append("NO_PEAK")
+            if no_peak_as_blq and row["sample_type"] == "unknown" and row["is_status"] == "OK":
+                f.append("BLQ")
         if row["sample_type"] != "blank" and row["is_status"] == "NO_PEAK":
             f.append("NO_IS")
         if row["sample_type"] == "unknown" and below[i] and row["quant_status"] == "OK":
@@ -332,6 +397,14 @@ def _finish(table: pd.DataFrame) -> pd.DataFrame:
             f.append("RT_SHIFT")
         if row["edge"]:
             f.append("EDGE")
+        if row["saturated"]:
+            f.append("SATURATED")
+        if row["split"]:
+            f.append("SPLIT")
+        if row["quant_status"] == "OK" and row["sn"] < min_sn and row["sample_type"] != "blank":
+            f.append("LOW_SN")
+        if row["manual"]:
+            f.append("MANUAL")
         if row["sample_type"] == "calibrator" and row["excluded"]:
             f.append("EXCLUDED")
         if qc_failed[i]:

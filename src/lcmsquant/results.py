@@ -20,7 +20,8 @@ import pandas as pd
 from lcmsquant import __version__
 from lcmsquant.batch import CALIBRATORS, WORKLIST, Batch
 from lcmsquant.files import atomic_write, sha256
-from lcmsquant.pipeline import RunResult
+from lcmsquant.overrides import OVERRIDES
+from lcmsquant.pipeline import AUDITED, RunResult
 
 RESULT_COLUMNS = (
     "injection", "file", "sample_id", "sample_type", "level", "matrix", "subject_id", "visit",
@@ -28,7 +29,8 @@ RESULT_COLUMNS = (
 )
 MEASURE_COLUMNS = (
     "analyte", "calibrator_set", "internal_standard", "rt_min", "expected_rt_min", "start_min",
-    "end_min", "area", "height", "sn", "is_rt_min", "is_area", "is_response_pct", "area_ratio",
+    "end_min", "area", "height", "sn", "fwhm_s", "tailing_factor", "asymmetry", "points",
+    "points_fwhm", "is_rt_min", "rrt", "is_area", "is_response_pct", "area_ratio",
     "qualifier_area", "ion_ratio", "ion_ratio_reference", "back_calculated", "concentration",
     "nominal", "accuracy_pct", "lloq", "uloq", "flags", "reportable", "exclusion_reason",
 )
@@ -39,7 +41,9 @@ ROUNDING = {
     "is_response_pct": 1, "accuracy_pct": 1, "area_ratio": -6, "ion_ratio": -4,
     "ion_ratio_reference": -4, "back_calculated": -4, "concentration": -4, "nominal": -6,
     "lloq": -6, "uloq": -6, "intercept": -6, "slope": -6, "quadratic": -6, "intercept_se": -4,
-    "slope_se": -4, "quadratic_se": -4, "r_squared": 6,
+    "slope_se": -4, "quadratic_se": -4, "r_squared": 6, "auto_rt_min": 4, "auto_start_min": 4,
+    "auto_end_min": 4, "auto_area": 1, "manual_rt_min": 4, "manual_area": 1, "fwhm_s": 2, "tailing_factor": 3,
+    "asymmetry": 3, "rrt": 5,
 }
 SOFTWARE = ("pyopenms", "numpy", "scipy", "pandas", "statsmodels")
 
@@ -59,6 +63,30 @@ def peaks_table(batch: Batch, run: RunResult) -> pd.DataFrame:
     peaks.insert(1, "file", peaks["injection"].map(files))
     peaks.insert(2, "sample_id", peaks["injection"].map(ids))
     return _rounded(peaks)
+
+
+def audit_table(batch: Batch, run: RunResult) -> pd.DataFrame:
+    """audit.csv: every manual integration with the automatic values it replaced."""
+    by_line = {o.line: o for o in batch.overrides}
+    extra_columns = sorted({k for o in batch.overrides for k, _ in o.extra})
+    rows = []
+    peaks = peaks_table(batch, run)
+    for _, peak in peaks[peaks["manual"]].iterrows():
+        o = by_line[int(peak["override_line"])]
+        rows.append({
+            "override_line": o.line, "injection": peak["injection"], "file": peak["file"],
+            "sample_id": peak["sample_id"], "transition": peak["transition"], "action": o.action,
+            "start_min": o.start, "end_min": o.end, "reason": o.reason, "analyst": o.analyst,
+            **{k: dict(o.extra).get(k, "") for k in extra_columns},
+            **{f"auto_{k}": peak[f"auto_{k}"] for k in AUDITED},
+            "manual_status": peak["status"], "manual_rt_min": peak["rt_min"], "manual_area": peak["area"],
+        })
+    columns = [
+        "override_line", "injection", "file", "sample_id", "transition", "action", "start_min", "end_min",
+        "reason", "analyst", *extra_columns, *(f"auto_{k}" for k in AUDITED), "manual_status",
+        "manual_rt_min", "manual_area",
+    ]
+    return _rounded(pd.DataFrame(rows, columns=columns))
 
 
 def calibration_table(run: RunResult) -> pd.DataFrame:
@@ -101,8 +129,9 @@ def run_summary(batch: Batch, run: RunResult) -> dict:
 def provenance(batch: Batch) -> dict:
     """Input files with SHA-256, the method and its hash, and software versions."""
     inputs = [{"file": WORKLIST, "sha256": sha256(batch.folder / WORKLIST)}]
-    if (batch.folder / CALIBRATORS).is_file():
-        inputs.append({"file": CALIBRATORS, "sha256": sha256(batch.folder / CALIBRATORS)})
+    for optional in (CALIBRATORS, OVERRIDES):
+        if (batch.folder / optional).is_file():
+            inputs.append({"file": optional, "sha256": sha256(batch.folder / optional)})
     for inj in batch.injections:
         inputs.append({"file": str(inj.file.relative_to(batch.folder)), "sha256": sha256(inj.file)})
     method = batch.method
@@ -135,6 +164,7 @@ def write_outputs(batch: Batch, run: RunResult, out_dir: Path, command: list[str
         write_csv(results_table(batch, run), out_dir / "results.csv"),
         write_csv(peaks_table(batch, run), out_dir / "peaks.csv"),
         write_csv(calibration_table(run), out_dir / "calibration.csv"),
+        write_csv(audit_table(batch, run), out_dir / "audit.csv"),
         atomic_write(out_dir / "run.json", json.dumps(_jsonable(run_summary(batch, run)), indent=2) + "\n"),
     ]
     session = {

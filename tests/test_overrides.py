@@ -1,0 +1,90 @@
+"""Manual integration: applied on every run, shown as MANUAL, audited, and checked row by row."""
+
+import pandas as pd
+import pytest
+
+from lcmsquant.batch import BatchError, load_batch
+from lcmsquant.overrides import OverrideError
+from lcmsquant.pipeline import run_batch
+from lcmsquant.results import write_outputs
+
+HEADER = "file,target,action,start_min,end_min,reason,analyst,date\n"
+
+
+def _unknown(folder, n=0):
+    worklist = pd.read_csv(folder / "worklist.csv", dtype=str, keep_default_na=False)
+    return worklist[worklist["sample_type"] == "unknown"].iloc[n]
+
+
+def test_manual_boundaries_replace_the_automatic_peak_and_are_audited(plasma_batch, tmp_path):
+    sample = _unknown(plasma_batch, 3)
+    _, before = run_batch(plasma_batch)
+    auto = before.peaks[(before.peaks["injection"] == int(sample.name) + 1) & (before.peaks["transition"] == "flumatinib quantifier")].iloc[0]
+    # The analyst cuts the tail: integrate from the start to just after the apex.
+    end = auto["rt_min"] + 0.02
+    (plasma_batch / "overrides.csv").write_text(
+        HEADER + f"{sample['file']},flumatinib,integrate,{auto['start_min']:.4f},{end:.4f},tail cut by co-eluting peak,JD,2026-11-24\n"
+    )
+    batch, after = run_batch(plasma_batch)
+    row = after.results[(after.results["sample_id"] == sample["sample_id"]) & (after.results["analyte"] == "flumatinib")].iloc[0]
+    assert "MANUAL" in row["flags"].split(";")
+    assert row["area"] < 0.95 * auto["area"]
+    others = after.results[after.results["sample_id"] != sample["sample_id"]]
+    assert not others["flags"].str.contains("MANUAL").any()
+
+    write_outputs(batch, after, tmp_path)
+    audit = pd.read_csv(tmp_path / "audit.csv")
+    assert len(audit) == 1
+    entry = audit.iloc[0]
+    assert (entry["transition"], entry["action"], entry["analyst"], entry["date"]) == ("flumatinib quantifier", "integrate", "JD", "2026-11-24")
+    assert entry["auto_area"] == pytest.approx(auto["area"], rel=1e-6)
+    assert entry["manual_area"] == pytest.approx(row["area"], rel=1e-6)
+
+
+def test_no_peak_override_empties_the_result(plasma_batch):
+    sample = _unknown(plasma_batch, 5)
+    (plasma_batch / "overrides.csv").write_text(HEADER + f"{sample['file']},M1 quantifier,no peak,,,interference,JD,\n")
+    _, result = run_batch(plasma_batch)
+    row = result.results[(result.results["sample_id"] == sample["sample_id"]) & (result.results["analyte"] == "M1")].iloc[0]
+    assert {"NO_PEAK", "MANUAL"} <= set(row["flags"].split(";"))
+    assert pd.isna(row["concentration"])
+
+
+def test_rerun_with_overrides_gives_identical_results(plasma_batch, tmp_path):
+    sample = _unknown(plasma_batch, 2)
+    (plasma_batch / "overrides.csv").write_text(HEADER + f"{sample['file']},M3-d4,integrate,1.70,2.00,baseline,JD,\n")
+    for out in ("a", "b"):
+        batch, result = run_batch(plasma_batch)
+        write_outputs(batch, result, tmp_path / out)
+    for name in ("results.csv", "peaks.csv", "audit.csv", "run.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_bad_override_rows_are_refused_with_their_line(plasma_batch):
+    sample = _unknown(plasma_batch)
+    (plasma_batch / "overrides.csv").write_text(
+        HEADER
+        + f"{sample['file']},flumatinib,integrate,2.7,2.5,reversed,JD,\n"  # line 2
+        + "nowhere.mzML,flumatinib,no_peak,,,x,JD,\n"  # line 3
+        + f"{sample['file']},imatinib,no_peak,,,x,JD,\n"  # line 4
+        + f"{sample['file']},M1,integrate,2.3,2.6,,JD,\n"  # line 5: no reason
+        + f"{sample['file']},M3,erase,,,x,JD,\n"  # line 6
+        + f"{sample['file']},M3 quantifier,no_peak,,,x,JD,\n"  # line 7
+        + f"{sample['file']},M3,no_peak,,,again,JD,\n"  # line 8: M3 means its quantifier
+    )
+    with pytest.raises(BatchError) as err:
+        load_batch(plasma_batch)
+    problems = "\n".join(err.value.problems)
+    assert "overrides.csv line 2: start_min 2.7 is not before end_min 2.5" in problems
+    assert "overrides.csv line 3: file 'nowhere.mzML' is not in the worklist" in problems
+    assert "overrides.csv line 4: target 'imatinib' is no analyte" in problems
+    assert "overrides.csv line 5: reason is empty" in problems
+    assert "overrides.csv line 6: action 'erase' is not one of integrate, no_peak" in problems
+    assert "overrides.csv line 8: M3 of" in problems and "already overridden on line 7" in problems
+
+
+def test_override_window_without_data_is_an_error_not_ignored(plasma_batch):
+    sample = _unknown(plasma_batch)
+    (plasma_batch / "overrides.csv").write_text(HEADER + f"{sample['file']},flumatinib,integrate,5.0,5.5,late,JD,\n")
+    with pytest.raises(OverrideError, match="line 2: no data of flumatinib quantifier"):
+        run_batch(plasma_batch)
