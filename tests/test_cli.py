@@ -114,3 +114,17 @@ def test_shipped_method_is_found_inside_an_installed_package():
     package = Path(lcmsquant.__file__).resolve().parent
     if "site-packages" in package.parts:  # a non-editable install, as in CI
         assert package in path.parents
+
+
+def test_method_import_writes_a_loadable_method(sciex_dir, tmp_path):
+    out = tmp_path / "methods" / "yeast.toml"
+    done = lcmsquant_cli("method", "import", sciex_dir / "traML.csv", "-o", out)
+    assert done.returncode == 0, done.stderr
+    from lcmsquant.method import load_method
+
+    assert len(load_method(out).analytes) == 115
+    bad = tmp_path / "bad.csv"
+    bad.write_text("transition_group_id,PrecursorMz\nx,abc\n")
+    done = lcmsquant_cli("method", "import", bad, "-o", tmp_path / "bad.toml")
+    assert done.returncode == 2 and "missing required column" in done.stderr
+    assert not (tmp_path / "bad.toml").exists()

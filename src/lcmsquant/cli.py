@@ -108,6 +108,28 @@ def summary_table(result: RunResult) -> Table:
     return table
 
 
+method_app = typer.Typer(help="Method files: import a transition list.", no_args_is_help=True)
+app.add_typer(method_app, name="method")
+
+
+@method_app.command("import")
+def method_import(
+    transition_list: Annotated[Path, typer.Argument(help="OpenMS/Skyline-style transition list (CSV or TSV).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Method TOML to write, e.g. methods/NAME.toml.")],
+    name: Annotated[str | None, typer.Option("--name", help="Method name (default: the output file's stem).")] = None,
+) -> None:
+    """Turn a transition list into a method file (IS from Light/Heavy, RT seconds -> minutes)."""
+    from lcmsquant.transition_list import import_transition_list
+
+    try:
+        written = import_transition_list(transition_list, out, name=name)
+    except InputError as err:
+        _fail(err)
+    except OSError as err:
+        _fail(ValueError(f"{transition_list}: {err.strerror}"))
+    console.print(f"Method written to {written}; add [calibrator_sets] before quantifying with it", markup=False)
+
+
 @app.command()
 def simulate(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the simulated batch to.")],
