@@ -23,10 +23,11 @@ Definitions used everywhere in lcmsquant:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
-from scipy.signal import find_peaks, savgol_filter
-from scipy.stats import theilslopes
+from scipy.ndimage import convolve1d
+from scipy.signal import find_peaks, savgol_coeffs
 
 SECONDS_PER_MINUTE = 60.0
 
@@ -64,7 +65,7 @@ class PeakSearch:
 
 
 def smooth(intensity: np.ndarray, time: np.ndarray) -> np.ndarray:
-    """Savitzky-Golay smoothing over about 3 s of data (5 to 15 points)."""
+    """Savitzky-Golay smoothing (quadratic) over about 3 s of data (5 to 15 points)."""
     n = len(intensity)
     if n < 5:
         return intensity.astype(float)
@@ -73,7 +74,12 @@ def smooth(intensity: np.ndarray, time: np.ndarray) -> np.ndarray:
     width = min(max(width, 5), 15, n if n % 2 else n - 1)
     if width % 2 == 0:
         width -= 1
-    return savgol_filter(intensity, width, polyorder=2, mode="interp")
+    return convolve1d(intensity, _savgol(width), mode="nearest")
+
+
+@lru_cache(maxsize=16)
+def _savgol(width: int) -> np.ndarray:
+    return savgol_coeffs(width, polyorder=2)
 
 
 def noise_sigma(intensity: np.ndarray) -> float:
@@ -235,7 +241,7 @@ def _clean(time: np.ndarray, intensity: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def _baseline(time: np.ndarray, intensity: np.ndarray, smoothed: np.ndarray, apex: int):
-    """A straight baseline fitted (Theil-Sen, robust to small interferences) around the peak,
+    """A straight baseline fitted (least squares with outlier trimming) around the peak,
     and the indices of the points it was fitted to.
 
     The peak region excluded from the fit reaches 3 half-widths before and 5 after the apex,
@@ -258,7 +264,7 @@ def _baseline(time: np.ndarray, intensity: np.ndarray, smoothed: np.ndarray, ape
         k = max(2, min(5, n // 6))
         outside = np.r_[0:k, n - k:n]
     if len(outside) >= 2 and np.ptp(time[outside]) > 0:
-        slope, intercept, _, _ = theilslopes(intensity[outside], time[outside], method="joint")
+        slope, intercept = robust_line(time[outside], intensity[outside])
     else:
         slope, intercept = 0.0, float(np.median(intensity[outside]))
 
@@ -266,6 +272,34 @@ def _baseline(time: np.ndarray, intensity: np.ndarray, smoothed: np.ndarray, ape
         return intercept + slope * np.asarray(t, dtype=float)
 
     return baseline, outside
+
+
+def robust_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Least-squares line refitted twice without points beyond 3 robust SDs of the residuals.
+
+    Uses every baseline point (unlike a median of pairwise slopes, which must be thinned on long
+    traces to stay fast) while a small interfering peak in the baseline region is trimmed away.
+    """
+    keep = np.ones(len(x), dtype=bool)
+    slope, intercept = _line(x, y)
+    for _ in range(2):
+        residual = y - (intercept + slope * x)
+        spread = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
+        if spread <= 0:
+            break
+        new_keep = np.abs(residual) <= 3.0 * spread
+        if new_keep.sum() < 2 or (new_keep == keep).all():
+            break
+        keep = new_keep
+        slope, intercept = _line(x[keep], y[keep])
+    return slope, intercept
+
+
+def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    xm, ym = x.mean(), y.mean()
+    sxx = float(((x - xm) ** 2).sum())
+    slope = float(((x - xm) * (y - ym)).sum() / sxx) if sxx > 0 else 0.0
+    return slope, float(ym - slope * xm)
 
 
 def _boundaries(smoothed: np.ndarray, base: np.ndarray, apex: int, sigma: float) -> tuple[int, int, bool]:
