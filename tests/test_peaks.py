@@ -96,3 +96,48 @@ def test_unsorted_and_nan_points_are_tolerated():
     intensity[3] = np.nan
     peak = find_peak(time, intensity, PeakSearch(2.6, 0.3))
     assert peak.area == pytest.approx(5000.0, rel=0.01)
+
+
+def test_shape_metrics_of_a_gaussian_and_a_tailing_peak():
+    gaussian = find_peak(TIME, emg(1e4, tau_s=0.01) + 100, PeakSearch(2.6, 0.3))
+    assert gaussian.fwhm * 60 == pytest.approx(2.3548 * 1.8, rel=0.03)  # FWHM = 2.355 sigma
+    assert gaussian.tailing_factor == pytest.approx(1.0, abs=0.05)
+    assert gaussian.asymmetry == pytest.approx(1.0, abs=0.07)
+    assert gaussian.points_fwhm in (12, 13)  # 4.24 s at one point per 0.35 s
+    tailing = find_peak(TIME, emg(1e4, tau_s=3.0) + 100, PeakSearch(2.6, 0.3))
+    assert tailing.tailing_factor > 1.3 and tailing.asymmetry > tailing.tailing_factor
+
+
+def test_co_eluting_second_peak_is_cut_at_the_valley_and_flagged():
+    main, neighbour = emg(1e4, tau_s=0.5), emg(6e3, rt=2.6 + 5 * 1.8 / 60, tau_s=0.5)
+    peak = find_peak(TIME, main + neighbour + 100, PeakSearch(2.6, 0.05))
+    assert peak.split
+    valley = TIME[np.argmin((main + neighbour)[(TIME > 2.6) & (TIME < 2.75)]) + np.argmax(TIME > 2.6)]
+    assert peak.end == pytest.approx(valley, abs=0.01)
+    assert peak.area == pytest.approx(1e4, rel=0.03)  # the drop at the valley keeps the main peak's area
+    alone = find_peak(TIME, main + 100, PeakSearch(2.6, 0.05))
+    assert not alone.split
+
+
+def test_peak_cut_by_the_end_of_its_scheduled_trace_is_flagged_edge():
+    for last in (2.64, 2.61):  # the trace stops in the tail, or right at the apex
+        inside = TIME <= last
+        peak = find_peak(TIME[inside], (emg(1e4) + 100)[inside], PeakSearch(2.6, 0.3))
+        assert peak.edge and peak.end == pytest.approx(TIME[inside][-1])
+    assert not find_peak(TIME, emg(1e4) + 100, PeakSearch(2.6, 0.3)).edge
+
+
+def test_flat_top_at_the_detector_ceiling_is_saturated():
+    clipped = np.minimum(emg(1e6, tau_s=0.5), 1e5) + 100
+    assert find_peak(TIME, clipped, PeakSearch(2.6, 0.3)).saturated
+    rng = np.random.default_rng(0)
+    big = emg(1e6, tau_s=0.5) + 100 + rng.normal(0, 300, TIME.size)
+    assert not find_peak(TIME, big, PeakSearch(2.6, 0.3)).saturated
+
+
+def test_small_peak_on_stepped_pulse_counting_data_is_detected():
+    """Counts arrive in steps of ~100 cps; the noise must be measured away from the peak."""
+    rng = np.random.default_rng(4)
+    counts = rng.poisson(1.5, TIME.size) + rng.poisson(emg(3000.0) / 100)  # apex ~ 6 counts
+    peak = find_peak(TIME, 100.0 * counts, PeakSearch(2.6, 0.3))
+    assert peak is not None and peak.rt == pytest.approx(2.6, abs=0.02)

@@ -114,3 +114,27 @@ def test_a_missing_transition_flags_its_analyte_only(plasma_batch):
     assert len(quantified) > 30 and quantified["flags"].str.contains("NO_QUALIFIER").all()
     assert not m3.loc[m3["sample_type"] == "unknown", "reportable"].any()
     assert result.results[result.results["analyte"] == "flumatinib"]["flags"].str.contains("NO_DATA").sum() == 0
+
+
+def test_flags_follow_the_peak_measurements(plasma_run, csf_run):
+    for _, _, _, result in (plasma_run, csf_run):
+        table = result.results[(result.results["sample_type"] != "blank")]
+        found = table[table["area"].notna()]
+        low = found["flags"].str.contains("LOW_SN")
+        assert (low == (found["sn"] < 5.0)).all()
+        assert (found["fwhm_s"].between(3, 8)).all() and (found["tailing_factor"].between(0.9, 2.0)).all()
+        assert (found["rrt"] / found["rrt_expected"] - 1).abs().max() < 0.01
+
+
+def test_no_peak_is_reported_blq_only_when_the_method_says_so(plasma_batch):
+    from lcmsquant.method import default_method_path
+
+    _, result = run_batch(plasma_batch)
+    predose = result.results[result.results["timepoint"] == "pre-dose"]
+    assert predose["flags"].str.contains("NO_PEAK").all() and not predose["flags"].str.contains("BLQ").any()
+    text = default_method_path().read_text().replace("no_peak_as_blq = false", "no_peak_as_blq = true")
+    text = text.replace('file = "../calibrators/', f'file = "{default_method_path().parents[1]}/calibrators/')
+    (plasma_batch / "method.toml").write_text(text)
+    _, result = run_batch(plasma_batch)
+    predose = result.results[result.results["timepoint"] == "pre-dose"]
+    assert predose["flags"].str.contains("BLQ").all() and predose["concentration"].isna().all()

@@ -101,23 +101,34 @@ def find_peak(time: np.ndarray, intensity: np.ndarray, search: PeakSearch) -> Pe
     if len(time) < 5:
         return None
     smoothed = smooth(intensity, time)
-    sigma = noise_sigma(intensity)
-    in_window = np.abs(time - search.expected_rt) <= search.window
-    if not in_window.any():
+    in_window = np.flatnonzero(np.abs(time - search.expected_rt) <= search.window)
+    if not len(in_window):
         return None
-    apices, props = find_peaks(smoothed, prominence=search.min_sn * sigma)
-    candidates = [(i, p) for i, p in zip(apices, props["prominences"]) if in_window[i]]
+    # The noise is measured away from the tallest signal of the window: a whole-trace estimate
+    # counts the peak's own flanks as noise (twice too high on stepped, pulse-counting data).
+    tallest = int(in_window[np.argmax(smoothed[in_window])])
+    baseline, sigma = _baseline_and_noise(time, intensity, smoothed, tallest)
+    # Padding lets a peak cut by the end of a scheduled trace (apex on the last point) be found.
+    floor = float(smoothed.min())
+    apices, props = find_peaks(np.r_[floor, smoothed, floor], prominence=search.min_sn * sigma)
+    candidates = [(i - 1, p) for i, p in zip(apices, props["prominences"]) if in_window[0] <= i - 1 <= in_window[-1]]
     if not candidates:
         return None
     apex = max(candidates, key=lambda c: (c[1], -abs(time[c[0]] - search.expected_rt)))[0]
-    baseline, outside = _baseline(time, intensity, smoothed, apex)
-    if len(outside) >= 10:
-        sigma = noise_sigma(intensity[outside])
+    if apex != tallest:
+        baseline, sigma = _baseline_and_noise(time, intensity, smoothed, apex)
     start, end, split = _boundaries(smoothed, baseline(time), apex, sigma)
     peak = integrate(time, intensity, start, end, baseline, sigma, smoothed, split=split)
     if peak is None or peak.sn < search.min_sn:
         return None
     return peak
+
+
+def _baseline_and_noise(time: np.ndarray, intensity: np.ndarray, smoothed: np.ndarray, apex: int):
+    """Baseline under the peak at `apex` and the noise of the trace outside that peak (of the
+    whole trace when too little is left outside)."""
+    baseline, outside = _baseline(time, intensity, smoothed, apex)
+    return baseline, noise_sigma(intensity[outside] if len(outside) >= 10 else intensity)
 
 
 def integrate(
