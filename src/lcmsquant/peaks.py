@@ -118,6 +118,10 @@ def find_peak(time: np.ndarray, intensity: np.ndarray, search: PeakSearch) -> Pe
     if apex != tallest:
         baseline, sigma = _baseline_and_noise(time, intensity, smoothed, apex)
     start, end, split = _boundaries(smoothed, baseline(time), apex, sigma)
+    # Second pass: the boundaries follow a tail to where it meets the baseline, so the baseline
+    # refitted to what lies outside them no longer leans on the tail of a strongly tailing peak.
+    baseline = _baseline_outside(time, intensity, start, end, baseline)
+    start, end, split = _boundaries(smoothed, baseline(time), apex, sigma)
     peak = integrate(time, intensity, start, end, baseline, sigma, smoothed, split=split)
     if peak is None or peak.sn < search.min_sn:
         return None
@@ -283,6 +287,30 @@ def _baseline(time: np.ndarray, intensity: np.ndarray, smoothed: np.ndarray, ape
         return intercept + slope * np.asarray(t, dtype=float)
 
     return baseline, outside
+
+
+def _baseline_outside(time: np.ndarray, intensity: np.ndarray, start: int, end: int, fallback):
+    """Baseline refitted to the points outside start..end.
+
+    When one side has fewer than 3 such points (the trace ends in the peak's tail, or before
+    its front), the last points there are still on the peak: the baseline is then flat at the
+    level of the 10 points next to the peak on the other side, rather than a slope
+    extrapolated across the whole peak.
+    """
+    n = len(time)
+    left, right = np.arange(0, start), np.arange(end + 1, n)
+    if len(left) >= 3 and len(right) >= 3:
+        slope, intercept = robust_line(time[np.r_[left, right]], intensity[np.r_[left, right]])
+    elif len(left) >= 3 or len(right) >= 3:
+        side = left[-10:] if len(left) >= 3 else right[:10]
+        slope, intercept = 0.0, float(np.median(intensity[side]))
+    else:
+        return fallback
+
+    def baseline(t):
+        return intercept + slope * np.asarray(t, dtype=float)
+
+    return baseline
 
 
 def robust_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
