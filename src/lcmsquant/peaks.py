@@ -120,8 +120,12 @@ def find_peak(time: np.ndarray, intensity: np.ndarray, search: PeakSearch) -> Pe
     start, end, split = _boundaries(smoothed, baseline(time), apex, sigma)
     # Second pass: the boundaries follow a tail to where it meets the baseline, so the baseline
     # refitted to what lies outside them no longer leans on the tail of a strongly tailing peak.
-    baseline = _baseline_outside(time, intensity, start, end, baseline)
-    start, end, split = _boundaries(smoothed, baseline(time), apex, sigma)
+    for _ in range(3):
+        baseline = _baseline_outside(time, intensity, start, end, baseline)
+        bounds = _boundaries(smoothed, baseline(time), apex, sigma)
+        if bounds[:2] == (start, end):
+            break
+        start, end, split = bounds
     peak = integrate(time, intensity, start, end, baseline, sigma, smoothed, split=split)
     if peak is None or peak.sn < search.min_sn:
         return None
