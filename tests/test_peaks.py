@@ -141,3 +141,17 @@ def test_small_peak_on_stepped_pulse_counting_data_is_detected():
     counts = rng.poisson(1.5, TIME.size) + rng.poisson(emg(3000.0) / 100)  # apex ~ 6 counts
     peak = find_peak(TIME, 100.0 * counts, PeakSearch(2.6, 0.3))
     assert peak is not None and peak.rt == pytest.approx(2.6, abs=0.02)
+
+
+def test_unresolved_shoulder_is_flagged_and_a_clean_tailing_peak_is_not():
+    shoulder = emg(1e4, tau_s=0.9) + 0.4 * emg(1e4, rt=2.6 + 4.24 / 60, tau_s=0.9)  # 1 FWHM later
+    peak = find_peak(TIME, shoulder + 200, PeakSearch(2.6, 0.3))
+    assert peak.shoulder and not peak.split
+    rng = np.random.default_rng(1)
+    for tau in (0.5, 3.0):
+        clean = emg(1e4, tau_s=tau)
+        flagged = [
+            find_peak(TIME, clean + 200 + rng.normal(0, clean.max() / 100, TIME.size), PeakSearch(2.6, 0.3)).shoulder
+            for _ in range(30)
+        ]
+        assert sum(flagged) <= 2

@@ -25,7 +25,7 @@ BLOCKING_FLAGS = ("NO_DATA", "NO_PEAK", "BLQ", "ALQ", "REJECTED", "NO_IS")
 # Flags that keep the value but send the sample for review or reanalysis.
 REVIEW_FLAGS = (
     "IS_RESPONSE", "ION_RATIO", "NO_QUALIFIER", "RT_SHIFT", "DILUTION_QC", "EDGE", "SATURATED", "LOW_SN",
-    "SPLIT",
+    "SPLIT", "SHOULDER",
 )
 AUDITED = ("status", "rt_min", "start_min", "end_min", "area")
 PEAK_FIELDS = (
@@ -127,7 +127,7 @@ def _peak_row(t: Transition, expected: float, trace: Trace | None, peak: Peak | 
         "status": status, "expected_rt_min": expected,
         "native_id": trace.native_id if trace is not None else "",
         **dict.fromkeys(PEAK_FIELDS, np.nan),
-        "edge": False, "saturated": False, "split": False, "manual": False, "override_line": np.nan,
+        "edge": False, "saturated": False, "split": False, "shoulder": False, "manual": False, "override_line": np.nan,
         **{f"auto_{k}": np.nan for k in AUDITED}, "override_problem": "",
     }
     if peak is not None:
@@ -135,7 +135,7 @@ def _peak_row(t: Transition, expected: float, trace: Trace | None, peak: Peak | 
             rt_min=peak.rt, start_min=peak.start, end_min=peak.end, area=peak.area, height=peak.height,
             sn=peak.sn, noise=peak.noise, points=peak.points, fwhm_s=peak.fwhm * 60,
             tailing_factor=peak.tailing_factor, asymmetry=peak.asymmetry, points_fwhm=peak.points_fwhm,
-            edge=peak.edge, saturated=peak.saturated, split=peak.split,
+            edge=peak.edge, saturated=peak.saturated, split=peak.split, shoulder=peak.shoulder,
         )
     return row
 
@@ -254,6 +254,7 @@ def analyte_table(batch: Batch, peaks: pd.DataFrame) -> pd.DataFrame:
                 "edge": bool(quant["edge"]),
                 "saturated": bool(quant["saturated"] or istd["saturated"]),
                 "split": bool(quant["split"]),
+                "shoulder": bool(quant["shoulder"]),
                 "manual": bool(quant["manual"] or istd["manual"] or any(q["manual"] for q in quals)),
                 "is_rt_min": istd["rt_min"],
                 "is_expected_rt_min": istd["expected_rt_min"],
@@ -401,6 +402,8 @@ def _finish(table: pd.DataFrame, method: Method) -> pd.DataFrame:
             f.append("SATURATED")
         if row["split"]:
             f.append("SPLIT")
+        if row["shoulder"]:
+            f.append("SHOULDER")
         if row["quant_status"] == "OK" and row["sn"] < min_sn and row["sample_type"] != "blank":
             f.append("LOW_SN")
         if row["manual"]:
