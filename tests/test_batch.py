@@ -98,3 +98,11 @@ def test_read_worklist_refuses_rows_longer_than_the_header(tmp_path):
     (tmp_path / "worklist.csv").write_text("file,sample_id\na.mzML,S1,extra\n")
     with pytest.raises(BatchError, match="line 2: 3 fields but the header has 2"):
         read_worklist(tmp_path / "worklist.csv")
+
+
+def test_reported_line_numbers_count_blank_lines_as_an_editor_does(plasma_batch):
+    path = plasma_batch / "worklist.csv"
+    lines = path.read_text().splitlines()
+    lines[4] = lines[4].replace("calibrator", "standard")  # line 5 before the blank line
+    path.write_text("\n".join(lines[:2] + [""] + lines[2:]) + "\n")  # now on line 6
+    assert "worklist.csv line 6: unknown sample_type 'standard'" in _problems(plasma_batch)

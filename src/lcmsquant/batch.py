@@ -7,14 +7,13 @@ Loading checks the whole folder before any processing and reports every problem 
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from lcmsquant.files import InputError
+from lcmsquant.files import InputError, read_csv_rows
 from lcmsquant.overrides import OVERRIDES, Override, OverrideError, read_overrides
 from lcmsquant.method import (
     CALIBRATOR_LEVEL,
@@ -135,16 +134,9 @@ def load_batch(folder: Path | str, method: Method | None = None) -> Batch:
 
 def read_worklist(path: Path) -> pd.DataFrame:
     """The worklist as text columns, tolerant of a BOM, `;` or tab separators and blank lines."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise BatchError(path.parent, [f"{path.name}: not UTF-8 text ({err.reason} at byte {err.start}): save it as UTF-8 CSV"]) from None
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
+    header, rows = read_csv_rows(path, BatchError, where=path.parent)
+    if not header:
         raise BatchError(path.parent, [f"{path.name} is empty: it needs a header row with {', '.join(COLUMNS)}"])
-    delimiter = max(",;\t", key=lambda d: lines[0].count(d))
-    rows = list(csv.reader(lines, delimiter=delimiter))
-    header = [h.strip() for h in rows[0]]
     problems = []
     missing = [c for c in COLUMNS if c not in header]
     if missing:
@@ -153,14 +145,14 @@ def read_worklist(path: Path) -> pd.DataFrame:
     if duplicated:
         problems.append(f"{path.name}: column(s) {', '.join(duplicated)} appear more than once")
     body = []
-    for number, row in enumerate(rows[1:], start=2):
+    for number, row in rows:
         if len(row) > len(header):
             problems.append(f"{path.name} line {number}: {len(row)} fields but the header has {len(header)}")
-        body.append([v.strip() for v in row] + [""] * (len(header) - len(row)))
+        body.append(row + [""] * (len(header) - len(row)))
     if problems:
         raise BatchError(path.parent, problems)
     table = pd.DataFrame([r[: len(header)] for r in body], columns=header, dtype=object)
-    table.insert(0, "line", range(2, 2 + len(table)))
+    table.insert(0, "line", [number for number, _ in rows])
     table["sample_type"] = table["sample_type"].str.lower()
     table["matrix"] = table["matrix"].str.lower()
     return table

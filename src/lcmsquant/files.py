@@ -3,6 +3,7 @@ raises for unusable input."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 import tempfile
@@ -19,6 +20,25 @@ class InputError(ValueError):
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"{self.path}: {len(problems)} problem(s) in the {self.kind}:\n{lines}")
+
+
+def read_csv_rows(path: Path, error: type[InputError], where: Path | None = None) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header and (line number, stripped fields) of every non-blank line of a CSV a person edits.
+
+    Accepts a UTF-8 BOM and `,`, `;` or tab separators (whichever the header uses most); line
+    numbers are those an editor shows, blank lines included. Empty files give an empty header.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise error(where or path, [f"{path.name}: not UTF-8 text ({err.reason} at byte {err.start}): save it as UTF-8 CSV"]) from None
+    numbered = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    if not numbered:
+        return [], []
+    delimiter = max(",;\t", key=lambda d: numbered[0][1].count(d))
+    parsed = csv.reader((line for _, line in numbered), delimiter=delimiter)
+    rows = [(n, [v.strip() for v in fields]) for (n, _), fields in zip(numbered, parsed)]
+    return rows[0][1], rows[1:]
 
 
 def atomic_write(path: Path, data: bytes | str) -> Path:

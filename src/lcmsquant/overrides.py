@@ -9,11 +9,10 @@ silently ignored.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lcmsquant.files import InputError
+from lcmsquant.files import InputError, read_csv_rows
 from lcmsquant.method import Method
 
 OVERRIDES = "overrides.csv"
@@ -42,23 +41,16 @@ class OverrideError(InputError):
 
 def read_overrides(path: Path, method: Method, worklist_files: set[str]) -> tuple[Override, ...]:
     """Read and check overrides.csv; raise OverrideError naming the line of every bad row."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise OverrideError(path, [f"{path.name}: not UTF-8 text ({err.reason}): save it as UTF-8 CSV"]) from None
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
+    header, rows = read_csv_rows(path, OverrideError)
+    if not header:
         return ()
-    delimiter = max(",;\t", key=lambda d: lines[0].count(d))
-    rows = list(csv.reader(lines, delimiter=delimiter))
-    header = [h.strip() for h in rows[0]]
     missing = [c for c in COLUMNS if c not in header]
     if missing:
         raise OverrideError(path, [f"{path.name}: missing column(s) {', '.join(missing)} (needs {', '.join(COLUMNS)})"])
     targets = _targets(method)
     problems, overrides, seen = [], [], {}
-    for number, values in enumerate(rows[1:], start=2):
-        row = dict(zip(header, (v.strip() for v in values)))
+    for number, values in rows:
+        row = dict(zip(header, values))
         where = f"{path.name} line {number}"
         bad = len(problems)
         if row.get("file", "") not in worklist_files:
