@@ -18,7 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyopenms as oms
+
+# pyopenms loads with OpenMP threads that gain nothing on small SRM files and, when another
+# process holds a core, make each load up to 10x slower (measured on a 2-core machine).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import pyopenms as oms  # noqa: E402  (after the thread setting, which it reads when loaded)
 
 from lcmsquant.method import Method, Transition
 
