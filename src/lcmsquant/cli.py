@@ -18,7 +18,7 @@ from lcmsquant.batch import load_batch, resolve_method_path
 from lcmsquant.files import InputError
 from lcmsquant.method import MATRICES, load_method
 from lcmsquant.pipeline import RunResult, measure_batch, quantify
-from lcmsquant.results import write_outputs
+from lcmsquant.results import sample_counts, write_outputs
 
 app = typer.Typer(
     help="Triple-quadrupole LC-MS/MS quantitation judged by ICH M10.",
@@ -90,9 +90,8 @@ def summary_table(result: RunResult) -> Table:
     results = result.results
     for _, cal in calibration.iterrows():
         rows = results[(results["analyte"] == cal["analyte"]) & (results["calibrator_set"] == cal["calibrator_set"])]
-        unknown = rows[rows["sample_type"] == "unknown"]
+        counts = sample_counts(rows[rows["sample_type"] == "unknown"])
         qcs = rows[(rows["sample_type"] == "qc") & (rows["level"] != "DQC")]
-        flags = unknown["flags"].str.split(";")
         curve = f"{cal['model'].replace('_through_zero', '/0')} {cal['weighting']}" if cal["model"] else "none"
         verdict = "[green]accepted[/]" if cal["accepted"] else "[bold red]rejected[/]"
         table.add_row(
@@ -100,10 +99,7 @@ def summary_table(result: RunResult) -> Table:
             f"{cal['r_squared']:.4f}" if cal["model"] else "-",
             f"{int(qcs['qc_passed'].fillna(False).sum())}/{len(qcs)}",
             verdict,
-            str(int(unknown["concentration"].notna().sum())),
-            str(int(flags.map(lambda f: "BLQ" in f).sum())),
-            str(int(flags.map(lambda f: "ALQ" in f).sum())),
-            str(int((unknown["flags"] != "").sum())),
+            *(str(counts[k]) for k in ("quantified", "blq", "alq", "flagged")),
         )
     return table
 

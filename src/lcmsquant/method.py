@@ -10,6 +10,7 @@ import hashlib
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -79,8 +80,13 @@ class CalibratorSet:
     source: str = ""
 
     def nominal(self, level: str, analyte: str) -> float | None:
-        rows = self.nominals[(self.nominals["level"] == level) & (self.nominals["analyte"] == analyte)]
-        return float(rows["nominal"].iloc[0]) if len(rows) else None
+        return self._by_level_analyte.get((level, analyte))
+
+    @cached_property
+    def _by_level_analyte(self) -> dict[tuple[str, str], float]:
+        """(level, analyte) -> nominal; looked up once per injection and analyte."""
+        table = self.nominals
+        return {(lv, an): float(v) for lv, an, v in zip(table["level"], table["analyte"], table["nominal"])}
 
     @property
     def levels(self) -> tuple[str, ...]:

@@ -270,10 +270,7 @@ def integrate_between(time: np.ndarray, intensity: np.ndarray, start_rt: float, 
     y1 = float(np.mean(intensity[end: end + 3]))
     t0, t1 = time[start], time[end]
     slope = (y1 - y0) / (t1 - t0)
-
-    def baseline(t):
-        return y0 + slope * (np.asarray(t) - t0)
-
+    baseline = _straight(y0 - slope * t0, slope)
     return integrate(time, intensity, start, end, baseline, noise_sigma(intensity), smooth(intensity, time))
 
 
@@ -315,11 +312,7 @@ def _baseline(time: np.ndarray, intensity: np.ndarray, smoothed: np.ndarray, ape
         slope, intercept = robust_line(time[outside], intensity[outside])
     else:
         slope, intercept = 0.0, float(np.median(intensity[outside]))
-
-    def baseline(t):
-        return intercept + slope * np.asarray(t, dtype=float)
-
-    return baseline, outside
+    return _straight(intercept, slope), outside
 
 
 def _baseline_outside(time: np.ndarray, intensity: np.ndarray, start: int, end: int, fallback):
@@ -339,6 +332,11 @@ def _baseline_outside(time: np.ndarray, intensity: np.ndarray, start: int, end: 
         slope, intercept = 0.0, float(np.median(intensity[side]))
     else:
         return fallback
+    return _straight(intercept, slope)
+
+
+def _straight(intercept: float, slope: float):
+    """The baseline as a function of time (minutes)."""
 
     def baseline(t):
         return intercept + slope * np.asarray(t, dtype=float)

@@ -13,10 +13,10 @@ import pandas as pd
 
 from lcmsquant import acceptance
 from lcmsquant.acceptance import Rule
-from lcmsquant.batch import Batch, Injection
+from lcmsquant.batch import Batch, Injection, load_batch, resolve_method_path
 from lcmsquant.calibration import CalibrationResult, calibrate
 from lcmsquant.chromatograms import ChromatogramReadError, Trace, read_injection
-from lcmsquant.method import Analyte, Method, Transition
+from lcmsquant.method import Analyte, Method, Transition, load_method
 from lcmsquant.overrides import OVERRIDES, Override, OverrideError
 from lcmsquant.peaks import Peak, PeakSearch, find_peak, integrate_between
 
@@ -172,6 +172,7 @@ def quantify(batch: Batch, peaks: pd.DataFrame, injection_errors: dict | None = 
     table = _add_ion_ratio_and_rt(table, method)
     calibration_rows, rules, verdicts = [], [], {}
     table["back_calculated"] = np.nan
+    table["concentration_found"] = np.nan
     table["lloq"] = np.nan
     table["uloq"] = np.nan
     table["qc_passed"] = pd.Series(pd.NA, index=table.index, dtype="boolean")
@@ -188,11 +189,12 @@ def quantify(batch: Batch, peaks: pd.DataFrame, injection_errors: dict | None = 
             table.loc[rows, "lloq"] = result.lloq if result.lloq is not None else np.nan
             table.loc[rows, "uloq"] = result.uloq if result.uloq is not None else np.nan
             if result.curve is not None:
-                table.loc[rows, "back_calculated"] = result.curve.back_calculate(table.loc[rows, "area_ratio"])
+                found = result.curve.back_calculate(table.loc[rows, "area_ratio"])
+                table.loc[rows, "back_calculated"] = found
+                table.loc[rows, "concentration_found"] = found * table.loc[rows, "dilution_factor"]
             cal_rows = result.calibrators.set_index("row")
             table.loc[cal_rows.index, "excluded"] = cal_rows["excluded"].astype(bool)
             table.loc[cal_rows.index, "exclusion_reason"] = cal_rows["exclusion_reason"]
-            table["concentration_found"] = table["back_calculated"] * table["dilution_factor"]
             qcs = acceptance.qc_accuracy(table[rows & (table["sample_type"] == "qc")], method.acceptance)
             table.loc[qcs.index, "qc_passed"] = qcs["qc_passed"].astype("boolean")
             analyte_rules = acceptance.judge(analyte.name, cal_set.name, result, qcs, n_unknowns, method.acceptance)
@@ -365,7 +367,6 @@ def _finish(table: pd.DataFrame, method: Method) -> pd.DataFrame:
     min_sn = method.integration.min_sn
     no_peak_as_blq = method.integration.no_peak_as_blq
     bc = table["back_calculated"]
-    table["concentration_found"] = bc * table["dilution_factor"]
     below = bc.notna() & table["lloq"].notna() & (bc < table["lloq"] - 1e-12)
     above = bc.notna() & table["uloq"].notna() & (bc > table["uloq"] + 1e-12)
     calibrated = table["sample_type"].isin(["calibrator", "qc"])
@@ -433,9 +434,6 @@ def run_batch(
     progress: Callable[[Injection], None] | None = None,
 ) -> tuple[Batch, RunResult]:
     """Load, measure and quantify a batch folder: the whole `lcmsquant run` without writing files."""
-    from lcmsquant.batch import load_batch, resolve_method_path
-    from lcmsquant.method import load_method
-
     batch = load_batch(folder, load_method(resolve_method_path(folder, method_path)))
     peaks, errors = measure_batch(batch, progress)
     return batch, quantify(batch, peaks, errors)

@@ -103,17 +103,7 @@ def run_summary(batch: Batch, run: RunResult) -> dict:
         }
     results = run.results
     unknown = results[results["sample_type"] == "unknown"]
-    counts = {}
-    for analyte, rows in unknown.groupby("analyte"):
-        flags = rows["flags"].str.split(";")
-        counts[analyte] = {
-            "unknowns": int(len(rows)),
-            "reportable": int(rows["reportable"].sum()),
-            "quantified": int(rows["concentration"].notna().sum()),
-            "blq": int(flags.map(lambda f: "BLQ" in f).sum()),
-            "alq": int(flags.map(lambda f: "ALQ" in f).sum()),
-            "flagged": int((rows["flags"] != "").sum()),
-        }
+    counts = {analyte: sample_counts(rows) for analyte, rows in unknown.groupby("analyte")}
     return {
         "lcmsquant": __version__,
         "batch": batch.folder.name,
@@ -123,6 +113,19 @@ def run_summary(batch: Batch, run: RunResult) -> dict:
         "rules": [r.as_dict() for r in run.rules],
         "injection_errors": {str(k): v for k, v in sorted(run.injection_errors.items())},
         "provenance": provenance(batch),
+    }
+
+
+def sample_counts(unknown: pd.DataFrame) -> dict[str, int]:
+    """What became of these study-sample rows: reportable, quantified, BLQ, ALQ, flagged."""
+    flags = unknown["flags"].str.split(";")
+    return {
+        "unknowns": int(len(unknown)),
+        "reportable": int(unknown["reportable"].sum()),
+        "quantified": int(unknown["concentration"].notna().sum()),
+        "blq": int(flags.map(lambda f: "BLQ" in f).sum()),
+        "alq": int(flags.map(lambda f: "ALQ" in f).sum()),
+        "flagged": int((unknown["flags"] != "").sum()),
     }
 
 
