@@ -84,7 +84,7 @@ def run(
 def summary_table(result: RunResult) -> Table:
     """Per analyte and calibrator set: the curve, QCs passed, and what became of the samples."""
     table = Table(title="Run summary", title_justify="left", box=box.SIMPLE_HEAD)
-    for column in ("analyte", "set", "curve", "r²", "QCs ok", "verdict", "quant.", "BLQ", "ALQ", "flagged"):
+    for column in ("analyte", "set", "curve", "r²", "QCs ok", "verdict", "quant.", "BLQ", "ALQ", "flagged", "reanalyse"):
         table.add_column(column, justify="left" if column in ("analyte", "set", "curve", "verdict") else "right", no_wrap=True)
     calibration = result.calibration
     results = result.results
@@ -99,7 +99,7 @@ def summary_table(result: RunResult) -> Table:
             f"{cal['r_squared']:.4f}" if cal["model"] else "-",
             f"{int(qcs['qc_passed'].fillna(False).sum())}/{len(qcs)}",
             verdict,
-            *(str(counts[k]) for k in ("quantified", "blq", "alq", "flagged")),
+            *(str(counts[k]) for k in ("quantified", "blq", "alq", "flagged", "reanalyse")),
         )
     return table
 

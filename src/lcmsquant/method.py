@@ -137,6 +137,9 @@ class Acceptance:
     is_response_band_pct: tuple[float, float] = (50.0, 150.0)
     carryover_pct_of_lloq: float = 20.0
     carryover_is_pct: float = 5.0
+    selectivity_pct_of_lloq: float = 20.0
+    selectivity_is_pct: float = 5.0
+    is_drift_pct: float = 20.0  # lab SOP: IS trend over the run, and study samples' median offset
 
 
 @dataclass(frozen=True)
