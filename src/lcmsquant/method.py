@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from lcmsquant.files import InputError
@@ -543,10 +544,32 @@ def check_calibrator_set(s: CalibratorSet, method: Method) -> list[str]:
             )
             continue
         low, high = cal["nominal"].min(), cal["nominal"].max()
-        for _, qc in rows[~rows["level"].str.match(CALIBRATOR_LEVEL)].iterrows():
+        qcs = rows[~rows["level"].str.match(CALIBRATOR_LEVEL)]
+        missing = [lvl for lvl in ("LQC", "MQC", "HQC") if lvl not in set(qcs["level"])]
+        if missing:
+            problems.append(f"{where}: {a.name} has no {', '.join(missing)} level: ICH M10 3.3.1 needs low, mid and high QCs")
+        for _, qc in qcs.iterrows():
             if qc["level"] != "DQC" and not (low <= qc["nominal"] <= high):
                 problems.append(
                     f"{where}: {a.name} {qc['level']} nominal {qc['nominal']:g} lies outside the "
                     f"calibration range {low:g}-{high:g}"
                 )
+                continue
+            problems += _qc_placement(where, a.name, qc["level"], float(qc["nominal"]), float(low), float(high))
     return problems
+
+
+def _qc_placement(where: str, analyte: str, level: str, nominal: float, low: float, high: float) -> list[str]:
+    """QC levels where ICH M10 3.2.5.1 puts them: LLOQ, <= 3x LLOQ, 30-50 % of the range, >= 75 % of ULOQ."""
+    say = f"{where}: {analyte} {level} nominal {nominal:g}"
+    if level == "LLOQ" and not np.isclose(nominal, low):
+        return [f"{say} is not the lowest calibrator ({low:g})"]
+    if level == "LQC" and nominal > 3 * low + 1e-12:
+        return [f"{say} is above 3x the LLOQ ({3 * low:g})"]
+    if level == "MQC" and not (0.3 * high - 1e-12 <= nominal <= 0.5 * high + 1e-12):
+        return [f"{say} is not within 30-50 % of the ULOQ ({0.3 * high:g}-{0.5 * high:g})"]
+    if level == "HQC" and nominal < 0.75 * high - 1e-12:
+        return [f"{say} is below 75 % of the ULOQ ({0.75 * high:g})"]
+    if level == "DQC" and nominal <= high:
+        return [f"{say} is not above the ULOQ ({high:g}): a dilution QC must need diluting"]
+    return []
