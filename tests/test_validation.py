@@ -3,6 +3,7 @@ calibration model and weighting (ICH M10 3.2.4), checked by hand arithmetic and 
 
 import csv
 import dataclasses
+import json
 import math
 import subprocess
 import sys
@@ -317,11 +318,40 @@ def test_too_few_runs_replicates_or_days_are_warnings_not_failures(validation_ru
     assert lqc["n_replicates"] == 9 and lqc["n0"] == pytest.approx((9 - (25 + 16) / 9) / 1)
 
 
+def test_a_run_whose_curve_failed_is_left_out_for_that_analyte(validation_runs):
+    runs = list(read_runs([validation_runs[k] for k in ("day1-a", "day1-b", "day2")]))
+    summary = json.loads(json.dumps(runs[2].summary))
+    for rule in summary["rules"]:  # as run.json records an M3 curve with too few calibrators passing
+        if rule["analyte"] == "M3" and rule["rule"] == "calibrators within tolerance":
+            rule.update(measured="5/8 (62 %)", passed=False)
+    runs[2] = dataclasses.replace(runs[2], summary=summary)
+    validation = validate_runs(runs)
+    n_runs = validation.levels.groupby("analyte")["n_runs"].max().to_dict()
+    assert n_runs == {"M1": 3, "M3": 2, "flumatinib": 3}
+    assert "run day2: the M3 curve (plasma) failed ICH M10 3.2.4: its QCs are left out" in validation.warnings
+
+
 def test_runs_made_with_different_methods_are_refused(validation_runs):
     with pytest.raises(ResultsError) as err:
         read_runs([validation_runs["day1-a"], validation_runs["other-method"]])
     message = str(err.value)
     assert "flumatinib-v2.toml (flumatinib version 2" in message and "flumatinib.toml (flumatinib version 1" in message
+
+
+def test_unusable_results_folders_are_refused_with_every_problem(validation_runs, tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    results = pd.read_csv(validation_runs["day2"] / "results.csv")
+    results.drop(columns=["concentration", "reportable"]).to_csv(folder / "results.csv", index=False)
+    (folder / "run.json").write_text("{ not json")
+    with pytest.raises(ResultsError) as err:
+        read_run(folder)
+    assert err.value.problems == [
+        "results.csv: missing column(s) concentration, reportable: was it written by `lcmsquant run`?",
+        "run.json: not valid JSON (Expecting property name enclosed in double quotes: line 1 column 3 (char 2))",
+    ]
+    with pytest.raises(ResultsError, match="given more than once"):
+        read_runs([validation_runs["day2"], validation_runs["day2"].parent])
 
 
 def test_reanalysed_study_samples_agree(study_and_reanalysis):
