@@ -140,3 +140,120 @@ def simulate(
         _fail(ValueError(f"--matrix must be plasma or csf, got {matrix!r} (known matrices: {', '.join(MATRICES)})"))
     truth = simulate_batch(out_dir, seed=seed, matrix=matrix, options=SimulationOptions(n_unknowns=unknowns))
     console.print(f"Simulated batch written to {out_dir}; true concentrations in {truth}")
+
+
+# --- Across runs: calibration model comparison, accuracy and precision, ISR (lcmsquant.validation) ---
+
+calibration_app = typer.Typer(help="Calibration across runs: choose the model and weighting once.", no_args_is_help=True)
+app.add_typer(calibration_app, name="calibration")
+
+
+def _read_runs(paths: list[Path]):
+    from lcmsquant.validation import read_runs
+
+    try:
+        return read_runs(paths)
+    except InputError as err:
+        _fail(err)
+
+
+def _pct(value: float, digits: int = 1) -> str:
+    return "-" if value != value else f"{value:.{digits}f}"
+
+
+def _warn(warnings) -> None:
+    for message in warnings:
+        errors.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+
+
+@calibration_app.command("compare")
+def calibration_compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Results folders of `lcmsquant run` (or batch folders holding results/).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Also write the table to this CSV file.")] = None,
+) -> None:
+    """Sum of |%RE| of the calibrators for every model x weighting, best first (ICH M10 3.2.4)."""
+    from lcmsquant.validation import calibrator_table, compare_curves, current_choice, write_table
+
+    runs = _read_runs(run_dirs)
+    table = compare_curves(calibrator_table(runs), current_choice(runs))
+    if out is not None:
+        write_table(table, out)
+    for (analyte, cal_set), rows in table.groupby(["analyte", "calibrator_set"], sort=False):
+        view = Table(title=f"{analyte} ({cal_set}): {len(runs)} run(s)", title_justify="left", box=box.SIMPLE_HEAD)
+        for column in ("rank", "model", "weighting", "sum |%RE|", "max |%RE|", "within", "passing", "runs ok", ""):
+            view.add_column(column, justify="left" if column in ("model", "weighting", "") else "right", no_wrap=True)
+        for r in rows.itertuples():
+            view.add_row(
+                str(r.rank), r.model, r.weighting, _pct(r.sum_abs_re_pct), _pct(r.max_abs_re_pct),
+                f"{r.n_within}/{r.n_calibrators}", f"{r.n_passing}/{r.n_calibrators}", f"{r.runs_accepted}/{r.n_runs}",
+                ("[bold]<- method[/] " if r.current else "") + escape(r.note),
+            )
+        console.print(view)
+    if out is not None:
+        console.print(f"Comparison written to {out}")
+
+
+@app.command()
+def validate(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Results folders of the validation runs (or their batch folders).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for validation.csv, validation_runs.csv, validation.json.")] = Path("."),
+) -> None:
+    """Accuracy and precision over validation runs: per QC level, within- and between-run (ICH M10 3.2.5)."""
+    from lcmsquant.validation import validate_runs, write_validation
+
+    runs = _read_runs(run_dirs)
+    try:
+        result = validate_runs(runs)
+    except InputError as err:
+        _fail(err)
+    write_validation(result, runs, out)
+    view = Table(
+        title=f"Accuracy and precision: {len(runs)} run(s), values in %", title_justify="left", box=box.SIMPLE_HEAD,
+        caption="worst run: the run mean furthest from nominal; run CV: the largest CV of one run; within and "
+        "between CV from a one-way ANOVA over runs", caption_justify="left",
+    )
+    for column in ("analyte", "level", "nominal", "runs", "n", "accuracy", "worst run", "run CV", "within CV", "between CV", "limit", "verdict"):
+        view.add_column(column, justify="left" if column in ("analyte", "level", "verdict") else "right", no_wrap=True)
+    several_sets = result.levels["calibrator_set"].nunique() > 1
+    for r in result.levels.itertuples():
+        view.add_row(
+            f"{r.analyte} ({r.calibrator_set})" if several_sets else r.analyte, r.level, f"{r.nominal:g}",
+            str(r.n_runs), str(r.n_replicates), _pct(r.mean_accuracy_pct), _pct(r.worst_run_accuracy_pct),
+            _pct(r.max_run_cv_pct), _pct(r.within_run_cv_pct), _pct(r.between_run_cv_pct), f"{r.limit_pct:g}",
+            "[green]pass[/]" if r.passed else "[bold red]fail[/]",
+        )
+    console.print(view)
+    for r in result.levels[~result.levels["passed"]].itertuples():
+        console.print(f"{r.analyte} {r.level} fails: {r.failing}", markup=False, highlight=False)
+    _warn(result.warnings)
+    console.print(f"Validation {'passed' if result.passed else 'FAILED'}; written to {out}")
+
+
+@app.command()
+def isr(
+    original: Annotated[Path, typer.Argument(help="Results folder of the original analysis.")],
+    repeat: Annotated[Path, typer.Argument(help="Results folder of the reanalysis.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for isr.csv and isr.json.")] = Path("."),
+    study_samples: Annotated[
+        int | None, typer.Option("--study-samples", min=0, help="Study samples in the whole study (default: those in ORIGINAL).")
+    ] = None,
+) -> None:
+    """Incurred sample reanalysis: % difference to the mean, 2/3 within +-20 % (ICH M10 5)."""
+    from lcmsquant.validation import isr_runs, read_run, write_isr
+
+    try:
+        original_run, repeat_run = read_run(original), read_run(repeat)
+        result = isr_runs([original_run], [repeat_run], study_samples)
+    except InputError as err:
+        _fail(err)
+    write_isr(result, [original_run], [repeat_run], out)
+    view = Table(title="Incurred sample reanalysis", title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("analyte", "pairs", "within +-20 %", "%", "verdict"):
+        view.add_column(column, justify="left" if column in ("analyte", "verdict") else "right", no_wrap=True)
+    for r in result.summary.itertuples():
+        view.add_row(r.analyte, str(r.n_evaluated), str(r.n_within), _pct(100 * r.fraction_within),
+                     "[green]pass[/]" if r.passed else "[bold red]fail[/]")
+    console.print(view)
+    console.print(f"ISR samples: {result.done} done, {result.needed} needed for {result.n_study_samples} study samples")
+    _warn(result.warnings)
+    console.print(f"ISR {'passed' if result.passed else 'FAILED'}; written to {out}")

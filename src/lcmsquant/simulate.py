@@ -160,6 +160,9 @@ class SimulationOptions:
     carryover_fraction: float = 5e-5
     # sample_ids whose IS response is cut to 20 %
     is_dropout: tuple[str, ...] = ()
+    # a validation (accuracy and precision) run: N replicates of each of LLOQ, LQC, MQC and HQC in
+    # place of the three QC sets, half before the study samples and half after; None = study run
+    qc_replicates: int | None = None
 
     def __post_init__(self):
         if isinstance(self.n_unknowns, bool) or not isinstance(self.n_unknowns, (int, np.integer)):
@@ -181,6 +184,10 @@ class SimulationOptions:
             object.__setattr__(self, "is_dropout", (self.is_dropout,))
         else:
             object.__setattr__(self, "is_dropout", tuple(self.is_dropout))
+        if self.qc_replicates is not None and (
+            isinstance(self.qc_replicates, bool) or not isinstance(self.qc_replicates, (int, np.integer)) or self.qc_replicates < 1
+        ):
+            raise ValueError(f"qc_replicates must be a positive integer or None, got {self.qc_replicates!r}")
         if self.spoil_calibrator is not None:
             spoil = tuple(self.spoil_calibrator)
             if len(spoil) != 2:
@@ -340,15 +347,22 @@ def _design(
     unknowns = _unknowns(method, matrix, options.n_unknowns, ranges, rng)
     half = (len(unknowns) + 1) // 2
 
+    if options.qc_replicates is None:
+        qcs_before, qcs_between, qcs_after = qc_set(QC_SET_1), qc_set(QC_SET_2), qc_set(QC_SET_3)
+    else:
+        first = (options.qc_replicates + 1) // 2
+        qcs_before = [q for _ in range(first) for q in qc_set(QC_SET_1)]
+        qcs_between = []
+        qcs_after = [q for _ in range(options.qc_replicates - first) for q in qc_set(QC_SET_1)]
     order = (
         [blank(1), _Injection(0, "ZERO-1", "zero", matrix=matrix, truth=dict(zero))]
         + calibrators
         + [blank(2)]
-        + qc_set(QC_SET_1)
+        + qcs_before
         + unknowns[:half]
-        + qc_set(QC_SET_2)
+        + qcs_between
         + unknowns[half:]
-        + qc_set(QC_SET_3)
+        + qcs_after
         + [blank(3)]
     )
     width = max(3, len(str(len(order))))
