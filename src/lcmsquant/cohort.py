@@ -26,7 +26,13 @@ import pandas as pd
 from scipy import stats
 
 from lcmsquant.files import InputError, atomic_write, sha256
-from lcmsquant.method import CALIBRATOR_LEVEL, CohortSettings, MethodError, default_method_path, load_method
+from lcmsquant.method import (
+    CALIBRATOR_LEVEL,
+    CohortSettings,
+    MethodError,
+    default_method_path,
+    load_method,
+)
 
 SCHEMA_VERSION = 1
 SCHEMA = """

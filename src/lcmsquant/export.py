@@ -17,7 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lcmsquant.cohort import CohortError, MethodRecord, cohort_tables, connect, load_runs
+from lcmsquant.cohort import (
+    CohortError,
+    MethodRecord,
+    cohort_tables,
+    connect,
+    load_runs,
+)
 from lcmsquant.files import atomic_write
 from lcmsquant.method import SDTM_TESTCD
 

@@ -758,13 +758,13 @@ def simulate_study(
                 f"{hours:.2f}", str(late).lower(),
             ])
 
-        def sample(matrix: str) -> _Injection:
-            extra = {dose_col: last_dose.strftime(fmt), sample_col: times[matrix].strftime(fmt)}
-            return _Injection(0, f"{subject}-{visit}-{MATRIX_SUFFIX[matrix]}", "unknown", "", matrix, subject, visit,
-                              "trough", 1, dict(conc[matrix]), extra=extra)
-
-        blood.extend([sample(blood_matrix), sample("marrow")])
-        csf.append(sample("csf"))
+        samples = {
+            m: _Injection(0, f"{subject}-{visit}-{MATRIX_SUFFIX[m]}", "unknown", "", m, subject, visit, "trough", 1,
+                          dict(conc[m]), extra={dose_col: last_dose.strftime(fmt), sample_col: times[m].strftime(fmt)})
+            for m in (blood_matrix, "marrow", "csf")
+        }
+        blood.extend([samples[blood_matrix], samples["marrow"]])
+        csf.append(samples["csf"])
 
     dropout, alq = blood[0], blood[3]  # first subject's blood sample; second subject's marrow
     repeats = [
