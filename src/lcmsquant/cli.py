@@ -257,3 +257,74 @@ def isr(
     console.print(f"ISR samples: {result.done} done, {result.needed} needed for {result.n_study_samples} study samples")
     _warn(result.warnings)
     console.print(f"ISR {'passed' if result.passed else 'FAILED'}; written to {out}")
+
+cohort_app = typer.Typer(help="Cohort: results of many runs in one database, penetration ratios, exports.", no_args_is_help=True)
+app.add_typer(cohort_app, name="cohort")
+DbOption = Annotated[Path, typer.Option("--db", help="Cohort database file (SQLite).")]
+
+
+@cohort_app.command("add")
+def cohort_add(
+    results_dirs: Annotated[list[Path], typer.Argument(help="Results folders written by `lcmsquant run`.")],
+    db: DbOption,
+    method: Annotated[
+        Path | None, typer.Option("--method", help="Method file the runs were processed with (default: the batch's method.toml, else the shipped one).")
+    ] = None,
+) -> None:
+    """Add processed runs to the cohort (a run added again replaces itself)."""
+    from lcmsquant.cohort import add_runs, describe
+
+    try:
+        additions = add_runs(db, results_dirs, method, command=["lcmsquant", *sys.argv[1:]])
+    except InputError as err:
+        _fail(err)
+    for line in describe(additions):
+        console.print(line, markup=False, highlight=False)
+    console.print(f"Cohort database: {db}", markup=False, highlight=False)
+
+
+@cohort_app.command("penetration")
+def cohort_penetration(
+    db: DbOption,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: the database's folder).")] = None,
+) -> None:
+    """Pair serum (or plasma), marrow and CSF by subject, visit and timepoint; ratios, summary, plot."""
+    from lcmsquant.cohort import write_penetration
+
+    try:
+        written, summary = write_penetration(db, out if out is not None else db.parent)
+    except InputError as err:
+        _fail(err)
+    table = Table(title="Penetration (ratio to serum, or plasma where no serum)", title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("analyte", "ratio", "paired", "censored", "median", "IQR", "range", "geo. mean (95 % CI)"):
+        table.add_column(column, justify="left" if column in ("analyte", "ratio") else "right", no_wrap=True)
+
+    def g(v) -> str:
+        return "-" if v != v else f"{v:.3g}"
+
+    for _, s in summary.iterrows():
+        table.add_row(
+            s["analyte"], s["ratio"], str(s["n_paired"]), str(s["n_censored"]), g(s["median"]),
+            f"{g(s['q1'])}-{g(s['q3'])}", f"{g(s['min'])}-{g(s['max'])}",
+            f"{g(s['geometric_mean'])} ({g(s['gm_ci95_low'])}-{g(s['gm_ci95_high'])})",
+        )
+    console.print(table)
+    console.print("Written: " + ", ".join(str(p) for p in written), markup=False, highlight=False)
+
+
+@cohort_app.command("export")
+def cohort_export(
+    db: DbOption,
+    fmt: Annotated[str, typer.Option("--format", help="csv | parquet | sdtm (PC domain as CSV and SAS XPT v5).")] = "csv",
+    study: Annotated[str | None, typer.Option("--study", help="Study identifier (STUDYID; required for sdtm).")] = None,
+    lab: Annotated[str, typer.Option("--lab", help="Laboratory name for PCNAM (sdtm).")] = "",
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: the database's folder).")] = None,
+) -> None:
+    """Export the cohort's reported results (and every analysis) for the study dataset."""
+    from lcmsquant.export import export_cohort
+
+    try:
+        written = export_cohort(db, fmt, out if out is not None else db.parent, study=study, lab=lab)
+    except InputError as err:
+        _fail(err)
+    console.print("Written: " + ", ".join(str(p) for p in written), markup=False, highlight=False)
