@@ -49,3 +49,16 @@ def plasma_batch(tmp_path) -> Path:
     folder = tmp_path / "batch"
     simulate_batch(folder, seed=7, matrix="plasma")
     return folder
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Headless Chromium for the report tests; .ci/run installs it, so in CI it must exist."""
+    from lcmsquant.browser import BrowserError, find_browser
+
+    try:
+        return find_browser()
+    except BrowserError as err:
+        if os.environ.get("CI"):
+            pytest.fail(f"{err} (.ci/run installs it)")
+        pytest.skip(str(err))
