@@ -238,7 +238,6 @@ def reanalysis_list(files: RunFiles) -> pd.DataFrame:
     for _, row in results[(results["sample_type"] == "unknown") & ~results["reportable"].astype(bool)].iterrows():
         flags = flag_list(row["flags"])
         reasons, details = [], []
-        found = row["back_calculated"] * row["dilution_factor"] if _finite(row["back_calculated"]) else np.nan
         dilution = ""
         if "NO_DATA" in flags:
             reasons.append("no data")
@@ -250,7 +249,8 @@ def reanalysis_list(files: RunFiles) -> pd.DataFrame:
             details.append("repeat in a new run")
         if "ALQ" in flags:
             reasons.append("above the ULOQ")
-            details.append(f"{fmt(found)} > ULOQ {fmt(row['uloq'])} x {fmt(row['dilution_factor'])}")
+            diluted = f" (diluted 1:{fmt(row['dilution_factor'], 3)})" if row["dilution_factor"] > 1 else ""
+            details.append(f"{fmt(row['back_calculated'])} > ULOQ {fmt(row['uloq'])}{diluted}")
             dilution = suggested_dilution(row["back_calculated"], row["uloq"], row["dilution_factor"])
         if "DILUTION_QC" in flags:
             reasons.append("dilution QCs failed")
@@ -312,7 +312,10 @@ def verdict_section(files: RunFiles, reanalysis: pd.DataFrame) -> dict:
         )
         failing = [r for r in _rules(files, analyte, cal_set) if not r["passed"]]
         unknown = _rows(files, analyte, cal_set, "unknown")
-        n_reanalyse = int(((reanalysis["analyte"] == analyte) & reanalysis["sample_id"].isin(unknown["sample_id"])).sum()) if len(reanalysis) else 0
+        n_reanalyse = 0
+        if len(reanalysis) and {"analyte", "sample_id"} <= set(reanalysis.columns):
+            mine = reanalysis[(reanalysis["analyte"] == analyte) & reanalysis["sample_id"].isin(unknown["sample_id"])]
+            n_reanalyse = len(mine.drop_duplicates(["sample_id", "analyte"]))
         rows.append({
             "analyte": analyte, "set": cal_set, "accepted": accepted,
             "failing": [_rule_words(r) for r in failing if r.get("critical", True)],
@@ -370,7 +373,7 @@ def calibration_section(files: RunFiles) -> list[dict]:
             coefficients.append((name, f"{fmt(cal[name], 6)} ± {fmt(cal[name + '_se'], 3)} (SE)"))
         coefficients += [
             ("weighted r²", f"{cal['r_squared']:.5f}" if _finite(cal["r_squared"]) else "–"),
-            ("calibrators used", f"{fmt(cal['n_used'])} of {fmt(cal['n_calibrators'])}"),
+            ("calibrators used", f"{int(cal['n_used'])} of {int(cal['n_calibrators'])}"),
             ("levels used", str(cal["levels_used"]).replace(";", ", ") or "–"),
             ("levels failing", str(cal["levels_excluded"]).replace(";", ", ") or "none"),
             ("run range", f"{fmt(cal['lloq'])} – {fmt(cal['uloq'])} {units}" if _finite(cal["lloq"]) else "none"),
@@ -693,7 +696,10 @@ def provenance_section(files: RunFiles) -> dict:
             software[f"{name} (report)"] = "unknown"
     results = files.results
     excluded = results[(results["sample_type"] == "calibrator") & has_flag(results, "EXCLUDED")]
-    acceptance = prov.get("acceptance") or asdict(files.acceptance)
+    acceptance = {
+        name: (f"{value:g}" if isinstance(value, float) else "-".join(f"{v:g}" for v in value) if isinstance(value, list) else value)
+        for name, value in (prov.get("acceptance") or asdict(files.acceptance)).items()
+    }
     audit = files.audit
     return {
         "audit_columns": list(audit.columns),
