@@ -51,7 +51,7 @@ def _run(page: Path | str, *args: str) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory(prefix="lcmsquant-chromium-") as profile:
         command = [browser, *FLAGS, f"--user-data-dir={profile}", *args, url]
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S)
+            done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=TIMEOUT_S)
         except subprocess.TimeoutExpired:
             raise BrowserError(f"{browser} did not finish {url} within {TIMEOUT_S} s") from None
     if done.returncode != 0:

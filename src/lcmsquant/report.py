@@ -37,11 +37,9 @@ TEXT_COLUMNS = (
     "detail", "action", "analyst", "manual_status", "auto_status",
 )
 QC_LEVEL_ORDER = ("LLOQ", "LQC", "MQC", "HQC", "DQC")
-CATEGORIES = ("calibration", "qc", "carryover", "selectivity", "is_response")
 # Flags that mark the quantifier's own trace (as opposed to the IS or the run).
 PEAK_FLAGS = ("NO_DATA", "NO_PEAK", "RT_SHIFT", "EDGE", "SATURATED", "LOW_SN", "SPLIT", "SHOULDER")
 DILUTION_STEPS = (2, 5, 10, 20, 50, 100, 200, 500, 1000)
-ROW_LIMIT_NOTE = "sort by a column header; type in the box to filter"
 
 
 class ReportError(InputError):

@@ -8,6 +8,7 @@ Every function takes plain arrays or tidy tables and returns SVG markup; nothing
 from __future__ import annotations
 
 import io
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -217,7 +218,7 @@ def decimate(time: np.ndarray, intensity: np.ndarray, max_points: int = MAX_POIN
     buckets = max_points // 2
     edges = np.linspace(0, n, buckets + 1).astype(int)
     keep = []
-    for a, b in zip(edges[:-1], edges[1:]):
+    for a, b in itertools.pairwise(edges):
         if b <= a:
             continue
         segment = intensity[a:b]
