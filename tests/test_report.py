@@ -308,3 +308,63 @@ def test_report_command_errors_are_clear_without_traceback(accepted, tmp_path, m
     done = runner.invoke(app, ["report", str(copy), "--pdf"])
     assert done.exit_code == 2 and "LCMSQUANT_CHROMIUM" in done.output and "Traceback" not in done.output
     assert (copy / REPORT_HTML).is_file() and not (copy / "report.pdf").exists()
+
+
+def test_a_run_without_a_curve_or_qcs_still_renders_and_says_so(accepted, tmp_path):
+    copy = shutil.copytree(accepted, tmp_path / "results")
+    results = pd.read_csv(copy / "results.csv", dtype=str, keep_default_na=False)
+    results = results[~results["sample_type"].isin(["qc"])]
+    results.to_csv(copy / "results.csv", index=False)
+    calibration = pd.read_csv(copy / "calibration.csv", dtype=str, keep_default_na=False)
+    flumatinib = calibration["analyte"] == "flumatinib"
+    calibration.loc[flumatinib, ["model", "weighting", "intercept", "slope", "r_squared", "lloq", "uloq"]] = ""
+    calibration.loc[flumatinib, ["accepted", "problem"]] = ["False", "only 2 usable calibrators: a linear curve needs 3"]
+    calibration.to_csv(copy / "calibration.csv", index=False)
+    html = render_report(copy)
+    calibration_html = _section(html, "calibration")
+    assert "no curve" in calibration_html and "only 2 usable calibrators" in calibration_html
+    assert "0/0 within tolerance" in _section(html, "qcs")
+
+
+def test_thumbnails_of_every_real_sciex_trace_stay_inside_their_frame(sciex_dir):
+    import xml.etree.ElementTree as ET
+
+    from lcmsquant.chromatograms import read_traces
+    from lcmsquant.peaks import PeakSearch, find_peak
+    from lcmsquant.report_figures import THUMB_H, THUMB_W, Integration, chromatogram_thumbnail
+
+    traces = read_traces(sciex_dir / "RawDataProcessor_mzML_1.mzML")
+    assert len(traces) == 324
+    for trace in traces:
+        svg = ET.fromstring(chromatogram_thumbnail(trace.native_id, trace.time, trace.intensity, Integration()))
+        line = svg.find("{http://www.w3.org/2000/svg}polyline")
+        xy = np.array([p.split(",") for p in line.get("points").split()], dtype=float)
+        assert 2 <= len(xy) <= 240 and xy[:, 0].min() >= 0 and xy[:, 0].max() <= THUMB_W
+        assert xy[:, 1].min() >= 0 and xy[:, 1].max() <= THUMB_H
+    # 23dpg heavy (Q1 268, Q3 170), apex near 953.67 s in SmartPeak: drawn with its integration
+    trace = next(t for t in traces if abs(t.q1 - 268) < 0.5 and abs(t.q3 - 170) < 0.5 and t.covers(953.67 / 60))
+    peak = find_peak(trace.time, trace.intensity, PeakSearch(953.67 / 60, 0.3))
+    drawn = chromatogram_thumbnail("23dpg", trace.time, trace.intensity, Integration(
+        peak.start, peak.end, peak.baseline_start, peak.baseline_end, peak.rt, 953.67 / 60))
+    assert '<polygon class="ta"' in drawn and drawn.count('<line class="tk"') == 2
+
+
+def test_sorting_and_opening_work_in_the_browser(troubled, chromium, tmp_path):
+    results, *_ = troubled
+    html = (results / REPORT_HTML).read_text()
+    clicks = """<script>
+    document.querySelectorAll('#samples-table th')[9].click();            // concentration, ascending
+    document.querySelector('button[data-open="flagged"]').click();
+    </script></body>"""
+    page = tmp_path / "clicked.html"
+    page.write_text(html.replace("</body>", clicks))
+    dom = browser.dump_dom(page)
+    table = re.search(r'<table class="sortable" id="samples-table">(.*?)</table>', dom, re.DOTALL).group(1)
+    keys = re.findall(r'<td class="n" data-sort="([^"]*)">[^<]*</td><td>(?:<span|</td>)', table)
+    numbers = [float(k) for k in keys if k]
+    assert len(numbers) > 50 and numbers == sorted(numbers)
+    assert all(k == "" for k in keys[len(numbers):])  # rows without a value go last
+    details = re.findall(r'<details class="inj"([^>]*)>', dom)
+    opened = [d for d in details if " open" in d]
+    assert opened and all('data-flagged="1"' in d for d in opened)
+    assert len(opened) == sum('data-flagged="1"' in d for d in details)
