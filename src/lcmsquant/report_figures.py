@@ -132,26 +132,43 @@ def residuals(key: str, calibrators: pd.DataFrame, tolerance_pct: float, lloq_to
     return _svg(fig, key)
 
 
+QC_AXIS_LIMIT_PCT = 60.0  # the accuracy axis never spans more than 100 +- this; beyond, points sit on the edge
+
+
 def qc_accuracy(key: str, qcs: pd.DataFrame, analytes: Sequence[str], tolerance_pct: float,
                 lloq_tolerance_pct: float, title: str) -> str:
     """QC accuracy (% of nominal) against injection order, one colour per analyte; failing QCs as
-    red-edged markers. `qcs` has columns injection, analyte, level, accuracy_pct, passed."""
+    red-edged markers. A QC far off (an IS drop-out reads 500 %) is drawn as a triangle on the
+    axis's edge with its value, so it does not squash the others into a line.
+
+    `qcs` has columns injection, analyte, level, accuracy_pct, passed.
+    """
     fig, ax = _figure((7.0, 3.1), legend_outside=True)
     ax.axhspan(100 - tolerance_pct, 100 + tolerance_pct, color=BAND, zorder=0, label=f"100 ± {tolerance_pct:g} %")
     ax.axhline(100 - lloq_tolerance_pct, color="#6a8fb5", linestyle="dashed", linewidth=0.8, label="LLOQ QC limit")
     ax.axhline(100 + lloq_tolerance_pct, color="#6a8fb5", linestyle="dashed", linewidth=0.8)
+    deviation = (qcs["accuracy_pct"].dropna() - 100).abs()
+    span = min(max(lloq_tolerance_pct * 1.5, float(deviation.max()) + 5 if len(deviation) else 0), QC_AXIS_LIMIT_PCT)
+    low, high = 100 - span, 100 + span
+    stacked: dict[tuple, int] = {}  # labels of off-scale points at one injection go one under another
     for i, analyte in enumerate(analytes):
         rows = qcs[(qcs["analyte"] == analyte) & qcs["accuracy_pct"].notna()]
         colour = ANALYTE_COLOURS[i % len(ANALYTE_COLOURS)]
-        ok, bad = rows[rows["passed"]], rows[~rows["passed"]]
+        inside = rows["accuracy_pct"].between(low, high)
+        ok, bad = rows[rows["passed"] & inside], rows[~rows["passed"] & inside]
         ax.scatter(ok["injection"], ok["accuracy_pct"], s=20, color=colour, label=analyte, zorder=3)
         if len(bad):
             ax.scatter(bad["injection"], bad["accuracy_pct"], s=30, color=colour, edgecolors=FAIL,
                        linewidths=1.4, zorder=4, label=f"{analyte} failing")
-    values = qcs["accuracy_pct"].dropna()
-    spread = max(100 + lloq_tolerance_pct * 1.5, float(values.max()) + 5 if len(values) else 0) - 100
-    low = min(100 - lloq_tolerance_pct * 1.5, float(values.min()) - 5 if len(values) else 200)
-    ax.set_ylim(low, 100 + spread)
+        for _, row in rows[~inside].iterrows():
+            above = row["accuracy_pct"] > high
+            edge = high - span * 0.04 if above else low + span * 0.04
+            ax.scatter([row["injection"]], [edge], s=36, marker="^" if above else "v", color=colour,
+                       edgecolors=FAIL, linewidths=1.2, zorder=4)
+            k = stacked[(row["injection"], above)] = stacked.get((row["injection"], above), -1) + 1
+            ax.annotate(f"{analyte} {row['accuracy_pct']:.0f} %", (row["injection"], edge),
+                        xytext=(6, -3 - 8 * k if above else -3 + 8 * k), textcoords="offset points", fontsize=6.5, color=FAIL)
+    ax.set_ylim(low, high)
     ax.set_xlabel("injection", fontsize=8)
     ax.set_ylabel("accuracy (% of nominal)", fontsize=8)
     ax.set_title(title, fontsize=9)
