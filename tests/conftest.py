@@ -65,3 +65,16 @@ def processed_study(tmp_path_factory):
         write_outputs(batch, result, folder / "results", command=["lcmsquant", "run", str(folder)])
         results.append(folder / "results")
     return study, tuple(results)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Headless Chromium for the report tests; .ci/run installs it, so in CI it must exist."""
+    from lcmsquant.browser import BrowserError, find_browser
+
+    try:
+        return find_browser()
+    except BrowserError as err:
+        if os.environ.get("CI"):
+            pytest.fail(f"{err} (.ci/run installs it)")
+        pytest.skip(str(err))

@@ -75,10 +75,13 @@ def run(
     result = quantify(batch, peaks, read_errors)
     out_dir = out if out is not None else batch.folder / "results"
     write_outputs(batch, result, out_dir, command=["lcmsquant", *sys.argv[1:]])
+    from lcmsquant.report import REPORT_HTML, write_report  # matplotlib loads only when needed
+
+    write_report(out_dir)
     for order, message in sorted(result.injection_errors.items()):
         errors.print(f"[yellow]warning:[/] injection {order}: {escape(message)} (flagged NO_DATA)", highlight=False)
     console.print(summary_table(result))
-    console.print(f"Results written to {out_dir}")
+    console.print(f"Results written to {out_dir} (open {REPORT_HTML} in a browser)")
 
 
 def summary_table(result: RunResult) -> Table:
@@ -102,6 +105,30 @@ def summary_table(result: RunResult) -> Table:
             *(str(counts[k]) for k in ("quantified", "blq", "alq", "flagged", "reanalyse")),
         )
     return table
+
+
+@app.command()
+def report(
+    results_dir: Annotated[Path, typer.Argument(help="Results folder of a run (BATCH_DIR/results).")],
+    pdf: Annotated[bool, typer.Option("--pdf", help="Also print report.pdf for signing (needs Chromium).")] = False,
+    batch: Annotated[
+        Path | None, typer.Option("--batch", help="Batch folder with the mzML files (default: the one the run recorded).")
+    ] = None,
+) -> None:
+    """Re-render the run's report.html from its results folder, and optionally report.pdf."""
+    from lcmsquant.browser import BrowserError
+    from lcmsquant.report import write_pdf, write_report
+
+    if batch is not None and not batch.is_dir():
+        _fail(ValueError(f"--batch {batch}: not a folder; give the batch folder that holds the mzML files"))
+    try:
+        written = [write_report(results_dir, batch)]
+        if pdf:
+            written.append(write_pdf(results_dir))
+    except (InputError, BrowserError) as err:
+        _fail(err)
+    for path in written:
+        console.print(f"Report written to {path}", markup=False)
 
 
 method_app = typer.Typer(help="Method files: import a transition list.", no_args_is_help=True)

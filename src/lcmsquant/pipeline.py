@@ -32,7 +32,7 @@ REVIEW_FLAGS = (
 AUDITED = ("status", "rt_min", "start_min", "end_min", "area")
 PEAK_FIELDS = (
     "rt_min", "start_min", "end_min", "area", "height", "sn", "noise", "points", "fwhm_s",
-    "tailing_factor", "asymmetry", "points_fwhm",
+    "tailing_factor", "asymmetry", "points_fwhm", "baseline_start", "baseline_end",
 )
 
 
@@ -138,6 +138,7 @@ def _peak_row(t: Transition, expected: float, trace: Trace | None, peak: Peak | 
             rt_min=peak.rt, start_min=peak.start, end_min=peak.end, area=peak.area, height=peak.height,
             sn=peak.sn, noise=peak.noise, points=peak.points, fwhm_s=peak.fwhm * 60,
             tailing_factor=peak.tailing_factor, asymmetry=peak.asymmetry, points_fwhm=peak.points_fwhm,
+            baseline_start=peak.baseline_start, baseline_end=peak.baseline_end,
             edge=peak.edge, saturated=peak.saturated, split=peak.split, shoulder=peak.shoulder,
         )
     return row

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import platform
 import sys
+from dataclasses import asdict
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -44,6 +45,7 @@ ROUNDING = {
     "slope_se": -4, "quadratic_se": -4, "r_squared": 6, "auto_rt_min": 4, "auto_start_min": 4,
     "auto_end_min": 4, "auto_area": 1, "manual_rt_min": 4, "manual_area": 1, "fwhm_s": 2, "tailing_factor": 3,
     "asymmetry": 3, "rrt": 5, "back_calculated_calibrator": -4, "accuracy_calibrator_pct": 1,
+    "baseline_start": 1, "baseline_end": 1,
 }
 SOFTWARE = ("pyopenms", "numpy", "scipy", "pandas", "statsmodels")
 
@@ -158,6 +160,8 @@ def provenance(batch: Batch) -> dict:
     method = batch.method
     return {
         "method": {"name": method.name, "version": method.version, "file": Path(method.path).name, "sha256": method.sha256},
+        "units": method.units,
+        "acceptance": asdict(method.acceptance),  # the limits the run was judged against, for the report
         "calibrator_sets": [
             {"name": s.name, "matrices": list(s.matrices), "file": Path(s.source).name,
              "sha256": sha256(Path(s.source)) if Path(s.source).is_file() else ""}
@@ -193,6 +197,7 @@ def write_outputs(batch: Batch, run: RunResult, out_dir: Path, command: list[str
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command if command is not None else sys.argv,
         "host": platform.node(),
+        "batch_folder": str(batch.folder.resolve()),  # where the report finds the mzML files
     }
     written.append(atomic_write(out_dir / "session.json", json.dumps(session, indent=2) + "\n"))
     return written
