@@ -61,22 +61,28 @@ def measure_injection(
     keeps the automatic values it replaced for the audit trail.
     """
     overrides = overrides or {}
+    file_warnings: list[str] = []
     try:
-        traces = read_injection(path, method)
+        traces = read_injection(path, method, file_warnings)
     except ChromatogramReadError as err:
-        return [_peak_row(t, method.expected_rt(t), None, None, "NO_DATA") for t in method.transitions()], str(err)
+        return _no_data_rows(method), str(err)
     rows, found_rt = [], {}
     integ = method.integration
 
     def measure(t: Transition, search: PeakSearch) -> Peak | None:
-        trace = traces.get(t)
+        read = traces.get(t)
+        warnings = read.warnings if read is not None else tuple(file_warnings)
+        trace = read if read is not None and read.usable else None  # too short to hold a peak: no data, not "no peak"
         peak = _search(trace, search)
         override = overrides.get(t.name)
         if override is None:
-            rows.append(_peak_row(t, search.expected_rt, trace, peak))
+            rows.append(_peak_row(t, search.expected_rt, trace, peak, read_warnings=warnings))
             return peak
         manual = _manual_peak(trace, override)
-        row = _peak_row(t, search.expected_rt, trace, manual, "NO_PEAK" if manual is None and trace is not None else None)
+        row = _peak_row(
+            t, search.expected_rt, trace, manual, "NO_PEAK" if manual is None and trace is not None else None,
+            read_warnings=warnings,
+        )
         automatic = _peak_row(t, search.expected_rt, trace, peak)
         row.update(manual=True, override_line=override.line, **{f"auto_{k}": automatic[k] for k in AUDITED})
         if override.action == "integrate" and manual is None:
@@ -101,6 +107,10 @@ def measure_injection(
     return rows, ""
 
 
+def _no_data_rows(method: Method) -> list[dict]:
+    return [_peak_row(t, method.expected_rt(t), None, None, "NO_DATA") for t in method.transitions()]
+
+
 def _manual_peak(trace: Trace | None, override: Override) -> Peak | None:
     if trace is None or override.action == "no_peak":
         return None
@@ -119,7 +129,10 @@ def _search(trace: Trace | None, search: PeakSearch) -> Peak | None:
     return None if trace is None else find_peak(trace.time, trace.intensity, search)
 
 
-def _peak_row(t: Transition, expected: float, trace: Trace | None, peak: Peak | None, status: str | None = None) -> dict:
+def _peak_row(
+    t: Transition, expected: float, trace: Trace | None, peak: Peak | None, status: str | None = None,
+    read_warnings: tuple[str, ...] | list[str] = (),
+) -> dict:
     if status is None:
         status = "NO_DATA" if trace is None else ("NO_PEAK" if peak is None else "OK")
     row = {
@@ -129,6 +142,7 @@ def _peak_row(t: Transition, expected: float, trace: Trace | None, peak: Peak | 
         **dict.fromkeys(PEAK_FIELDS, np.nan),
         "edge": False, "saturated": False, "split": False, "shoulder": False, "manual": False, "override_line": np.nan,
         **{f"auto_{k}": np.nan for k in AUDITED}, "override_problem": "",
+        "read_warnings": " | ".join(read_warnings),
     }
     if peak is not None:
         row.update(

@@ -112,8 +112,22 @@ def run_summary(batch: Batch, run: RunResult) -> dict:
         "sample_counts": counts,
         "rules": [r.as_dict() for r in run.rules],
         "injection_errors": {str(k): v for k, v in sorted(run.injection_errors.items())},
+        "read_warnings": read_warnings(run.peaks),
         "provenance": provenance(batch),
     }
+
+
+def read_warnings(peaks: pd.DataFrame) -> dict[str, list[str]]:
+    """Injection -> what reading its file changed or doubted (points dropped, times sorted, ...)."""
+    if "read_warnings" not in peaks.columns:
+        return {}
+    found: dict[str, list[str]] = {}
+    for injection, text in zip(peaks["injection"], peaks["read_warnings"]):
+        for warning in filter(None, str(text).split(" | ")):
+            found.setdefault(str(injection), [])
+            if warning not in found[str(injection)]:
+                found[str(injection)].append(warning)
+    return found
 
 
 def sample_counts(unknown: pd.DataFrame) -> dict[str, int]:
