@@ -86,8 +86,9 @@ def test_workers_give_the_same_bytes_as_one_process(batch, tmp_path):
         assert (tmp_path / "jobs1" / name).read_bytes() == (tmp_path / "jobs2" / name).read_bytes(), name
 
 
-@pytest.mark.parametrize("jobs", [1, 2])
-def test_a_run_killed_midway_leaves_the_previous_results_whole(jobs, batch, tmp_path):
+@pytest.mark.parametrize("jobs, stop", [(1, signal.SIGKILL), (2, signal.SIGKILL), (2, signal.SIGINT)])
+def test_a_run_stopped_midway_leaves_the_previous_results_whole(jobs, stop, batch, tmp_path):
+    """SIGKILL: no chance to clean up; SIGINT (Ctrl-C): one message, no traceback, exit 130."""
     folder = Path(shutil.copytree(batch, tmp_path / "batch"))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     first = subprocess.run([sys.executable, "-m", "lcmsquant", "run", folder, "--jobs", "1"], capture_output=True, env=env, timeout=600)
@@ -106,13 +107,18 @@ def test_a_run_killed_midway_leaves_the_previous_results_whole(jobs, batch, tmp_
         assert "injections" in line, line + run.stderr.read()
         time.sleep(0.3)
         helpers = _descendants(run.pid)  # the fork server and the workers, with --jobs 2
-        run.send_signal(signal.SIGKILL)
+        run.send_signal(stop)
         run.wait(timeout=60)
+        stderr = run.stderr.read()
     finally:
         if run.poll() is None:
             run.kill()
             run.wait()
-    assert run.returncode == -signal.SIGKILL  # it was stopped before it finished
+    if stop == signal.SIGKILL:
+        assert run.returncode == -signal.SIGKILL  # it was stopped before it finished
+    else:
+        assert run.returncode == 130, stderr
+        assert "interrupted" in stderr and "Traceback" not in stderr
     assert (len(helpers) >= 2) == (jobs > 1)
     deadline = time.monotonic() + 30
     while any(_alive(pid) for pid in helpers) and time.monotonic() < deadline:

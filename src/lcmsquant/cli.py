@@ -15,6 +15,7 @@ from rich.table import Table
 
 from lcmsquant import __version__
 from lcmsquant.files import InputError
+from lcmsquant.workers import PARALLEL_MIN_INJECTIONS
 
 app = typer.Typer(
     help="Triple-quadrupole LC-MS/MS quantitation judged by ICH M10.",
@@ -64,7 +65,7 @@ def run(
     jobs: Annotated[
         int | None, typer.Option("--jobs", "-j", min=1, show_default=False,
                                  help="Processes reading and integrating injections at once (default: every core, "
-                                      "small batches in this process; 1: in this process).")
+                                      f"batches under {PARALLEL_MIN_INJECTIONS} injections in this process; 1: in this process).")
     ] = None,
     scheduler: Annotated[
         str | None, typer.Option("--scheduler", help="Dask scheduler address (tcp://host:port): one task per batch on that cluster.")
@@ -74,11 +75,27 @@ def run(
 
     Each batch gets its own results folder; an unusable batch is reported and the others still run (exit code 2 if any batch was unusable, 1 on an unexpected error).
     """
-    if jobs != 1 and scheduler is None:
-        # Workers come from a fork server that imports lcmsquant: let it do so while we do.
-        from lcmsquant.workers import start_early
+    try:
+        outcomes = _run_batches(batch_dirs, method, out, jobs, scheduler)
+    except KeyboardInterrupt:
+        errors.print("[bold red]interrupted:[/] the batch in progress wrote nothing; results already written are whole")
+        raise typer.Exit(130) from None
+    failed = [o for o in outcomes if not o.ok]
+    if len(outcomes) > 1:
+        console.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} batches processed"
+                      + (": " + ", ".join(escape(str(o.folder)) for o in failed) + " failed" if failed else ""))
+    if failed:
+        raise typer.Exit(EXIT_BAD_INPUT if all(o.bad_input for o in failed) else 1)
 
-        start_early()
+
+def _run_batches(batch_dirs: list[Path], method: Path | None, out: Path | None, jobs: int | None, scheduler: str | None):
+    """run_batches with a progress bar per batch and each batch's summary as it ends."""
+    from lcmsquant.workers import start_early, worklist_length
+
+    if scheduler is None and (jobs or 0) != 1 and (
+        jobs is not None or max(map(worklist_length, batch_dirs)) >= PARALLEL_MIN_INJECTIONS
+    ):
+        start_early()  # workers come from a fork server that imports lcmsquant: let it do so while we do
     from lcmsquant.runs import run_batches
 
     several = len(batch_dirs) > 1
@@ -97,24 +114,12 @@ def run(
         def report(outcome) -> None:
             if outcome.folder in tasks:
                 progress.remove_task(tasks[outcome.folder])
-            if outcome.ok or not several:
-                _print_outcome(outcome, several)
-            else:
-                errors.print(f"[bold red]error:[/] {escape(outcome.error)}", highlight=False)
+            _print_outcome(outcome, several)
 
         try:
-            outcomes = run_batches(batch_dirs, method, out, jobs, scheduler, ["lcmsquant", *sys.argv[1:]], advance, report)
+            return run_batches(batch_dirs, method, out, jobs, scheduler, ["lcmsquant", *sys.argv[1:]], advance, report)
         except InputError as err:
             _fail(err)
-        except KeyboardInterrupt:
-            errors.print("[bold red]interrupted:[/] the batch in progress wrote nothing; results already written are whole")
-            raise typer.Exit(130) from None
-    failed = [o for o in outcomes if not o.ok]
-    if several:
-        console.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} batches processed"
-                      + (": " + ", ".join(escape(str(o.folder)) for o in failed) + " failed" if failed else ""))
-    if failed:
-        raise typer.Exit(EXIT_BAD_INPUT if all(o.bad_input for o in failed) else 1)
 
 
 def _print_outcome(outcome, several: bool) -> None:

@@ -23,7 +23,7 @@ from lcmsquant.chromatograms import ChromatogramReadError, Trace, read_injection
 from lcmsquant.method import Analyte, Method, Transition, load_method
 from lcmsquant.overrides import OVERRIDES, Override, OverrideError
 from lcmsquant.peaks import Peak, PeakSearch, find_peak, integrate_between
-from lcmsquant.workers import process_context, worker_started
+from lcmsquant.workers import PARALLEL_MIN_INJECTIONS, process_context, worker_started
 
 # Flags that make a study sample's concentration not reportable at all.
 BLOCKING_FLAGS = ("NO_DATA", "NO_PEAK", "BLQ", "ALQ", "REJECTED", "NO_IS")
@@ -197,12 +197,6 @@ def measure_batch(
     if problems:
         raise OverrideError(batch.folder / OVERRIDES, problems)
     return table.drop(columns="override_problem"), errors
-
-
-# Fewest injections for which jobs=None starts worker processes. Each worker imports pyopenms
-# and the scientific stack (~1.5 s of CPU); below this a batch is measured faster in-process
-# (measured with benchmarks/scale.py on 2 cores, see the README's "Speed and scale").
-PARALLEL_MIN_INJECTIONS = 48
 
 
 def default_jobs() -> int:

@@ -13,8 +13,15 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 PRELOAD = ["lcmsquant.pipeline"]
+
+# Fewest injections for which measure_batch(jobs=None) starts workers. Measured on 2 cores with
+# the fork server started early (benchmarks/scale.py and README "Speed and scale"): workers cost
+# about 0.8 s once (the server's import slows the command's own, the first fork) and save about
+# 8 ms per injection (17 ms of reading and integrating, halved).
+PARALLEL_MIN_INJECTIONS = 96
 
 
 def process_context():
@@ -24,6 +31,16 @@ def process_context():
         context.set_forkserver_preload(PRELOAD)
         return context
     return multiprocessing.get_context("spawn")
+
+
+def worklist_length(folder: Path) -> int:
+    """Injections a batch folder's worklist.csv lists, counted cheaply (0 if unreadable): enough
+    to decide whether to start the fork server before anything is imported."""
+    try:
+        lines = (Path(folder) / "worklist.csv").read_bytes().splitlines()
+    except OSError:
+        return 0
+    return max(sum(1 for line in lines if line.strip()) - 1, 0)
 
 
 def start_early() -> None:
