@@ -1,7 +1,8 @@
 """Throughput and memory of `lcmsquant run` on a large batch, serial and with worker processes.
 
-Simulates a plasma batch (fixed seed) of --injections injections (default 384, a full plate
-set), then times, best of --repeat (time.perf_counter, warm file cache, OMP_NUM_THREADS=1):
+Simulates a plasma batch (fixed seed) of --injections injections (default 384, four plates),
+then times, best of --repeat (time.perf_counter, warm file cache, OMP_NUM_THREADS=1, serial
+and parallel runs taking turns):
 
   bare pyopenms load     MzMLFile().load() of every file in this process: the floor of any
                          mzML-based run, and the reference of the "x bare" column;
@@ -17,7 +18,7 @@ of the issue (printed, never asserted): >= 50 injections/s, < 500 MB, within 2x 
 Then, for smaller batches (--sizes), the wall time with --jobs 1 and with every core, which is
 where measure_batch's default (PARALLEL_MIN_INJECTIONS) comes from.
 
-    cd /work/main && PYTHONPATH=src python benchmarks/scale.py [--injections 384] [--repeat 2]
+    cd /work/main && PYTHONPATH=src python benchmarks/scale.py [--injections 384] [--repeat 3]
         [--sizes 24,48,96,192] [--keep DIR]
 
 Needs psutil for the memory columns (it comes with the dask extra). Run it on an idle machine:
@@ -125,6 +126,15 @@ def cli_run(folder: Path, out: Path, jobs: int) -> tuple[float, int, int]:
     return seconds, memory.pss, memory.rss
 
 
+def interleaved(folder: Path, out: Path, jobs_values, repeat: int) -> dict[int, list[tuple[float, int, int]]]:
+    """cli_run for each --jobs value in turn, `repeat` rounds: both see the same machine."""
+    runs: dict[int, list] = {jobs: [] for jobs in jobs_values}
+    for _ in range(repeat):
+        for jobs in jobs_values:
+            runs[jobs].append(cli_run(folder, out, jobs))
+    return runs
+
+
 def best(runs: list[tuple[float, int, int]]) -> tuple[float, int, int]:
     """Fastest time; highest memory seen in any run (memory is a ceiling, not a best case)."""
     return min(r[0] for r in runs), max(r[1] for r in runs), max(r[2] for r in runs)
@@ -137,7 +147,7 @@ def mb(n: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--injections", type=int, default=384, help="batch size (default 384)")
-    parser.add_argument("--repeat", type=int, default=2, help="best of this many runs (default 2)")
+    parser.add_argument("--repeat", type=int, default=3, help="best of this many runs (default 3)")
     parser.add_argument("--sizes", default="24,48,96,192", help="smaller batches for the serial/parallel crossover")
     parser.add_argument("--keep", type=Path, help="simulate into this folder and keep it")
     args = parser.parse_args()
@@ -153,16 +163,15 @@ def main() -> None:
         bare_load(files)  # warm the file cache and pyopenms
         bare = min(_timed(lambda: bare_load(files)) for _ in range(repeat))
         rows = [("bare pyopenms load (in-process)", bare, 0, 0)]
-        for jobs in sorted({1, cores}):
-            seconds, pss, rss = best([cli_run(folder, out, jobs) for _ in range(repeat)])
-            rows.append((f"lcmsquant run --jobs {jobs} (CLI)", seconds, pss, rss))
+        for jobs, runs in interleaved(folder, out, sorted({1, cores}), repeat).items():
+            rows.append((f"lcmsquant run --jobs {jobs} (CLI)", *best(runs)))
 
         crossover = []
         for size in sizes:
             small = Path(tmp) / f"batch{size}"
             m = simulate(small, size)
-            times = [best([cli_run(small, Path(tmp) / "r", jobs) for _ in range(repeat)])[0] for jobs in (1, cores)]
-            crossover.append((m, *times))
+            runs = interleaved(small, Path(tmp) / "r", (1, cores), repeat)
+            crossover.append((m, best(runs[1])[0], best(runs[cores])[0]))
             shutil.rmtree(small)
 
     print(f"machine: {os.cpu_count()} CPUs ({cores} usable), {platform.machine()}, load avg "
