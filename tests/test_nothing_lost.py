@@ -86,7 +86,8 @@ def test_workers_give_the_same_bytes_as_one_process(batch, tmp_path):
         assert (tmp_path / "jobs1" / name).read_bytes() == (tmp_path / "jobs2" / name).read_bytes(), name
 
 
-@pytest.mark.parametrize("jobs, stop", [(1, signal.SIGKILL), (2, signal.SIGKILL), (2, signal.SIGINT)])
+@pytest.mark.parametrize("jobs, stop", [(1, signal.SIGKILL), (2, signal.SIGKILL), (2, signal.SIGINT)],
+                         ids=["killed-serial", "killed-with-workers", "ctrl-c-with-workers"])
 def test_a_run_stopped_midway_leaves_the_previous_results_whole(jobs, stop, batch, tmp_path):
     """SIGKILL: no chance to clean up; SIGINT (Ctrl-C): one message, no traceback, exit 130."""
     folder = Path(shutil.copytree(batch, tmp_path / "batch"))
