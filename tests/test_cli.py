@@ -15,7 +15,7 @@ REQUIRED_COLUMNS = [
     "dilution_factor", "analyte", "rt_min", "area", "is_area", "area_ratio", "sn", "concentration",
     "nominal", "accuracy_pct", "flags",
 ]
-DETERMINISTIC = ("results.csv", "peaks.csv", "calibration.csv", "run.json")
+DETERMINISTIC = ("results.csv", "peaks.csv", "calibration.csv", "reanalysis.csv", "run.json")
 
 
 def lcmsquant_cli(*args, cwd=None):

@@ -7,6 +7,7 @@ Loading checks the whole folder before any processing and reports every problem 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,15 +165,19 @@ def check_worklist(table: pd.DataFrame, folder: Path, method: Method) -> list[st
     if table.empty:
         return [f"{WORKLIST}: no injections listed"]
     seen_ids: dict[str, int] = {}
+    seen_files: dict[str, int] = {}
     for _, row in table.iterrows():
         where = f"{WORKLIST} line {row['line']}"
         file = row["file"]
-        if not file:
-            problems.append(f"{where}: empty file name")
-        elif not (folder / file).is_file():
-            problems.append(f"{where}: file '{file}' does not exist in {folder}")
-        elif not file.lower().endswith((".mzml", ".mzml.gz")):
-            problems.append(f"{where}: file '{file}' is not .mzML or .mzML.gz")
+        problem = _file_problem(folder, file)
+        if problem:
+            problems.append(f"{where}: {problem}")
+        elif os.path.normpath(file) in seen_files:
+            problems.append(
+                f"{where}: file '{file}' is also on line {seen_files[os.path.normpath(file)]}: each injection has its own file"
+            )
+        else:
+            seen_files[os.path.normpath(file)] = row["line"]
         sid = row["sample_id"]
         if not sid:
             problems.append(f"{where}: empty sample_id")
@@ -206,6 +211,25 @@ def check_worklist(table: pd.DataFrame, folder: Path, method: Method) -> list[st
         if dilution and not np.isfinite(_dilution(dilution, strict=False)):
             problems.append(f"{where}: dilution_factor '{dilution}' is not a positive number (leave empty for 1)")
     return problems
+
+
+def _file_problem(folder: Path, file: str) -> str:
+    """Why a worklist file name cannot be used, or "" when it names an mzML file of the batch."""
+    if not file:
+        return "empty file name"
+    if "\0" in file:
+        return f"file {file!r} contains a NUL character"
+    if os.path.isabs(file) or os.path.normpath(file).split(os.sep)[0] == os.pardir:
+        return f"file '{file}' is not inside the batch folder: name it relative to {folder}"
+    try:
+        exists = (folder / file).is_file()
+    except (OSError, ValueError) as err:
+        return f"file '{file}' cannot be a file name ({getattr(err, 'strerror', None) or err})"
+    if not exists:
+        return f"file '{file}' does not exist in {folder}"
+    if not file.lower().endswith((".mzml", ".mzml.gz")):
+        return f"file '{file}' is not .mzML or .mzML.gz"
+    return ""
 
 
 def apply_batch_calibrators(method: Method, path: Path, batch_matrices: set[str]) -> Method:

@@ -3,19 +3,28 @@
 Traces are matched by their precursor (Q1) and product (Q3) m/z within the method's tolerance,
 never by parsing the chromatogram id. Times are kept in minutes, the unit chemists and methods
 use; pyopenms hands them back in seconds whatever the file says.
+
+What a file holds is checked on the way in: a file that is not well-formed XML is refused before
+the C++ parser sees it (a damaged file once crashed that parser), and each trace is cleaned for
+peak finding (missing values dropped, times sorted and made unique) with a warning saying what
+was changed. A trace too short to hold a peak is reported as no data, never as no peak.
 """
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import re
 import sys
 import tempfile
+import threading
+import zlib
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from xml.parsers import expat
 
 import numpy as np
 
@@ -24,7 +33,17 @@ import numpy as np
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pyopenms as oms  # noqa: E402  (after the thread setting, which it reads when loaded)
 
+# OpenMS' warning stream counts repeated messages and prints "<...> occurred N times" to the
+# terminal when the process exits, long after any capture: it is silenced. The reasons lcmsquant
+# reports come from the parser's errors, which still reach file descriptor 2 and are captured.
+_log = oms.LogConfigHandler.getInstance()
+_log.configure(_log.parse([b"WARNING remove cerr"]))
+
 from lcmsquant.method import Method, Transition
+
+
+# Fewest points a trace needs to hold a peak (peak finding smooths over 5 points).
+MIN_POINTS = 5
 
 
 class ChromatogramReadError(Exception):
@@ -40,6 +59,12 @@ class Trace:
     q3: float
     time: np.ndarray = field(repr=False, compare=False)
     intensity: np.ndarray = field(repr=False, compare=False)
+    warnings: tuple[str, ...] = field(default=(), compare=False)  # what reading changed or doubts
+
+    @property
+    def usable(self) -> bool:
+        """Enough points to look for a peak; a shorter trace counts as no data."""
+        return len(self.time) >= MIN_POINTS
 
     @property
     def start(self) -> float:
@@ -57,14 +82,20 @@ _SRM = oms.ChromatogramSettings.ChromatogramType.SELECTED_REACTION_MONITORING_CH
 _UNKNOWN = oms.ChromatogramSettings.ChromatogramType.MASS_CHROMATOGRAM
 
 
-def read_traces(path: Path | str) -> list[Trace]:
-    """All SRM traces of an mzML(.gz) file; the TIC and other non-SRM chromatograms are skipped."""
+def read_traces(path: Path | str, warnings: list[str] | None = None) -> list[Trace]:
+    """All SRM traces of an mzML(.gz) file; the TIC and other non-SRM chromatograms are skipped.
+
+    Raises ChromatogramReadError when the file cannot be read or holds no SRM chromatogram. A
+    chromatogram the parser skipped (its arrays disagree) is named in `warnings`, when given.
+    """
     path = Path(path)
     if not path.is_file():
         raise ChromatogramReadError(f"{path}: file does not exist")
+    check_well_formed(path)
     experiment = oms.MSExperiment()
     options = oms.PeakFileOptions()
     options.setMSLevels([])  # chromatograms only: skip any spectra the file may also hold
+    options.setSortChromatogramsByRT(False)  # clean_trace sorts, and says so
     handler = oms.MzMLFile()
     handler.setOptions(options)
     with _captured_stderr() as stderr:
@@ -73,9 +104,12 @@ def read_traces(path: Path | str) -> list[Trace]:
             error = None
         except Exception as err:  # pyopenms raises RuntimeError; the parser's reason goes to stderr
             error = err
+    messages = stderr.read()
     if error is not None:
-        reason = _parser_reason(stderr.read(), error)
+        reason = _parser_reason(messages, error)
         raise ChromatogramReadError(f"{path.name}: not a readable mzML file ({reason})")
+    if warnings is not None:
+        warnings.extend(_skipped_chromatograms(messages))
     traces = []
     for chrom in experiment.getChromatograms():
         q1, q3 = chrom.getPrecursor().getMZ(), chrom.getProduct().getMZ()
@@ -83,10 +117,79 @@ def read_traces(path: Path | str) -> list[Trace]:
             continue
         seconds, intensity = chrom.get_peaks()
         time = np.asarray(seconds, dtype=np.float64) / 60.0
-        intensity = np.asarray(intensity, dtype=np.float64)
-        order = np.argsort(time, kind="stable")
-        traces.append(Trace(chrom.getNativeID(), float(q1), float(q3), time[order], intensity[order]))
+        traces.append(clean_trace(chrom.getNativeID(), float(q1), float(q3), time, intensity))
+    if not traces:
+        raise ChromatogramReadError(
+            f"{path.name}: no SRM chromatogram in the file (is it a triple-quad SRM run converted "
+            f"with its chromatograms?)"
+        )
     return traces
+
+
+def clean_trace(native_id: str, q1: float, q3: float, time, intensity) -> Trace:
+    """A trace fit for peak finding, with a warning for everything that had to be changed.
+
+    Points with a missing or infinite time or intensity are dropped; times are put in order;
+    points sharing a time are merged into their mean. Negative intensities (a count rate cannot
+    be negative) are kept as they are and reported.
+    """
+    time = np.asarray(time, dtype=np.float64).ravel()
+    intensity = np.asarray(intensity, dtype=np.float64).ravel()
+    notes = []
+    if len(time) != len(intensity):
+        notes.append(f"{len(time)} times but {len(intensity)} intensities: the extra values were dropped")
+        n = min(len(time), len(intensity))
+        time, intensity = time[:n], intensity[:n]
+    finite = np.isfinite(time) & np.isfinite(intensity)
+    if not finite.all():
+        notes.append(f"{int((~finite).sum())} point(s) with a missing or infinite value dropped")
+        time, intensity = time[finite], intensity[finite]
+    if len(time) > 1 and np.any(np.diff(time) < 0):
+        notes.append("time points out of order: sorted")
+        order = np.argsort(time, kind="stable")
+        time, intensity = time[order], intensity[order]
+    if len(time) > 1 and np.any(np.diff(time) == 0):
+        unique, index = np.unique(time, return_inverse=True)
+        notes.append(f"{len(time) - len(unique)} repeated time point(s): intensities at the same time averaged")
+        intensity = np.bincount(index, weights=intensity) / np.bincount(index)
+        time = unique
+    negative = intensity < 0
+    if negative.any():
+        notes.append(f"{int(negative.sum())} negative intensit{'y' if negative.sum() == 1 else 'ies'} (lowest {intensity.min():.4g}) kept as read")
+    if len(time) < MIN_POINTS:
+        notes.append(f"only {len(time)} usable point(s): too few to look for a peak")
+    return Trace(native_id, q1, q3, time, intensity, tuple(f"{native_id}: {n}" for n in notes))
+
+
+# expat's errors for a document that stops in the middle
+_CUT_SHORT = {
+    expat.errors.codes[m]
+    for m in (expat.errors.XML_ERROR_NO_ELEMENTS, expat.errors.XML_ERROR_UNCLOSED_TOKEN, expat.errors.XML_ERROR_PARTIAL_CHAR)
+}
+
+
+def check_well_formed(path: Path) -> None:
+    """Refuse a file that is not well-formed XML (a truncated or damaged file) with the place
+    it breaks, before the C++ parser reads it."""
+    try:
+        with open(path, "rb") as raw:
+            stream = gzip.GzipFile(fileobj=raw) if path.name.lower().endswith(".gz") else raw
+            expat.ParserCreate().ParseFile(stream)
+    except expat.ExpatError as err:
+        where = f"line {err.lineno}, column {err.offset + 1}"
+        if err.code in _CUT_SHORT:
+            reason = f"input ended before all started tags were ended, at {where}: the file was cut short"
+        else:
+            reason = f"not well-formed XML ({expat.errors.messages[err.code]}) at {where}: the file is damaged"
+        raise ChromatogramReadError(f"{path.name}: not a readable mzML file ({reason}; convert or copy it again)") from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise ChromatogramReadError(
+            f"{path.name}: not a readable mzML file (damaged gzip data: {err}; compress or convert it again)"
+        ) from None
+    except (LookupError, ValueError) as err:  # an XML declaration naming an unknown encoding
+        raise ChromatogramReadError(f"{path.name}: not a readable mzML file ({err})") from None
+    except OSError as err:
+        raise ChromatogramReadError(f"{path.name}: cannot be read ({err.strerror or err})") from None
 
 
 def match_transitions(
@@ -110,28 +213,43 @@ def match_transitions(
             matched[t] = None
             continue
         rt = expected_rt[t]
-        matched[t] = min(
-            candidates,
-            key=lambda tr: (
+
+        def preference(tr: Trace):
+            return (
+                not tr.usable,
                 not tr.covers(rt),
                 abs((tr.start + tr.end) / 2 - rt) if len(tr.time) else np.inf,
                 abs(tr.q1 - t.q1) + abs(tr.q3 - t.q3),
-            ),
-        )
+            )
+
+        best = min(candidates, key=preference)
+        twins = [tr for tr in candidates if tr is not best and preference(tr)[:2] == preference(best)[:2] and best.usable
+                 and tr.covers(rt)]
+        if twins:
+            best = replace(best, warnings=best.warnings + (
+                f"{best.native_id}: {len(twins)} other trace(s) with the same Q1/Q3 also cover "
+                f"{rt:.2f} min ({', '.join(tr.native_id for tr in twins)}); this one was used",))
+        matched[t] = best
     return matched
 
 
-def read_injection(path: Path | str, method: Method) -> dict[Transition, Trace | None]:
+def read_injection(
+    path: Path | str, method: Method, warnings: list[str] | None = None
+) -> dict[Transition, Trace | None]:
     """Read one injection and return the trace of every transition of the method."""
     transitions = method.transitions()
     expected = {t: method.expected_rt(t) for t in transitions}
-    return match_transitions(read_traces(path), transitions, expected, method.mz_tolerance)
+    return match_transitions(read_traces(path, warnings), transitions, expected, method.mz_tolerance)
+
+
+# File descriptor 2 belongs to the whole process: one capture at a time.
+_STDERR_LOCK = threading.Lock()
 
 
 @contextmanager
 def _captured_stderr():
     """Collect what OpenMS' C++ code prints on file descriptor 2, so users see one clean message."""
-    with tempfile.TemporaryFile(mode="w+b") as sink:
+    with _STDERR_LOCK, tempfile.TemporaryFile(mode="w+b") as sink:
         sys.stderr.flush()
         saved = os.dup(2)
         os.dup2(sink.fileno(), 2)
@@ -147,8 +265,19 @@ def _captured_stderr():
 
 
 def _parser_reason(stderr_text: str, err: Exception) -> str:
-    """The parser's own sentence ("input ended before all started tags were ended ..."), if any."""
-    match = re.search(r"While loading '[^']*': (.*)", stderr_text + "\n" + str(err))
-    if match:
-        return match.group(1).strip()[:300]
-    return str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+    """The parser's own sentence ("input ended before all started tags were ended ...",
+    "zlib::inflate failed ..."), if any, without OpenMS' source paths."""
+    text = stderr_text + "\n" + str(err)
+    for pattern in (r"While loading '[^']*': (.*)", r"Parsing error: '(.*?)\s*'", r"While loading '': (.*)"):
+        match = re.search(pattern, text)
+        if match:
+            reason = re.sub(r">? occurred \d+ times$", "", match.group(1).strip())
+            return re.sub(r"^zlib::inflate failed with code (-?\d+) \.?$", r"binary data cannot be decompressed (zlib error \1)", reason)[:300]
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return re.sub(r"\s*in: /\S+.*$", "", first)[:300]
+
+
+def _skipped_chromatograms(stderr_text: str) -> list[str]:
+    """The chromatograms OpenMS left out of a file it otherwise read, as warnings."""
+    found = re.findall(r"chromatogram '([^']*)' differ \(([^!]*)! Not reading chromatogram", stderr_text)
+    return [f"{native_id}: not read, its time and intensity arrays differ in length ({sizes})" for native_id, sizes in found]

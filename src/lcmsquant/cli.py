@@ -14,11 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from lcmsquant import __version__
-from lcmsquant.batch import load_batch, resolve_method_path
 from lcmsquant.files import InputError
-from lcmsquant.method import MATRICES, load_method
-from lcmsquant.pipeline import RunResult, measure_batch, quantify
-from lcmsquant.results import sample_counts, write_outputs
+from lcmsquant.workers import PARALLEL_MIN_INJECTIONS
 
 app = typer.Typer(
     help="Triple-quadrupole LC-MS/MS quantitation judged by ICH M10.",
@@ -55,54 +52,115 @@ def _fail(err: Exception) -> None:
 
 @app.command()
 def run(
-    batch_dir: Annotated[Path, typer.Argument(help="Batch folder with worklist.csv and the mzML files.")],
+    batch_dirs: Annotated[
+        list[Path], typer.Argument(help="Batch folder(s), each with worklist.csv and the mzML files.", metavar="BATCH_DIR",
+                                   show_default=False)
+    ],
     method: Annotated[
         Path | None, typer.Option("--method", help="Method TOML (default: the batch's method.toml, else the shipped flumatinib method).")
     ] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: BATCH_DIR/results).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output folder (default: BATCH_DIR/results; with several batches, OUT/<batch name>).")
+    ] = None,
+    jobs: Annotated[
+        int | None, typer.Option("--jobs", "-j", min=1, show_default=False,
+                                 help="Processes reading and integrating injections at once (default: every core, "
+                                      f"batches under {PARALLEL_MIN_INJECTIONS} injections in this process; 1: in this process).")
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option("--scheduler", help="Dask scheduler address (tcp://host:port): one task per batch on that cluster.")
+    ] = None,
 ) -> None:
-    """Quantify a batch: peaks, calibration curves, ICH M10 acceptance, results files."""
+    """Quantify batches: peaks, calibration curves, ICH M10 acceptance, results files.
+
+    Each batch gets its own results folder; an unusable batch is reported and the others still run (exit code 2 if any batch was unusable, 1 on an unexpected error).
+    """
     try:
-        batch = load_batch(batch_dir, load_method(resolve_method_path(batch_dir, method)))
-    except InputError as err:
-        _fail(err)
+        outcomes = _run_batches(batch_dirs, method, out, jobs, scheduler)
+    except KeyboardInterrupt:
+        errors.print("[bold red]interrupted:[/] the batch in progress wrote nothing; results already written are whole")
+        raise typer.Exit(130) from None
+    failed = [o for o in outcomes if not o.ok]
+    if len(outcomes) > 1:
+        console.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} batches processed"
+                      + (": " + ", ".join(escape(str(o.folder)) for o in failed) + " failed" if failed else ""))
+    if failed:
+        raise typer.Exit(EXIT_BAD_INPUT if all(o.bad_input for o in failed) else 1)
+
+
+def _run_batches(batch_dirs: list[Path], method: Path | None, out: Path | None, jobs: int | None, scheduler: str | None):
+    """run_batches with a progress bar per batch and each batch's summary as it ends."""
+    from lcmsquant.workers import start_early, worklist_length
+
+    if scheduler is None and (jobs or 0) != 1 and (
+        jobs is not None or max(map(worklist_length, batch_dirs)) >= PARALLEL_MIN_INJECTIONS
+    ):
+        start_early()  # workers come from a fork server that imports lcmsquant: let it do so while we do
+    from lcmsquant.runs import run_batches
+
+    several = len(batch_dirs) > 1
     with Progress(
         TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), console=console, transient=True,
     ) as progress:
-        task = progress.add_task("Integrating injections", total=len(batch.injections))
-        peaks, read_errors = measure_batch(batch, progress=lambda _: progress.advance(task))
-    result = quantify(batch, peaks, read_errors)
-    out_dir = out if out is not None else batch.folder / "results"
-    write_outputs(batch, result, out_dir, command=["lcmsquant", *sys.argv[1:]])
-    from lcmsquant.report import REPORT_HTML, write_report  # matplotlib loads only when needed
+        tasks: dict[Path, int] = {}
 
-    write_report(out_dir)
-    for order, message in sorted(result.injection_errors.items()):
+        def advance(folder: Path, done: int, total: int) -> None:
+            if folder not in tasks:
+                console.print(f"{escape(str(folder))}: {total} injections", highlight=False)
+                tasks[folder] = progress.add_task(f"Integrating {escape(folder.name)}", total=total)
+            progress.update(tasks[folder], completed=done)
+
+        def report(outcome) -> None:
+            if outcome.folder in tasks:
+                progress.remove_task(tasks[outcome.folder])
+            _print_outcome(outcome, several)
+
+        try:
+            return run_batches(batch_dirs, method, out, jobs, scheduler, ["lcmsquant", *sys.argv[1:]], advance, report)
+        except InputError as err:
+            _fail(err)
+
+
+def _print_outcome(outcome, several: bool) -> None:
+    if not outcome.ok:
+        errors.print(f"[bold red]error:[/] {escape(outcome.error)}", highlight=False)
+        return
+    for order, message in sorted(outcome.injection_errors.items()):
         errors.print(f"[yellow]warning:[/] injection {order}: {escape(message)} (flagged NO_DATA)", highlight=False)
-    console.print(summary_table(result))
-    console.print(f"Results written to {out_dir} (open {REPORT_HTML} in a browser)")
+    if outcome.read_warnings:
+        errors.print(
+            f"[yellow]warning:[/] reading changed or doubted something in {outcome.read_warnings} injection(s): "
+            f"see read_warnings in {escape(str(outcome.out_dir / 'run.json'))}", highlight=False,
+        )
+    table = summary_table(outcome.summary)
+    if several:
+        table.title = f"Run summary: {escape(str(outcome.folder))}"
+    console.print(table)
+    if outcome.report_problem:
+        errors.print(f"[yellow]warning:[/] report.html not written: {escape(outcome.report_problem)}", highlight=False)
+    console.print(f"Results written to {escape(str(outcome.out_dir))} (open report.html in a browser)", highlight=False)
 
 
-def summary_table(result: RunResult) -> Table:
-    """Per analyte and calibrator set: the curve, QCs passed, and what became of the samples."""
+def summary_table(rows) -> Table:
+    """Per analyte and calibrator set: the curve, QCs passed, and what became of the samples
+    (rows from lcmsquant.runs.summary_rows, or a RunResult)."""
+    if hasattr(rows, "calibration"):  # a RunResult
+        from lcmsquant.runs import summary_rows
+
+        rows = summary_rows(rows)
     table = Table(title="Run summary", title_justify="left", box=box.SIMPLE_HEAD)
     for column in ("analyte", "set", "curve", "r²", "QCs ok", "verdict", "quant.", "BLQ", "ALQ", "flagged", "reanalyse"):
         table.add_column(column, justify="left" if column in ("analyte", "set", "curve", "verdict") else "right", no_wrap=True)
-    calibration = result.calibration
-    results = result.results
-    for _, cal in calibration.iterrows():
-        rows = results[(results["analyte"] == cal["analyte"]) & (results["calibrator_set"] == cal["calibrator_set"])]
-        counts = sample_counts(rows[rows["sample_type"] == "unknown"])
-        qcs = rows[(rows["sample_type"] == "qc") & (rows["level"] != "DQC")]
-        curve = f"{cal['model'].replace('_through_zero', '/0')} {cal['weighting']}" if cal["model"] else "none"
-        verdict = "[green]accepted[/]" if cal["accepted"] else "[bold red]rejected[/]"
+    for row in rows:
+        curve = f"{row['model'].replace('_through_zero', '/0')} {row['weighting']}" if row["model"] else "none"
+        verdict = "[green]accepted[/]" if row["accepted"] else "[bold red]rejected[/]"
         table.add_row(
-            cal["analyte"], cal["calibrator_set"], curve,
-            f"{cal['r_squared']:.4f}" if cal["model"] else "-",
-            f"{int(qcs['qc_passed'].fillna(False).sum())}/{len(qcs)}",
+            row["analyte"], row["calibrator_set"], curve,
+            f"{row['r_squared']:.4f}" if row["model"] else "-",
+            f"{row['qcs_passed']}/{row['qcs']}",
             verdict,
-            *(str(counts[k]) for k in ("quantified", "blq", "alq", "flagged", "reanalyse")),
+            *(str(row[k]) for k in ("quantified", "blq", "alq", "flagged", "reanalyse")),
         )
     return table
 
@@ -161,6 +219,7 @@ def simulate(
     unknowns: Annotated[int, typer.Option("--unknowns", help="Number of study samples.")] = 24,
 ) -> None:
     """Write a realistic simulated batch (and its true concentrations beside the folder)."""
+    from lcmsquant.method import MATRICES
     from lcmsquant.simulate import SimulationOptions, simulate_batch
 
     if matrix not in ("plasma", "csf"):

@@ -6,7 +6,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import re
+import socket
 import tempfile
+import time
+from collections.abc import Mapping
 from pathlib import Path
 
 
@@ -46,21 +50,100 @@ def atomic_write(path: Path, data: bytes | str) -> Path:
 
     A reader never sees half a file, and an interrupted write leaves the old file intact.
     """
-    path = Path(path)
+    return atomic_write_all({Path(path): data})[0]
+
+
+def atomic_write_all(files: Mapping[Path, bytes | str]) -> list[Path]:
+    """Write several files as one set: each is written and flushed under a temporary name first,
+    then all are renamed into place one after the other.
+
+    A run killed while writing leaves the previous set whole; the renames take microseconds,
+    so a reader sees old and new files mixed only if the process dies between two of them.
+    """
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, data in files.items():
+            staged.append((_stage(Path(path), data), Path(path)))
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    for folder in {path.parent for _, path in staged}:
+        _fsync_folder(folder)
+    return [path for _, path in staged]
+
+
+def _stage(path: Path, data: bytes | str) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}~{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be read by others
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+    return tmp
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the renames themselves durable (where the system allows opening a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# Temporary files are named `.NAME.<host>~<pid>.<random>.tmp`: hidden, never taken for an output,
+# and traceable to the process that wrote them.
+TEMP_SUFFIX = ".tmp"
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+_TEMP_NAME = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9-]+)~(?P<pid>\d+)\.[^.]+" + re.escape(TEMP_SUFFIX) + "$")
+STALE_AFTER_S = 24 * 3600
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files a killed write left in `folder`: those of a process of this
+    host that no longer runs, and any more than a day old. Returns what was removed."""
+    removed = []
+    if not Path(folder).is_dir():
+        return removed
+    for path in Path(folder).iterdir():
+        match = _TEMP_NAME.match(path.name)
+        if match is None or not path.is_file():
+            continue
+        try:
+            age = time.time() - path.stat().st_mtime
+        except OSError:
+            continue
+        dead = match["host"] == _HOST and not _process_alive(int(match["pid"]))
+        if dead or age > STALE_AFTER_S:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def sha256(path: Path) -> str:

@@ -323,6 +323,8 @@ def parse_method(doc: dict[str, Any], base_dir: Path, source: str = "method") ->
         is_name = table.get("internal_standard")
         if not is_name:
             p.append(f"{where}: analyte without internal standard: add internal_standard = \"NAME\"")
+        elif not isinstance(is_name, str):
+            p.append(f"{where}.internal_standard: expected the name of an internal standard, got {is_name!r}")
         elif is_name not in is_names:
             p.append(f"{where}.internal_standard: '{is_name}' is not defined under [internal_standards]")
         rt = p.number(table, "rt", where, required=True)

@@ -4,7 +4,11 @@ run and flag the samples. Pure functions over tidy tables; no file is written he
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +25,7 @@ from lcmsquant.overrides import OVERRIDES, Override, OverrideError
 from lcmsquant.peaks import Peak, PeakSearch, find_peak, integrate_between
 from lcmsquant.reanalysis import COLUMNS as REANALYSIS_COLUMNS
 from lcmsquant.reanalysis import reanalysis_list
+from lcmsquant.workers import PARALLEL_MIN_INJECTIONS, process_context, worker_started
 
 # Flags that make a study sample's concentration not reportable at all.
 BLOCKING_FLAGS = ("NO_DATA", "NO_PEAK", "BLQ", "ALQ", "REJECTED", "NO_IS", "OFF_CURVE")
@@ -64,22 +69,28 @@ def measure_injection(
     keeps the automatic values it replaced for the audit trail.
     """
     overrides = overrides or {}
+    file_warnings: list[str] = []
     try:
-        traces = read_injection(path, method)
+        traces = read_injection(path, method, file_warnings)
     except ChromatogramReadError as err:
-        return [_peak_row(t, method.expected_rt(t), None, None, "NO_DATA") for t in method.transitions()], str(err)
+        return _no_data_rows(method), str(err)
     rows, found_rt = [], {}
     integ = method.integration
 
     def measure(t: Transition, search: PeakSearch) -> Peak | None:
-        trace = traces.get(t)
+        read = traces.get(t)
+        warnings = read.warnings if read is not None else tuple(file_warnings)
+        trace = read if read is not None and read.usable else None  # too short to hold a peak: no data, not "no peak"
         peak = _search(trace, search)
         override = overrides.get(t.name)
         if override is None:
-            rows.append(_peak_row(t, search.expected_rt, trace, peak))
+            rows.append(_peak_row(t, search.expected_rt, trace, peak, read_warnings=warnings))
             return peak
         manual = _manual_peak(trace, override)
-        row = _peak_row(t, search.expected_rt, trace, manual, "NO_PEAK" if manual is None and trace is not None else None)
+        row = _peak_row(
+            t, search.expected_rt, trace, manual, "NO_PEAK" if manual is None and trace is not None else None,
+            read_warnings=warnings,
+        )
         automatic = _peak_row(t, search.expected_rt, trace, peak)
         row.update(manual=True, override_line=override.line, **{f"auto_{k}": automatic[k] for k in AUDITED})
         if override.action == "integrate" and manual is None:
@@ -104,6 +115,10 @@ def measure_injection(
     return rows, ""
 
 
+def _no_data_rows(method: Method) -> list[dict]:
+    return [_peak_row(t, method.expected_rt(t), None, None, "NO_DATA") for t in method.transitions()]
+
+
 def _manual_peak(trace: Trace | None, override: Override) -> Peak | None:
     if trace is None or override.action == "no_peak":
         return None
@@ -122,7 +137,10 @@ def _search(trace: Trace | None, search: PeakSearch) -> Peak | None:
     return None if trace is None else find_peak(trace.time, trace.intensity, search)
 
 
-def _peak_row(t: Transition, expected: float, trace: Trace | None, peak: Peak | None, status: str | None = None) -> dict:
+def _peak_row(
+    t: Transition, expected: float, trace: Trace | None, peak: Peak | None, status: str | None = None,
+    read_warnings: tuple[str, ...] | list[str] = (),
+) -> dict:
     if status is None:
         status = "NO_DATA" if trace is None else ("NO_PEAK" if peak is None else "OK")
     row = {
@@ -132,6 +150,7 @@ def _peak_row(t: Transition, expected: float, trace: Trace | None, peak: Peak | 
         **dict.fromkeys(PEAK_FIELDS, np.nan),
         "edge": False, "saturated": False, "split": False, "shoulder": False, "manual": False, "override_line": np.nan,
         **{f"auto_{k}": np.nan for k in AUDITED}, "override_problem": "",
+        "read_warnings": " | ".join(read_warnings),
     }
     if peak is not None:
         row.update(
@@ -148,25 +167,123 @@ def _peak_row(t: Transition, expected: float, trace: Trace | None, peak: Peak | 
 # The batch
 
 
-def measure_batch(batch: Batch, progress: Callable[[Injection], None] | None = None) -> tuple[pd.DataFrame, dict]:
+def measure_batch(
+    batch: Batch, progress: Callable[[Injection], None] | None = None, jobs: int | None = 1
+) -> tuple[pd.DataFrame, dict]:
     """The peak table of every injection (one row per injection x transition) and read errors.
 
-    Raises OverrideError when a manual integration finds no data to integrate.
+    `jobs` processes read and integrate injections at once: 1 measures in this process; None
+    uses every core, or this process alone for a batch of fewer than PARALLEL_MIN_INJECTIONS
+    (starting workers would cost more than it saves). Workers get file paths and the method and
+    send back peak rows, so each holds one injection at a time; the table is the same whatever
+    `jobs`. Raises OverrideError when a manual integration finds no data to integrate.
     """
-    rows, errors = [], {}
-    for injection in batch.injections:
-        peaks, error = measure_injection(injection.file, batch.method, batch.overrides_for(injection))
-        if error:
-            errors[injection.order] = error
-        for p in peaks:
-            rows.append({"injection": injection.order, **p})
+    work = [(inj.order, inj.file, batch.overrides_for(inj)) for inj in batch.injections]
+    by_order = {inj.order: inj for inj in batch.injections}
+    n_jobs = resolve_jobs(jobs, len(work))
+    if n_jobs == 1:
+        measured = (_measure_work(batch.method, item) for item in work)
+    else:
+        measured = _measure_in_processes(work, batch.method, n_jobs)
+    results = {}
+    for order, peaks, error in measured:
+        results[order] = (peaks, error)
         if progress is not None:
-            progress(injection)
+            progress(by_order[order])
+    rows, errors = [], {}
+    for order, _, _ in work:  # injection order, however the workers finished
+        peaks, error = results[order]
+        if error:
+            errors[order] = error
+        rows.extend({"injection": order, **p} for p in peaks)
     table = pd.DataFrame(rows)
     problems = [p for p in table["override_problem"] if p]
     if problems:
         raise OverrideError(batch.folder / OVERRIDES, problems)
     return table.drop(columns="override_problem"), errors
+
+
+def default_jobs() -> int:
+    """The number of cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def resolve_jobs(jobs: int | None, n_injections: int) -> int:
+    """How many processes measure a batch of `n_injections` (see measure_batch)."""
+    if jobs is None:
+        jobs = default_jobs() if n_injections >= PARALLEL_MIN_INJECTIONS else 1
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a whole number of at least 1, got {jobs!r}")
+    if multiprocessing.current_process().daemon:  # e.g. a Dask worker: it may not start processes
+        return 1
+    return max(1, min(jobs, n_injections))
+
+
+def _measure_work(method: Method, item: tuple[int, Path, Mapping[str, Override]]) -> tuple[int, list[dict], str]:
+    order, path, overrides = item
+    peaks, error = measure_injection(path, method, overrides)
+    return order, peaks, error
+
+
+def _measure_chunk(method: Method, items: list) -> list[tuple[int, list[dict], str]]:
+    return [_measure_work(method, item) for item in items]
+
+
+class WorkerError(RuntimeError):
+    """The worker processes cannot run at all (not a problem of one file)."""
+
+
+def _measure_in_processes(work: list, method: Method, jobs: int):
+    """(order, peak rows, error) of every injection, measured by `jobs` worker processes.
+
+    If a worker dies (the C++ reader crashing on a damaged file), the injections not yet done are
+    measured one by one in a fresh worker, so that only the file that kills it is flagged.
+    """
+    context = process_context()
+    size = max(1, min(8, len(work) // (4 * jobs)))  # small chunks: the progress bar moves, the load stays even
+    chunks = [work[i:i + size] for i in range(0, len(work), size)]
+    done = set()
+    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=worker_started, initargs=(os.getpid(),))
+    try:
+        futures = [pool.submit(_measure_chunk, method, chunk) for chunk in chunks]
+        for future in as_completed(futures):
+            for item in future.result():
+                done.add(item[0])
+                yield item
+    except BrokenProcessPool:
+        pool.shutdown(wait=True, cancel_futures=True)
+        yield from _measure_one_by_one([w for w in work if w[0] not in done], method, context)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _measure_one_by_one(work: list, method: Method, context):
+    pool = None
+    try:
+        for item in work:
+            if pool is None:
+                pool = ProcessPoolExecutor(1, mp_context=context, initializer=worker_started, initargs=(os.getpid(),))
+            try:
+                yield from pool.submit(_measure_chunk, method, [item]).result()
+            except BrokenProcessPool:
+                pool.shutdown(wait=True)
+                pool = ProcessPoolExecutor(1, mp_context=context, initializer=worker_started, initargs=(os.getpid(),))
+                try:  # blame the file only if a fresh worker can do anything at all
+                    pool.submit(int).result()
+                except BrokenProcessPool:
+                    raise WorkerError(
+                        "worker processes stop as soon as they start; run with --jobs 1 (jobs=1)"
+                    ) from None
+                order, path, _ = item
+                yield order, _no_data_rows(method), (
+                    f"{Path(path).name}: the mzML reader (pyopenms) crashed on this file; check it or convert it again"
+                )
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def quantify(batch: Batch, peaks: pd.DataFrame, injection_errors: dict | None = None) -> RunResult:
@@ -482,8 +599,11 @@ def run_batch(
     folder: Path | str,
     method_path: Path | str | None = None,
     progress: Callable[[Injection], None] | None = None,
+    jobs: int | None = 1,
 ) -> tuple[Batch, RunResult]:
-    """Load, measure and quantify a batch folder: the whole `lcmsquant run` without writing files."""
+    """Load, measure and quantify a batch folder: the whole `lcmsquant run` without writing files.
+
+    `jobs`: processes measuring injections at once (see measure_batch)."""
     batch = load_batch(folder, load_method(resolve_method_path(folder, method_path)))
-    peaks, errors = measure_batch(batch, progress)
+    peaks, errors = measure_batch(batch, progress, jobs)
     return batch, quantify(batch, peaks, errors)

@@ -7,6 +7,7 @@ reader never sees half a file and an interrupted run leaves the previous file in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import sys
@@ -20,7 +21,7 @@ import pandas as pd
 
 from lcmsquant import __version__
 from lcmsquant.batch import CALIBRATORS, WORKLIST, Batch
-from lcmsquant.files import atomic_write, sha256
+from lcmsquant.files import atomic_write, atomic_write_all, remove_stale_temporaries, sha256
 from lcmsquant.overrides import OVERRIDES
 from lcmsquant.pipeline import AUDITED, RunResult
 
@@ -131,8 +132,22 @@ def run_summary(batch: Batch, run: RunResult) -> dict:
         "sample_counts": counts,
         "rules": [r.as_dict() for r in run.rules],
         "injection_errors": {str(k): v for k, v in sorted(run.injection_errors.items())},
+        "read_warnings": read_warnings(run.peaks),
         "provenance": provenance(batch),
     }
+
+
+def read_warnings(peaks: pd.DataFrame) -> dict[str, list[str]]:
+    """Injection -> what reading its file changed or doubted (points dropped, times sorted, ...)."""
+    if "read_warnings" not in peaks.columns:
+        return {}
+    found: dict[str, list[str]] = {}
+    for injection, text in zip(peaks["injection"], peaks["read_warnings"]):
+        for warning in filter(None, str(text).split(" | ")):
+            found.setdefault(str(injection), [])
+            if warning not in found[str(injection)]:
+                found[str(injection)].append(warning)
+    return found
 
 
 def sample_counts(unknown: pd.DataFrame) -> dict[str, int]:
@@ -183,24 +198,32 @@ def software_versions() -> dict:
 
 
 def write_outputs(batch: Batch, run: RunResult, out_dir: Path, command: list[str] | None = None) -> list[Path]:
-    """Write every output file atomically; return their paths."""
+    """Write every output file as one set (see files.atomic_write_all); return their paths.
+
+    run.json records the SHA-256 of the four tables it goes with, so a reader can tell that a
+    set belongs together; temporary files a killed run left behind are removed first.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = [
-        write_csv(results_table(batch, run), out_dir / "results.csv"),
-        write_csv(peaks_table(batch, run), out_dir / "peaks.csv"),
-        write_csv(calibration_table(run), out_dir / "calibration.csv"),
-        write_csv(audit_table(batch, run), out_dir / "audit.csv"),
-        write_csv(reanalysis_table(run), out_dir / "reanalysis.csv"),
-        atomic_write(out_dir / "run.json", json.dumps(_jsonable(run_summary(batch, run)), indent=2) + "\n"),
-    ]
+    remove_stale_temporaries(out_dir)
+    tables = {
+        "results.csv": results_table(batch, run),
+        "peaks.csv": peaks_table(batch, run),
+        "calibration.csv": calibration_table(run),
+        "audit.csv": audit_table(batch, run),
+        "reanalysis.csv": reanalysis_table(run),
+    }
+    files = {out_dir / name: table.to_csv(index=False, lineterminator="\n").encode("utf-8") for name, table in tables.items()}
+    summary = run_summary(batch, run)
+    summary["outputs"] = {path.name: hashlib.sha256(data).hexdigest() for path, data in files.items()}
+    files[out_dir / "run.json"] = json.dumps(_jsonable(summary), indent=2) + "\n"
     session = {
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command if command is not None else sys.argv,
         "host": platform.node(),
         "batch_folder": str(batch.folder.resolve()),  # where the report finds the mzML files
     }
-    written.append(atomic_write(out_dir / "session.json", json.dumps(session, indent=2) + "\n"))
-    return written
+    files[out_dir / "session.json"] = json.dumps(session, indent=2) + "\n"
+    return atomic_write_all(files)
 
 
 def write_csv(table: pd.DataFrame, path: Path) -> Path:

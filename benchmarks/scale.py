@@ -1,0 +1,203 @@
+"""Throughput and memory of `lcmsquant run` on a large batch, serial and with worker processes.
+
+Simulates a plasma batch (fixed seed) of --injections injections (default 384, four plates),
+then times, best of --repeat (time.perf_counter, warm file cache, OMP_NUM_THREADS=1, serial
+and parallel runs taking turns):
+
+  bare pyopenms load     MzMLFile().load() of every file in this process: the floor of any
+                         mzML-based run, and the reference of the "x bare" column;
+  lcmsquant run --jobs J `lcmsquant run` as a fresh process (start-up included), for J = 1
+                         (in-process) and J = every core; its peak memory is the sum over the
+                         process and all its children (the fork server and the workers) of PSS
+                         (shared pages split between the processes sharing them: what the run
+                         costs the machine; sampled every 0.5 s) and RSS (shared pages counted in
+                         every process: an upper bound; every 50 ms);
+
+and prints injections per second, the ratio to the bare load and peak memory, against the aims
+of the issue (printed, never asserted): >= 50 injections/s, < 500 MB, within 2x of the bare load.
+Then, for smaller batches (--sizes), the wall time with --jobs 1 and with every core, which is
+where measure_batch's default (PARALLEL_MIN_INJECTIONS) comes from.
+
+    cd /work/main && PYTHONPATH=src python benchmarks/scale.py [--injections 384] [--repeat 3]
+        [--sizes 24,48,96,192] [--keep DIR]
+
+Needs psutil for the memory columns (it comes with the dask extra). Run it on an idle machine:
+with other processes on the cores, the parallel run cannot be faster than the serial one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before pyopenms starts its OpenMP runtime
+
+import pyopenms as oms
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE.parent / "src"
+sys.path.insert(0, str(SRC))
+sys.path.insert(0, str(HERE))
+
+from run_speed import simulate  # noqa: E402  (same batch design and seed as run_speed.py)
+
+from lcmsquant.pipeline import default_jobs  # noqa: E402
+
+AIM_RATE, AIM_MB, AIM_RATIO = 50.0, 500.0, 2.0
+
+try:
+    import psutil
+except ImportError:  # memory columns stay empty
+    psutil = None
+
+
+def bare_load(files: list[Path]) -> None:
+    for path in files:
+        oms.MzMLFile().load(str(path), oms.MSExperiment())
+
+
+class PeakMemory:
+    """Highest RSS (every 50 ms) and PSS (every 0.5 s: reading smaps costs ~7 ms per process)
+    summed over a process and all its descendants, sampled in a thread."""
+
+    def __init__(self, pid: int, every_s: float = 0.05, pss_every: int = 10):
+        self.pid, self.every_s, self.pss_every, self.pss, self.rss = pid, every_s, pss_every, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self):
+        if psutil is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _sample(self) -> None:
+        try:
+            root = psutil.Process(self.pid)
+        except psutil.Error:
+            return
+        tick = 0
+        while not self._stop.is_set():
+            try:
+                processes = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                return
+            with_pss = tick % self.pss_every == 0
+            pss = rss = 0
+            for proc in processes:
+                try:
+                    info = proc.memory_full_info() if with_pss else proc.memory_info()
+                except psutil.Error:
+                    continue
+                rss += info.rss
+                pss += getattr(info, "pss", 0)
+            self.rss = max(self.rss, rss)
+            if with_pss:
+                self.pss = max(self.pss, pss)
+            tick += 1
+            self._stop.wait(self.every_s)
+
+
+def cli_run(folder: Path, out: Path, jobs: int) -> tuple[float, int, int]:
+    """Wall seconds, peak PSS and peak RSS (bytes) of `lcmsquant run FOLDER --jobs JOBS`."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lcmsquant", "run", str(folder), "--out", str(out), "--jobs", str(jobs)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    with PeakMemory(proc.pid) as memory:
+        _, stderr = proc.communicate()
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"lcmsquant run failed ({proc.returncode}):\n{stderr}")
+    return seconds, memory.pss, memory.rss
+
+
+def interleaved(folder: Path, out: Path, jobs_values, repeat: int) -> dict[int, list[tuple[float, int, int]]]:
+    """cli_run for each --jobs value in turn, `repeat` rounds: both see the same machine."""
+    runs: dict[int, list] = {jobs: [] for jobs in jobs_values}
+    for _ in range(repeat):
+        for jobs in jobs_values:
+            runs[jobs].append(cli_run(folder, out, jobs))
+    return runs
+
+
+def best(runs: list[tuple[float, int, int]]) -> tuple[float, int, int]:
+    """Fastest time; highest memory seen in any run (memory is a ceiling, not a best case)."""
+    return min(r[0] for r in runs), max(r[1] for r in runs), max(r[2] for r in runs)
+
+
+def mb(n: int) -> str:
+    return f"{n / 1e6:7.0f}" if n else "      -"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--injections", type=int, default=384, help="batch size (default 384)")
+    parser.add_argument("--repeat", type=int, default=3, help="best of this many runs (default 3)")
+    parser.add_argument("--sizes", default="24,48,96,192", help="smaller batches for the serial/parallel crossover")
+    parser.add_argument("--keep", type=Path, help="simulate into this folder and keep it")
+    args = parser.parse_args()
+    repeat = max(args.repeat, 1)
+    cores = default_jobs()
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+
+    with tempfile.TemporaryDirectory(prefix="lcmsquant-scale-") as tmp:
+        folder = args.keep if args.keep is not None else Path(tmp) / "batch"
+        n = simulate(folder, args.injections)
+        files = sorted(p for p in folder.iterdir() if p.name.endswith((".mzML", ".mzML.gz")))
+        out = Path(tmp) / "results"
+        bare_load(files)  # warm the file cache and pyopenms
+        bare = min(_timed(lambda: bare_load(files)) for _ in range(repeat))
+        rows = [("bare pyopenms load (in-process)", bare, 0, 0)]
+        for jobs, runs in interleaved(folder, out, sorted({1, cores}), repeat).items():
+            rows.append((f"lcmsquant run --jobs {jobs} (CLI)", *best(runs)))
+
+        crossover = []
+        for size in sizes:
+            small = Path(tmp) / f"batch{size}"
+            m = simulate(small, size)
+            runs = interleaved(small, Path(tmp) / "r", (1, cores), repeat)
+            crossover.append((m, best(runs[1])[0], best(runs[cores])[0]))
+            shutil.rmtree(small)
+
+    print(f"machine: {os.cpu_count()} CPUs ({cores} usable), {platform.machine()}, load avg "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, Python {platform.python_version()}, pyopenms "
+          f"{oms.__version__}, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} | batch: {n} injections | best of {repeat}")
+    width = max(len(r[0]) for r in rows)
+    print(f"{'stage':<{width}}  {'seconds':>8}  {'inj/s':>7}  {'x bare':>7}  {'PSS MB':>7}  {'RSS MB':>7}")
+    print(f"{'-' * width}  {'-' * 8}  {'-' * 7}  {'-' * 7}  {'-' * 7}  {'-' * 7}")
+    for name, seconds, pss, rss in rows:
+        print(f"{name:<{width}}  {seconds:8.2f}  {n / seconds:7.1f}  {seconds / bare:7.2f}  {mb(pss)}  {mb(rss)}")
+    fastest = min(rows[1:], key=lambda r: r[1])
+    rate, ratio, memory = n / fastest[1], fastest[1] / bare, max(r[2] for r in rows[1:])
+    print(f"aims ({fastest[0]}): {rate:.0f} injections/s (>= {AIM_RATE:g}: {'PASS' if rate >= AIM_RATE else 'MISS'}), "
+          f"{ratio:.1f}x the bare load (<= {AIM_RATIO:g}: {'PASS' if ratio <= AIM_RATIO else 'MISS'}), "
+          f"peak PSS {memory / 1e6:.0f} MB (< {AIM_MB:g}: {'PASS' if 0 < memory < AIM_MB * 1e6 else 'MISS' if memory else 'not measured'})")
+    if crossover:
+        print(f"\n{'injections':>10}  {'--jobs 1 s':>10}  {f'--jobs {cores} s':>10}  faster")
+        for m, serial, parallel in crossover:
+            print(f"{m:>10}  {serial:10.2f}  {parallel:10.2f}  {'workers' if parallel < serial else 'in-process'}")
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""Many batches at once: each is loaded, measured, quantified and written to its own results
+folder on its own, so that one unusable batch reports its problem and the others finish.
+
+Locally the batches run one after the other, each measured by worker processes; given the
+address of a Dask distributed scheduler, one task per batch runs on that cluster (its workers
+must see the batch folders at the same paths). Dask is imported only then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from lcmsquant.batch import load_batch, resolve_method_path
+from lcmsquant.files import InputError
+from lcmsquant.method import load_method
+from lcmsquant.pipeline import RunResult, measure_batch, quantify
+from lcmsquant.results import sample_counts, write_outputs
+
+RESULTS = "results"
+
+
+class RunRequestError(InputError):
+    """Batches and options that cannot be run together (two batches writing to one folder, an
+    unreachable scheduler, ...)."""
+
+    kind = "request"
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What became of one batch: where its results went, or why there are none."""
+
+    folder: Path
+    out_dir: Path | None = None  # None when nothing was written
+    error: str = ""  # why the batch was not processed; "" when it was
+    bad_input: bool = False  # the error is the batch's input (exit 2), not a fault of lcmsquant
+    summary: tuple[dict, ...] = ()  # one row per analyte x calibrator set, see summary_rows
+    injection_errors: dict = field(default_factory=dict)  # injection order -> message (NO_DATA)
+    read_warnings: int = 0  # injections whose reading changed or doubted something
+    report_problem: str = ""  # why report.html could not be written; the results stand
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+def summary_rows(result: RunResult) -> tuple[dict, ...]:
+    """Per analyte and calibrator set: the curve, QCs passed, and what became of the samples."""
+    rows = []
+    results = result.results
+    for _, cal in result.calibration.iterrows():
+        mine = results[(results["analyte"] == cal["analyte"]) & (results["calibrator_set"] == cal["calibrator_set"])]
+        qcs = mine[(mine["sample_type"] == "qc") & (mine["level"] != "DQC")]
+        rows.append({
+            "analyte": cal["analyte"],
+            "calibrator_set": cal["calibrator_set"],
+            "model": cal["model"],
+            "weighting": cal["weighting"],
+            "r_squared": float(cal["r_squared"]),
+            "qcs_passed": int(qcs["qc_passed"].fillna(False).sum()),
+            "qcs": len(qcs),
+            "accepted": bool(cal["accepted"]),
+            **sample_counts(mine[mine["sample_type"] == "unknown"]),
+        })
+    return tuple(rows)
+
+
+def process_batch(
+    folder: Path | str,
+    method_path: Path | str | None = None,
+    out_dir: Path | str | None = None,
+    jobs: int | None = 1,
+    command: list[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> BatchOutcome:
+    """Run one batch and write its results (default BATCH/results); never raises for the batch's
+    own problems, so that a list of batches always finishes.
+
+    progress(done, total) is called once the batch is loaded (done = 0) and after each injection.
+    """
+    folder = Path(folder)
+    try:
+        batch = load_batch(folder, load_method(resolve_method_path(folder, method_path)))
+        total, done = len(batch.injections), 0
+        if progress is not None:
+            progress(0, total)
+
+        def advance(_injection) -> None:
+            nonlocal done
+            done += 1
+            progress(done, total)
+
+        peaks, errors = measure_batch(batch, advance if progress is not None else None, jobs)
+        result = quantify(batch, peaks, errors)
+        out = Path(out_dir) if out_dir is not None else batch.folder / RESULTS
+        write_outputs(batch, result, out, command=command)
+        report_problem = _write_report(out)
+    except InputError as err:
+        return BatchOutcome(folder, error=str(err), bad_input=True)
+    except OSError as err:  # e.g. the results folder cannot be written
+        return BatchOutcome(folder, error=f"{folder}: {err.strerror or err}: {err.filename or ''}", bad_input=True)
+    except Exception as err:  # a fault of ours must not stop the other batches; it is reported by name
+        return BatchOutcome(folder, error=f"{folder}: unexpected {type(err).__name__}: {err} (please report this)")
+    warned = set(result.peaks.loc[result.peaks["read_warnings"] != "", "injection"]) if "read_warnings" in result.peaks else set()
+    return BatchOutcome(
+        folder, out, summary=summary_rows(result), injection_errors=dict(result.injection_errors),
+        read_warnings=len(warned), report_problem=report_problem,
+    )
+
+
+def _write_report(out: Path) -> str:
+    """Write report.html beside the results; a failure is reported, never loses the results."""
+    from lcmsquant.report import write_report  # matplotlib loads only when a report is made
+
+    try:
+        write_report(out)
+    except Exception as err:  # the tables are written and valid; the report can be re-rendered
+        return f"{type(err).__name__}: {err} (the results are complete; retry with `lcmsquant report {out}`)"
+    return ""
+
+
+def output_folders(folders: Sequence[Path], out: Path | None) -> list[Path | None]:
+    """Where each batch writes: BATCH/results (None: decided when loaded); with --out, that folder
+    for a single batch, or out/<batch folder name> for several (names must then differ)."""
+    if out is None:
+        return [None] * len(folders)
+    if len(folders) == 1:
+        return [Path(out)]
+    names: dict[str, Path] = {}
+    problems = []
+    for folder in folders:
+        name = Path(folder).resolve().name
+        if name in names:
+            problems.append(f"batches {names[name]} and {folder} would both write to {Path(out) / name}: "
+                            f"run them separately or rename one folder")
+        names.setdefault(name, Path(folder))
+    if problems:
+        raise RunRequestError(out, problems)
+    return [Path(out) / Path(folder).resolve().name for folder in folders]
+
+
+def run_batches(
+    folders: Iterable[Path | str],
+    method_path: Path | str | None = None,
+    out: Path | str | None = None,
+    jobs: int | None = None,
+    scheduler: str | None = None,
+    command: list[str] | None = None,
+    progress: Callable[[Path, int, int], None] | None = None,
+    on_done: Callable[[BatchOutcome], None] | None = None,
+) -> list[BatchOutcome]:
+    """Process every batch (see process_batch); outcomes in the order the folders were given.
+
+    scheduler: address of a Dask distributed scheduler (tcp://host:port): one task per batch on
+    that cluster, each measured in its worker (jobs is then not used). progress(folder, done,
+    total) follows the injections of local runs; on_done(outcome) is called as each batch ends.
+    """
+    folders = [Path(f) for f in folders]
+    outs = output_folders(folders, Path(out) if out is not None else None)
+    if scheduler is not None:
+        return _on_cluster(scheduler, folders, method_path, outs, command, on_done)
+    outcomes = []
+    for folder, out_dir in zip(folders, outs):
+        report = (lambda done, total, folder=folder: progress(folder, done, total)) if progress else None
+        outcome = process_batch(folder, method_path, out_dir, jobs, command, report)
+        if on_done is not None:
+            on_done(outcome)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _on_cluster(address: str, folders: list[Path], method_path, outs: list[Path | None], command, on_done) -> list[BatchOutcome]:
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise RunRequestError("--scheduler", [
+            "--scheduler needs Dask's distributed package: pip install 'lcmsquant[dask]'"
+        ]) from None
+    # Workers run elsewhere: they get absolute paths, valid wherever the folders are mounted alike.
+    method = str(Path(method_path).resolve()) if method_path is not None else None
+    try:
+        client = Client(address)  # waits distributed.comm.timeouts.connect (Dask config, 30 s)
+    except (OSError, TimeoutError) as err:
+        raise RunRequestError("--scheduler", [f"cannot reach the Dask scheduler at {address}: {err}"]) from None
+    outcomes: dict[int, BatchOutcome] = {}
+    try:
+        futures = {
+            client.submit(
+                process_batch, str(folder.resolve()), method, str(out.resolve()) if out is not None else None, 1, command,
+                key=f"lcmsquant-batch-{i}-{folder.name}", pure=False,
+            ): i
+            for i, (folder, out) in enumerate(zip(folders, outs))
+        }
+        for future in as_completed(futures):
+            i = futures[future]
+            try:
+                outcome = future.result()
+            except Exception as err:  # the worker died or the cluster lost the task
+                outcome = BatchOutcome(folders[i], error=f"{folders[i]}: the Dask cluster could not run it: {type(err).__name__}: {err}")
+            outcome = _as_given(outcome, folders[i])
+            outcomes[i] = outcome
+            if on_done is not None:
+                on_done(outcome)
+    finally:
+        client.close()
+    return [outcomes[i] for i in range(len(folders))]
+
+
+def _as_given(outcome: BatchOutcome, folder: Path) -> BatchOutcome:
+    """The outcome with the folder as the user named it (the worker saw the absolute path)."""
+    return replace(outcome, folder=folder)
