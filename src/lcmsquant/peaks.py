@@ -22,6 +22,7 @@ Definitions used everywhere in lcmsquant:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
@@ -145,19 +146,23 @@ def find_peak(time: np.ndarray, intensity: np.ndarray, search: PeakSearch) -> Pe
     apex = max(candidates, key=lambda c: (c[1], -abs(time[c[0]] - search.expected_rt)))[0]
     if apex != tallest:
         baseline, sigma = _baseline_and_noise(time, intensity, smoothed, apex)
-    start, end, split = _boundaries(smoothed, baseline(time), apex, sigma)
+    start, end, split = _boundaries(smoothed, intensity, baseline(time), apex, sigma)
     # Second pass: the boundaries follow a tail to where it meets the baseline, so the baseline
     # refitted to what lies outside them no longer leans on the tail of a strongly tailing peak.
     for _ in range(3):
         baseline = _baseline_outside(time, intensity, start, end, baseline)
-        bounds = _boundaries(smoothed, baseline(time), apex, sigma)
+        bounds = _boundaries(smoothed, intensity, baseline(time), apex, sigma)
         if bounds[:2] == (start, end):
             break
         start, end, split = bounds
     peak = integrate(time, intensity, start, end, baseline, sigma, smoothed, split=split)
     if peak is None or peak.sn < search.min_sn:
         return None
-    if _has_shoulder(intensity, start, end, apex, width):
+    cut = _shoulder_cut(intensity, smoothed - baseline(time), start, end, apex, width)
+    if cut is not None:
+        # A perpendicular drop at the shoulder, as at a valley; the flag asks for a review.
+        start, end = (start, cut) if cut > apex else (cut, end)
+        peak = integrate(time, intensity, start, end, baseline, sigma, smoothed, split=split) or peak
         peak = replace(peak, shoulder=True)
     return peak
 
@@ -184,9 +189,10 @@ def integrate(
         return None
     seg = slice(start, end + 1)
     t = time[seg]
-    corrected = intensity[seg] - baseline(t)
+    base = baseline(t)
+    corrected = intensity[seg] - base
     area = _trapezoid(corrected, t) * SECONDS_PER_MINUTE
-    reference = (smoothed if smoothed is not None else intensity)[seg] - baseline(t)
+    reference = (smoothed if smoothed is not None else intensity)[seg] - base
     apex = int(np.argmax(reference))
     near = slice(max(apex - 2, 0), apex + 3)
     smoothed_height = float(reference[apex])
@@ -198,8 +204,8 @@ def integrate(
         height=float(np.max(corrected[near])),
         sn=smoothed_height / sigma if sigma > 0 else float("inf"),
         noise=sigma,
-        baseline_start=float(baseline(t[0])),
-        baseline_end=float(baseline(t[-1])),
+        baseline_start=float(base[0]),
+        baseline_end=float(base[-1]),
         points=len(t),
         edge=start == 0 or end == len(time) - 1,
         split=split,
@@ -219,14 +225,9 @@ def _shape(t: np.ndarray, y: np.ndarray, apex: int) -> dict:
     if not height > 0:
         return {}
     t_list, y_list = t.tolist(), y.tolist()  # walked point by point: Python floats are faster
-
-    def edges(fraction: float) -> tuple[float, float]:
-        level = fraction * height
-        return _crossing_time(t_list, y_list, apex, -1, level), _crossing_time(t_list, y_list, apex, +1, level)
-
-    half_left, half_right = edges(0.5)
-    front5, back5 = edges(0.05)
-    front10, back10 = edges(0.10)
+    levels = (0.5 * height, 0.10 * height, 0.05 * height)
+    half_left, front10, front5 = _crossing_times(t_list, y_list, apex, -1, levels)
+    half_right, back10, back5 = _crossing_times(t_list, y_list, apex, +1, levels)
     apex_t = t[apex]
     a5, b5 = apex_t - front5, back5 - apex_t
     a10, b10 = apex_t - front10, back10 - apex_t
@@ -238,24 +239,35 @@ def _shape(t: np.ndarray, y: np.ndarray, apex: int) -> dict:
     }
 
 
-def _crossing_time(t: list[float], y: list[float], apex: int, step: int, level: float) -> float:
-    """Time where y first falls to `level` walking from the apex, linearly interpolated; NaN if never."""
+def _crossing_times(t, y: list[float], apex: int, step: int, levels: tuple[float, ...]) -> list[float]:
+    """Times where y first falls to each of `levels` (descending) walking from the apex, linearly
+    interpolated; NaN for a level it never falls to."""
+    times = []
     i = apex
-    while 0 <= i + step < len(y):
+    while 0 <= i + step < len(y) and len(times) < len(levels):
         j = i + step
-        if y[j] <= level:
-            return float(t[i] + (t[j] - t[i]) * (y[i] - level) / (y[i] - y[j]))
+        while len(times) < len(levels) and y[j] <= levels[len(times)]:
+            level = levels[len(times)]
+            times.append(t[i] + (t[j] - t[i]) * (y[i] - level) / (y[i] - y[j]))
         i = j
-    return float("nan")
+    return times + [float("nan")] * (len(levels) - len(times))
 
 
-def _has_shoulder(intensity: np.ndarray, start: int, end: int, apex: int, width: int) -> bool:
-    """A co-eluting peak too close to leave a valley still bends the signal twice: a second
-    maximum of the curvature (-d2y/dt2) inside the peak: a concave bump clear of the apex by half
-    the smoothing width, concave by 3 times the curvature noise outside the peak and standing
-    out by 15 % of the apex's curvature and 6 times that noise (noise alone rarely does both)."""
+def _shoulder_cut(
+    intensity: np.ndarray, above: np.ndarray, start: int, end: int, apex: int, width: int
+) -> int | None:
+    """Where to cut off an unresolved co-eluting peak (a shoulder), or None if there is none.
+
+    A shoulder too close to leave a valley still bends the signal twice: the curvature
+    (-d2y/dt2) has a second concave maximum inside the peak, clear of the apex by half the
+    smoothing width, with a convex stretch (below -1 curvature noise) between it and the apex,
+    concave by 3 times the curvature noise outside the peak, standing out by 15 % of the apex's
+    curvature and 6 times that noise, and where the signal is still 20 % of the apex height
+    (noise in a long tail does not pass all of these). The cut is at the most convex point
+    between apex and shoulder, the nearest a perpendicular drop gets to a valley.
+    """
     if start + len(intensity) - 1 - end < 10:
-        return False
+        return None
     curvature = -convolve1d(intensity, _savgol_second_derivative(width), mode="nearest")
     noise = 1.4826 * _mad(np.concatenate((curvature[:start], curvature[end + 1:])))
     inside = curvature[start: end + 1]
@@ -264,9 +276,15 @@ def _has_shoulder(intensity: np.ndarray, start: int, end: int, apex: int, width:
     mid = inside[1:-1]
     offset = np.abs(np.arange(start + 1 - apex, start + len(inside) - 1 - apex))
     if not np.any((mid >= inside[:-2]) & (mid >= inside[2:]) & (mid > 3.0 * noise) & (offset >= clear)):
-        return False
+        return None
     tops, _ = find_peaks(inside, prominence=max(6.0 * noise, 0.15 * curvature[apex]))
-    return any(abs(start + i - apex) >= clear and inside[i] > 3.0 * noise for i in tops)
+    for top in sorted(tops, key=lambda i: abs(start + i - apex)):
+        lo, hi = sorted((top, apex - start))
+        between = inside[lo: hi + 1]
+        if (abs(start + top - apex) >= clear and inside[top] > 3.0 * noise and between.min() < -noise
+                and above[start + top] >= 0.2 * above[apex]):
+            return start + lo + int(np.argmin(between))
+    return None
 
 
 def _flat_top(raw: np.ndarray) -> bool:
@@ -340,20 +358,20 @@ def _baseline(time: np.ndarray, intensity: np.ndarray, smoothed: np.ndarray, ape
 
 
 def _baseline_outside(time: np.ndarray, intensity: np.ndarray, start: int, end: int, fallback):
-    """Baseline refitted to the points outside start..end.
+    """Baseline refitted to the points outside start..end (`_level_or_line`).
 
     When one side has fewer than 3 such points (the trace ends in the peak's tail, or before
     its front), the last points there are still on the peak: the baseline is then flat at the
-    level of the 10 points next to the peak on the other side, rather than a slope
-    extrapolated across the whole peak.
+    level of the other side (all its points, trimmed), rather than a slope extrapolated across
+    the whole peak.
     """
     n_left, n_right = start, len(time) - 1 - end
     if n_left >= 3 and n_right >= 3:
-        slope, intercept = robust_line(np.concatenate((time[:start], time[end + 1:])),
-                                       np.concatenate((intensity[:start], intensity[end + 1:])))
+        slope, intercept = _level_or_line(np.concatenate((time[:start], time[end + 1:])),
+                                          np.concatenate((intensity[:start], intensity[end + 1:])))
     elif n_left >= 3 or n_right >= 3:
-        side = intensity[max(start - 10, 0): start] if n_left >= 3 else intensity[end + 1: end + 11]
-        slope, intercept = 0.0, _median(side)
+        side = intensity[:start] if n_left >= 3 else intensity[end + 1:]
+        slope, intercept = _level_or_line(np.zeros(len(side)), side)
     else:
         return fallback
     return _straight(intercept, slope)
@@ -374,8 +392,14 @@ def robust_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     Uses every baseline point (unlike a median of pairwise slopes, which must be thinned on long
     traces to stay fast) while a small interfering peak in the baseline region is trimmed away.
     """
+    return _robust_line(x, y)[:2]
+
+
+def _robust_line(x: np.ndarray, y: np.ndarray):
+    """robust_line, with the points kept (None: all) and the robust SD of the residuals."""
     keep = None  # all points
     slope, intercept = _line(x, y)
+    spread = 0.0
     for _ in range(2):
         residual = y - (intercept + slope * x)
         spread = 1.4826 * _mad(residual)
@@ -387,20 +411,43 @@ def robust_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
             break
         keep = new_keep
         slope, intercept = _line(x[keep], y[keep])
+    return slope, intercept, keep, spread
+
+
+def _level_or_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """robust_line, or a flat level (the mean of the points it kept) when its slope is within 2
+    standard errors of zero: a slope that is only noise, or a few points of a tail just past the
+    peak's end, tilts the baseline under a wide peak for nothing."""
+    slope, intercept, keep, spread = _robust_line(x, y)
+    if spread > 0:
+        xs, ys = (x, y) if keep is None else (x[keep], y[keep])
+        sxx = float(((xs - xs.sum() / len(xs)) ** 2).sum())
+        if abs(slope) * math.sqrt(sxx) < 2.0 * spread:
+            return 0.0, float(ys.sum() / len(ys))
     return slope, intercept
 
 
 def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     xm, ym = x.sum() / len(x), y.sum() / len(y)
-    sxx = float(((x - xm) ** 2).sum())
-    slope = float(((x - xm) * (y - ym)).sum() / sxx) if sxx > 0 else 0.0
+    dx = x - xm
+    sxx = float(dx @ dx)
+    slope = float(dx @ (y - ym) / sxx) if sxx > 0 else 0.0
     return slope, float(ym - slope * xm)
 
 
-def _boundaries(smoothed: np.ndarray, base: np.ndarray, apex: int, sigma: float) -> tuple[int, int, bool]:
+def _boundaries(
+    smoothed: np.ndarray, raw: np.ndarray, base: np.ndarray, apex: int, sigma: float
+) -> tuple[int, int, bool]:
     """Peak limits: where the smoothed signal returns to the baseline, or a valley before another
-    peak, but never narrower than 3 half-widths before and 4 after the apex (the noisy tail of a
-    small peak must not cut it short) nor wider than 6 and 12."""
+    peak, nor wider than 6 half-widths before and 12 after the apex.
+
+    A side without a valley reaches at least 2.5 half-widths before and 3 after the apex, and at
+    least as far as its decay, extrapolated as an exponential, takes to fall to a tenth of the
+    noise or 0.01 % of the height (`_decay_reach`): a tail is integrated to its real end rather than to the first noise
+    dip. Beyond that reach the walk's end is kept only where the stretch it adds holds signal
+    (its mean above the baseline exceeds 2 standard errors): at low S/N a walk that goes on
+    while noise stays above the baseline only adds noise, biased upwards.
+    """
     above = (smoothed - base).tolist()  # walked point by point: Python floats are faster
     half = 0.5 * above[apex]
     hw_left = apex - _crossing(above, apex, -1, half)
@@ -408,13 +455,39 @@ def _boundaries(smoothed: np.ndarray, base: np.ndarray, apex: int, sigma: float)
     start, left_valley = _walk(above, apex, -1, sigma)
     end, right_valley = _walk(above, apex, +1, sigma)
     n = len(above)
+    floor = max(0.1 * sigma, 1e-4 * above[apex])  # 0.01 % of the height on noise-free data
     if not left_valley:
-        start = min(start, apex - 3 * hw_left)
+        reach = max(math.ceil(2.5 * hw_left), _decay_reach(above, apex, -1, floor))
+        if start >= apex - reach or not _holds_signal(raw, base, start, apex - reach, sigma):
+            start = apex - reach
     if not right_valley:
-        end = max(end, apex + 4 * hw_right)
+        reach = max(3 * hw_right, _decay_reach(above, apex, +1, floor))
+        if end <= apex + reach or not _holds_signal(raw, base, apex + reach + 1, end + 1, sigma):
+            end = apex + reach
     start = max(start, apex - 6 * hw_left, 0)
     end = min(end, apex + 12 * hw_right, n - 1)
     return start, end, left_valley or right_valley
+
+
+def _holds_signal(raw: np.ndarray, base: np.ndarray, lo: int, hi: int, sigma: float) -> bool:
+    """Whether the raw points lo..hi-1 lie above the baseline by more than 2 standard errors."""
+    count = hi - lo
+    return count > 0 and float((raw[lo:hi] - base[lo:hi]).sum()) / count > 2.0 * sigma / math.sqrt(count)
+
+
+def _decay_reach(above: list[float], apex: int, step: int, floor: float) -> int:
+    """Points from the apex to where the peak's side, extrapolated as an exponential decay
+    through where it falls to 50 % and 20 % of the height, falls to `floor` (0 when it cannot
+    be told). An exponential tail is followed to its end; a Gaussian side, which falls faster
+    than the exponential through those two points, is given a little more than it needs."""
+    height = above[apex]
+    if not 0.2 * height > floor:
+        return 0
+    # Fractional indices where it falls to 50 % and 20 % (NaN when it never does).
+    i50, i20 = (abs(x - apex) for x in _crossing_times(range(len(above)), above, apex, step, (0.5 * height, 0.2 * height)))
+    if not i20 > i50:
+        return 0
+    return int(math.ceil(i20 + (i20 - i50) / math.log(2.5) * math.log(0.2 * height / floor)))
 
 
 def _crossing(above: list[float], apex: int, step: int, level: float) -> int:
@@ -425,7 +498,8 @@ def _crossing(above: list[float], apex: int, step: int, level: float) -> int:
 
 
 def _walk(above: list[float], apex: int, step: int, sigma: float) -> tuple[int, bool]:
-    """Index where the signal reaches the baseline, and whether a valley stopped the walk there."""
+    """Index where the signal reaches the baseline, and whether a valley stopped the walk there
+    (the signal rises again by 3 sigma above the lowest point since the apex: another peak)."""
     n = len(above)
     i = apex
     lowest, lowest_at = above[apex], apex
@@ -438,7 +512,7 @@ def _walk(above: list[float], apex: int, step: int, sigma: float) -> tuple[int, 
         if value <= 0:
             return i, False
         if value - lowest > rise:
-            return lowest_at, True  # the signal rises again: a valley before another peak
+            return lowest_at, True
     return i, False
 
 
