@@ -13,9 +13,14 @@ Definitions used everywhere in lcmsquant:
 - shape, on the baseline-corrected smoothed trace: FWHM; USP tailing factor T = (a + b) / 2a at
   5 % of the height; asymmetry factor As = b / a at 10 % (a: apex to front edge, b: apex to
   back edge); points across the FWHM;
-- baseline rule: a straight line fitted to the trace around the peak (base to base); where a
-  boundary is a valley before a neighbouring peak the peak is cut there by a perpendicular drop
-  to that same baseline (`split`);
+- baseline rule: a straight line fitted to the trace outside the peak (base to base), flat when
+  its slope is within 2 standard errors of zero; where a boundary is a valley before a
+  neighbouring peak the peak is cut there by a perpendicular drop to that same baseline
+  (`split`); an unresolved co-eluting peak (no valley, but the signal bends twice) is cut off
+  the same way at the most convex point between the two (`shoulder`);
+- boundaries: where the smoothed signal meets the baseline, and at least where the peak's
+  side, extrapolated as an exponential decay, is no longer worth integrating (it would add
+  more noise than signal: a tail is integrated to its real end, not to its first noise dip);
 - saturated: three or more raw points within 0.1 % of the maximum at the apex (a flat top);
 - area: trapezoidal integral of (raw - baseline) between the boundaries, in counts (cps x s).
 """
@@ -171,7 +176,7 @@ def _baseline_and_noise(time: np.ndarray, intensity: np.ndarray, smoothed: np.nd
     """Baseline under the peak at `apex` and the noise of the trace outside that peak (of the
     whole trace when too little is left outside)."""
     baseline, outside = _baseline(time, intensity, smoothed, apex)
-    return baseline, noise_sigma(intensity[outside] if len(outside) >= 10 else intensity)
+    return baseline, noise_sigma(outside if len(outside) >= 10 else intensity)
 
 
 def integrate(
@@ -318,8 +323,8 @@ def integrate_between(time: np.ndarray, intensity: np.ndarray, start_rt: float, 
 def _clean(time: np.ndarray, intensity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     time = np.asarray(time, dtype=float)
     intensity = np.asarray(intensity, dtype=float)
-    ok = np.isfinite(time) & np.isfinite(intensity)
-    if not ok.all():
+    if not np.isfinite(time.sum() + intensity.sum()):  # one test for any NaN or infinity
+        ok = np.isfinite(time) & np.isfinite(intensity)
         time, intensity = time[ok], intensity[ok]
     if len(time) > 1 and (time[1:] < time[:-1]).any():
         order = np.argsort(time, kind="stable")
@@ -329,7 +334,7 @@ def _clean(time: np.ndarray, intensity: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 def _baseline(time: np.ndarray, intensity: np.ndarray, smoothed: np.ndarray, apex: int):
     """A straight baseline fitted (least squares with outlier trimming) around the peak,
-    and the indices of the points it was fitted to.
+    and the intensities of the points it was fitted to.
 
     The peak region excluded from the fit reaches 3 half-widths before and 5 after the apex,
     so that a tailing peak does not lift its own baseline.
@@ -349,12 +354,13 @@ def _baseline(time: np.ndarray, intensity: np.ndarray, smoothed: np.ndarray, ape
         # Short scheduled traces: the first and last points are the best baseline we have.
         lo = k = max(2, min(5, n // 6))
         hi = n - k - 1
-    outside = np.concatenate((np.arange(lo), np.arange(hi + 1, n)))
-    if len(outside) >= 2 and time[outside[-1]] > time[outside[0]]:
-        slope, intercept = robust_line(time[outside], intensity[outside])
+    x = np.concatenate((time[:lo], time[hi + 1:]))
+    y = np.concatenate((intensity[:lo], intensity[hi + 1:]))
+    if len(x) >= 2 and x[-1] > x[0]:
+        slope, intercept = robust_line(x, y)
     else:
-        slope, intercept = 0.0, _median(intensity[outside])
-    return _straight(intercept, slope), outside
+        slope, intercept = 0.0, _median(y)
+    return _straight(intercept, slope), y
 
 
 def _baseline_outside(time: np.ndarray, intensity: np.ndarray, start: int, end: int, fallback):
@@ -442,11 +448,11 @@ def _boundaries(
     peak, nor wider than 6 half-widths before and 12 after the apex.
 
     A side without a valley reaches at least 2.5 half-widths before and 3 after the apex, and at
-    least as far as its decay, extrapolated as an exponential, takes to fall to a tenth of the
-    noise or 0.01 % of the height (`_decay_reach`): a tail is integrated to its real end rather than to the first noise
-    dip. Beyond that reach the walk's end is kept only where the stretch it adds holds signal
-    (its mean above the baseline exceeds 2 standard errors): at low S/N a walk that goes on
-    while noise stays above the baseline only adds noise, biased upwards.
+    least as far as its decay, extrapolated as an exponential, is worth integrating
+    (`_decay_reach`): a tail is integrated to its real end rather than to the first noise dip.
+    Beyond that reach the walk's end is kept only where the stretch it adds holds signal (its
+    mean above the baseline exceeds 2 standard errors and 0.01 % of the height): at low S/N a
+    walk that goes on while the noise stays above the baseline only adds noise, biased upwards.
     """
     above = (smoothed - base).tolist()  # walked point by point: Python floats are faster
     half = 0.5 * above[apex]
@@ -455,39 +461,49 @@ def _boundaries(
     start, left_valley = _walk(above, apex, -1, sigma)
     end, right_valley = _walk(above, apex, +1, sigma)
     n = len(above)
-    floor = max(0.1 * sigma, 1e-4 * above[apex])  # 0.01 % of the height on noise-free data
+    floor = 1e-4 * above[apex]  # what is not worth integrating even on noise-free data
     if not left_valley:
-        reach = max(math.ceil(2.5 * hw_left), _decay_reach(above, apex, -1, floor))
-        if start >= apex - reach or not _holds_signal(raw, base, start, apex - reach, sigma):
+        reach = max(math.ceil(2.5 * hw_left), _decay_reach(above, apex, -1, sigma))
+        if start >= apex - reach or not _holds_signal(raw, base, start, apex - reach, sigma, floor):
             start = apex - reach
     if not right_valley:
-        reach = max(3 * hw_right, _decay_reach(above, apex, +1, floor))
-        if end <= apex + reach or not _holds_signal(raw, base, apex + reach + 1, end + 1, sigma):
+        reach = max(3 * hw_right, _decay_reach(above, apex, +1, sigma))
+        if end <= apex + reach or not _holds_signal(raw, base, apex + reach + 1, end + 1, sigma, floor):
             end = apex + reach
     start = max(start, apex - 6 * hw_left, 0)
     end = min(end, apex + 12 * hw_right, n - 1)
     return start, end, left_valley or right_valley
 
 
-def _holds_signal(raw: np.ndarray, base: np.ndarray, lo: int, hi: int, sigma: float) -> bool:
-    """Whether the raw points lo..hi-1 lie above the baseline by more than 2 standard errors."""
+def _holds_signal(raw: np.ndarray, base: np.ndarray, lo: int, hi: int, sigma: float, floor: float) -> bool:
+    """Whether the raw points lo..hi-1 lie above the baseline, on average, by more than 2
+    standard errors and more than `floor`."""
     count = hi - lo
-    return count > 0 and float((raw[lo:hi] - base[lo:hi]).sum()) / count > 2.0 * sigma / math.sqrt(count)
+    return count > 0 and float((raw[lo:hi] - base[lo:hi]).sum()) / count > max(2.0 * sigma / math.sqrt(count), floor)
 
 
-def _decay_reach(above: list[float], apex: int, step: int, floor: float) -> int:
-    """Points from the apex to where the peak's side, extrapolated as an exponential decay
-    through where it falls to 50 % and 20 % of the height, falls to `floor` (0 when it cannot
-    be told). An exponential tail is followed to its end; a Gaussian side, which falls faster
-    than the exponential through those two points, is given a little more than it needs."""
+def _decay_reach(above: list[float], apex: int, step: int, sigma: float) -> int:
+    """Points from the apex to the end of the peak's side, 0 when it cannot be told.
+
+    The side is extrapolated as an exponential decay (tau points) through where it falls to 50 %
+    and 20 % of the height, and ends where it has fallen to sigma / sqrt(2 tau): one more point
+    there would add more noise variance (sigma^2) than it removes squared truncation bias
+    (2 level^2 tau), so this end minimises the area's mean squared error; never below 0.01 % of
+    the height (noise-free data). A Gaussian side, which falls faster than the exponential
+    through those two points, is given a little more than it needs.
+    """
     height = above[apex]
-    if not 0.2 * height > floor:
+    if not height > 0:
         return 0
     # Fractional indices where it falls to 50 % and 20 % (NaN when it never does).
     i50, i20 = (abs(x - apex) for x in _crossing_times(range(len(above)), above, apex, step, (0.5 * height, 0.2 * height)))
     if not i20 > i50:
         return 0
-    return int(math.ceil(i20 + (i20 - i50) / math.log(2.5) * math.log(0.2 * height / floor)))
+    tau = (i20 - i50) / math.log(2.5)
+    level = max(sigma / math.sqrt(2.0 * tau), 1e-4 * height)
+    if not 0.2 * height > level:
+        return 0
+    return int(math.ceil(i20 + tau * math.log(0.2 * height / level)))
 
 
 def _crossing(above: list[float], apex: int, step: int, level: float) -> int:
