@@ -248,14 +248,20 @@ def _crossing_times(t, y: list[float], apex: int, step: int, levels: tuple[float
     """Times where y first falls to each of `levels` (descending) walking from the apex, linearly
     interpolated; NaN for a level it never falls to."""
     times = []
-    i = apex
-    while 0 <= i + step < len(y) and len(times) < len(levels):
+    count = len(levels)
+    level = levels[0]
+    i, stop = apex, (len(y) - 1 if step > 0 else 0)
+    while i != stop:
         j = i + step
-        while len(times) < len(levels) and y[j] <= levels[len(times)]:
+        yj = y[j]
+        while yj <= level:
+            yi = y[i]
+            times.append(t[i] + (t[j] - t[i]) * (yi - level) / (yi - yj))
+            if len(times) == count:
+                return times
             level = levels[len(times)]
-            times.append(t[i] + (t[j] - t[i]) * (y[i] - level) / (y[i] - y[j]))
         i = j
-    return times + [float("nan")] * (len(levels) - len(times))
+    return times + [math.nan] * (count - len(times))
 
 
 def _shoulder_cut(
@@ -496,7 +502,8 @@ def _decay_reach(above: list[float], apex: int, step: int, sigma: float) -> int:
     if not height > 0:
         return 0
     # Fractional indices where it falls to 50 % and 20 % (NaN when it never does).
-    i50, i20 = (abs(x - apex) for x in _crossing_times(range(len(above)), above, apex, step, (0.5 * height, 0.2 * height)))
+    t50, t20 = _crossing_times(range(len(above)), above, apex, step, (0.5 * height, 0.2 * height))
+    i50, i20 = abs(t50 - apex), abs(t20 - apex)
     if not i20 > i50:
         return 0
     tau = (i20 - i50) / math.log(2.5)
