@@ -49,3 +49,32 @@ def plasma_batch(tmp_path) -> Path:
     folder = tmp_path / "batch"
     simulate_batch(folder, seed=7, matrix="plasma")
     return folder
+
+
+@pytest.fixture(scope="session")
+def processed_study(tmp_path_factory):
+    """A simulated study (plasma/marrow, CSF and reanalysis runs, known truth), each run processed
+    as `lcmsquant run` does; returns the SimulatedStudy and the runs' results folders."""
+    from lcmsquant.results import write_outputs
+    from lcmsquant.simulate import simulate_study
+
+    study = simulate_study(tmp_path_factory.mktemp("study"), seed=8128, n_subjects=6)
+    results = []
+    for folder in study.runs:
+        batch, result = run_batch(folder)
+        write_outputs(batch, result, folder / "results", command=["lcmsquant", "run", str(folder)])
+        results.append(folder / "results")
+    return study, tuple(results)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Headless Chromium for the report tests; .ci/run installs it, so in CI it must exist."""
+    from lcmsquant.browser import BrowserError, find_browser
+
+    try:
+        return find_browser()
+    except BrowserError as err:
+        if os.environ.get("CI"):
+            pytest.fail(f"{err} (.ci/run installs it)")
+        pytest.skip(str(err))

@@ -2,10 +2,13 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from lcmsquant import acceptance
 from lcmsquant.calibration import calibrate
 from lcmsquant.method import Acceptance
+from lcmsquant.pipeline import run_batch
+from lcmsquant.simulate import SimulationOptions, simulate_batch
 
 ACC = Acceptance()
 
@@ -78,3 +81,148 @@ def test_verdict_names_every_failing_critical_rule():
     accepted, reasons = acceptance.verdict(rules)
     assert not accepted
     assert reasons == ["QCs within tolerance: 3/6 (50 %) (limit >= 66.7 %)"]
+
+
+def _samples(rows):
+    """A results table of one analyte: (injection, sample_type, sample_id, nominal, area, is_area, is_response_pct)."""
+    columns = ["injection", "sample_type", "sample_id", "nominal", "area", "is_area", "is_response_pct"]
+    table = pd.DataFrame(rows, columns=columns)
+    table["excluded"] = False
+    return table
+
+
+# LLOQ calibrators average 1000 counts; calibrators and QCs average 1e5 IS counts.
+RUN = [
+    (1, "blank", "BLK-1", np.nan, np.nan, np.nan, np.nan),
+    (2, "zero", "ZERO-1", np.nan, np.nan, 1e5, 100.0),
+    (3, "calibrator", "CAL1", 1.0, 900.0, 0.9e5, 90.0),
+    (4, "calibrator", "CAL1", 1.0, 1100.0, 1.1e5, 110.0),
+    (5, "calibrator", "CAL8", 1000.0, 1e6, 1e5, 100.0),
+    (6, "blank", "BLK-2", np.nan, 200.0, 5000.0, 5.0),
+    (7, "qc", "QC-MQC-1", 400.0, 4e5, 1e5, 100.0),
+]
+
+
+def test_carryover_at_exactly_20_percent_of_the_lloq_and_5_percent_is_passes():
+    samples = _samples(RUN)
+    blanks = (6,)
+    rules = acceptance.carryover("a", "s", samples, blanks, 1.0, ACC)
+    assert [(r.rule, r.passed) for r in rules] == [("carry-over (analyte)", True), ("carry-over (IS)", True)]
+    assert rules[0].measured == "20.0 % of the LLOQ response (BLK-2)"
+    assert rules[1].measured == "5.0 % of the mean IS response (BLK-2)"
+    assert all(r.category == "carryover" and r.section == "3.2.6" for r in rules)
+    worse = _samples([*RUN[:5], (6, "blank", "BLK-2", np.nan, 201.0, 5001.0, 5.0), RUN[6]])
+    assert [r.passed for r in acceptance.carryover("a", "s", worse, blanks, 1.0, ACC)] == [False, False]
+
+
+def test_carryover_not_assessed_without_a_blank_after_the_uloq_is_a_warning():
+    (rule,) = acceptance.carryover("a", "s", _samples(RUN), (), 1.0, ACC)
+    assert not rule.passed and not rule.critical and "not assessed" in rule.detail
+
+
+def test_blank_after_the_uloq_calibrator_judges_carryover_the_others_selectivity():
+    from lcmsquant.pipeline import carryover_blanks
+
+    samples = _samples(RUN)
+    assert carryover_blanks(samples) == (6,)
+    rules = {r.rule: r for r in acceptance.selectivity("a", "s", samples, (6,), 1.0, ACC)}
+    assert rules["blank selectivity (analyte)"].measured == "0.0 % of the LLOQ response (BLK-1)"
+    assert all(r.passed and r.category == "selectivity" for r in rules.values())
+
+
+def test_interference_in_the_zero_sample_above_20_percent_of_the_lloq_fails():
+    rows = [*RUN]
+    rows[1] = (2, "zero", "ZERO-1", np.nan, 250.0, 1e5, 100.0)
+    rules = {r.rule: r for r in acceptance.selectivity("a", "s", _samples(rows), (6,), 1.0, ACC)}
+    rule = rules["zero sample selectivity (analyte)"]
+    assert not rule.passed and rule.critical and rule.measured == "25.0 % of the LLOQ response (ZERO-1)"
+
+
+def test_is_drift_is_the_robust_trend_over_the_run():
+    order = np.arange(1, 21)
+    rows = [(i, "unknown", f"S{i}", np.nan, 1.0, 1.0, 110.0 - i) for i in order]  # -1 % per injection
+    rows[5] = (6, "unknown", "S6", np.nan, 1.0, 1.0, 20.0)  # one outlier does not move a Theil-Sen line
+    change, span = acceptance.is_trend(_samples(rows))
+    assert span == 19 and np.isclose(change, -19.0)
+    rules = {r.rule: r for r in acceptance.is_response("a", "s", _samples(rows), ACC)}
+    assert rules["IS response drift"].passed and not rules["IS response drift"].critical
+    assert rules["IS response within the band"].detail == "S6"
+    steeper = _samples([(i, "unknown", f"S{i}", np.nan, 1.0, 1.0, 120.0 - 2 * i) for i in order])
+    drift = {r.rule: r for r in acceptance.is_response("a", "s", steeper, ACC)}["IS response drift"]
+    assert not drift.passed and drift.measured == "-38.0 % over 19 injections"
+
+
+def test_fewer_than_two_qc_levels_inside_the_study_samples_range_is_a_warning():
+    qcs = pd.DataFrame({"level": ["LQC", "MQC", "HQC"], "nominal": [3.0, 400.0, 800.0]})
+    samples = pd.DataFrame({
+        "sample_type": ["unknown"] * 3, "back_calculated": [5.0, 50.0, 500.0], "lloq": 1.0, "uloq": 1000.0,
+    })
+    rule = acceptance.qc_levels_in_study_range("a", "s", qcs, samples)
+    assert not rule.passed and not rule.critical and rule.measured == "1 (MQC) in 5-500"
+    samples["back_calculated"] = [2.0, 50.0, 500.0]
+    assert acceptance.qc_levels_in_study_range("a", "s", qcs, samples).measured == "2 (LQC, MQC) in 2-500"
+
+
+# Runs made to fail on purpose: the right analyte rejected for the right reason, the others accepted.
+
+
+@pytest.fixture(scope="module")
+def spoiled_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("spoiled") / "batch"
+    options = SimulationOptions(
+        n_unknowns=12, qc_bias_pct={"M1": 30.0}, spoil_calibrator=("M3", "CAL4"), is_dropout=("S002-C1D15-PL",),
+    )
+    simulate_batch(folder, seed=31, options=options)
+    return run_batch(folder)
+
+
+@pytest.fixture(scope="module")
+def carryover_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("carryover") / "batch"
+    simulate_batch(folder, seed=32, options=SimulationOptions(n_unknowns=12, carryover_fraction=2e-3))
+    return run_batch(folder)
+
+
+def _failing(run, analyte):
+    return {r.rule for r in run.rules if r.analyte == analyte and r.critical and not r.passed}
+
+
+def test_biased_qcs_reject_that_analyte_only(spoiled_run):
+    _, run = spoiled_run
+    assert _failing(run, "M1") == {
+        "QCs within tolerance", "LLOQ QCs within tolerance", "LQC QCs within tolerance", "MQC QCs within tolerance",
+        "HQC QCs within tolerance",
+    }
+    assert run.verdicts[("flumatinib", "plasma")]["accepted"] and run.verdicts[("M3", "plasma")]["accepted"]
+    m1 = run.results[(run.results["analyte"] == "M1") & (run.results["sample_type"] == "unknown")]
+    assert m1["flags"].str.contains("REJECTED").all() and not m1["reportable"].any()
+    assert (run.reanalysis.loc[run.reanalysis["analyte"] == "M1", "reason"].str.startswith("RUN_REJECTED")).all()
+
+
+def test_a_spoiled_calibrator_is_excluded_with_its_error_and_the_run_stands(spoiled_run):
+    _, run = spoiled_run
+    cal4 = run.results[(run.results["analyte"] == "M3") & (run.results["level"] == "CAL4")].iloc[0]
+    assert "EXCLUDED" in cal4["flags"] and cal4["exclusion_reason"].startswith("back-calculated +")
+    others = run.results[(run.results["analyte"] != "M3") & (run.results["sample_type"] == "calibrator")]
+    assert not others["flags"].str.contains("EXCLUDED").any()
+
+
+def test_an_is_dropout_flags_the_sample_for_reanalysis_and_rejects_nothing(spoiled_run):
+    _, run = spoiled_run
+    dropped = run.results[run.results["sample_id"] == "S002-C1D15-PL"]
+    assert dropped["flags"].str.contains("IS_RESPONSE").all() and not dropped["reportable"].any()
+    listed = run.reanalysis[run.reanalysis["sample_id"] == "S002-C1D15-PL"]
+    assert set(listed["analyte"]) == {"flumatinib", "M1", "M3"} and listed["reason"].str.contains("IS_RESPONSE").all()
+    band = [r for r in run.rules if r.rule == "IS response within the band" and r.analyte == "M3"][0]
+    assert not band.passed and not band.critical and "S002-C1D15-PL" in band.detail
+
+
+def test_carryover_after_the_uloq_rejects_each_analyte_for_carryover(carryover_run):
+    _, run = carryover_run
+    for analyte in ("flumatinib", "M1", "M3"):
+        # BLK-3 closes the run right after the last HQC, so the same carry-over shows there as
+        # interference in a selectivity blank; QCs and calibrators are unaffected.
+        assert _failing(run, analyte) == {"carry-over (analyte)", "blank selectivity (analyte)"}, analyte
+        rule = [r for r in run.rules if r.analyte == analyte and r.rule == "carry-over (analyte)"][0]
+        assert rule.measured.endswith("of the LLOQ response (BLK-2)")
+        assert float(rule.measured.split(" %")[0]) > 20.0

@@ -111,3 +111,29 @@ def test_too_few_calibrators_give_no_curve_and_say_why():
     result = calibrate(_points(NOMINAL[:2], [0.01, np.nan]), "linear", "1/x^2", Acceptance())
     assert result.curve is None
     assert "only 1 usable calibrators" in result.problem
+
+
+def test_failing_uloq_moves_the_range_down():
+    ratio = 0.01 * NOMINAL
+    ratio[-1] *= 0.7
+    result = calibrate(_points(NOMINAL, ratio), "linear", "1/x^2", Acceptance())
+    assert (result.lloq, result.uloq) == (1.0, 750.0)
+    assert result.levels_excluded == ("CAL8",)
+
+
+def test_an_analysts_exclusion_leaves_the_calibrator_out_and_counts_as_not_passing():
+    points = _points(NOMINAL, 0.01 * NOMINAL)
+    points["manual_exclusion"] = ["", "", "excluded by JD: spiking error", "", "", "", "", ""]
+    result = calibrate(points, "linear", "1/x^2", Acceptance())
+    cal3 = result.calibrators.loc[2]
+    assert cal3["excluded"] and not cal3["passed"] and cal3["exclusion_reason"] == "excluded by JD: spiking error"
+    assert result.curve.n == 7 and "CAL3" in result.levels_excluded
+
+
+def test_quadratic_back_calculation_stays_on_the_calibrated_branch_and_says_when_no_root_exists():
+    # y = 0.01 x - 4e-6 x^2: vertex at x = 1250, above the range 1..1000
+    nominal = NOMINAL
+    curve = fit_curve(nominal, 0.01 * nominal - 4e-6 * nominal**2, "quadratic", "1/x^2")
+    assert np.allclose(curve.back_calculate([0.01 * 500 - 4e-6 * 500**2]), [500.0])
+    top = curve.response(1250.0)
+    assert np.isnan(curve.back_calculate([top * 1.01])[0])  # a response the parabola never reaches

@@ -45,6 +45,7 @@ def test_run_writes_results_and_prints_the_summary(plasma_batch):
     assert len(summary["provenance"]["inputs"]) == len(worklist) + 1
     assert all(len(item["sha256"]) == 64 for item in summary["provenance"]["inputs"])
     assert not list(out.glob(".*tmp"))  # no temporary file left behind
+    assert "Run accepted" in (out / "report.html").read_text()  # the reviewer's report comes with every run
 
 
 def test_rerun_gives_byte_identical_outputs(plasma_batch, tmp_path):

@@ -129,3 +129,21 @@ def test_missing_calibrator_file_and_broken_toml_are_clear(tmp_path):
     broken = tmp_path / "broken.toml"
     broken.write_text("name = 'x'\n[analytes\n")
     assert "not valid TOML" in _problems(broken)
+
+
+@pytest.mark.parametrize(
+    "edit, problem",
+    [
+        (("MQC,M3,200\n", ""), "M3 has no MQC level: ICH M10 3.3.1 needs low, mid and high QCs"),
+        (("LQC,M1,1.5", "LQC,M1,2"), "M1 LQC nominal 2 is above 3x the LLOQ (1.5)"),
+        (("HQC,flumatinib,800", "HQC,flumatinib,700"), "flumatinib HQC nominal 700 is below 75 % of the ULOQ (750)"),
+        (("MQC,flumatinib,400", "MQC,flumatinib,100"), "flumatinib MQC nominal 100 is not within 30-50 % of the ULOQ"),
+        (("DQC,M1,2000", "DQC,M1,400"), "M1 DQC nominal 400 is not above the ULOQ (500)"),
+    ],
+)
+def test_qc_levels_missing_or_misplaced_in_the_calibrator_set_are_refused(tmp_path, edit, problem):
+    path = _edited(tmp_path, {})
+    csv = tmp_path / "calibrators" / "flumatinib_plasma.csv"
+    assert edit[0] in csv.read_text()
+    csv.write_text(csv.read_text().replace(*edit))
+    assert problem in _problems(path)

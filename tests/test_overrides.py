@@ -88,3 +88,35 @@ def test_override_window_without_data_is_an_error_not_ignored(plasma_batch):
     (plasma_batch / "overrides.csv").write_text(HEADER + f"{sample['file']},flumatinib,integrate,5.0,5.5,late,JD,\n")
     with pytest.raises(OverrideError, match="line 2: no data of flumatinib quantifier"):
         run_batch(plasma_batch)
+
+
+def test_an_excluded_calibrator_leaves_that_curve_and_is_audited(plasma_batch, tmp_path):
+    worklist = pd.read_csv(plasma_batch / "worklist.csv", dtype=str, keep_default_na=False)
+    cal3 = worklist[worklist["sample_id"] == "CAL3"].iloc[0]
+    (plasma_batch / "overrides.csv").write_text(HEADER + f"{cal3['file']},M1,exclude,,,spiking error in the prep log,JD,2026-11-25\n")
+    batch, run = run_batch(plasma_batch)
+    cals = run.results[run.results["sample_id"] == "CAL3"].set_index("analyte")
+    assert "EXCLUDED" in cals.loc["M1", "flags"] and cals.loc["M1", "exclusion_reason"] == "excluded by JD: spiking error in the prep log"
+    assert "EXCLUDED" not in cals.loc["flumatinib", "flags"] and "EXCLUDED" not in cals.loc["M3", "flags"]
+    calibration = run.calibration.set_index("analyte")
+    assert calibration.loc["M1", "n_used"] == calibration.loc["flumatinib", "n_used"] - 1
+    write_outputs(batch, run, tmp_path)
+    entry = pd.read_csv(tmp_path / "audit.csv").iloc[0]
+    assert (entry["transition"], entry["action"], entry["reason"]) == ("M1", "exclude", "spiking error in the prep log")
+    assert entry["accuracy_calibrator_pct"] == pytest.approx(cals.loc["M1", "accuracy_pct"], abs=0.1)
+
+
+def test_only_a_calibrator_can_be_excluded_and_only_for_an_analyte(plasma_batch):
+    sample = _unknown(plasma_batch)
+    worklist = pd.read_csv(plasma_batch / "worklist.csv", dtype=str, keep_default_na=False)
+    cal1 = worklist[worklist["sample_id"] == "CAL1"].iloc[0]
+    (plasma_batch / "overrides.csv").write_text(
+        HEADER
+        + f"{sample['file']},M1,exclude,,,outlier,JD,\n"
+        + f"{cal1['file']},M3-d4,exclude,,,bad IS,JD,\n"
+    )
+    with pytest.raises(BatchError) as err:
+        load_batch(plasma_batch)
+    problems = "\n".join(err.value.problems)
+    assert f"line 2: exclude applies to calibrators only; '{sample['file']}' is sample type unknown" in problems
+    assert "line 3: exclude needs an analyte as target" in problems

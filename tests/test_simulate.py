@@ -401,3 +401,43 @@ def test_options_are_frozen_and_hashable_and_resimulating_removes_stale_injectio
     simulate_batch(tmp_path / "run", seed=1, options=SimulationOptions(n_unknowns=6))
     on_disk = {p.name for p in (tmp_path / "run").iterdir()}
     assert on_disk == set(read_worklist(tmp_path / "run").file) | {"worklist.csv", "notes.txt"}
+
+
+def test_a_simulated_study_pairs_the_same_draws_across_runs_with_known_ratios(tmp_path, method):
+    from lcmsquant.simulate import simulate_study
+
+    study = simulate_study(tmp_path / "study", seed=5, n_subjects=4)
+    assert [r.name for r in study.runs] == ["plasma-run", "csf-run", "reanalysis-run"]
+    plasma, csf, repeat = (read_worklist(r) for r in study.runs)
+    for wl in (plasma, csf, repeat):
+        assert list(wl.columns) == WORKLIST_COLUMNS + ["last_dose_time", "sampling_time"]
+    unknown = {name: wl[wl.sample_type == "unknown"] for name, wl in (("plasma", plasma), ("csf", csf), ("repeat", repeat))}
+    draws = lambda u: set(zip(u.subject_id, u.visit, u.timepoint))  # noqa: E731
+    assert draws(unknown["plasma"]) == draws(unknown["csf"]) and len(draws(unknown["csf"])) == 4
+    assert set(unknown["plasma"].matrix) == {"serum", "plasma", "marrow"} and set(unknown["csf"].matrix) == {"csf"}
+    assert (csf.matrix == "csf").all() and set(csf.level) >= {"CAL1", "CAL8"}
+    assert list(unknown["repeat"].sample_id) == ["S001-C1D15-SER", "S002-C1D15-BM"]
+    assert list(unknown["repeat"].dilution_factor) == ["", "10"]
+
+    truth = pd.read_csv(study.truth)
+    assert len(truth) == 4 * len(method.analytes)
+    assert (truth.true_marrow > truth.true_reference).all()
+    blq = truth.true_csf < truth.csf_lloq
+    assert blq.sum() >= 2
+    assert truth.loc[~blq, "true_csf_ratio"].between(0.01, 0.05).all()
+    assert np.allclose(truth.true_csf_ratio, truth.true_csf / truth.true_reference, rtol=1e-9)
+    # true CSF values stay clear of the LLOQ, so "below the range" is unambiguous
+    assert not ((truth.true_csf / truth.csf_lloq).between(1 / 1.25, 1.25)).any()
+    assert list(truth.late_draw) == [False] * 9 + [True] * 3 and (truth.hours_since_dose <= 31).all()
+    for u in unknown.values():
+        hours = (pd.to_datetime(u.sampling_time) - pd.to_datetime(u.last_dose_time)).dt.total_seconds() / 3600
+        assert hours.between(21.4, 33).all()
+
+    run_truth = read_truth(study.runs[0].parent / "plasma-run_truth.csv")
+    alq = run_truth[(run_truth.sample_id == "S002-C1D15-BM") & (run_truth.analyte == "flumatinib")]
+    assert alq.true_concentration.iloc[0] > 1000  # above the plasma ULOQ
+    again = simulate_study(tmp_path / "again", seed=5, n_subjects=4)
+    assert again.truth.read_bytes() == study.truth.read_bytes()
+    for a, b in zip(study.runs, again.runs):
+        for name in read_worklist(a).file:
+            assert (a / name).read_bytes() == (b / name).read_bytes()

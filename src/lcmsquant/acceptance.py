@@ -7,11 +7,13 @@ Section numbers refer to ICH M10 (2022), chapter 3 (chromatography).
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from lcmsquant.calibration import CalibrationResult
 from lcmsquant.method import Acceptance
@@ -33,15 +35,33 @@ class Rule:
     passed: bool
     critical: bool = True  # a failing critical rule rejects the analyte in this run
     detail: str = ""
+    category: str = ""  # calibration, qc, carryover, selectivity or is_response
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def _category(name: str):
+    """Tag every Rule a rule function returns with the report section it belongs to."""
+
+    def wrap(func):
+        @functools.wraps(func)
+        def tagged(*args, **kwargs):
+            out = func(*args, **kwargs)
+            if out is None or isinstance(out, Rule):
+                return out if out is None else replace(out, category=name)
+            return [replace(r, category=name) for r in out]
+
+        return tagged
+
+    return wrap
 
 
 def _fraction(passed: int, total: int) -> str:
     return f"{passed}/{total} ({100.0 * passed / total:.0f} %)" if total else "0/0"
 
 
+@_category("calibration")
 def curve_fitted(analyte: str, cal_set: str, calibration: CalibrationResult) -> Rule:
     """A calibration curve could be fitted at all (ICH M10 3.2.4)."""
     return Rule(
@@ -51,6 +71,7 @@ def curve_fitted(analyte: str, cal_set: str, calibration: CalibrationResult) -> 
     )
 
 
+@_category("calibration")
 def calibrators_passing(analyte: str, cal_set: str, calibration: CalibrationResult, acc: Acceptance) -> Rule:
     """At least 75 % of calibrators within +-15 % (+-20 % at the LLOQ) (ICH M10 3.2.4, 3.3.2)."""
     table = calibration.calibrators
@@ -62,6 +83,7 @@ def calibrators_passing(analyte: str, cal_set: str, calibration: CalibrationResu
     )
 
 
+@_category("calibration")
 def calibrator_levels(analyte: str, cal_set: str, calibration: CalibrationResult, acc: Acceptance) -> Rule:
     """At least 6 calibrator levels pass, a level passing when >= 50 % of its replicates do (3.2.4)."""
     n = len(calibration.levels_used)
@@ -72,6 +94,7 @@ def calibrator_levels(analyte: str, cal_set: str, calibration: CalibrationResult
     )
 
 
+@_category("calibration")
 def range_covers_qcs(analyte: str, cal_set: str, calibration: CalibrationResult, qcs: pd.DataFrame) -> Rule:
     """A range narrowed by failing end calibrators must still hold the low, mid and high QCs (3.3.3)."""
     core = qcs[qcs["level"].isin(CORE_QC_LEVELS)]
@@ -87,6 +110,7 @@ def range_covers_qcs(analyte: str, cal_set: str, calibration: CalibrationResult,
     )
 
 
+@_category("qc")
 def qc_passing(analyte: str, cal_set: str, qcs: pd.DataFrame, acc: Acceptance) -> Rule:
     """At least 2/3 of all QCs within +-15 % (+-20 % for an LLOQ QC) (ICH M10 3.3.2).
 
@@ -102,6 +126,7 @@ def qc_passing(analyte: str, cal_set: str, qcs: pd.DataFrame, acc: Acceptance) -
     )
 
 
+@_category("qc")
 def qc_levels_passing(analyte: str, cal_set: str, qcs: pd.DataFrame, acc: Acceptance) -> list[Rule]:
     """At least 50 % of the QCs at each level within tolerance (ICH M10 3.3.2)."""
     rules = []
@@ -116,6 +141,7 @@ def qc_levels_passing(analyte: str, cal_set: str, qcs: pd.DataFrame, acc: Accept
     return rules
 
 
+@_category("qc")
 def qc_count(analyte: str, cal_set: str, qcs: pd.DataFrame, n_unknowns: int) -> Rule:
     """Low, mid and high QCs at least in duplicate, or 5 % of the study samples (ICH M10 3.3.1)."""
     counts = {lvl: int((qcs["level"] == lvl).sum()) for lvl in CORE_QC_LEVELS}
@@ -129,6 +155,7 @@ def qc_count(analyte: str, cal_set: str, qcs: pd.DataFrame, n_unknowns: int) -> 
     )
 
 
+@_category("qc")
 def dilution_qcs(analyte: str, cal_set: str, qcs: pd.DataFrame, acc: Acceptance) -> Rule | None:
     """Dilution QCs (>= 50 % within tolerance) judge the diluted study samples only (3.2.7, 3.3.2)."""
     dqc = qcs[qcs["level"] == "DQC"]
@@ -141,6 +168,175 @@ def dilution_qcs(analyte: str, cal_set: str, qcs: pd.DataFrame, acc: Acceptance)
         ok / n >= acc.min_qc_level_fraction - EPSILON, critical=False,
         detail="judges only samples diluted like the DQCs",
     )
+
+
+@_category("qc")
+def qc_levels_in_study_range(analyte: str, cal_set: str, qcs: pd.DataFrame, samples: pd.DataFrame) -> Rule | None:
+    """At least 2 QC levels should lie within the range of the study samples' concentrations (3.3.1).
+
+    The study samples' range is that of their curve values (before dilution) inside the
+    calibrated range; with no quantified study sample there is nothing to compare.
+    """
+    unknowns = samples[(samples["sample_type"] == "unknown") & samples["back_calculated"].notna()]
+    inside = unknowns["back_calculated"]
+    inside = inside[(inside >= unknowns["lloq"]) & (inside <= unknowns["uloq"])]
+    if inside.empty:
+        return None
+    low, high = float(inside.min()), float(inside.max())
+    levels = qcs[qcs["level"] != "DQC"].groupby("level", sort=False)["nominal"].first()
+    within = [lvl for lvl, nom in levels.items() if low - EPSILON <= nom <= high + EPSILON]
+    return Rule(
+        analyte, cal_set, "QC levels within the study samples' range", "3.3.1",
+        f"{len(within)} ({', '.join(within) or 'none'}) in {low:.3g}-{high:.3g}", ">= 2 QC levels", len(within) >= 2,
+        critical=False, detail="if the study samples cluster, add QCs at their concentrations" if len(within) < 2 else "",
+    )
+
+
+def lloq_response(samples: pd.DataFrame, lloq: float | None) -> float:
+    """Mean analyte peak area of the calibrators at the run's LLOQ (the reference of 3.2.6, 3.2.1)."""
+    if lloq is None:
+        return np.nan
+    cals = samples[(samples["sample_type"] == "calibrator") & np.isclose(samples["nominal"], lloq)]
+    if "excluded" in cals:
+        cals = cals[~cals["excluded"].astype(bool)]
+    return float(cals["area"].mean()) if cals["area"].notna().any() else np.nan
+
+
+def mean_is_response(samples: pd.DataFrame) -> float:
+    """Mean IS peak area of the calibrators and QCs, one value per injection (the IS reference)."""
+    ref = samples[samples["sample_type"].isin(["calibrator", "qc"])]
+    areas = ref.groupby("injection")["is_area"].first().dropna()
+    return float(areas.mean()) if len(areas) else np.nan
+
+
+def _response_pct(area: pd.Series, reference: float) -> pd.Series:
+    """Peak area as % of a reference response; an injection with no peak counts as 0 %."""
+    return 100.0 * area.fillna(0.0) / reference
+
+
+def _worst(rows: pd.DataFrame, pct: pd.Series) -> tuple[float, str]:
+    i = pct.idxmax()
+    return float(pct[i]), str(rows.loc[i, "sample_id"])
+
+
+@_category("carryover")
+def carryover(
+    analyte: str, cal_set: str, samples: pd.DataFrame, carryover_injections, lloq: float | None, acc: Acceptance
+) -> list[Rule]:
+    """Blank after the ULOQ calibrator: analyte <= 20 % of the LLOQ response, IS <= 5 % (ICH M10 3.2.6).
+
+    `carryover_injections` are the injection numbers of blanks injected right after the ULOQ
+    calibrator; a blank without a detectable peak counts as 0 %. Without such a blank, carry-over
+    was not assessed: a warning, not a rejection.
+    """
+    blanks = samples[samples["injection"].isin(list(carryover_injections))]
+    if blanks.empty:
+        return [Rule(
+            analyte, cal_set, "carry-over (analyte)", "3.2.6", "no blank after the ULOQ calibrator",
+            "a blank injected after the ULOQ", False, critical=False, detail="carry-over not assessed in this run",
+        )]
+    reference = lloq_response(samples, lloq)
+    is_reference = mean_is_response(samples)
+    rules = []
+    for name, area, ref, limit in (
+        ("carry-over (analyte)", blanks["area"], reference, acc.carryover_pct_of_lloq),
+        ("carry-over (IS)", blanks["is_area"], is_reference, acc.carryover_is_pct),
+    ):
+        if not np.isfinite(ref) or ref <= 0:
+            rules.append(Rule(analyte, cal_set, name, "3.2.6", "no reference response", f"<= {limit:g} %", False,
+                              detail="the LLOQ calibrator or the IS has no peak"))
+            continue
+        worst, where = _worst(blanks, _response_pct(area, ref))
+        of = "of the LLOQ response" if name.endswith("(analyte)") else "of the mean IS response"
+        rules.append(Rule(
+            analyte, cal_set, name, "3.2.6", f"{worst:.1f} % {of} ({where})", f"<= {limit:g} %",
+            worst <= limit + EPSILON,
+        ))
+    return rules
+
+
+@_category("selectivity")
+def selectivity(
+    analyte: str, cal_set: str, samples: pd.DataFrame, carryover_injections, lloq: float | None, acc: Acceptance
+) -> list[Rule]:
+    """Blanks: analyte <= 20 % of the LLOQ response and IS <= 5 %; zero samples: analyte <= 20 % (3.2.1).
+
+    Blanks that judge carry-over are left out here; a blank or zero sample without a detectable
+    peak counts as 0 %.
+    """
+    reference = lloq_response(samples, lloq)
+    is_reference = mean_is_response(samples)
+    blanks = samples[(samples["sample_type"] == "blank") & ~samples["injection"].isin(list(carryover_injections))]
+    zeros = samples[samples["sample_type"] == "zero"]
+    checks = (
+        ("blank selectivity (analyte)", blanks, "area", reference, acc.selectivity_pct_of_lloq, "of the LLOQ response"),
+        ("blank selectivity (IS)", blanks, "is_area", is_reference, acc.selectivity_is_pct, "of the mean IS response"),
+        ("zero sample selectivity (analyte)", zeros, "area", reference, acc.selectivity_pct_of_lloq, "of the LLOQ response"),
+    )
+    rules = []
+    for name, rows, column, ref, limit, of in checks:
+        if rows.empty:
+            kind = "zero sample" if name.startswith("zero") else "blank"
+            rules.append(Rule(analyte, cal_set, name, "3.2.1", f"no {kind} injected", f"<= {limit:g} %", False,
+                              critical=False, detail="selectivity not checked in this run"))
+            continue
+        if not np.isfinite(ref) or ref <= 0:
+            rules.append(Rule(analyte, cal_set, name, "3.2.1", "no reference response", f"<= {limit:g} %", False,
+                              detail="the LLOQ calibrator or the IS has no peak"))
+            continue
+        worst, where = _worst(rows, _response_pct(rows[column], ref))
+        rules.append(Rule(
+            analyte, cal_set, name, "3.2.1", f"{worst:.1f} % {of} ({where})", f"<= {limit:g} %", worst <= limit + EPSILON,
+        ))
+    return rules
+
+
+def is_trend(samples: pd.DataFrame) -> tuple[float, float]:
+    """Robust (Theil-Sen) change of the IS response over the run, in % points, and its span.
+
+    Computed over every injection that should hold IS (not blanks), in injection order.
+    """
+    rows = samples[(samples["sample_type"] != "blank") & samples["is_response_pct"].notna()]
+    rows = rows.groupby("injection")["is_response_pct"].first()
+    if len(rows) < 3:
+        return np.nan, np.nan
+    order = rows.index.to_numpy(float)
+    slope = stats.theilslopes(rows.to_numpy(float), order).slope
+    span = order.max() - order.min()
+    return float(slope * span), float(span)
+
+
+@_category("is_response")
+def is_response(analyte: str, cal_set: str, samples: pd.DataFrame, acc: Acceptance) -> list[Rule]:
+    """IS response monitoring (ICH M10 3.3, lab SOP limits): outliers, drift and offset of study samples.
+
+    Warnings, not rejections: the samples concerned are flagged IS_RESPONSE and listed for
+    reanalysis.
+    """
+    low, high = acc.is_response_band_pct
+    rows = samples[samples["sample_type"] != "blank"].groupby("injection").first()
+    pct = rows["is_response_pct"]
+    outside = rows[pct.isna() | (pct < low) | (pct > high)]
+    rules = [Rule(
+        analyte, cal_set, "IS response within the band", "3.3", f"{len(outside)} of {len(rows)} injections outside",
+        f"{low:g}-{high:g} % of the calibrator/QC mean", outside.empty, critical=False,
+        detail=", ".join(map(str, outside["sample_id"])),
+    )]
+    change, span = is_trend(samples)
+    if np.isfinite(change):
+        rules.append(Rule(
+            analyte, cal_set, "IS response drift", "3.3", f"{change:+.1f} % over {span:.0f} injections",
+            f"within +-{acc.is_drift_pct:g} %", abs(change) <= acc.is_drift_pct + EPSILON, critical=False,
+        ))
+    unknown = pct[rows["sample_type"] == "unknown"].dropna()
+    if len(unknown):
+        offset = float(unknown.median()) - 100.0
+        rules.append(Rule(
+            analyte, cal_set, "IS response of study samples", "3.3", f"median {offset + 100:.1f} % of the calibrator/QC mean",
+            f"within +-{acc.is_drift_pct:g} % of it", abs(offset) <= acc.is_drift_pct + EPSILON, critical=False,
+            detail="a consistent offset hints at a matrix effect the calibrators do not share" if abs(offset) > acc.is_drift_pct else "",
+        ))
+    return rules
 
 
 def qc_accuracy(qcs: pd.DataFrame, acc: Acceptance) -> pd.DataFrame:
@@ -159,10 +355,14 @@ def judge(
     qcs: pd.DataFrame,
     n_unknowns: int,
     acc: Acceptance,
+    samples: pd.DataFrame | None = None,
+    carryover_injections=(),
 ) -> list[Rule]:
     """Every rule for one analyte and calibrator set, in the order a reviewer checks them.
 
     `qcs` has columns level, nominal, concentration_found and qc_passed (see qc_accuracy).
+    `samples` (this analyte's rows of the results table in this calibrator set) adds the
+    carry-over, selectivity and IS response rules.
     """
     rules = [curve_fitted(analyte, cal_set, calibration)]
     if calibration.curve is None:
@@ -178,6 +378,13 @@ def judge(
     dqc = dilution_qcs(analyte, cal_set, qcs, acc)
     if dqc is not None:
         rules.append(dqc)
+    if samples is not None:
+        in_range = qc_levels_in_study_range(analyte, cal_set, qcs, samples)
+        if in_range is not None:
+            rules.append(in_range)
+        rules += carryover(analyte, cal_set, samples, carryover_injections, calibration.lloq, acc)
+        rules += selectivity(analyte, cal_set, samples, carryover_injections, calibration.lloq, acc)
+        rules += is_response(analyte, cal_set, samples, acc)
     return rules
 
 

@@ -72,7 +72,7 @@ class Batch:
     def overrides_for(self, injection: Injection) -> dict[str, Override]:
         """This injection's manual integrations, by transition name."""
         name = str(injection.file.relative_to(self.folder))
-        return {o.transition: o for o in self.overrides if o.file == name}
+        return {o.transition: o for o in self.overrides if o.file == name and o.action != "exclude"}
 
     @property
     def extra_columns(self) -> tuple[str, ...]:
@@ -112,7 +112,7 @@ def load_batch(folder: Path | str, method: Method | None = None) -> Batch:
     overrides: tuple[Override, ...] = ()
     if (folder / OVERRIDES).is_file():
         try:
-            overrides = read_overrides(folder / OVERRIDES, method, set(table["file"]))
+            overrides = read_overrides(folder / OVERRIDES, method, dict(zip(table["file"], table["sample_type"])))
         except OverrideError as err:
             problems.extend(err.problems)
     if problems:

@@ -124,17 +124,20 @@ def calibrate(points: pd.DataFrame, model: str, weighting: str, acceptance: Acce
     pulls the curve through itself and makes its neighbours fail; judging each point against
     the others finds the real culprit instead of discarding good calibrators.
 
-    `points` has columns injection, level, nominal, area_ratio (NaN when no peak). Returned
-    calibrators gain back_calculated, accuracy_pct, re_pct, tolerance_pct, passed, excluded and
-    exclusion_reason. A calibrator without a response is excluded ("no response").
+    `points` has columns injection, level, nominal, area_ratio (NaN when no peak) and optionally
+    manual_exclusion (an analyst's reason; such a calibrator is left out of the fit and counts
+    as not passing). Returned calibrators gain back_calculated, accuracy_pct, re_pct,
+    tolerance_pct, passed, excluded and exclusion_reason. A calibrator without a response is
+    excluded ("no response").
     """
     table = points.copy().reset_index(drop=True)
     lowest = float(table["nominal"].min()) if len(table) else np.nan
     table["tolerance_pct"] = [tolerance_pct(n, lowest, acceptance) for n in table["nominal"]]
     ratio = table["area_ratio"].to_numpy(float)
     usable = np.isfinite(ratio) & (ratio > 0)
-    table["excluded"] = ~usable
-    table["exclusion_reason"] = np.where(usable, "", "no response")
+    manual = table["manual_exclusion"].fillna("").astype(str) if "manual_exclusion" in table else pd.Series("", index=table.index)
+    table["excluded"] = ~usable | (manual != "")
+    table["exclusion_reason"] = np.where(manual != "", manual, np.where(usable, "", "no response"))
     table["back_calculated"] = np.nan
     table["re_pct"] = np.nan
     minimum_points = {"linear": 2, "linear_through_zero": 1, "quadratic": 3}[model] + 1

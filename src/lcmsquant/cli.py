@@ -75,16 +75,19 @@ def run(
     result = quantify(batch, peaks, read_errors)
     out_dir = out if out is not None else batch.folder / "results"
     write_outputs(batch, result, out_dir, command=["lcmsquant", *sys.argv[1:]])
+    from lcmsquant.report import REPORT_HTML, write_report  # matplotlib loads only when needed
+
+    write_report(out_dir)
     for order, message in sorted(result.injection_errors.items()):
         errors.print(f"[yellow]warning:[/] injection {order}: {escape(message)} (flagged NO_DATA)", highlight=False)
     console.print(summary_table(result))
-    console.print(f"Results written to {out_dir}")
+    console.print(f"Results written to {out_dir} (open {REPORT_HTML} in a browser)")
 
 
 def summary_table(result: RunResult) -> Table:
     """Per analyte and calibrator set: the curve, QCs passed, and what became of the samples."""
     table = Table(title="Run summary", title_justify="left", box=box.SIMPLE_HEAD)
-    for column in ("analyte", "set", "curve", "r²", "QCs ok", "verdict", "quant.", "BLQ", "ALQ", "flagged"):
+    for column in ("analyte", "set", "curve", "r²", "QCs ok", "verdict", "quant.", "BLQ", "ALQ", "flagged", "reanalyse"):
         table.add_column(column, justify="left" if column in ("analyte", "set", "curve", "verdict") else "right", no_wrap=True)
     calibration = result.calibration
     results = result.results
@@ -99,9 +102,33 @@ def summary_table(result: RunResult) -> Table:
             f"{cal['r_squared']:.4f}" if cal["model"] else "-",
             f"{int(qcs['qc_passed'].fillna(False).sum())}/{len(qcs)}",
             verdict,
-            *(str(counts[k]) for k in ("quantified", "blq", "alq", "flagged")),
+            *(str(counts[k]) for k in ("quantified", "blq", "alq", "flagged", "reanalyse")),
         )
     return table
+
+
+@app.command()
+def report(
+    results_dir: Annotated[Path, typer.Argument(help="Results folder of a run (BATCH_DIR/results).")],
+    pdf: Annotated[bool, typer.Option("--pdf", help="Also print report.pdf for signing (needs Chromium).")] = False,
+    batch: Annotated[
+        Path | None, typer.Option("--batch", help="Batch folder with the mzML files (default: the one the run recorded).")
+    ] = None,
+) -> None:
+    """Re-render the run's report.html from its results folder, and optionally report.pdf."""
+    from lcmsquant.browser import BrowserError
+    from lcmsquant.report import write_pdf, write_report
+
+    if batch is not None and not batch.is_dir():
+        _fail(ValueError(f"--batch {batch}: not a folder; give the batch folder that holds the mzML files"))
+    try:
+        written = [write_report(results_dir, batch)]
+        if pdf:
+            written.append(write_pdf(results_dir))
+    except (InputError, BrowserError) as err:
+        _fail(err)
+    for path in written:
+        console.print(f"Report written to {path}", markup=False)
 
 
 method_app = typer.Typer(help="Method files: import a transition list.", no_args_is_help=True)
@@ -140,3 +167,191 @@ def simulate(
         _fail(ValueError(f"--matrix must be plasma or csf, got {matrix!r} (known matrices: {', '.join(MATRICES)})"))
     truth = simulate_batch(out_dir, seed=seed, matrix=matrix, options=SimulationOptions(n_unknowns=unknowns))
     console.print(f"Simulated batch written to {out_dir}; true concentrations in {truth}")
+
+
+# --- Across runs: calibration model comparison, accuracy and precision, ISR (lcmsquant.validation) ---
+
+calibration_app = typer.Typer(help="Calibration across runs: choose the model and weighting once.", no_args_is_help=True)
+app.add_typer(calibration_app, name="calibration")
+
+
+def _read_runs(paths: list[Path]):
+    from lcmsquant.validation import read_runs
+
+    try:
+        return read_runs(paths)
+    except InputError as err:
+        _fail(err)
+
+
+def _pct(value: float, digits: int = 1) -> str:
+    return "-" if value != value else f"{value:.{digits}f}"
+
+
+def _warn(warnings) -> None:
+    for message in warnings:
+        errors.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+
+
+@calibration_app.command("compare")
+def calibration_compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Results folders of `lcmsquant run` (or batch folders holding results/).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Also write the table to this CSV file.")] = None,
+) -> None:
+    """Sum of |%RE| of the calibrators for every model x weighting, best first (ICH M10 3.2.4)."""
+    from lcmsquant.validation import calibrator_table, compare_curves, current_choice, write_table
+
+    runs = _read_runs(run_dirs)
+    table = compare_curves(calibrator_table(runs), current_choice(runs))
+    if out is not None:
+        write_table(table, out)
+    for (analyte, cal_set), rows in table.groupby(["analyte", "calibrator_set"], sort=False):
+        view = Table(title=f"{analyte} ({cal_set}): {len(runs)} run(s)", title_justify="left", box=box.SIMPLE_HEAD)
+        for column in ("rank", "model", "weighting", "sum |%RE|", "max |%RE|", "within", "passing", "runs ok", ""):
+            view.add_column(column, justify="left" if column in ("model", "weighting", "") else "right", no_wrap=True)
+        for r in rows.itertuples():
+            view.add_row(
+                str(r.rank), r.model, r.weighting, _pct(r.sum_abs_re_pct), _pct(r.max_abs_re_pct),
+                f"{r.n_within}/{r.n_calibrators}", f"{r.n_passing}/{r.n_calibrators}", f"{r.runs_accepted}/{r.n_runs}",
+                ("[bold]<- method[/] " if r.current else "") + escape(r.note),
+            )
+        console.print(view)
+    if out is not None:
+        console.print(f"Comparison written to {out}")
+
+
+@app.command()
+def validate(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Results folders of the validation runs (or their batch folders).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for validation.csv, validation_runs.csv, validation.json.")] = Path("."),
+) -> None:
+    """Accuracy and precision over validation runs: per QC level, within- and between-run (ICH M10 3.2.5)."""
+    from lcmsquant.validation import validate_runs, write_validation
+
+    runs = _read_runs(run_dirs)
+    try:
+        result = validate_runs(runs)
+    except InputError as err:
+        _fail(err)
+    write_validation(result, runs, out)
+    view = Table(
+        title=f"Accuracy and precision: {len(runs)} run(s), values in %", title_justify="left", box=box.SIMPLE_HEAD,
+        caption="worst run: the run mean furthest from nominal; run CV: the largest CV of one run; within and "
+        "between CV from a one-way ANOVA over runs", caption_justify="left",
+    )
+    for column in ("analyte", "level", "nominal", "runs", "n", "accuracy", "worst run", "run CV", "within CV", "between CV", "limit", "verdict"):
+        view.add_column(column, justify="left" if column in ("analyte", "level", "verdict") else "right", no_wrap=True)
+    several_sets = result.levels["calibrator_set"].nunique() > 1
+    for r in result.levels.itertuples():
+        view.add_row(
+            f"{r.analyte} ({r.calibrator_set})" if several_sets else r.analyte, r.level, f"{r.nominal:g}",
+            str(r.n_runs), str(r.n_replicates), _pct(r.mean_accuracy_pct), _pct(r.worst_run_accuracy_pct),
+            _pct(r.max_run_cv_pct), _pct(r.within_run_cv_pct), _pct(r.between_run_cv_pct), f"{r.limit_pct:g}",
+            "[green]pass[/]" if r.passed else "[bold red]fail[/]",
+        )
+    console.print(view)
+    for r in result.levels[~result.levels["passed"]].itertuples():
+        console.print(f"{r.analyte} {r.level} fails: {r.failing}", markup=False, highlight=False)
+    _warn(result.warnings)
+    console.print(f"Validation {'passed' if result.passed else 'FAILED'}; written to {out}")
+
+
+@app.command()
+def isr(
+    original: Annotated[Path, typer.Argument(help="Results folder of the original analysis.")],
+    repeat: Annotated[Path, typer.Argument(help="Results folder of the reanalysis.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for isr.csv and isr.json.")] = Path("."),
+    study_samples: Annotated[
+        int | None, typer.Option("--study-samples", min=0, help="Study samples in the whole study (default: those in ORIGINAL).")
+    ] = None,
+) -> None:
+    """Incurred sample reanalysis: % difference to the mean, 2/3 within +-20 % (ICH M10 5)."""
+    from lcmsquant.validation import isr_runs, read_run, write_isr
+
+    try:
+        original_run, repeat_run = read_run(original), read_run(repeat)
+        result = isr_runs([original_run], [repeat_run], study_samples)
+    except InputError as err:
+        _fail(err)
+    write_isr(result, [original_run], [repeat_run], out)
+    view = Table(title="Incurred sample reanalysis", title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("analyte", "pairs", "within +-20 %", "%", "verdict"):
+        view.add_column(column, justify="left" if column in ("analyte", "verdict") else "right", no_wrap=True)
+    for r in result.summary.itertuples():
+        view.add_row(r.analyte, str(r.n_evaluated), str(r.n_within), _pct(100 * r.fraction_within),
+                     "[green]pass[/]" if r.passed else "[bold red]fail[/]")
+    console.print(view)
+    console.print(f"ISR samples: {result.done} done, {result.needed} needed for {result.n_study_samples} study samples")
+    _warn(result.warnings)
+    console.print(f"ISR {'passed' if result.passed else 'FAILED'}; written to {out}")
+
+cohort_app = typer.Typer(help="Cohort: results of many runs in one database, penetration ratios, exports.", no_args_is_help=True)
+app.add_typer(cohort_app, name="cohort")
+DbOption = Annotated[Path, typer.Option("--db", help="Cohort database file (SQLite).")]
+
+
+@cohort_app.command("add")
+def cohort_add(
+    results_dirs: Annotated[list[Path], typer.Argument(help="Results folders written by `lcmsquant run`.")],
+    db: DbOption,
+    method: Annotated[
+        Path | None, typer.Option("--method", help="Method file the runs were processed with (default: the batch's method.toml, else the shipped one).")
+    ] = None,
+) -> None:
+    """Add processed runs to the cohort (a run added again replaces itself)."""
+    from lcmsquant.cohort import add_runs, describe
+
+    try:
+        additions = add_runs(db, results_dirs, method, command=["lcmsquant", *sys.argv[1:]])
+    except InputError as err:
+        _fail(err)
+    for line in describe(additions):
+        console.print(line, markup=False, highlight=False)
+    console.print(f"Cohort database: {db}", markup=False, highlight=False)
+
+
+@cohort_app.command("penetration")
+def cohort_penetration(
+    db: DbOption,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: the database's folder).")] = None,
+) -> None:
+    """Pair serum (or plasma), marrow and CSF by subject, visit and timepoint; ratios, summary, plot."""
+    from lcmsquant.cohort import write_penetration
+
+    try:
+        written, summary = write_penetration(db, out if out is not None else db.parent)
+    except InputError as err:
+        _fail(err)
+    table = Table(title="Penetration (ratio to serum, or plasma where no serum)", title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("analyte", "ratio", "paired", "censored", "median", "IQR", "range", "geo. mean (95 % CI)"):
+        table.add_column(column, justify="left" if column in ("analyte", "ratio") else "right", no_wrap=True)
+
+    def g(v) -> str:
+        return "-" if v != v else f"{v:.3g}"
+
+    for _, s in summary.iterrows():
+        table.add_row(
+            s["analyte"], s["ratio"], str(s["n_paired"]), str(s["n_censored"]), g(s["median"]),
+            f"{g(s['q1'])}-{g(s['q3'])}", f"{g(s['min'])}-{g(s['max'])}",
+            f"{g(s['geometric_mean'])} ({g(s['gm_ci95_low'])}-{g(s['gm_ci95_high'])})",
+        )
+    console.print(table)
+    console.print("Written: " + ", ".join(str(p) for p in written), markup=False, highlight=False)
+
+
+@cohort_app.command("export")
+def cohort_export(
+    db: DbOption,
+    fmt: Annotated[str, typer.Option("--format", help="csv | parquet | sdtm (PC domain as CSV and SAS XPT v5).")] = "csv",
+    study: Annotated[str | None, typer.Option("--study", help="Study identifier (STUDYID; required for sdtm).")] = None,
+    lab: Annotated[str, typer.Option("--lab", help="Laboratory name for PCNAM (sdtm).")] = "",
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: the database's folder).")] = None,
+) -> None:
+    """Export the cohort's reported results (and every analysis) for the study dataset."""
+    from lcmsquant.export import export_cohort
+
+    try:
+        written = export_cohort(db, fmt, out if out is not None else db.parent, study=study, lab=lab)
+    except InputError as err:
+        _fail(err)
+    console.print("Written: " + ", ".join(str(p) for p in written), markup=False, highlight=False)

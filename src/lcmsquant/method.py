@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from lcmsquant.files import InputError
@@ -137,6 +138,27 @@ class Acceptance:
     is_response_band_pct: tuple[float, float] = (50.0, 150.0)
     carryover_pct_of_lloq: float = 20.0
     carryover_is_pct: float = 5.0
+    selectivity_pct_of_lloq: float = 20.0
+    selectivity_is_pct: float = 5.0
+    is_drift_pct: float = 20.0  # lab SOP: IS trend over the run, and study samples' median offset
+
+
+REANALYSIS_RULES = ("first_valid", "repeat")
+BLQ_RATIO_POLICIES = ("censor", "half_lloq")
+
+
+@dataclass(frozen=True)
+class CohortSettings:
+    """How results of many runs are combined ([cohort] table): which analysis of a reanalysed
+    sample is reported, how a BLQ value enters a ratio, the trough window and SDTM test names."""
+
+    reanalysis: str = "first_valid"  # first_valid: a repeat never replaces a valid original (ISR)
+    blq_ratio_policy: str = "censor"  # censor: "<" bound, out of the statistics; half_lloq: LLOQ/2
+    trough_window_h: tuple[float, float] = (20.0, 28.0)  # hours since the last dose
+    last_dose_column: str = "last_dose_time"  # worklist column, ISO 8601 date-time
+    sampling_column: str = "sampling_time"  # worklist column, ISO 8601 date-time
+    sdtm_testcd: tuple[tuple[str, str], ...] = ()  # analyte -> PCTESTCD
+    sdtm_test: tuple[tuple[str, str], ...] = ()  # analyte -> PCTEST
 
 
 @dataclass(frozen=True)
@@ -153,6 +175,7 @@ class Method:
     acceptance: Acceptance
     path: str = ""
     sha256: str = ""
+    cohort: CohortSettings = CohortSettings()
 
     def analyte(self, name: str) -> Analyte:
         return next(a for a in self.analytes if a.name == name)
@@ -208,7 +231,7 @@ def default_method_path() -> Path:
 
 _TOP_KEYS = {
     "name", "version", "description", "units", "mz_tolerance", "calibration", "calibrator_sets",
-    "integration", "identity", "acceptance", "internal_standards", "analytes",
+    "integration", "identity", "acceptance", "internal_standards", "analytes", "cohort",
 }
 _ANALYTE_KEYS = {"internal_standard", "rt", "quantifier", "qualifiers", "model", "weighting"}
 _IS_KEYS = {"q1", "q3", "rt"}
@@ -366,9 +389,11 @@ def parse_method(doc: dict[str, Any], base_dir: Path, source: str = "method") ->
     for s in sets:
         p.extend(check_calibrator_set(s, method_stub))
 
+    cohort = _cohort(_table(doc, "cohort", p), [a.name for a in analytes], p)
+
     if p:
         raise MethodError(source, list(p))
-    return replace(method_stub, calibrator_sets=tuple(sets))
+    return replace(method_stub, calibrator_sets=tuple(sets), cohort=cohort)
 
 
 def _table(doc: dict, key: str, p: _Problems) -> dict:
@@ -449,6 +474,54 @@ def _acceptance(table: dict, p: _Problems) -> Acceptance:
             continue
         values[key] = int(value) if key == "min_calibrator_levels" else value
     return Acceptance(**values)
+
+
+SDTM_TESTCD = re.compile(r"^[A-Z_][A-Z0-9_]{0,7}$")
+
+
+def _cohort(table: dict, analytes: list[str], p: _Problems) -> CohortSettings:
+    where = "[cohort]"
+    defaults = CohortSettings()
+    p.unknown_keys(table, set(CohortSettings.__dataclass_fields__), where)
+    values: dict[str, Any] = {}
+    values["reanalysis"] = _choice(table, "reanalysis", REANALYSIS_RULES, where, p, defaults.reanalysis)
+    values["blq_ratio_policy"] = _choice(table, "blq_ratio_policy", BLQ_RATIO_POLICIES, where, p, defaults.blq_ratio_policy)
+    if "trough_window_h" in table:
+        window = table["trough_window_h"]
+        if (
+            not isinstance(window, list) or len(window) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in window)
+            or window[0] >= window[1]
+        ):
+            p.append(f"{where}.trough_window_h: expected [earliest, latest] hours after the dose with earliest < latest, got {window!r}")
+        else:
+            values["trough_window_h"] = (float(window[0]), float(window[1]))
+    for key in ("last_dose_column", "sampling_column"):
+        if key in table:
+            if isinstance(table[key], str) and table[key].strip():
+                values[key] = table[key].strip()
+            else:
+                p.append(f"{where}.{key}: expected a worklist column name, got {table[key]!r}")
+    for key, limit in (("sdtm_testcd", 8), ("sdtm_test", 40)):
+        names = table.get(key, {})
+        if not isinstance(names, dict):
+            p.append(f"{where}.{key}: expected a table analyte = \"NAME\", got {names!r}")
+            continue
+        for analyte, name in names.items():
+            if analyte not in analytes:
+                p.append(f"{where}.{key}: '{analyte}' is not an analyte of the method ({', '.join(analytes)})")
+            elif not isinstance(name, str) or not name.strip() or len(name) > limit:
+                p.append(f"{where}.{key}.{analyte}: expected text of at most {limit} characters, got {name!r}")
+            elif key == "sdtm_testcd" and not SDTM_TESTCD.match(name):
+                p.append(
+                    f"{where}.{key}.{analyte}: {name!r} is not an SDTM test code (upper-case letters, digits "
+                    "and _, not starting with a digit)"
+                )
+        codes = [v for v in names.values() if isinstance(v, str)]
+        if key == "sdtm_testcd" and len(set(codes)) < len(codes):
+            p.append(f"{where}.{key}: two analytes share a test code ({', '.join(sorted(codes))})")
+        values[key] = tuple((a, str(n)) for a, n in names.items())
+    return CohortSettings(**values)
 
 
 def _transition(raw, compound: str, role: str, index: int, where: str, p: _Problems) -> Transition | None:
@@ -540,10 +613,32 @@ def check_calibrator_set(s: CalibratorSet, method: Method) -> list[str]:
             )
             continue
         low, high = cal["nominal"].min(), cal["nominal"].max()
-        for _, qc in rows[~rows["level"].str.match(CALIBRATOR_LEVEL)].iterrows():
+        qcs = rows[~rows["level"].str.match(CALIBRATOR_LEVEL)]
+        missing = [lvl for lvl in ("LQC", "MQC", "HQC") if lvl not in set(qcs["level"])]
+        if missing:
+            problems.append(f"{where}: {a.name} has no {', '.join(missing)} level: ICH M10 3.3.1 needs low, mid and high QCs")
+        for _, qc in qcs.iterrows():
             if qc["level"] != "DQC" and not (low <= qc["nominal"] <= high):
                 problems.append(
                     f"{where}: {a.name} {qc['level']} nominal {qc['nominal']:g} lies outside the "
                     f"calibration range {low:g}-{high:g}"
                 )
+                continue
+            problems += _qc_placement(where, a.name, qc["level"], float(qc["nominal"]), float(low), float(high))
     return problems
+
+
+def _qc_placement(where: str, analyte: str, level: str, nominal: float, low: float, high: float) -> list[str]:
+    """QC levels where ICH M10 3.2.5.1 puts them: LLOQ, <= 3x LLOQ, 30-50 % of the range, >= 75 % of ULOQ."""
+    say = f"{where}: {analyte} {level} nominal {nominal:g}"
+    if level == "LLOQ" and not np.isclose(nominal, low):
+        return [f"{say} is not the lowest calibrator ({low:g})"]
+    if level == "LQC" and nominal > 3 * low + 1e-12:
+        return [f"{say} is above 3x the LLOQ ({3 * low:g})"]
+    if level == "MQC" and not (0.3 * high - 1e-12 <= nominal <= 0.5 * high + 1e-12):
+        return [f"{say} is not within 30-50 % of the ULOQ ({0.3 * high:g}-{0.5 * high:g})"]
+    if level == "HQC" and nominal < 0.75 * high - 1e-12:
+        return [f"{say} is below 75 % of the ULOQ ({0.75 * high:g})"]
+    if level == "DQC" and nominal <= high:
+        return [f"{say} is not above the ULOQ ({high:g}): a dilution QC must need diluting"]
+    return []

@@ -19,9 +19,11 @@ from lcmsquant.chromatograms import ChromatogramReadError, Trace, read_injection
 from lcmsquant.method import Analyte, Method, Transition, load_method
 from lcmsquant.overrides import OVERRIDES, Override, OverrideError
 from lcmsquant.peaks import Peak, PeakSearch, find_peak, integrate_between
+from lcmsquant.reanalysis import COLUMNS as REANALYSIS_COLUMNS
+from lcmsquant.reanalysis import reanalysis_list
 
 # Flags that make a study sample's concentration not reportable at all.
-BLOCKING_FLAGS = ("NO_DATA", "NO_PEAK", "BLQ", "ALQ", "REJECTED", "NO_IS")
+BLOCKING_FLAGS = ("NO_DATA", "NO_PEAK", "BLQ", "ALQ", "REJECTED", "NO_IS", "OFF_CURVE")
 # Flags that keep the value but send the sample for review or reanalysis.
 REVIEW_FLAGS = (
     "IS_RESPONSE", "ION_RATIO", "NO_QUALIFIER", "RT_SHIFT", "DILUTION_QC", "EDGE", "SATURATED", "LOW_SN",
@@ -30,7 +32,7 @@ REVIEW_FLAGS = (
 AUDITED = ("status", "rt_min", "start_min", "end_min", "area")
 PEAK_FIELDS = (
     "rt_min", "start_min", "end_min", "area", "height", "sn", "noise", "points", "fwhm_s",
-    "tailing_factor", "asymmetry", "points_fwhm",
+    "tailing_factor", "asymmetry", "points_fwhm", "baseline_start", "baseline_end",
 )
 
 
@@ -44,6 +46,7 @@ class RunResult:
     rules: tuple[Rule, ...] = ()
     verdicts: dict = field(default_factory=dict)  # (analyte, set) -> {"accepted": bool, "reasons": [...]}
     injection_errors: dict = field(default_factory=dict)  # injection order -> message
+    reanalysis: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=REANALYSIS_COLUMNS), repr=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,6 +138,7 @@ def _peak_row(t: Transition, expected: float, trace: Trace | None, peak: Peak | 
             rt_min=peak.rt, start_min=peak.start, end_min=peak.end, area=peak.area, height=peak.height,
             sn=peak.sn, noise=peak.noise, points=peak.points, fwhm_s=peak.fwhm * 60,
             tailing_factor=peak.tailing_factor, asymmetry=peak.asymmetry, points_fwhm=peak.points_fwhm,
+            baseline_start=peak.baseline_start, baseline_end=peak.baseline_end,
             edge=peak.edge, saturated=peak.saturated, split=peak.split, shoulder=peak.shoulder,
         )
     return row
@@ -179,13 +183,19 @@ def quantify(batch: Batch, peaks: pd.DataFrame, injection_errors: dict | None = 
     table["excluded"] = False
     table["exclusion_reason"] = ""
     n_unknowns = int((batch.worklist["sample_type"] == "unknown").sum())
+    calibrated_sets = []
     for cal_set in method.calibrator_sets:
         in_set = table["matrix"].isin(cal_set.matrices)
-        if not (in_set & (table["sample_type"] == "calibrator")).any():
-            continue  # this set's matrices were not calibrated in this batch
+        if (in_set & (table["sample_type"] == "calibrator")).any():
+            table.loc[in_set, "calibrator_set"] = cal_set.name
+            calibrated_sets.append(cal_set)
+    table = _add_is_response(table, method)
+    exclusions = _manual_exclusions(batch)
+    for cal_set in calibrated_sets:
+        in_set = table["calibrator_set"] == cal_set.name
         for analyte in method.analytes:
             rows = in_set & (table["analyte"] == analyte.name)
-            result = _calibrate_analyte(table, rows, analyte, method)
+            result = _calibrate_analyte(table, rows, analyte, method, exclusions)
             table.loc[rows, "lloq"] = result.lloq if result.lloq is not None else np.nan
             table.loc[rows, "uloq"] = result.uloq if result.uloq is not None else np.nan
             if result.curve is not None:
@@ -197,18 +207,21 @@ def quantify(batch: Batch, peaks: pd.DataFrame, injection_errors: dict | None = 
             table.loc[cal_rows.index, "exclusion_reason"] = cal_rows["exclusion_reason"]
             qcs = acceptance.qc_accuracy(table[rows & (table["sample_type"] == "qc")], method.acceptance)
             table.loc[qcs.index, "qc_passed"] = qcs["qc_passed"].astype("boolean")
-            analyte_rules = acceptance.judge(analyte.name, cal_set.name, result, qcs, n_unknowns, method.acceptance)
+            analyte_rules = acceptance.judge(
+                analyte.name, cal_set.name, result, qcs, n_unknowns, method.acceptance,
+                samples=table[rows], carryover_injections=carryover_blanks(table[rows]),
+            )
             accepted, reasons = acceptance.verdict(analyte_rules)
             rules.extend(analyte_rules)
             verdicts[(analyte.name, cal_set.name)] = {"accepted": accepted, "reasons": reasons}
-            table.loc[rows, "calibrator_set"] = cal_set.name
             table.loc[rows, "analyte_accepted"] = accepted
             calibration_rows.append(_calibration_row(analyte.name, cal_set.name, result, accepted))
-            dqc_rule = next((r for r in analyte_rules if r.rule == "dilution QCs within tolerance"), None)
-            if dqc_rule is not None and not dqc_rule.passed:
-                table.loc[rows & (table["dilution_factor"] > 1), "dilution_qc_failed"] = True
-    table = _add_is_response(table, method)
+            failed_factors = _failed_dilution_factors(qcs)
+            table.loc[rows & table["dilution_factor"].isin(failed_factors), "dilution_qc_failed"] = True
     table = _finish(table, method)
+    reanalysis = reanalysis_list(table, method)
+    reasons = dict(zip(zip(reanalysis["injection"], reanalysis["analyte"]), reanalysis["reason"]))
+    table["reanalysis"] = [reasons.get(key, "") for key in zip(table["injection"], table["analyte"])]
     return RunResult(
         results=table,
         peaks=peaks,
@@ -216,7 +229,34 @@ def quantify(batch: Batch, peaks: pd.DataFrame, injection_errors: dict | None = 
         rules=tuple(rules),
         verdicts=verdicts,
         injection_errors=dict(injection_errors or {}),
+        reanalysis=reanalysis,
     )
+
+
+def carryover_blanks(samples: pd.DataFrame) -> tuple[int, ...]:
+    """Injection numbers of blanks injected right after a ULOQ (highest level) calibrator."""
+    cals = samples[samples["sample_type"] == "calibrator"]
+    if cals.empty or cals["nominal"].isna().all():
+        return ()
+    uloq_injections = set(cals.loc[np.isclose(cals["nominal"], cals["nominal"].max()), "injection"])
+    blanks = samples.loc[samples["sample_type"] == "blank", "injection"]
+    return tuple(int(b) for b in sorted(set(blanks)) if b - 1 in uloq_injections)
+
+
+def _failed_dilution_factors(qcs: pd.DataFrame) -> list[float]:
+    """Dilution factors whose dilution QCs fail (fewer than half within tolerance, ICH M10 3.3.2)."""
+    dqc = qcs[qcs["level"] == "DQC"]
+    passing = dqc.groupby("dilution_factor")["qc_passed"].mean()
+    return [float(f) for f, fraction in passing.items() if fraction < 0.5 - 1e-9]
+
+
+def _manual_exclusions(batch: Batch) -> dict[tuple[int, str], str]:
+    """(injection, analyte) -> reason, for calibrators an analyst excluded in overrides.csv."""
+    by_file = {str(inj.file.relative_to(batch.folder)): inj.order for inj in batch.injections}
+    return {
+        (by_file[o.file], o.analyte): f"excluded by {o.analyst}: {o.reason}"
+        for o in batch.overrides if o.action == "exclude"
+    }
 
 
 def analyte_table(batch: Batch, peaks: pd.DataFrame) -> pd.DataFrame:
@@ -278,7 +318,9 @@ def analyte_table(batch: Batch, peaks: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _calibrate_analyte(table: pd.DataFrame, rows: pd.Series, analyte: Analyte, method: Method) -> CalibrationResult:
+def _calibrate_analyte(
+    table: pd.DataFrame, rows: pd.Series, analyte: Analyte, method: Method, exclusions: Mapping[tuple[int, str], str]
+) -> CalibrationResult:
     cals = table[rows & (table["sample_type"] == "calibrator")]
     points = pd.DataFrame({
         "row": cals.index,
@@ -286,6 +328,7 @@ def _calibrate_analyte(table: pd.DataFrame, rows: pd.Series, analyte: Analyte, m
         "level": cals["level"],
         "nominal": cals["nominal"],
         "area_ratio": cals["area_ratio"],
+        "manual_exclusion": [exclusions.get((inj, analyte.name), "") for inj in cals["injection"]],
     })
     return calibrate(points, analyte.model, analyte.weighting, method.acceptance)
 
@@ -372,6 +415,11 @@ def _finish(table: pd.DataFrame, method: Method) -> pd.DataFrame:
     calibrated = table["sample_type"].isin(["calibrator", "qc"])
     table["accuracy_pct"] = np.where(calibrated, 100.0 * table["concentration_found"] / table["nominal"], np.nan)
 
+    # A response the fitted curve never reaches (a quadratic's vertex) has no concentration.
+    off_curve = (
+        (table["quant_status"] == "OK") & table["lloq"].notna() & bc.isna()
+        & np.isfinite(table["area_ratio"]) & (table["area_ratio"] > 0) & (table["sample_type"] != "blank")
+    )
     qc_failed = table["qc_passed"].fillna(True).astype(bool).eq(False)
     dilution_failed = table["dilution_qc_failed"].fillna(False).astype(bool)
     flags = []
@@ -389,6 +437,8 @@ def _finish(table: pd.DataFrame, method: Method) -> pd.DataFrame:
             f.append("BLQ")
         if row["sample_type"] == "unknown" and above[i]:
             f.append("ALQ")
+        if off_curve[i]:
+            f.append("OFF_CURVE")
         if row["is_flag"]:
             f.append("IS_RESPONSE")
         if row["ion_ratio_flag"]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import platform
 import sys
+from dataclasses import asdict
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -32,7 +33,7 @@ MEASURE_COLUMNS = (
     "end_min", "area", "height", "sn", "fwhm_s", "tailing_factor", "asymmetry", "points",
     "points_fwhm", "is_rt_min", "rrt", "is_area", "is_response_pct", "area_ratio",
     "qualifier_area", "ion_ratio", "ion_ratio_reference", "back_calculated", "concentration",
-    "nominal", "accuracy_pct", "lloq", "uloq", "flags", "reportable", "exclusion_reason",
+    "nominal", "accuracy_pct", "lloq", "uloq", "flags", "reportable", "exclusion_reason", "reanalysis",
 )
 # Decimal places (or significant digits, negative) per column, for readable, stable CSVs.
 ROUNDING = {
@@ -43,7 +44,8 @@ ROUNDING = {
     "lloq": -6, "uloq": -6, "intercept": -6, "slope": -6, "quadratic": -6, "intercept_se": -4,
     "slope_se": -4, "quadratic_se": -4, "r_squared": 6, "auto_rt_min": 4, "auto_start_min": 4,
     "auto_end_min": 4, "auto_area": 1, "manual_rt_min": 4, "manual_area": 1, "fwhm_s": 2, "tailing_factor": 3,
-    "asymmetry": 3, "rrt": 5,
+    "asymmetry": 3, "rrt": 5, "back_calculated_calibrator": -4, "accuracy_calibrator_pct": 1,
+    "baseline_start": 1, "baseline_end": 1,
 }
 SOFTWARE = ("pyopenms", "numpy", "scipy", "pandas", "statsmodels")
 
@@ -81,12 +83,29 @@ def audit_table(batch: Batch, run: RunResult) -> pd.DataFrame:
             **{f"auto_{k}": peak[f"auto_{k}"] for k in AUDITED},
             "manual_status": peak["status"], "manual_rt_min": peak["rt_min"], "manual_area": peak["area"],
         })
+    results = run.results
+    for o in batch.overrides:
+        if o.action != "exclude":
+            continue
+        cal = results[(results["file"] == o.file) & (results["analyte"] == o.analyte)].iloc[0]
+        rows.append({
+            "override_line": o.line, "injection": cal["injection"], "file": o.file, "sample_id": cal["sample_id"],
+            "transition": o.analyte, "action": o.action, "start_min": None, "end_min": None, "reason": o.reason,
+            "analyst": o.analyst, **{k: dict(o.extra).get(k, "") for k in extra_columns},
+            "back_calculated_calibrator": cal["back_calculated"], "accuracy_calibrator_pct": cal["accuracy_pct"],
+        })
     columns = [
         "override_line", "injection", "file", "sample_id", "transition", "action", "start_min", "end_min",
         "reason", "analyst", *extra_columns, *(f"auto_{k}" for k in AUDITED), "manual_status",
-        "manual_rt_min", "manual_area",
+        "manual_rt_min", "manual_area", "back_calculated_calibrator", "accuracy_calibrator_pct",
     ]
-    return _rounded(pd.DataFrame(rows, columns=columns))
+    table = pd.DataFrame(rows, columns=columns).sort_values("override_line", kind="stable")
+    return _rounded(table)
+
+
+def reanalysis_table(run: RunResult) -> pd.DataFrame:
+    """reanalysis.csv: every study sample x analyte to reanalyse or review, with reason codes."""
+    return _rounded(run.reanalysis)
 
 
 def calibration_table(run: RunResult) -> pd.DataFrame:
@@ -126,6 +145,7 @@ def sample_counts(unknown: pd.DataFrame) -> dict[str, int]:
         "blq": int(flags.map(lambda f: "BLQ" in f).sum()),
         "alq": int(flags.map(lambda f: "ALQ" in f).sum()),
         "flagged": int((unknown["flags"] != "").sum()),
+        "reanalyse": int((unknown["reanalysis"] != "").sum()) if "reanalysis" in unknown else 0,
     }
 
 
@@ -140,6 +160,8 @@ def provenance(batch: Batch) -> dict:
     method = batch.method
     return {
         "method": {"name": method.name, "version": method.version, "file": Path(method.path).name, "sha256": method.sha256},
+        "units": method.units,
+        "acceptance": asdict(method.acceptance),  # the limits the run was judged against, for the report
         "calibrator_sets": [
             {"name": s.name, "matrices": list(s.matrices), "file": Path(s.source).name,
              "sha256": sha256(Path(s.source)) if Path(s.source).is_file() else ""}
@@ -168,12 +190,14 @@ def write_outputs(batch: Batch, run: RunResult, out_dir: Path, command: list[str
         write_csv(peaks_table(batch, run), out_dir / "peaks.csv"),
         write_csv(calibration_table(run), out_dir / "calibration.csv"),
         write_csv(audit_table(batch, run), out_dir / "audit.csv"),
+        write_csv(reanalysis_table(run), out_dir / "reanalysis.csv"),
         atomic_write(out_dir / "run.json", json.dumps(_jsonable(run_summary(batch, run)), indent=2) + "\n"),
     ]
     session = {
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command if command is not None else sys.argv,
         "host": platform.node(),
+        "batch_folder": str(batch.folder.resolve()),  # where the report finds the mzML files
     }
     written.append(atomic_write(out_dir / "session.json", json.dumps(session, indent=2) + "\n"))
     return written

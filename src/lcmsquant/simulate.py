@@ -49,6 +49,10 @@ Physics (areas are in counts x seconds; heights in counts):
   off-RT peaks never overlap the true peak;
 - blanks hold no analyte and no IS (baseline, noise, carry-over); the zero holds the IS only.
 
+`simulate_study` writes a small study instead: paired trough draws (serum or plasma, bone marrow,
+CSF) of a few subjects analysed in a plasma/marrow run, a CSF run and a reanalysis run, with the
+last-dose and sampling date-times in the worklists and the true ratios in study_truth.csv.
+
 Determinism: every random draw comes from numpy Generators seeded by `seed` (one stream for the
 design, one for the batch drift, one per injection, so an option that changes one injection
 leaves the noise of the others as it was); no clock is read. The same seed and options give
@@ -73,7 +77,10 @@ from .method import CALIBRATOR_LEVEL, CalibratorSet, Method, Transition, default
 from .files import atomic_write
 from .mzml_writer import Chromatogram, srm_native_id, write_chromatogram_mzml
 
-__all__ = ["SimulationOptions", "simulate_batch", "WORKLIST_COLUMNS", "TRUTH_COLUMNS", "truth_path_for"]
+__all__ = [
+    "SimulationOptions", "simulate_batch", "WORKLIST_COLUMNS", "TRUTH_COLUMNS", "truth_path_for", "simulate_study",
+    "SimulatedStudy",
+]
 
 WORKLIST_COLUMNS = (
     "file", "sample_id", "sample_type", "level", "matrix", "subject_id", "visit", "timepoint",
@@ -160,6 +167,9 @@ class SimulationOptions:
     carryover_fraction: float = 5e-5
     # sample_ids whose IS response is cut to 20 %
     is_dropout: tuple[str, ...] = ()
+    # a validation (accuracy and precision) run: N replicates of each of LLOQ, LQC, MQC and HQC in
+    # place of the three QC sets, half before the study samples and half after; None = study run
+    qc_replicates: int | None = None
 
     def __post_init__(self):
         if isinstance(self.n_unknowns, bool) or not isinstance(self.n_unknowns, (int, np.integer)):
@@ -181,6 +191,10 @@ class SimulationOptions:
             object.__setattr__(self, "is_dropout", (self.is_dropout,))
         else:
             object.__setattr__(self, "is_dropout", tuple(self.is_dropout))
+        if self.qc_replicates is not None and (
+            isinstance(self.qc_replicates, bool) or not isinstance(self.qc_replicates, (int, np.integer)) or self.qc_replicates < 1
+        ):
+            raise ValueError(f"qc_replicates must be a positive integer or None, got {self.qc_replicates!r}")
         if self.spoil_calibrator is not None:
             spoil = tuple(self.spoil_calibrator)
             if len(spoil) != 2:
@@ -202,6 +216,22 @@ def simulate_batch(
     options: SimulationOptions = SimulationOptions(),
 ) -> Path:
     """Write a batch folder (worklist.csv + one mzML per injection) and return the truth file path."""
+    return _simulate(out_dir, seed, matrix, method, options)
+
+
+def _simulate(
+    out_dir: Path | str,
+    seed: int,
+    matrix: str = "plasma",
+    method: Method | None = None,
+    options: SimulationOptions = SimulationOptions(),
+    unknowns: list[_Injection] | None = None,
+    stream: tuple[int, ...] = (),
+    run_start: datetime = RUN_START,
+) -> Path:
+    """simulate_batch, optionally with given study samples (in injection order), its own random
+    streams (`stream` prefixes every seed key) and start time; the worklist then also carries
+    the samples' extra columns."""
     if matrix not in BATCH_MATRICES:
         raise ValueError(f"unknown batch matrix {matrix!r}: simulate_batch knows {', '.join(BATCH_MATRICES)}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -215,20 +245,20 @@ def simulate_batch(
     ranges = _ranges(method, cal_set)
     _check_options(method, cal_set, options)
 
-    design_rng = _rng(seed, 0)
-    injections = _design(method, cal_set, matrix, options, ranges, design_rng)
+    design_rng = _rng(seed, *stream, 0)
+    injections = _design(method, cal_set, matrix, options, ranges, design_rng, unknowns)
     _check_dropout(options, injections)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    physics = _Physics(method, matrix, options, ranges, n_injections=len(injections), rng=_rng(seed, 1))
+    physics = _Physics(method, matrix, options, ranges, n_injections=len(injections), rng=_rng(seed, *stream, 1))
 
     previous_amount = {a.name: 0.0 for a in method.analytes}
     for inj in injections:
-        chroms, previous_amount = physics.injection(inj, previous_amount, _rng(seed, 2, inj.number))
+        chroms, previous_amount = physics.injection(inj, previous_amount, _rng(seed, *stream, 2, inj.number))
         write_chromatogram_mzml(
             out_dir / inj.file, chroms, compress=options.compress, gzip=options.gzip,
-            start_timestamp=(RUN_START + (inj.number - 1) * INJECTION_INTERVAL).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            start_timestamp=(run_start + (inj.number - 1) * INJECTION_INTERVAL).strftime("%Y-%m-%dT%H:%M:%SZ"),
         )
 
     truth = truth_path_for(out_dir)
@@ -256,6 +286,7 @@ class _Injection:
     truth: dict[str, float] = field(default_factory=dict)  # ng/mL in the sample as received
     interference: dict[str, str] = field(default_factory=dict)  # analyte -> hit transition name
     file: str = ""
+    extra: dict[str, str] = field(default_factory=dict)  # extra worklist columns (dose and sampling times)
 
 
 @dataclass(frozen=True)
@@ -310,7 +341,7 @@ def _round(x: float) -> float:
 
 def _design(
     method: Method, cal_set: CalibratorSet, matrix: str, options: SimulationOptions,
-    ranges: dict[str, _Range], rng: np.random.Generator,
+    ranges: dict[str, _Range], rng: np.random.Generator, unknowns: list[_Injection] | None = None,
 ) -> list[_Injection]:
     analytes = [a.name for a in method.analytes]
     zero = {a: 0.0 for a in analytes}
@@ -337,18 +368,26 @@ def _design(
         _Injection(0, lv, "calibrator", lv, matrix, truth={a: _round(cal_set.nominal(lv, a) or 0.0) for a in analytes})
         for lv in _calibrator_levels(cal_set)
     ]
-    unknowns = _unknowns(method, matrix, options.n_unknowns, ranges, rng)
+    if unknowns is None:
+        unknowns = _unknowns(method, matrix, options.n_unknowns, ranges, rng)
     half = (len(unknowns) + 1) // 2
 
+    if options.qc_replicates is None:
+        qcs_before, qcs_between, qcs_after = qc_set(QC_SET_1), qc_set(QC_SET_2), qc_set(QC_SET_3)
+    else:
+        first = (options.qc_replicates + 1) // 2
+        qcs_before = [q for _ in range(first) for q in qc_set(QC_SET_1)]
+        qcs_between = []
+        qcs_after = [q for _ in range(options.qc_replicates - first) for q in qc_set(QC_SET_1)]
     order = (
         [blank(1), _Injection(0, "ZERO-1", "zero", matrix=matrix, truth=dict(zero))]
         + calibrators
         + [blank(2)]
-        + qc_set(QC_SET_1)
+        + qcs_before
         + unknowns[:half]
-        + qc_set(QC_SET_2)
+        + qcs_between
         + unknowns[half:]
-        + qc_set(QC_SET_3)
+        + qcs_after
         + [blank(3)]
     )
     width = max(3, len(str(len(order))))
@@ -598,12 +637,14 @@ def _csv(rows: list[list[str]], header: tuple[str, ...]) -> bytes:
 
 
 def _worklist_csv(injections: list[_Injection]) -> bytes:
+    extra = list(dict.fromkeys(k for inj in injections for k in inj.extra))
     rows = [
         [inj.file, inj.sample_id, inj.sample_type, inj.level, inj.matrix, inj.subject_id, inj.visit,
-         inj.timepoint, "" if inj.dilution_factor == 1 else str(inj.dilution_factor)]
+         inj.timepoint, "" if inj.dilution_factor == 1 else str(inj.dilution_factor),
+         *(inj.extra.get(k, "") for k in extra)]
         for inj in injections
     ]
-    return _csv(rows, WORKLIST_COLUMNS)
+    return _csv(rows, (*WORKLIST_COLUMNS, *extra))
 
 
 def _truth_csv(method: Method, injections: list[_Injection]) -> bytes:
@@ -635,3 +676,138 @@ def _remove_stale_files(out_dir: Path, keep: set[str]) -> None:
             target = out_dir / name
             if target.is_file() and re.search(r"\.mzML(\.gz)?$", name):
                 target.unlink()
+
+
+# ---------------------------------------------------------------------------------------------
+# A study: paired trough draws (serum or plasma, bone marrow, CSF) analysed in three runs
+
+STUDY_TROUGH = {"flumatinib": (30.0, 300.0), "M1": (5.0, 60.0), "M3": (3.0, 40.0)}  # ng/mL in serum
+MARROW_RATIO = (1.3, 2.5)  # marrow : serum, log-uniform per draw and analyte
+CSF_RATIO = (0.01, 0.05)  # CSF : serum (imatinib and dasatinib CSF:plasma are ~1-5 %)
+LLOQ_CLEARANCE = 1.25  # true CSF values stay outside LLOQ / 1.25 .. LLOQ x 1.25
+TROUGH_HOURS = (22.0, 26.0)  # blood draw after the last dose; the designed late draw is at 31 h
+LATE_DRAW_HOURS = 31.0
+STUDY_START = datetime(2024, 3, 4, 8, 0)  # first dose of S001; one subject enrolled per day
+MIN_SUBJECTS = 4
+VISIT_DAY = re.compile(r"^C(\d+)D(\d+)$")
+
+
+@dataclass(frozen=True)
+class SimulatedStudy:
+    """The batch folders of a simulated study, in acquisition order, and its truth file."""
+
+    runs: tuple[Path, ...]  # plasma/serum + marrow run, CSF run, reanalysis run
+    truth: Path  # per subject, visit and analyte: true concentrations per matrix and true ratios
+
+
+def simulate_study(
+    out_dir: Path | str, seed: int, n_subjects: int = 6, visits: tuple[str, ...] = ("C1D15",),
+    method: Method | None = None,
+) -> SimulatedStudy:
+    """Simulate paired trough draws of n subjects analysed as three runs with known truth.
+
+    Writes out_dir/plasma-run (serum, or plasma for every 4th subject, and bone marrow on the
+    plasma curve), out_dir/csf-run (CSF on its own curve) and out_dir/reanalysis-run (repeats),
+    each with its `_truth.csv` beside it, and out_dir/study_truth.csv with the true ratios.
+    Marrow runs 1.3-2.5 x serum and CSF 1-5 % of serum, so some CSF values are BLQ; worklists carry
+    the last-dose and sampling date-times. Designed on purpose: the first subject's blood sample
+    loses its IS (IS_RESPONSE) and the second one's marrow flumatinib is above the ULOQ (ALQ),
+    both repeated in the reanalysis run (the ALQ one diluted 1:10); the first subject's M1 and the
+    third one's M3 are BLQ in CSF; the last subject's draw is at 31 h, outside a 20-28 h window.
+    """
+    if isinstance(n_subjects, bool) or not isinstance(n_subjects, (int, np.integer)) or n_subjects < MIN_SUBJECTS:
+        raise ValueError(f"n_subjects must be an integer of at least {MIN_SUBJECTS}, got {n_subjects!r}")
+    if not visits or len(set(visits)) != len(visits):
+        raise ValueError(f"visits must be distinct visit names, got {visits!r}")
+    if method is None:
+        method = load_method(default_method_path())
+    plasma_set, csf_set = method.calibrator_set_for("plasma"), method.calibrator_set_for("csf")
+    if plasma_set is None or csf_set is None:
+        raise ValueError(f"method {method.name!r} needs calibrator sets for plasma and csf")
+    plasma_ranges, csf_ranges = _ranges(method, plasma_set), _ranges(method, csf_set)
+    rng = _rng(seed, 9)
+    dose_col, sample_col = method.cohort.last_dose_column, method.cohort.sampling_column
+    fmt = "%Y-%m-%dT%H:%M"
+
+    blood, csf, truth_rows = [], [], []
+    draws = [(s, v) for s in range(1, int(n_subjects) + 1) for v in visits]
+    for index, (s, visit) in enumerate(draws):
+        subject = f"S{s:03d}"
+        blood_matrix = "plasma" if s % 4 == 3 else "serum"
+        last_dose = STUDY_START + timedelta(days=s - 1 + _visit_day(visit, visits) - 1, hours=rng.uniform(-0.5, 0.5))
+        late = index == len(draws) - 1
+        hours = LATE_DRAW_HOURS if late else rng.uniform(*TROUGH_HOURS)
+        drawn = last_dose + timedelta(hours=hours)
+        times = {
+            blood_matrix: drawn,
+            "marrow": drawn + timedelta(hours=rng.uniform(0.1, 0.5)),
+            "csf": drawn + timedelta(hours=rng.uniform(0.25, 1.0)),
+        }
+        conc: dict[str, dict[str, float]] = {blood_matrix: {}, "marrow": {}, "csf": {}}
+        for a in method.analytes:
+            low, high = STUDY_TROUGH.get(a.name, (5 * plasma_ranges[a.name].lloq, 0.3 * plasma_ranges[a.name].uloq))
+            c = math.exp(rng.uniform(math.log(low), math.log(high)))
+            marrow_ratio = math.exp(rng.uniform(*np.log(MARROW_RATIO)))
+            if index == 1 and a.name == method.analytes[0].name:  # marrow above the ULOQ
+                c = rng.uniform(0.7, 0.9) * plasma_ranges[a.name].uloq
+                marrow_ratio = rng.uniform(1.8, 2.5)
+            csf_lloq = csf_ranges[a.name].lloq
+            forced_blq = (index, a.name) in ((0, "M1"), (2, "M3"))
+            while True:  # (never more than a few draws)
+                csf_c = c * math.exp(rng.uniform(*np.log(CSF_RATIO)))
+                if forced_blq:
+                    csf_c = rng.uniform(0.3, 0.7) * csf_lloq
+                if not (csf_lloq / LLOQ_CLEARANCE < csf_c < csf_lloq * LLOQ_CLEARANCE):
+                    break
+            conc[blood_matrix][a.name] = _round(c)
+            conc["marrow"][a.name] = _round(c * marrow_ratio)
+            conc["csf"][a.name] = _round(csf_c)
+            values = (
+                conc[blood_matrix][a.name], conc["marrow"][a.name], conc["csf"][a.name],
+                conc["marrow"][a.name] / conc[blood_matrix][a.name], conc["csf"][a.name] / conc[blood_matrix][a.name],
+                csf_lloq,
+            )
+            truth_rows.append([
+                subject, visit, "trough", a.name, blood_matrix, *(f"{v:.12g}" for v in values),
+                f"{hours:.2f}", str(late).lower(),
+            ])
+
+        samples = {
+            m: _Injection(0, f"{subject}-{visit}-{MATRIX_SUFFIX[m]}", "unknown", "", m, subject, visit, "trough", 1,
+                          dict(conc[m]), extra={dose_col: last_dose.strftime(fmt), sample_col: times[m].strftime(fmt)})
+            for m in (blood_matrix, "marrow", "csf")
+        }
+        blood.extend([samples[blood_matrix], samples["marrow"]])
+        csf.append(samples["csf"])
+
+    dropout, alq = blood[0], blood[3]  # first subject's blood sample; second subject's marrow
+    repeats = [
+        _Injection(0, dropout.sample_id, "unknown", "", dropout.matrix, dropout.subject_id, dropout.visit, "trough",
+                   1, dict(dropout.truth), extra=dict(dropout.extra)),
+        _Injection(0, alq.sample_id, "unknown", "", alq.matrix, alq.subject_id, alq.visit, "trough",
+                   DILUTION, dict(alq.truth), extra=dict(alq.extra)),
+    ]
+    last_draw = max(datetime.strptime(i.extra[sample_col], fmt) for i in csf + blood)
+    first_run = datetime.combine(last_draw.date() + timedelta(days=1), RUN_START.time())
+
+    out_dir = Path(out_dir)
+    runs = (out_dir / "plasma-run", out_dir / "csf-run", out_dir / "reanalysis-run")
+    _simulate(runs[0], seed, "plasma", method, SimulationOptions(is_dropout=(dropout.sample_id,)), blood, (1,), first_run)
+    _simulate(runs[1], seed, "csf", method, SimulationOptions(), csf, (2,), first_run + timedelta(days=1))
+    _simulate(runs[2], seed, "plasma", method, SimulationOptions(), repeats, (3,), first_run + timedelta(days=4))
+    truth = atomic_write(out_dir / "study_truth.csv", _csv(truth_rows, STUDY_TRUTH_COLUMNS))
+    return SimulatedStudy(runs, truth)
+
+
+STUDY_TRUTH_COLUMNS = (
+    "subject_id", "visit", "timepoint", "analyte", "reference_matrix", "true_reference", "true_marrow", "true_csf",
+    "true_marrow_ratio", "true_csf_ratio", "csf_lloq", "hours_since_dose", "late_draw",
+)
+
+
+def _visit_day(visit: str, visits: tuple[str, ...]) -> int:
+    """Study day of a visit named C<cycle>D<day> (28-day cycles), else 14 days per listed visit."""
+    match = VISIT_DAY.match(visit)
+    if match:
+        return (int(match.group(1)) - 1) * 28 + int(match.group(2))
+    return 14 * (visits.index(visit) + 1)

@@ -1,0 +1,709 @@
+"""The run's validation report: one self-contained HTML file a reviewer reads and signs.
+
+Rendered from the results folder alone (results.csv, peaks.csv, calibration.csv, audit.csv,
+run.json, session.json, reanalysis.csv when present), so `lcmsquant report RESULTS_DIR` works
+long after the run; the mzML files are read only to draw the chromatograms. Sections follow the
+order a reviewer works in: verdict, calibration, QCs, carry-over/blanks/IS, samples,
+chromatograms, audit and provenance.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
+
+from lcmsquant import report_figures as figures
+from lcmsquant.chromatograms import ChromatogramReadError, read_traces
+from lcmsquant.files import InputError, atomic_write
+from lcmsquant.method import Acceptance
+from lcmsquant.reanalysis import COLUMNS as REANALYSIS_COLUMNS
+
+REPORT_HTML = "report.html"
+REPORT_PDF = "report.pdf"
+REQUIRED_FILES = ("results.csv", "peaks.csv", "calibration.csv", "run.json")
+TEXT_COLUMNS = (
+    "file", "sample_id", "sample_type", "level", "matrix", "subject_id", "visit", "timepoint", "analyte",
+    "calibrator_set", "internal_standard", "flags", "exclusion_reason", "transition", "compound", "role",
+    "status", "native_id", "model", "weighting", "levels_used", "levels_excluded", "problem", "reason",
+    "detail", "action", "analyst", "manual_status", "auto_status",
+)
+QC_LEVEL_ORDER = ("LLOQ", "LQC", "MQC", "HQC", "DQC")
+# Flags that mark the quantifier's own trace (as opposed to the IS or the run).
+PEAK_FLAGS = ("NO_DATA", "NO_PEAK", "RT_SHIFT", "EDGE", "SATURATED", "LOW_SN", "SPLIT", "SHOULDER")
+DILUTION_STEPS = (2, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+class ReportError(InputError):
+    """The results folder cannot be turned into a report."""
+
+    kind = "results folder"
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The results folder as tables: what a run wrote, read back."""
+
+    folder: Path
+    results: pd.DataFrame = field(repr=False)
+    peaks: pd.DataFrame = field(repr=False)
+    calibration: pd.DataFrame = field(repr=False)
+    audit: pd.DataFrame = field(repr=False)
+    run: dict = field(repr=False)
+    session: dict = field(repr=False)
+    reanalysis: pd.DataFrame | None = field(default=None, repr=False)
+
+    @property
+    def acceptance(self) -> Acceptance:
+        """The limits the run was judged against (ICH M10 defaults for results written before
+        run.json recorded them)."""
+        stored = self.run.get("provenance", {}).get("acceptance")
+        if not stored:
+            return Acceptance()
+        known = {k: v for k, v in stored.items() if k in Acceptance.__dataclass_fields__}
+        if "is_response_band_pct" in known:
+            known["is_response_band_pct"] = tuple(known["is_response_band_pct"])
+        return Acceptance(**known)
+
+    @property
+    def units(self) -> str:
+        return self.run.get("provenance", {}).get("units", "ng/mL")
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    header = pd.read_csv(path, nrows=0).columns
+    table = pd.read_csv(
+        path, dtype={c: str for c in header if c in TEXT_COLUMNS}, keep_default_na=False, na_values=[""],
+    )
+    for column in table.columns:
+        if column in TEXT_COLUMNS:
+            table[column] = table[column].fillna("")
+    return table
+
+
+def read_run_files(results_dir: Path | str) -> RunFiles:
+    """Read a results folder written by `lcmsquant run`; every missing or unreadable file is named."""
+    folder = Path(results_dir)
+    if not folder.is_dir():
+        raise ReportError(folder, [f"{folder} is not a folder: give the results folder of a run (BATCH_DIR/results)"])
+    problems = [
+        f"{name} is missing: run `lcmsquant run BATCH_DIR` to write it" for name in REQUIRED_FILES
+        if not (folder / name).is_file()
+    ]
+    if problems:
+        raise ReportError(folder, problems)
+    tables, documents = {}, {}
+    for name in ("results.csv", "peaks.csv", "calibration.csv", "audit.csv", "reanalysis.csv"):
+        if (folder / name).is_file():
+            try:
+                tables[name] = _read_csv(folder / name)
+            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+                problems.append(f"{name}: not a readable CSV ({str(err).splitlines()[0]})")
+    for name in ("run.json", "session.json"):
+        if (folder / name).is_file():
+            try:
+                documents[name] = json.loads((folder / name).read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                problems.append(f"{name}: not valid JSON ({err})")
+    for name, columns in (("results.csv", ("injection", "sample_type", "analyte", "flags")),
+                          ("peaks.csv", ("injection", "transition", "compound", "role"))):
+        if name in tables:
+            missing = [c for c in columns if c not in tables[name].columns]
+            if missing:
+                problems.append(f"{name}: column(s) {', '.join(missing)} missing: rerun `lcmsquant run`")
+    if problems:
+        raise ReportError(folder, problems)
+    return RunFiles(
+        folder=folder,
+        results=tables["results.csv"],
+        peaks=tables["peaks.csv"],
+        calibration=tables["calibration.csv"],
+        audit=tables.get("audit.csv", pd.DataFrame()),
+        run=documents["run.json"],
+        session=documents.get("session.json", {}),
+        reanalysis=tables.get("reanalysis.csv"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def flag_list(flags: str) -> list[str]:
+    return [f for f in str(flags).split(";") if f]
+
+
+def has_flag(table: pd.DataFrame, flag: str) -> pd.Series:
+    return table["flags"].map(lambda f: flag in flag_list(f))
+
+
+def rule_category(rule: dict) -> str:
+    """The rule's category from run.json, or guessed from its name in older results."""
+    if rule.get("category"):
+        return str(rule["category"])
+    name = str(rule.get("rule", "")).lower()
+    if "carry-over" in name or "carryover" in name:
+        return "carryover"
+    if "selectivity" in name:
+        return "selectivity"
+    if "is response" in name:
+        return "is_response"
+    if "qc" in name and "range" not in name:
+        return "qc"
+    return "calibration"
+
+
+def _finite(value) -> bool:
+    try:
+        return value is not None and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def fmt(value, digits: int = 4) -> str:
+    """A number with `digits` significant digits, no exponent for everyday magnitudes; '–' if none."""
+    if not _finite(value):
+        return "–"
+    value = float(value)
+    if value == 0:
+        return "0"
+    magnitude = math.floor(math.log10(abs(value)))
+    if magnitude >= 6 or magnitude < -4:
+        return f"{value:.{digits - 1}e}"
+    decimals = max(digits - 1 - magnitude, 0)
+    return f"{value:,.{decimals}f}"
+
+
+def fmt_pct(value) -> str:
+    return f"{float(value):.1f}" if _finite(value) else "–"
+
+
+def sort_key(value) -> str:
+    return repr(float(value)) if _finite(value) else ""
+
+
+def _analytes_in_order(files: RunFiles) -> list[str]:
+    return list(dict.fromkeys(files.results["analyte"]))
+
+
+def _sets(files: RunFiles) -> list[tuple[str, str]]:
+    return [(r["analyte"], r["calibrator_set"]) for _, r in files.calibration.iterrows()]
+
+
+def _rows(files: RunFiles, analyte: str, cal_set: str, sample_type: str | None = None) -> pd.DataFrame:
+    table = files.results
+    mask = (table["analyte"] == analyte) & (table["calibrator_set"] == cal_set)
+    if sample_type is not None:
+        mask &= table["sample_type"] == sample_type
+    return table[mask]
+
+
+def _rules(files: RunFiles, analyte: str | None = None, cal_set: str | None = None, categories=None) -> list[dict]:
+    rules = []
+    for rule in files.run.get("rules", []):
+        if analyte is not None and rule.get("analyte") != analyte:
+            continue
+        if cal_set is not None and rule.get("calibrator_set") != cal_set:
+            continue
+        category = rule_category(rule)
+        if categories is not None and category not in categories:
+            continue
+        rules.append({**rule, "category": category})
+    return rules
+
+
+# ---------------------------------------------------------------------------------------------
+# Reanalysis
+
+
+def reanalysis_list(files: RunFiles) -> pd.DataFrame:
+    """Study samples to reanalyse, as the run listed them in reanalysis.csv (see lcmsquant.reanalysis);
+    empty for a results folder written before reanalysis.csv existed."""
+    if files.reanalysis is not None:
+        return files.reanalysis
+    return pd.DataFrame(columns=list(REANALYSIS_COLUMNS))
+
+
+def sample_counts(unknown: pd.DataFrame, to_reanalyse: int) -> dict[str, int]:
+    flags = unknown["flags"].map(flag_list)
+    return {
+        "unknowns": len(unknown),
+        "reported": int(unknown["reportable"].astype(bool).sum()),
+        "blq": int(flags.map(lambda f: "BLQ" in f).sum()),
+        "alq": int(flags.map(lambda f: "ALQ" in f).sum()),
+        "flagged": int((unknown["flags"] != "").sum()),
+        "reanalyse": to_reanalyse,
+    }
+
+
+def verdict_section(files: RunFiles, reanalysis: pd.DataFrame) -> dict:
+    analytes = files.run.get("analytes", {})
+    rows = []
+    for analyte, cal_set in _sets(files):
+        stored = analytes.get(analyte, {}).get(cal_set, {})
+        accepted = stored.get("verdict") == "accepted" if stored else bool(
+            files.calibration[(files.calibration["analyte"] == analyte) & (files.calibration["calibrator_set"] == cal_set)]["accepted"].iloc[0]
+        )
+        failing = [r for r in _rules(files, analyte, cal_set) if not r["passed"]]
+        unknown = _rows(files, analyte, cal_set, "unknown")
+        n_reanalyse = 0
+        if len(reanalysis) and {"analyte", "sample_id"} <= set(reanalysis.columns):
+            mine = reanalysis[(reanalysis["analyte"] == analyte) & reanalysis["sample_id"].isin(unknown["sample_id"])]
+            n_reanalyse = len(mine.drop_duplicates(["sample_id", "analyte"]))
+        rows.append({
+            "analyte": analyte, "set": cal_set, "accepted": accepted,
+            "failing": [_rule_words(r) for r in failing if r.get("critical", True)],
+            "warnings": [_rule_words(r) for r in failing if not r.get("critical", True)],
+            "counts": sample_counts(unknown, n_reanalyse),
+        })
+    rejected = [f"{r['analyte']} ({r['set']})" for r in rows if not r["accepted"]]
+    accepted_run = bool(files.run.get("run_accepted", not rejected)) and not rejected
+    if accepted_run:
+        headline = f"Run accepted: all {len(rows)} analyte curves meet ICH M10"
+    else:
+        headline = f"Run rejected for {', '.join(rejected) if rejected else 'every analyte'}"
+        if len(rows) - len(rejected) > 0:
+            headline += f"; {len(rows) - len(rejected)} of {len(rows)} accepted"
+    return {
+        "accepted": accepted_run, "headline": headline, "rows": rows,
+        "injection_errors": sorted(files.run.get("injection_errors", {}).items(), key=lambda kv: int(kv[0])),
+    }
+
+
+def _rule_words(rule: dict) -> str:
+    text = f"{rule['rule']}: {rule['measured']} (limit {rule['limit']})"
+    return text + (f"; {rule['detail']}" if rule.get("detail") else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Calibration
+
+
+def calibrator_table(files: RunFiles, analyte: str, cal_set: str) -> pd.DataFrame:
+    """Every calibrator injection with its back-calculated value, %RE, limit and fate."""
+    acc = files.acceptance
+    cals = _rows(files, analyte, cal_set, "calibrator").copy()
+    lowest = cals["nominal"].min()
+    cals["excluded"] = has_flag(cals, "EXCLUDED") if len(cals) else pd.Series(dtype=bool)
+    cals["re_pct"] = cals["accuracy_pct"] - 100.0
+    cals["tolerance_pct"] = np.where(np.isclose(cals["nominal"], lowest), acc.lloq_tolerance_pct, acc.calibrator_tolerance_pct)
+    return cals.sort_values(["nominal", "injection"], kind="stable")
+
+
+def calibration_section(files: RunFiles) -> list[dict]:
+    acc, units = files.acceptance, files.units
+    blocks = []
+    for _, cal in files.calibration.iterrows():
+        analyte, cal_set = cal["analyte"], cal["calibrator_set"]
+        cals = calibrator_table(files, analyte, cal_set)
+        curve = None
+        if cal["model"] and _finite(cal["slope"]):
+            quadratic = float(cal["quadratic"]) if _finite(cal.get("quadratic")) else 0.0
+            curve = figures.CurveCoefficients(float(cal["intercept"]), float(cal["slope"]), quadratic)
+        key = f"cal{analyte}{cal_set}"
+        plot_points = cals[["level", "nominal", "area_ratio", "excluded", "re_pct"]]
+        coefficients = [("model", cal["model"] or "no curve"), ("weighting", cal["weighting"] or "–")]
+        for name in ("intercept", "slope") + (("quadratic",) if cal["model"] == "quadratic" else ()):
+            coefficients.append((name, f"{fmt(cal[name], 6)} ± {fmt(cal[name + '_se'], 3)} (SE)"))
+        coefficients += [
+            ("weighted r²", f"{cal['r_squared']:.5f}" if _finite(cal["r_squared"]) else "–"),
+            ("calibrators used", f"{int(cal['n_used'])} of {int(cal['n_calibrators'])}"),
+            ("levels used", str(cal["levels_used"]).replace(";", ", ") or "–"),
+            ("levels failing", str(cal["levels_excluded"]).replace(";", ", ") or "none"),
+            ("run range", f"{fmt(cal['lloq'])} – {fmt(cal['uloq'])} {units}" if _finite(cal["lloq"]) else "none"),
+        ]
+        if cal.get("problem"):
+            coefficients.append(("problem", cal["problem"]))
+        blocks.append({
+            "analyte": analyte, "set": cal_set, "accepted": bool(cal["accepted"]), "anchor": f"cal-{analyte}-{cal_set}",
+            "curve_svg": Markup(figures.calibration_curve(key + "c", plot_points, curve, analyte, units)),
+            "residual_svg": Markup(figures.residuals(key + "r", plot_points, acc.calibrator_tolerance_pct,
+                                                     acc.lloq_tolerance_pct, analyte, units)),
+            "coefficients": coefficients,
+            "calibrators": [
+                {
+                    "injection": int(r["injection"]), "sample_id": r["sample_id"], "level": r["level"],
+                    "nominal": fmt(r["nominal"]), "area_ratio": fmt(r["area_ratio"]),
+                    "back_calculated": fmt(r["back_calculated"]), "accuracy": fmt_pct(r["accuracy_pct"]),
+                    "re": fmt_pct(r["re_pct"]), "limit": f"±{r['tolerance_pct']:g}",
+                    "excluded": bool(r["excluded"]), "reason": r["exclusion_reason"],
+                    "ok": bool(not r["excluded"] and _finite(r["re_pct"]) and abs(r["re_pct"]) <= r["tolerance_pct"] + 1e-9),
+                }
+                for _, r in cals.iterrows()
+            ],
+            "rules": _rules(files, analyte, cal_set, ("calibration",)),
+        })
+    return blocks
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. QCs
+
+
+def qc_table(files: RunFiles) -> pd.DataFrame:
+    """Every QC injection x analyte: found, accuracy and pass/fail against its limit."""
+    acc = files.acceptance
+    results = files.results
+    qcs = results[results["sample_type"] == "qc"].copy()
+    qcs["found"] = qcs["back_calculated"] * qcs["dilution_factor"]
+    qcs["passed"] = ~has_flag(qcs, "QC_FAIL") & qcs["accuracy_pct"].notna() if len(qcs) else pd.Series(dtype=bool)
+    qcs["tolerance_pct"] = np.where(qcs["level"] == "LLOQ", acc.lloq_qc_tolerance_pct, acc.qc_tolerance_pct)
+    qcs["level_rank"] = qcs["level"].map({lvl: i for i, lvl in enumerate(QC_LEVEL_ORDER)}).fillna(len(QC_LEVEL_ORDER))
+    return qcs.sort_values(["level_rank", "injection"], kind="stable")
+
+
+def qc_section(files: RunFiles) -> list[dict]:
+    acc = files.acceptance
+    qcs = qc_table(files)
+    blocks = []
+    for cal_set in dict.fromkeys(files.calibration["calibrator_set"]):
+        in_set = qcs[qcs["calibrator_set"] == cal_set]
+        analytes = [a for a, s in _sets(files) if s == cal_set]
+        tables = []
+        for analyte in analytes:
+            rows = in_set[in_set["analyte"] == analyte]
+            levels = []
+            for level, level_rows in rows.groupby("level", sort=False):
+                n, ok = len(level_rows), int(level_rows["passed"].sum())
+                levels.append({
+                    "level": level, "nominal": fmt(level_rows["nominal"].iloc[0]),
+                    "limit": f"±{level_rows['tolerance_pct'].iloc[0]:g}",
+                    "injections": [
+                        {"injection": int(r["injection"]), "sample_id": r["sample_id"], "found": fmt(r["found"]),
+                         "accuracy": fmt_pct(r["accuracy_pct"]), "passed": bool(r["passed"]),
+                         "dilution": fmt(r["dilution_factor"])}
+                        for _, r in level_rows.iterrows()
+                    ],
+                    "count": f"{ok}/{n}", "fraction_ok": n > 0 and ok / n >= acc.min_qc_level_fraction - 1e-9,
+                })
+            judged = rows[rows["level"] != "DQC"]
+            n, ok = len(judged), int(judged["passed"].sum())
+            tables.append({
+                "analyte": analyte, "levels": levels, "total": f"{ok}/{n}",
+                "total_ok": n > 0 and ok / n >= acc.min_qc_fraction - 1e-9,
+                "rules": _rules(files, analyte, cal_set, ("qc",)),
+            })
+        svg = figures.qc_accuracy(f"qc{cal_set}", in_set, analytes, acc.qc_tolerance_pct, acc.lloq_qc_tolerance_pct,
+                                  f"QC accuracy by injection ({cal_set} curve)")
+        blocks.append({
+            "set": cal_set, "plot_svg": Markup(svg), "tables": tables,
+            "min_level_pct": f"{100 * acc.min_qc_level_fraction:.0f}", "min_total_pct": f"{100 * acc.min_qc_fraction:.1f}",
+        })
+    return blocks
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Carry-over, blanks and IS response
+
+
+def blank_checks(files: RunFiles) -> pd.DataFrame:
+    """Analyte and IS response of every blank and zero against the ICH M10 limits.
+
+    A blank right after the highest calibrator is the carry-over blank; the others (and the
+    zeros, for the analyte) show selectivity. Analyte: <= 20 % of the mean LLOQ calibrator area;
+    IS: <= 5 % of the mean calibrator/QC IS area.
+    """
+    acc = files.acceptance
+    results = files.results
+    order = results.drop_duplicates("injection").set_index("injection").sort_index()
+    rows = []
+    for (analyte, cal_set), table in results.groupby(["analyte", "calibrator_set"], sort=False):
+        cals = table[(table["sample_type"] == "calibrator") & ~has_flag(table, "EXCLUDED")]
+        lloq = table["lloq"].dropna()
+        lloq_area = cals.loc[np.isclose(cals["nominal"], lloq.iloc[0]), "area"].mean() if len(lloq) else np.nan
+        reference = table.loc[table["sample_type"].isin(["calibrator", "qc"])].drop_duplicates("injection")["is_area"].mean()
+        top = cals["nominal"].max()
+        for _, row in table[table["sample_type"].isin(["blank", "zero"])].iterrows():
+            previous = order.loc[row["injection"] - 1] if row["injection"] - 1 in order.index else None
+            after_uloq = previous is not None and previous["sample_type"] == "calibrator" and np.isclose(
+                table.loc[table["injection"] == row["injection"] - 1, "nominal"].max(), top)
+            role = "carry-over" if row["sample_type"] == "blank" and after_uloq else "selectivity"
+            area = row["area"] if _finite(row["area"]) else 0.0
+            analyte_pct = 100.0 * area / lloq_area if _finite(lloq_area) and lloq_area > 0 else np.nan
+            is_area = row["is_area"] if _finite(row["is_area"]) else 0.0
+            is_pct = 100.0 * is_area / reference if row["sample_type"] == "blank" and _finite(reference) and reference > 0 else np.nan
+            analyte_ok = not _finite(analyte_pct) or analyte_pct <= acc.carryover_pct_of_lloq + 1e-9
+            is_ok = not _finite(is_pct) or is_pct <= acc.carryover_is_pct + 1e-9
+            rows.append({
+                "injection": int(row["injection"]), "sample_id": row["sample_id"], "sample_type": row["sample_type"],
+                "after": previous["sample_id"] if previous is not None else "", "check": role,
+                "analyte": analyte, "calibrator_set": cal_set, "internal_standard": row["internal_standard"],
+                "analyte_area": row["area"], "analyte_pct_lloq": analyte_pct, "is_area": row["is_area"],
+                "is_pct": is_pct, "passed": analyte_ok and is_ok,
+            })
+    columns = ["injection", "sample_id", "sample_type", "after", "check", "analyte", "calibrator_set",
+               "internal_standard", "analyte_area", "analyte_pct_lloq", "is_area", "is_pct", "passed"]
+    return pd.DataFrame(rows, columns=columns).sort_values(["injection", "analyte"], kind="stable")
+
+
+def is_response_table(files: RunFiles) -> list[dict]:
+    """Per internal standard and calibrator set: the IS area of each injection, the reference
+    (mean calibrator/QC IS area) and the flagged injections."""
+    results = files.results
+    out = []
+    for (istd, cal_set), table in results.groupby(["internal_standard", "calibrator_set"], sort=False):
+        per_injection = table.sort_values("injection").groupby("injection", sort=True).agg(
+            sample_id=("sample_id", "first"), sample_type=("sample_type", "first"), is_area=("is_area", "first"),
+            is_response_pct=("is_response_pct", "first"),
+            flagged=("flags", lambda f: any("IS_RESPONSE" in flag_list(x) for x in f)),
+        ).reset_index()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            implied = per_injection["is_area"] * 100.0 / per_injection["is_response_pct"]
+        reference = float(implied.dropna().median()) if implied.notna().any() else np.nan
+        out.append({"internal_standard": istd, "set": cal_set, "points": per_injection, "reference": reference})
+    return out
+
+
+def checks_section(files: RunFiles) -> dict:
+    acc = files.acceptance
+    blanks = blank_checks(files)
+    is_blocks = []
+    for item in is_response_table(files):
+        points = item["points"]
+        title = f"{item['internal_standard']} response by injection ({item['set']} curve)"
+        key = f"is{item['internal_standard']}{item['set']}"
+        flagged = points[points["flagged"]]
+        is_blocks.append({
+            "internal_standard": item["internal_standard"], "set": item["set"],
+            "reference": fmt(item["reference"]),
+            "plot_svg": Markup(figures.is_response(key, points, item["reference"], acc.is_response_band_pct, title)),
+            "flagged": [
+                {"injection": int(r["injection"]), "sample_id": r["sample_id"], "sample_type": r["sample_type"],
+                 "is_area": fmt(r["is_area"]), "pct": fmt_pct(r["is_response_pct"])}
+                for _, r in flagged.iterrows()
+            ],
+        })
+    return {
+        "rules": _rules(files, categories=("carryover", "selectivity", "is_response")),
+        "blanks": [
+            {**r, "analyte_area": fmt(r["analyte_area"]) if _finite(r["analyte_area"]) else "not detected",
+             "analyte_pct_lloq": fmt_pct(r["analyte_pct_lloq"]), "is_area_text": fmt(r["is_area"]) if _finite(r["is_area"]) else "not detected",
+             "is_pct": fmt_pct(r["is_pct"]) if r["sample_type"] == "blank" else "IS added"}
+            for r in blanks.to_dict("records")
+        ],
+        "analyte_limit": f"{acc.carryover_pct_of_lloq:g}", "is_limit": f"{acc.carryover_is_pct:g}",
+        "band": f"{acc.is_response_band_pct[0]:g}-{acc.is_response_band_pct[1]:g}",
+        "is_blocks": is_blocks,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Samples
+
+
+def samples_section(files: RunFiles, reanalysis: pd.DataFrame) -> dict:
+    results = files.results
+    unknown = results[results["sample_type"] == "unknown"].sort_values(["injection", "analyte"], kind="stable")
+    rows = []
+    for _, r in unknown.iterrows():
+        flags = flag_list(r["flags"])
+        if _finite(r["concentration"]):
+            shown, key = fmt(r["concentration"]), sort_key(r["concentration"])
+        elif "BLQ" in flags:
+            shown, key = f"BLQ (< {fmt(r['lloq'])})", "-1"
+        elif "ALQ" in flags:
+            shown, key = f"ALQ (> {fmt(r['uloq'])})", sort_key(r["back_calculated"] * r["dilution_factor"])
+        elif "NO_PEAK" in flags:
+            shown, key = "not detected", "-2"
+        else:
+            shown, key = "–", ""
+        rows.append({
+            "injection": int(r["injection"]), "sample_id": r["sample_id"], "matrix": r["matrix"],
+            "subject_id": r["subject_id"], "visit": r["visit"], "timepoint": r["timepoint"],
+            "dilution": fmt(r["dilution_factor"]), "analyte": r["analyte"],
+            "area_ratio": fmt(r["area_ratio"]), "area_ratio_key": sort_key(r["area_ratio"]),
+            "concentration": shown, "concentration_key": key,
+            "flags": flags, "reportable": bool(r["reportable"]),
+        })
+    reanalysis_rows = [
+        {k: ("" if isinstance(v, float) and not math.isfinite(v) else (fmt(v) if isinstance(v, float) else v)) for k, v in row.items()}
+        for row in reanalysis.to_dict("records")
+    ]
+    return {"rows": rows, "reanalysis_columns": list(reanalysis.columns), "reanalysis": reanalysis_rows,
+            "units": files.units, "source": "reanalysis.csv" if files.reanalysis is not None else "results.csv flags"}
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Chromatograms
+
+
+def _integration(peak: dict | None) -> figures.Integration:
+    if peak is None:
+        return figures.Integration()
+    get = lambda k: float(peak[k]) if _finite(peak.get(k)) else float("nan")  # noqa: E731
+    return figures.Integration(get("start_min"), get("end_min"), get("baseline_start"), get("baseline_end"),
+                               get("rt_min"), get("expected_rt_min"))
+
+
+def _is_manual(peak: dict | None) -> bool:
+    return peak is not None and str(peak.get("manual", False)) == "True"
+
+
+def _panel(peak: dict | None, traces: dict, label: str, flags: list[str]) -> Markup:
+    """One thumbnail: the trace the run integrated (matched by its chromatogram id) and its peak."""
+    trace = traces.get(peak["native_id"]) if peak is not None else None
+    manual = _is_manual(peak)
+    state = " ".join(s for s, on in (("flagged", bool(flags)), ("manual", manual)) if on)
+    note = []
+    if peak is not None and _finite(peak.get("area")):
+        note.append(f"area {fmt(peak['area'], 3)}")
+    elif peak is not None:
+        note.append(str(peak["status"]).replace("_", " ").lower())
+    if manual:
+        note.append("MANUAL")
+    note += flags
+    title = label if peak is None else f"{label} {peak['q1']:g}>{peak['q3']:g}"
+    time, intensity = (trace.time, trace.intensity) if trace is not None else (None, None)
+    return Markup(figures.chromatogram_thumbnail(title, time, intensity, _integration(peak), " · ".join(note), state))
+
+
+def _injection_traces(path: Path) -> tuple[dict, str]:
+    if not path.is_file():
+        return {}, "file not found"
+    try:
+        return {t.native_id: t for t in read_traces(path)}, ""
+    except ChromatogramReadError as err:
+        return {}, str(err)
+
+
+def chromatogram_section(files: RunFiles, batch_dir: Path | str | None = None) -> dict:
+    """Small multiples of quantifier, qualifier(s) and IS for every injection, read from the
+    batch folder's mzML files; a missing folder or file is said, not fatal."""
+    recorded = files.session.get("batch_folder")
+    folder = Path(batch_dir) if batch_dir is not None else (Path(recorded) if recorded else None)
+    if folder is None:
+        return {"available": False, "message": "The batch folder is not recorded in session.json: "
+                "rerun `lcmsquant report RESULTS_DIR --batch BATCH_DIR` to draw the chromatograms.", "injections": []}
+    if not folder.is_dir():
+        return {"available": False, "message": f"The batch folder {folder} was not found, so the chromatograms "
+                "are not drawn: rerun `lcmsquant report RESULTS_DIR --batch BATCH_DIR` with the mzML files.", "injections": []}
+    peaks: dict[tuple, list[dict]] = {}
+    for peak in files.peaks.to_dict("records"):
+        peaks.setdefault((peak["injection"], peak["compound"], peak["role"]), []).append(peak)
+    by_injection: dict[int, list[dict]] = {}
+    for row in files.results.sort_values(["injection"], kind="stable").to_dict("records"):
+        by_injection.setdefault(int(row["injection"]), []).append(row)
+    injections, missing = [], 0
+    for injection, rows in by_injection.items():
+        first = rows[0]
+        traces, problem = _injection_traces(folder / first["file"])
+        missing += problem == "file not found"
+        quiet = first["sample_type"] in ("blank", "zero")  # no analyte peak is expected there
+        lines, all_flags, manual = [], [], False
+        for row in rows:
+            flags = flag_list(row["flags"])
+            all_flags += flags
+            quant = next(iter(peaks.get((injection, row["analyte"], "quantifier"), [])), None)
+            quals = peaks.get((injection, row["analyte"], "qualifier"), [])
+            istd = next(iter(peaks.get((injection, row["internal_standard"], "internal_standard"), [])), None)
+            quant_flags = [f for f in flags if f in PEAK_FLAGS and not (quiet and f == "NO_PEAK")]
+            panels = [_panel(quant, traces, "quant", quant_flags)]
+            panels += [_panel(q, traces, "qual", [f for f in flags if f in ("ION_RATIO", "NO_QUALIFIER")]) for q in quals]
+            panels.append(_panel(istd, traces, "IS", [f for f in flags if f in ("IS_RESPONSE", "NO_IS")]))
+            manual = manual or any(_is_manual(p) for p in [quant, *quals, istd])
+            lines.append({"analyte": row["analyte"], "panels": panels})
+        injections.append({
+            "injection": injection, "sample_id": first["sample_id"], "sample_type": first["sample_type"],
+            "level": first["level"], "file": first["file"], "manual": manual, "problem": problem,
+            "flags": list(dict.fromkeys(f for f in all_flags if not (quiet and f == "NO_PEAK"))), "lines": lines,
+        })
+    if injections and missing == len(injections):
+        return {"available": False, "message": f"None of the mzML files was found in {folder}: rerun "
+                "`lcmsquant report RESULTS_DIR --batch BATCH_DIR` with the folder that holds them.", "injections": []}
+    message = f"{missing} of {len(injections)} mzML files were not found in {folder}." if missing else ""
+    return {"available": True, "message": message, "injections": injections}
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Audit and provenance
+
+
+def provenance_section(files: RunFiles) -> dict:
+    prov = files.run.get("provenance", {})
+    session = files.session
+    command = session.get("command", [])
+    software = dict(prov.get("software", {}))
+    for name in ("jinja2", "matplotlib"):
+        try:
+            software[f"{name} (report)"] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            software[f"{name} (report)"] = "unknown"
+    results = files.results
+    excluded = results[(results["sample_type"] == "calibrator") & has_flag(results, "EXCLUDED")]
+    acceptance = {
+        name: (f"{value:g}" if isinstance(value, float) else "-".join(f"{v:g}" for v in value) if isinstance(value, list) else value)
+        for name, value in (prov.get("acceptance") or asdict(files.acceptance)).items()
+    }
+    audit = files.audit
+    return {
+        "audit_columns": list(audit.columns),
+        "audit": [{k: ("" if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in audit.to_dict("records")],
+        "exclusions": [
+            {"injection": int(r["injection"]), "sample_id": r["sample_id"], "analyte": r["analyte"], "level": r["level"],
+             "reason": r["exclusion_reason"] or "excluded"}
+            for _, r in excluded.sort_values(["analyte", "injection"]).iterrows()
+        ],
+        "method": prov.get("method", {}), "calibrator_sets": prov.get("calibrator_sets", []),
+        "acceptance": sorted(acceptance.items()), "inputs": prov.get("inputs", []), "software": sorted(software.items()),
+        "batch": files.run.get("batch", ""), "lcmsquant": files.run.get("lcmsquant", ""),
+        "finished_at": session.get("finished_at", "not recorded"),
+        "command": shlex.join(command) if isinstance(command, list) else str(command),
+        "host": session.get("host", ""), "batch_folder": session.get("batch_folder", ""),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The document
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("lcmsquant", "templates"), autoescape=True, undefined=StrictUndefined,
+        trim_blocks=True, lstrip_blocks=True,
+    )
+    env.filters["num"] = fmt
+    return env
+
+
+def render_report(results_dir: Path | str, batch_dir: Path | str | None = None) -> str:
+    """The report's HTML for a results folder (chromatograms from `batch_dir`, else the batch
+    folder recorded in session.json)."""
+    files = read_run_files(results_dir)
+    reanalysis = reanalysis_list(files)
+    context = {
+        "batch": files.run.get("batch", files.folder.parent.name),
+        "method": files.run.get("provenance", {}).get("method", {}),
+        "units": files.units,
+        "verdict": verdict_section(files, reanalysis),
+        "calibration": calibration_section(files),
+        "qc": qc_section(files),
+        "checks": checks_section(files),
+        "samples": samples_section(files, reanalysis),
+        "chromatograms": chromatogram_section(files, batch_dir),
+        "provenance": provenance_section(files),
+    }
+    return _environment().get_template("report.html.j2").render(**context)
+
+
+def write_report(results_dir: Path | str, batch_dir: Path | str | None = None) -> Path:
+    """Write RESULTS_DIR/report.html (atomically) and return its path."""
+    html = render_report(results_dir, batch_dir)
+    return atomic_write(Path(results_dir) / REPORT_HTML, html)
+
+
+def write_pdf(results_dir: Path | str) -> Path:
+    """Print RESULTS_DIR/report.html to RESULTS_DIR/report.pdf with headless Chromium."""
+    from lcmsquant.browser import print_pdf
+
+    html = Path(results_dir) / REPORT_HTML
+    if not html.is_file():
+        raise ReportError(results_dir, [f"{REPORT_HTML} is missing: write it first (`lcmsquant report RESULTS_DIR`)"])
+    return print_pdf(html, Path(results_dir) / REPORT_PDF)

@@ -1,0 +1,334 @@
+"""The report's pictures as inline SVG text: a few matplotlib plots (calibration curve, %RE
+residuals, QC accuracy, IS response) and hand-made chromatogram thumbnails, hundreds of which
+must be drawn in a second or two.
+
+Every function takes plain arrays or tidy tables and returns SVG markup; nothing is written.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display; must precede the figure import on a headless machine
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator  # noqa: E402
+
+ANALYTE_COLOURS = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
+TYPE_COLOURS = {"calibrator": "#1f77b4", "qc": "#2ca02c", "unknown": "#7f7f7f", "zero": "#9467bd", "blank": "#bcbd22"}
+FAIL = "#c62828"
+BAND = "#e8f1fb"
+SIZE = (4.6, 3.1)  # inches; two plots sit side by side on a laptop screen
+
+
+def _svg(fig: Figure, key: str) -> str:
+    """The figure as SVG text, byte-identical across runs, with ids unique to `key`."""
+    salt = re.sub(r"[^A-Za-z0-9]", "", key)
+    buffer = io.StringIO()
+    with matplotlib.rc_context({"svg.hashsalt": salt, "svg.fonttype": "none", "svg.id": None}):
+        fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]  # drop the XML prolog and doctype: the SVG sits inside HTML
+
+
+def _figure(size: tuple[float, float] = SIZE, legend_outside: bool = False) -> tuple[Figure, object]:
+    """A figure with fixed margins: a "tight" layout would draw every figure twice."""
+    fig = Figure(figsize=size, dpi=96)
+    right = 1.0 - 1.25 / size[0] if legend_outside else 0.97
+    fig.subplots_adjust(left=0.8 / size[0], right=right, bottom=0.5 / size[1], top=1.0 - 0.3 / size[1])
+    ax = fig.add_subplot()
+    ax.tick_params(labelsize=8)
+    ax.grid(True, which="major", color="#dddddd", linewidth=0.6)
+    ax.set_axisbelow(True)
+    return fig, ax
+
+
+def _log_axis(ax, which: str) -> None:
+    """Log scale labelled 0.5, 1, 10, 100 rather than in mathtext powers (slow to lay out)."""
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    axis.set_major_locator(LogLocator(base=10))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_locator(NullLocator())  # unlabelled minor ticks cost most of the drawing time
+
+
+@dataclass(frozen=True)
+class CurveCoefficients:
+    intercept: float
+    slope: float
+    quadratic: float = 0.0
+
+    def response(self, x: np.ndarray) -> np.ndarray:
+        return self.intercept + self.slope * x + self.quadratic * x * x
+
+
+def calibration_curve(
+    key: str, calibrators: pd.DataFrame, curve: CurveCoefficients | None, analyte: str, units: str
+) -> str:
+    """Area ratio against nominal concentration (log-log), the fitted curve through it; excluded
+    calibrators drawn as red crosses labelled with their level.
+
+    `calibrators` has columns level, nominal, area_ratio, excluded.
+    """
+    fig, ax = _figure()
+    cals = calibrators[calibrators["nominal"] > 0]
+    x_all = cals["nominal"].to_numpy(float)
+    if curve is not None and len(x_all):
+        x = np.geomspace(x_all.min() / 1.3, x_all.max() * 1.3, 200)
+        y = curve.response(x)
+        ok = y > 0
+        ax.plot(x[ok], y[ok], color="#444444", linewidth=1.0, label="fitted curve", zorder=2)
+    used = cals[~cals["excluded"] & (cals["area_ratio"] > 0)]
+    excluded = cals[cals["excluded"] & (cals["area_ratio"] > 0)]
+    ax.scatter(used["nominal"], used["area_ratio"], s=22, color=ANALYTE_COLOURS[0], label="used", zorder=3)
+    if len(excluded):
+        ax.scatter(excluded["nominal"], excluded["area_ratio"], s=40, marker="x", color=FAIL, label="excluded", zorder=4)
+        for _, row in excluded.iterrows():
+            ax.annotate(str(row["level"]), (row["nominal"], row["area_ratio"]), xytext=(4, -10),
+                        textcoords="offset points", fontsize=7, color=FAIL)
+    if len(used) + len(excluded):
+        _log_axis(ax, "x")
+        _log_axis(ax, "y")
+    ax.set_xlabel(f"nominal concentration ({units})", fontsize=8)
+    ax.set_ylabel("area ratio (analyte / IS)", fontsize=8)
+    ax.set_title(f"{analyte}: calibration curve", fontsize=9)
+    ax.legend(fontsize=7, frameon=False, loc="upper left")
+    return _svg(fig, key)
+
+
+def residuals(key: str, calibrators: pd.DataFrame, tolerance_pct: float, lloq_tolerance_pct: float,
+              analyte: str, units: str) -> str:
+    """%RE of each back-calculated calibrator against its nominal, with the acceptance bands.
+
+    `calibrators` has columns nominal, re_pct, excluded.
+    """
+    fig, ax = _figure()
+    cals = calibrators[(calibrators["nominal"] > 0) & calibrators["re_pct"].notna()]
+    if len(cals):
+        _log_axis(ax, "x")
+        lo, hi = cals["nominal"].min() / 1.5, cals["nominal"].max() * 1.5
+        ax.axhspan(-tolerance_pct, tolerance_pct, color=BAND, zorder=0, label=f"±{tolerance_pct:g} %")
+        ax.hlines([-lloq_tolerance_pct, lloq_tolerance_pct], lo, hi, colors="#6a8fb5", linestyles="dashed",
+                  linewidth=0.8, label=f"±{lloq_tolerance_pct:g} % (LLOQ)")
+        ax.set_xlim(lo, hi)
+    ax.axhline(0, color="#888888", linewidth=0.8)
+    used, excluded = cals[~cals["excluded"]], cals[cals["excluded"]]
+    ax.scatter(used["nominal"], used["re_pct"], s=22, color=ANALYTE_COLOURS[0], label="used", zorder=3)
+    if len(excluded):
+        ax.scatter(excluded["nominal"], excluded["re_pct"], s=40, marker="x", color=FAIL, label="excluded", zorder=4)
+    limit = max(lloq_tolerance_pct * 1.6, float(cals["re_pct"].abs().max()) * 1.15 if len(cals) else 0)
+    ax.set_ylim(-limit, limit)
+    ax.set_xlabel(f"nominal concentration ({units})", fontsize=8)
+    ax.set_ylabel("%RE (back-calculated vs nominal)", fontsize=8)
+    ax.set_title(f"{analyte}: residuals", fontsize=9)
+    ax.legend(fontsize=7, frameon=False, loc="lower right", ncols=2)
+    return _svg(fig, key)
+
+
+QC_AXIS_LIMIT_PCT = 60.0  # the accuracy axis never spans more than 100 +- this; beyond, points sit on the edge
+
+
+def qc_accuracy(key: str, qcs: pd.DataFrame, analytes: Sequence[str], tolerance_pct: float,
+                lloq_tolerance_pct: float, title: str) -> str:
+    """QC accuracy (% of nominal) against injection order, one colour per analyte; failing QCs as
+    red-edged markers. A QC far off (an IS drop-out reads 500 %) is drawn as a triangle on the
+    axis's edge with its value, so it does not squash the others into a line.
+
+    `qcs` has columns injection, analyte, level, accuracy_pct, passed.
+    """
+    fig, ax = _figure((7.0, 3.1), legend_outside=True)
+    ax.axhspan(100 - tolerance_pct, 100 + tolerance_pct, color=BAND, zorder=0, label=f"100 ± {tolerance_pct:g} %")
+    ax.axhline(100 - lloq_tolerance_pct, color="#6a8fb5", linestyle="dashed", linewidth=0.8, label="LLOQ QC limit")
+    ax.axhline(100 + lloq_tolerance_pct, color="#6a8fb5", linestyle="dashed", linewidth=0.8)
+    deviation = (qcs["accuracy_pct"].dropna() - 100).abs()
+    span = min(max(lloq_tolerance_pct * 1.5, float(deviation.max()) + 5 if len(deviation) else 0), QC_AXIS_LIMIT_PCT)
+    low, high = 100 - span, 100 + span
+    stacked: dict[tuple, int] = {}  # labels of off-scale points at one injection go one under another
+    for i, analyte in enumerate(analytes):
+        rows = qcs[(qcs["analyte"] == analyte) & qcs["accuracy_pct"].notna()]
+        colour = ANALYTE_COLOURS[i % len(ANALYTE_COLOURS)]
+        inside = rows["accuracy_pct"].between(low, high)
+        ok, bad = rows[rows["passed"] & inside], rows[~rows["passed"] & inside]
+        ax.scatter(ok["injection"], ok["accuracy_pct"], s=20, color=colour, label=analyte, zorder=3)
+        if len(bad):
+            ax.scatter(bad["injection"], bad["accuracy_pct"], s=30, color=colour, edgecolors=FAIL,
+                       linewidths=1.4, zorder=4, label=f"{analyte} failing")
+        for _, row in rows[~inside].iterrows():
+            above = row["accuracy_pct"] > high
+            edge = high - span * 0.04 if above else low + span * 0.04
+            ax.scatter([row["injection"]], [edge], s=36, marker="^" if above else "v", color=colour,
+                       edgecolors=FAIL, linewidths=1.2, zorder=4)
+            k = stacked[(row["injection"], above)] = stacked.get((row["injection"], above), -1) + 1
+            ax.annotate(f"{analyte} {row['accuracy_pct']:.0f} %", (row["injection"], edge),
+                        xytext=(6, -3 - 8 * k if above else -3 + 8 * k), textcoords="offset points", fontsize=6.5, color=FAIL)
+    ax.set_ylim(low, high)
+    ax.set_xlabel("injection", fontsize=8)
+    ax.set_ylabel("accuracy (% of nominal)", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return _svg(fig, key)
+
+
+def is_response(key: str, points: pd.DataFrame, reference: float, band_pct: tuple[float, float], title: str) -> str:
+    """IS area of every injection against injection order, the acceptance band around the mean
+    calibrator/QC IS area, and flagged injections labelled with their sample id.
+
+    `points` has columns injection, sample_id, sample_type, is_area, flagged.
+    """
+    fig, ax = _figure((7.0, 3.1), legend_outside=True)
+    low, high = band_pct
+    if np.isfinite(reference):
+        ax.axhspan(reference * low / 100, reference * high / 100, color=BAND, zorder=0,
+                   label=f"{low:g}-{high:g} % of mean cal/QC")
+        ax.axhline(reference, color="#6a8fb5", linewidth=0.8, label="mean cal/QC")
+    for sample_type, colour in TYPE_COLOURS.items():
+        rows = points[(points["sample_type"] == sample_type) & points["is_area"].notna()]
+        if len(rows):
+            ax.scatter(rows["injection"], rows["is_area"], s=16, color=colour, label=sample_type, zorder=3)
+    flagged = points[points["flagged"] & points["is_area"].notna()]
+    if len(flagged):
+        ax.scatter(flagged["injection"], flagged["is_area"], s=48, facecolors="none", edgecolors=FAIL,
+                   linewidths=1.4, zorder=4, label="outside band")
+        for _, row in flagged.iterrows():
+            ax.annotate(str(row["sample_id"]), (row["injection"], row["is_area"]), xytext=(5, 3),
+                        textcoords="offset points", fontsize=7, color=FAIL)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("injection", fontsize=8)
+    ax.set_ylabel("IS area (counts)", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return _svg(fig, key)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chromatogram thumbnails, drawn by hand: matplotlib would take ~50 ms each, this ~0.2 ms.
+
+THUMB_W, THUMB_H = 210, 86
+PAD_L, PAD_R, PAD_T, PAD_B = 4, 4, 14, 12
+MAX_POINTS = 240  # a thumbnail is ~200 px wide: more points draw nothing new
+
+
+@dataclass(frozen=True)
+class Integration:
+    """What the integrator decided for one trace (NaN when no peak)."""
+
+    start: float = float("nan")
+    end: float = float("nan")
+    baseline_start: float = float("nan")
+    baseline_end: float = float("nan")
+    rt: float = float("nan")
+    expected_rt: float = float("nan")
+
+
+def decimate(time: np.ndarray, intensity: np.ndarray, max_points: int = MAX_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """At most `max_points` points keeping each bucket's minimum and maximum, so no peak is lost."""
+    n = len(time)
+    if n <= max_points:
+        return time, intensity
+    buckets = max_points // 2
+    edges = np.linspace(0, n, buckets + 1).astype(int)
+    keep = []
+    for a, b in itertools.pairwise(edges):
+        if b <= a:
+            continue
+        segment = intensity[a:b]
+        i, j = a + int(np.argmin(segment)), a + int(np.argmax(segment))
+        keep.extend((i, j) if i <= j else (j, i))
+    keep = np.unique(np.asarray(keep))
+    return time[keep], intensity[keep]
+
+
+def display_window(time: np.ndarray, peak: Integration) -> tuple[float, float]:
+    """The part of the trace worth seeing: the whole of a short (scheduled) trace, else the peak
+    or its expected RT with a margin of 3 peak widths (at least +-0.5 min)."""
+    if len(time) == 0:
+        return 0.0, 1.0
+    t0, t1 = float(time[0]), float(time[-1])
+    if t1 - t0 <= 2.0:
+        return t0, t1
+    centre = peak.rt if np.isfinite(peak.rt) else peak.expected_rt
+    if not np.isfinite(centre):
+        return t0, t1
+    half = 0.5
+    if np.isfinite(peak.start) and np.isfinite(peak.end):
+        half = max(half, 3.0 * (peak.end - peak.start))
+    return max(t0, centre - half), min(t1, centre + half)
+
+
+def _points(xs: np.ndarray, ys: np.ndarray) -> str:
+    pairs = np.column_stack([xs, ys]).ravel()
+    return (("%.1f,%.1f " * len(xs)) % tuple(pairs)).rstrip()
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+
+
+def chromatogram_thumbnail(
+    title: str, time: np.ndarray | None, intensity: np.ndarray | None, peak: Integration,
+    note: str = "", state: str = "",
+) -> str:
+    """One SRM trace as a small SVG: the trace, the integrated area shaded above its baseline,
+    the boundaries, the baseline and the expected RT. `state` is "" / "flagged" / "manual"
+    (drawn as a coloured frame); `note` is printed under the title (area, flags)."""
+    w, h = THUMB_W, THUMB_H
+    parts = [f'<svg class="thumb {state}" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+             f'viewBox="0 0 {w} {h}" role="img"><title>{_escape(title)}</title>']
+    parts.append(f'<text x="{PAD_L}" y="10" class="tt">{_escape(title)}</text>')
+    if note:
+        parts.append(f'<text x="{w - PAD_R}" y="{h - 2}" class="tn" text-anchor="end">{_escape(note)}</text>')
+    if time is None or intensity is None or len(time) < 2:
+        parts.append(f'<text x="{w / 2}" y="{h / 2}" class="tm" text-anchor="middle">no data</text></svg>')
+        return "".join(parts)
+    lo, hi = display_window(time, peak)
+    inside = (time >= lo) & (time <= hi)
+    t, y = time[inside], intensity[inside]
+    if len(t) < 2:
+        t, y = time, intensity
+        lo, hi = float(t[0]), float(t[-1])
+    t, y = decimate(t, y)
+    y_min = min(float(np.min(y)), 0.0)
+    y_max = float(np.max(y))
+    if y_max <= y_min:
+        y_max = y_min + 1.0
+    x_scale = (w - PAD_L - PAD_R) / max(hi - lo, 1e-9)
+    y_scale = (h - PAD_T - PAD_B) / (y_max - y_min)
+
+    def sx(v):
+        return PAD_L + (np.asarray(v, float) - lo) * x_scale
+
+    def sy(v):
+        return h - PAD_B - (np.asarray(v, float) - y_min) * y_scale
+
+    if np.isfinite(peak.expected_rt) and lo <= peak.expected_rt <= hi:
+        x = sx(peak.expected_rt)
+        parts.append(f'<line class="te" x1="{x:.1f}" y1="{PAD_T}" x2="{x:.1f}" y2="{h - PAD_B}"/>')
+    if np.isfinite(peak.start) and np.isfinite(peak.end):
+        seg = (t >= peak.start) & (t <= peak.end)
+        bt = np.concatenate([[peak.start], t[seg], [peak.end]])
+        by = np.concatenate([[np.interp(peak.start, time, intensity)], y[seg], [np.interp(peak.end, time, intensity)]])
+        slope = (peak.baseline_end - peak.baseline_start) / max(peak.end - peak.start, 1e-12)
+        base = peak.baseline_start + slope * (bt - peak.start)
+        if np.all(np.isfinite(base)):
+            xs = np.concatenate([sx(bt), sx(bt[::-1])])
+            ys = np.concatenate([sy(by), sy(base[::-1])])
+            parts.append(f'<polygon class="ta" points="{_points(xs, ys)}"/>')
+            parts.append(
+                f'<line class="tb" x1="{sx(peak.start):.1f}" y1="{sy(peak.baseline_start):.1f}" '
+                f'x2="{sx(peak.end):.1f}" y2="{sy(peak.baseline_end):.1f}"/>'
+            )
+        for boundary in (peak.start, peak.end):
+            x = sx(boundary)
+            parts.append(f'<line class="tk" x1="{x:.1f}" y1="{PAD_T}" x2="{x:.1f}" y2="{h - PAD_B}"/>')
+    parts.append(f'<polyline class="tr" points="{_points(sx(t), sy(y))}"/>')
+    parts.append(f'<text x="{PAD_L}" y="{h - 2}" class="tn">{lo:.2f}-{hi:.2f} min</text>')
+    parts.append(f'<text x="{w - PAD_R}" y="10" class="tn" text-anchor="end">max {y_max:.3g}</text>')
+    parts.append("</svg>")
+    return "".join(parts)

@@ -1,0 +1,364 @@
+"""The validation report as a reviewer meets it: opened in a real browser, printed to PDF, and
+holding what is needed to accept or reject the run, in the order a reviewer works."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from lcmsquant import browser
+from lcmsquant.cli import app
+from lcmsquant.pipeline import run_batch
+from lcmsquant.report import (
+    REPORT_HTML, ReportError, read_run_files, reanalysis_list, render_report, rule_category,
+    write_pdf, write_report,
+)
+from lcmsquant.report_figures import decimate
+from lcmsquant.results import write_outputs
+from lcmsquant.simulate import SimulationOptions, simulate_batch
+
+SECTIONS = [
+    "1. Verdict", "2. Calibration", "3. QCs", "4. Carry-over, blanks and IS response", "5. Samples",
+    "6. Chromatograms", "7. Audit and provenance",
+]
+REJECTED_RED = (198, 40, 40)  # the rejected banner's background, #c62828
+ACCEPTED_GREEN = (27, 127, 59)  # #1b7f3b
+
+
+def _write_run(folder, out):
+    batch, result = run_batch(folder)
+    write_outputs(batch, result, out, command=["lcmsquant", "run", str(folder)])
+    write_report(out)
+    return batch, result
+
+
+@pytest.fixture(scope="module")
+def accepted(plasma_run, tmp_path_factory):
+    """Results folder (with report.html) of the clean simulated plasma run."""
+    folder, _, batch, result = plasma_run
+    out = tmp_path_factory.mktemp("accepted") / "results"
+    write_outputs(batch, result, out, command=["lcmsquant", "run", str(folder)])
+    write_report(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def troubled(tmp_path_factory):
+    """A run a reviewer must reject for M1 (QCs biased +30 %), with a spoiled flumatinib CAL5,
+    a QC whose IS response dropped to 20 % and a manual integration."""
+    folder = tmp_path_factory.mktemp("troubled") / "batch"
+    options = SimulationOptions(qc_bias_pct={"M1": 30}, spoil_calibrator=("flumatinib", "CAL5"), is_dropout=("QC-MQC-2",))
+    simulate_batch(folder, seed=31, options=options)
+    worklist = pd.read_csv(folder / "worklist.csv")
+    unknown = worklist[worklist["sample_type"] == "unknown"].iloc[2]
+    (folder / "overrides.csv").write_text(
+        "file,target,action,start_min,end_min,reason,analyst\n"
+        f"{unknown['file']},M3-d4,integrate,1.70,2.00,baseline drawn under the tail,JD\n"
+    )
+    batch, result = _write_run(folder, folder / "results")
+    return folder / "results", unknown["sample_id"], batch, result
+
+
+def _section(html: str, section_id: str) -> str:
+    match = re.search(rf'<section id="{section_id}">(.*?)</section>', html, re.S)
+    assert match, section_id
+    return match.group(1)
+
+
+def _pixels_near(image: np.ndarray, colour, tolerance=8) -> int:
+    return int((np.abs(image[..., :3].astype(int) - np.array(colour)).max(axis=-1) <= tolerance).sum())
+
+
+def _not_blank(image: np.ndarray) -> bool:
+    grey = image[..., :3].mean(axis=-1)
+    return (grey < 200).mean() > 0.01 and grey.std() > 10
+
+
+def test_report_opens_in_headless_chromium_with_every_section_in_order(accepted, chromium, tmp_path):
+    html = accepted / REPORT_HTML
+    shot = browser.screenshot(html, tmp_path / "first-screen.png", 1280, 900)
+    image = np.asarray(Image.open(shot).convert("RGB"))
+    assert image.shape[:2] == (900, 1280)
+    assert _not_blank(image)
+    dom = browser.dump_dom(html)
+    headings = [re.sub(r"<[^>]+>", "", h).strip() for h in re.findall(r"<h2[^>]*>(.*?)</h2>", dom, re.S)]
+    assert headings == SECTIONS
+    assert dom.count('<details class="inj"') == len(pd.read_csv(accepted / "results.csv")["injection"].unique())
+
+
+def test_report_is_self_contained(accepted):
+    html = (accepted / REPORT_HTML).read_text()
+    assert not re.search(r'(src|href)\s*=\s*"(https?:)?//', html)  # nothing fetched from a network
+    assert "<link" not in html and "<script src" not in html and "@import" not in html
+    assert html.count("<svg") > 100  # plots and chromatograms are inline
+
+
+def test_a_rejected_analyte_is_shown_in_the_first_screen(troubled, accepted, chromium, tmp_path):
+    results, *_ = troubled
+    bad = np.asarray(Image.open(browser.screenshot(results / REPORT_HTML, tmp_path / "bad.png")).convert("RGB"))
+    good = np.asarray(Image.open(browser.screenshot(accepted / REPORT_HTML, tmp_path / "good.png")).convert("RGB"))
+    assert _pixels_near(bad, REJECTED_RED) > 20_000  # the red banner fills part of the first screen
+    assert _pixels_near(good, REJECTED_RED) < 500
+    assert _pixels_near(good, ACCEPTED_GREEN) > 20_000
+    dom = browser.dump_dom(results / REPORT_HTML)
+    banner = re.search(r'id="verdict-banner">(.*?)</div>', dom, re.S).group(1)
+    assert "Run rejected for M1 (plasma)" in banner
+    assert "QCs within tolerance: 0/11" in banner
+
+
+def test_pdf_renders_and_its_first_pages_are_not_blank(troubled, chromium):
+    import pypdfium2 as pdfium
+
+    results, *_ = troubled
+    pdf_path = write_pdf(results)
+    assert pdf_path.read_bytes()[:5] == b"%PDF-"
+    pdf = pdfium.PdfDocument(pdf_path)
+    try:
+        assert len(pdf) >= 7  # one page at least per section; chromatograms opened for print
+        for index in range(3):
+            page = pdf[index].render(scale=1).to_numpy()
+            assert _not_blank(page), f"page {index + 1} is blank"
+        assert "Run rejected for M1" in pdf[0].get_textpage().get_text_range()
+    finally:
+        pdf.close()
+
+
+def test_verdict_counts_match_the_results(troubled):
+    results, *_ = troubled
+    html = (results / REPORT_HTML).read_text()
+    verdict = _section(html, "verdict")
+    table = pd.read_csv(results / "results.csv", keep_default_na=False, na_values=[""])
+    m1 = table[(table["analyte"] == "M1") & (table["sample_type"] == "unknown")]
+    row = re.search(r'#cal-M1-plasma">M1</a>.*?</tr>', verdict, re.S).group(0)
+    numbers = [int(n) for n in re.findall(r'<td class="n">(\d+)</td>', row)]
+    blq = m1["flags"].str.contains("BLQ").sum()
+    alq = m1["flags"].str.contains("ALQ").sum()
+    # study samples, reported, BLQ, ALQ, flagged, to reanalyse: M1 rejected, so nothing reported
+    assert numbers == [len(m1), 0, blq, alq, len(m1), len(m1)]
+    assert "REJECTED" in row and "accepted" in re.search(r'#cal-flumatinib-plasma">.*?</tr>', verdict, re.S).group(0)
+
+
+def test_calibration_shows_the_excluded_calibrator_with_its_reason(troubled):
+    results, *_ = troubled
+    calibration = _section((results / REPORT_HTML).read_text(), "calibration")
+    flumatinib = calibration[calibration.index('id="cal-flumatinib-plasma"'):calibration.index('id="cal-M1-plasma"')]
+    excluded = re.findall(r'<tr class="excluded">(.*?)</tr>', flumatinib, re.S)
+    assert len(excluded) == 1 and "CAL5" in excluded[0]
+    assert "excluded: back-calculated +" in excluded[0] and "(limit +-15 %)" in excluded[0]
+    assert flumatinib.count("<svg") == 2  # curve and residual plot
+    assert ">excluded<" in flumatinib  # the legend of the curve names the excluded point
+    assert "±20 % (LLOQ)" in flumatinib and "±15 %" in flumatinib
+
+
+def test_qc_section_counts_each_level_and_all_qcs(troubled):
+    results, *_ = troubled
+    qcs = _section((results / REPORT_HTML).read_text(), "qcs")
+    assert "M1, plasma QCs: <span class=\"fail\">0/11 within tolerance" in qcs
+    assert "LQC: 0/3 within ±15 %" in qcs and "LLOQ: 0/2 within ±20 %" in qcs
+    assert "QC accuracy by injection" in qcs
+
+
+def test_is_response_plot_labels_the_flagged_injection(troubled):
+    results, *_ = troubled
+    checks = _section((results / REPORT_HTML).read_text(), "checks")
+    plot = re.search(r"<svg.*?flumatinib-d3 response by injection.*?</svg>", checks, re.S).group(0)
+    assert "QC-MQC-2" in plot  # the labelled point
+    table = checks[checks.index("flumatinib-d3 area"):]
+    assert "QC-MQC-2" in table.split("</table>")[0]
+    assert "carry-over" in checks and "selectivity" in checks
+
+
+def test_samples_table_sorts_in_the_browser_and_lists_reanalysis(troubled):
+    results, *_ = troubled
+    samples = _section((results / REPORT_HTML).read_text(), "samples")
+    assert '<table class="sortable" id="samples-table">' in samples
+    assert "RUN_REJECTED" in samples  # every M1 study sample goes back
+    reanalysis = reanalysis_list(read_run_files(results))
+    alq = reanalysis[reanalysis["reason"].str.contains("ALQ")]
+    assert len(alq) >= 2 and (alq["suggested_dilution_factor"].astype(int) >= 2).all()
+    assert not reanalysis["reason"].str.fullmatch("").any()
+
+
+def test_chromatograms_mark_manual_and_flagged_peaks(troubled):
+    results, manual_sample, *_ = troubled
+    chromatograms = _section((results / REPORT_HTML).read_text(), "chromatograms")
+    blocks = re.findall(r'<details class="inj".*?</details>', chromatograms, re.S)
+    assert len(blocks) == len(pd.read_csv(results / "results.csv")["injection"].unique())
+    manual = [b for b in blocks if f"</b> {manual_sample} " in b]
+    assert len(manual) == 1 and 'class="thumb manual"' in manual[0] and 'data-flagged="1"' in manual[0]
+    dropout = next(b for b in blocks if "</b> QC-MQC-2 " in b)
+    assert 'class="thumb flagged"' in dropout and "IS_RESPONSE" in dropout
+    assert all(b.count('<polyline class="tr"') == 9 for b in blocks)  # 3 analytes x quant, qual, IS
+    assert chromatograms.count('<polygon class="ta"') > len(blocks)  # integrated areas drawn
+
+
+def test_audit_and_provenance_hold_overrides_hashes_and_session(troubled):
+    results, manual_sample, *_ = troubled
+    provenance = _section((results / REPORT_HTML).read_text(), "provenance")
+    assert "baseline drawn under the tail" in provenance and "JD" in provenance and manual_sample in provenance
+    run = json.loads((results / "run.json").read_text())
+    for item in run["provenance"]["inputs"]:
+        assert item["sha256"] in provenance
+    assert run["provenance"]["method"]["sha256"] in provenance
+    session = json.loads((results / "session.json").read_text())
+    assert session["finished_at"] in provenance and "lcmsquant run" in provenance
+    assert "CAL5" in provenance  # the automatic exclusion is in the audit trail too
+
+
+def test_report_is_identical_for_the_same_results_and_reruns_differ_only_in_the_session(troubled, tmp_path):
+    results, _, batch, result = troubled
+    assert render_report(results) == (results / REPORT_HTML).read_text()  # same results, same bytes
+    write_outputs(batch, result, tmp_path / "rerun", command=["lcmsquant", "run", "--again", str(batch.folder)])
+    rerun = write_report(tmp_path / "rerun").read_text()
+    first = (results / REPORT_HTML).read_text()
+    assert rerun != first
+    strip = lambda html: re.sub(r'<table class="kv" id="session">.*?</table>', "", html, flags=re.S)  # noqa: E731
+    assert strip(rerun) == strip(first)
+
+
+def test_without_the_mzml_files_the_chromatogram_section_says_so(accepted, tmp_path):
+    copy = shutil.copytree(accepted, tmp_path / "results")
+    html = render_report(copy, batch_dir=tmp_path / "gone")
+    chromatograms = _section(html, "chromatograms")
+    assert "was not found, so the chromatograms are not drawn" in chromatograms
+    assert "--batch BATCH_DIR" in chromatograms and "<details" not in chromatograms
+    assert "1. Verdict" in html and "Run accepted" in html
+
+
+def test_reanalysis_csv_and_rule_categories_are_used_when_the_run_wrote_them(accepted, tmp_path):
+    copy = shutil.copytree(accepted, tmp_path / "results")
+    pd.DataFrame([{
+        "injection": 20, "file": "020_X.mzML", "sample_id": "S-REPEAT", "matrix": "plasma", "analyte": "M3",
+        "reason": "carry-over suspected", "detail": "after ULOQ", "suggested_dilution_factor": "",
+    }]).to_csv(copy / "reanalysis.csv", index=False)
+    run = json.loads((copy / "run.json").read_text())
+    run["rules"].append({
+        "analyte": "M3", "calibrator_set": "plasma", "rule": "carry-over (analyte)", "category": "carryover",
+        "section": "3.2.6", "measured": "3.1 % of LLOQ", "limit": "<= 20 %", "passed": True, "critical": True, "detail": "",
+    })
+    (copy / "run.json").write_text(json.dumps(run))
+    html = render_report(copy)
+    samples = _section(html, "samples")
+    assert "S-REPEAT" in samples and "carry-over suspected" in samples and "From reanalysis.csv" in samples
+    assert "3.1 % of LLOQ" in _section(html, "checks")
+    assert "3.1 % of LLOQ" not in _section(html, "calibration")
+
+
+def test_rule_category_falls_back_on_the_rule_name():
+    assert rule_category({"rule": "anything", "category": "selectivity"}) == "selectivity"
+    assert rule_category({"rule": "carry-over (IS)"}) == "carryover"
+    assert rule_category({"rule": "zero selectivity"}) == "selectivity"
+    assert rule_category({"rule": "IS response drift"}) == "is_response"
+    assert rule_category({"rule": "LQC QCs within tolerance"}) == "qc"
+    assert rule_category({"rule": "range covers QCs"}) == "calibration"
+    assert rule_category({"rule": "calibrators within tolerance"}) == "calibration"
+
+
+def test_decimation_keeps_a_narrow_peak():
+    time = np.linspace(0, 10, 20_000)
+    intensity = np.random.default_rng(1).normal(100, 5, time.size)
+    intensity[12_345] = 50_000  # one-point spike: a bucket's maximum must survive
+    t, y = decimate(time, intensity, 240)
+    assert len(t) <= 240 and y.max() == 50_000 and np.all(np.diff(t) > 0)
+
+
+def test_a_results_folder_without_its_files_is_refused_with_their_names(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "results.csv").write_text("injection\n1\n")
+    with pytest.raises(ReportError) as err:
+        render_report(tmp_path / "results")
+    assert "peaks.csv is missing" in str(err.value) and "run.json is missing" in str(err.value)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "lcmsquant", *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_report_command_rerenders_and_prints_the_pdf(accepted, chromium, tmp_path):
+    copy = shutil.copytree(accepted, tmp_path / "results")
+    (copy / REPORT_HTML).unlink()
+    done = _cli("report", copy, "--pdf")
+    assert done.returncode == 0, done.stderr
+    assert (copy / REPORT_HTML).read_bytes() == (accepted / REPORT_HTML).read_bytes()
+    assert (copy / "report.pdf").read_bytes()[:5] == b"%PDF-"
+    assert not list(copy.glob(".*tmp"))
+
+
+def test_report_command_errors_are_clear_without_traceback(accepted, tmp_path, monkeypatch):
+    runner = CliRunner()
+    done = runner.invoke(app, ["report", str(tmp_path / "nowhere")])
+    assert done.exit_code == 2 and "is not a folder" in done.output and "Traceback" not in done.output
+    done = runner.invoke(app, ["report", str(accepted), "--batch", str(tmp_path / "nowhere")])
+    assert done.exit_code == 2 and "--batch" in done.output
+    copy = shutil.copytree(accepted, tmp_path / "results")
+    monkeypatch.setenv("LCMSQUANT_CHROMIUM", str(tmp_path / "no-chromium"))
+    done = runner.invoke(app, ["report", str(copy), "--pdf"])
+    assert done.exit_code == 2 and "LCMSQUANT_CHROMIUM" in done.output and "Traceback" not in done.output
+    assert (copy / REPORT_HTML).is_file() and not (copy / "report.pdf").exists()
+
+
+def test_a_run_without_a_curve_or_qcs_still_renders_and_says_so(accepted, tmp_path):
+    copy = shutil.copytree(accepted, tmp_path / "results")
+    results = pd.read_csv(copy / "results.csv", dtype=str, keep_default_na=False)
+    results = results[~results["sample_type"].isin(["qc"])]
+    results.to_csv(copy / "results.csv", index=False)
+    calibration = pd.read_csv(copy / "calibration.csv", dtype=str, keep_default_na=False)
+    flumatinib = calibration["analyte"] == "flumatinib"
+    calibration.loc[flumatinib, ["model", "weighting", "intercept", "slope", "r_squared", "lloq", "uloq"]] = ""
+    calibration.loc[flumatinib, ["accepted", "problem"]] = ["False", "only 2 usable calibrators: a linear curve needs 3"]
+    calibration.to_csv(copy / "calibration.csv", index=False)
+    html = render_report(copy)
+    calibration_html = _section(html, "calibration")
+    assert "no curve" in calibration_html and "only 2 usable calibrators" in calibration_html
+    assert "0/0 within tolerance" in _section(html, "qcs")
+
+
+def test_thumbnails_of_every_real_sciex_trace_stay_inside_their_frame(sciex_dir):
+    import xml.etree.ElementTree as ET
+
+    from lcmsquant.chromatograms import read_traces
+    from lcmsquant.peaks import PeakSearch, find_peak
+    from lcmsquant.report_figures import THUMB_H, THUMB_W, Integration, chromatogram_thumbnail
+
+    traces = read_traces(sciex_dir / "RawDataProcessor_mzML_1.mzML")
+    assert len(traces) == 324
+    for trace in traces:
+        svg = ET.fromstring(chromatogram_thumbnail(trace.native_id, trace.time, trace.intensity, Integration()))
+        line = svg.find("{http://www.w3.org/2000/svg}polyline")
+        xy = np.array([p.split(",") for p in line.get("points").split()], dtype=float)
+        assert 2 <= len(xy) <= 240 and xy[:, 0].min() >= 0 and xy[:, 0].max() <= THUMB_W
+        assert xy[:, 1].min() >= 0 and xy[:, 1].max() <= THUMB_H
+    # 23dpg heavy (Q1 268, Q3 170), apex near 953.67 s in SmartPeak: drawn with its integration
+    trace = next(t for t in traces if abs(t.q1 - 268) < 0.5 and abs(t.q3 - 170) < 0.5 and t.covers(953.67 / 60))
+    peak = find_peak(trace.time, trace.intensity, PeakSearch(953.67 / 60, 0.3))
+    drawn = chromatogram_thumbnail("23dpg", trace.time, trace.intensity, Integration(
+        peak.start, peak.end, peak.baseline_start, peak.baseline_end, peak.rt, 953.67 / 60))
+    assert '<polygon class="ta"' in drawn and drawn.count('<line class="tk"') == 2
+
+
+def test_sorting_and_opening_work_in_the_browser(troubled, chromium, tmp_path):
+    results, *_ = troubled
+    html = (results / REPORT_HTML).read_text()
+    clicks = """<script>
+    document.querySelectorAll('#samples-table th')[9].click();            // concentration, ascending
+    document.querySelector('button[data-open="flagged"]').click();
+    </script></body>"""
+    page = tmp_path / "clicked.html"
+    page.write_text(html.replace("</body>", clicks))
+    dom = browser.dump_dom(page)
+    table = re.search(r'<table class="sortable" id="samples-table">(.*?)</table>', dom, re.DOTALL).group(1)
+    keys = re.findall(r'<td class="n" data-sort="([^"]*)">[^<]*</td><td>(?:<span|</td>)', table)
+    numbers = [float(k) for k in keys if k]
+    assert len(numbers) > 50 and numbers == sorted(numbers)
+    assert all(k == "" for k in keys[len(numbers):])  # rows without a value go last
+    details = re.findall(r'<details class="inj"([^>]*)>', dom)
+    opened = [d for d in details if " open" in d]
+    assert opened and all('data-flagged="1"' in d for d in opened)
+    assert len(opened) == sum('data-flagged="1"' in d for d in details)
