@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
           "med|p95 over the traces all methods found.\ntail = tau/sigma; drift = strong linear drift; "
           "shoulder = a second peak that many FWHM after the main apex.\nmissing = no peak (lcmsquant / "
           "PeakIntegrator on its boundaries / MRMTransitionGroupPicker); split%, shoulder% = lcmsquant's `split`\n"
-          "and `shoulder` flags (a shoulder is cut off by a perpendicular drop); targets: see below.\n")
+          "and `shoulder` flags; targets: see below.\n")
     report(results)
     targets(results)
     print("\nMRMTransitionGroupPicker settings: "

@@ -16,8 +16,8 @@ Definitions used everywhere in lcmsquant:
 - baseline rule: a straight line fitted to the trace outside the peak (base to base), flat when
   its slope is within 2 standard errors of zero; where a boundary is a valley before a
   neighbouring peak the peak is cut there by a perpendicular drop to that same baseline
-  (`split`); an unresolved co-eluting peak (no valley, but the signal bends twice) is cut off
-  the same way at the most convex point between the two (`shoulder`);
+  (`split`); an unresolved co-eluting peak (no valley, but the signal bends twice) is only
+  flagged (`shoulder`);
 - boundaries: where the smoothed signal meets the baseline, and at least where the peak's
   side, extrapolated as an exponential decay, is no longer worth integrating (it would add
   more noise than signal: a tail is integrated to its real end, not to its first noise dip);
@@ -163,11 +163,7 @@ def find_peak(time: np.ndarray, intensity: np.ndarray, search: PeakSearch) -> Pe
     peak = integrate(time, intensity, start, end, baseline, sigma, smoothed, split=split)
     if peak is None or peak.sn < search.min_sn:
         return None
-    cut = _shoulder_cut(intensity, smoothed - baseline(time), start, end, apex, width)
-    if cut is not None:
-        # A perpendicular drop at the shoulder, as at a valley; the flag asks for a review.
-        start, end = (start, cut) if cut > apex else (cut, end)
-        peak = integrate(time, intensity, start, end, baseline, sigma, smoothed, split=split) or peak
+    if _has_shoulder(intensity, smoothed - baseline(time), start, end, apex, width):
         peak = replace(peak, shoulder=True)
     return peak
 
@@ -264,21 +260,19 @@ def _crossing_times(t, y: list[float], apex: int, step: int, levels: tuple[float
     return times + [math.nan] * (count - len(times))
 
 
-def _shoulder_cut(
-    intensity: np.ndarray, above: np.ndarray, start: int, end: int, apex: int, width: int
-) -> int | None:
-    """Where to cut off an unresolved co-eluting peak (a shoulder), or None if there is none.
+def _has_shoulder(intensity: np.ndarray, above: np.ndarray, start: int, end: int, apex: int, width: int) -> bool:
+    """Whether an unresolved co-eluting peak (a shoulder) sits on the peak.
 
     A shoulder too close to leave a valley still bends the signal twice: the curvature
     (-d2y/dt2) has a second concave maximum inside the peak, clear of the apex by half the
     smoothing width, with a convex stretch (below -1 curvature noise) between it and the apex,
     concave by 3 times the curvature noise outside the peak, standing out by 15 % of the apex's
     curvature and 6 times that noise, and where the signal is still 20 % of the apex height
-    (noise in a long tail does not pass all of these). The cut is at the most convex point
-    between apex and shoulder, the nearest a perpendicular drop gets to a valley.
+    (noise in a long tail does not pass all of these). The peak is not cut there: on real
+    traces the test also fires on jagged tops, where a drop would halve a clean peak.
     """
     if start + len(intensity) - 1 - end < 10:
-        return None
+        return False
     curvature = -convolve1d(intensity, _savgol_second_derivative(width), mode="nearest")
     noise = 1.4826 * _mad(np.concatenate((curvature[:start], curvature[end + 1:])))
     inside = curvature[start: end + 1]
@@ -287,15 +281,14 @@ def _shoulder_cut(
     mid = inside[1:-1]
     offset = np.abs(np.arange(start + 1 - apex, start + len(inside) - 1 - apex))
     if not np.any((mid >= inside[:-2]) & (mid >= inside[2:]) & (mid > 3.0 * noise) & (offset >= clear)):
-        return None
+        return False
     tops, _ = find_peaks(inside, prominence=max(6.0 * noise, 0.15 * curvature[apex]))
-    for top in sorted(tops, key=lambda i: abs(start + i - apex)):
+    for top in tops:
         lo, hi = sorted((top, apex - start))
-        between = inside[lo: hi + 1]
-        if (abs(start + top - apex) >= clear and inside[top] > 3.0 * noise and between.min() < -noise
+        if (abs(start + top - apex) >= clear and inside[top] > 3.0 * noise and inside[lo: hi + 1].min() < -noise
                 and above[start + top] >= 0.2 * above[apex]):
-            return start + lo + int(np.argmin(between))
-    return None
+            return True
+    return False
 
 
 def _flat_top(raw: np.ndarray) -> bool:
@@ -412,10 +405,14 @@ def _robust_line(x: np.ndarray, y: np.ndarray):
     keep = None  # all points
     slope, intercept = _line(x, y)
     spread = 0.0
-    for _ in range(2):
+    for iteration in range(2):
         residual = y - (intercept + slope * x)
         spread = 1.4826 * _mad(residual)
         if spread <= 0:
+            if iteration == 0 and _median(residual) != 0:
+                # Over half the points are one value (zero-heavy pulse counts) off a line pulled
+                # by the rest: that value is the level.
+                return 0.0, _median(y), None, 0.0
             break
         new_keep = np.abs(residual) <= 3.0 * spread
         kept = np.count_nonzero(new_keep)
@@ -453,29 +450,29 @@ def _boundaries(
     """Peak limits: where the smoothed signal returns to the baseline, or a valley before another
     peak, nor wider than 6 half-widths before and 12 after the apex.
 
-    A side without a valley reaches at least 2.5 half-widths before and 3 after the apex, and at
-    least as far as its decay, extrapolated as an exponential, is worth integrating
-    (`_decay_reach`): a tail is integrated to its real end rather than to the first noise dip.
-    Beyond that reach the walk's end is kept only where the stretch it adds holds signal (its
-    mean above the baseline exceeds 2 standard errors and 0.01 % of the height): at low S/N a
-    walk that goes on while the noise stays above the baseline only adds noise, biased upwards.
+    Each side reaches at least 2.5 half-widths before and 3 after the apex, and as far as its
+    decay, extrapolated as an exponential, is worth integrating (`_decay_reach`), unless a valley
+    comes first: within that reach the walk goes on through noise dips below the baseline (a
+    tail is integrated to its real end, not to its first dip) but stops at a valley. Beyond the
+    reach it stops where the signal meets the baseline, and that stretch is kept only where it
+    holds signal (its mean above the baseline exceeds 2 standard errors and 0.01 % of the
+    height): at low S/N a walk that goes on while the noise stays above the baseline only adds
+    noise, biased upwards.
     """
     above = (smoothed - base).tolist()  # walked point by point: Python floats are faster
     half = 0.5 * above[apex]
     hw_left = apex - _crossing(above, apex, -1, half)
     hw_right = _crossing(above, apex, +1, half) - apex
-    start, left_valley = _walk(above, apex, -1, sigma)
-    end, right_valley = _walk(above, apex, +1, sigma)
+    reach_left = max(math.ceil(2.5 * hw_left), _decay_reach(above, apex, -1, sigma))
+    reach_right = max(3 * hw_right, _decay_reach(above, apex, +1, sigma))
+    start, left_valley = _walk(above, apex, -1, sigma, reach_left)
+    end, right_valley = _walk(above, apex, +1, sigma, reach_right)
     n = len(above)
     floor = 1e-4 * above[apex]  # what is not worth integrating even on noise-free data
-    if not left_valley:
-        reach = max(math.ceil(2.5 * hw_left), _decay_reach(above, apex, -1, sigma))
-        if start >= apex - reach or not _holds_signal(raw, base, start, apex - reach, sigma, floor):
-            start = apex - reach
-    if not right_valley:
-        reach = max(3 * hw_right, _decay_reach(above, apex, +1, sigma))
-        if end <= apex + reach or not _holds_signal(raw, base, apex + reach + 1, end + 1, sigma, floor):
-            end = apex + reach
+    if not left_valley and (start > apex - reach_left or not _holds_signal(raw, base, start, apex - reach_left, sigma, floor)):
+        start = apex - reach_left
+    if not right_valley and (end < apex + reach_right or not _holds_signal(raw, base, apex + reach_right + 1, end + 1, sigma, floor)):
+        end = apex + reach_right
     start = max(start, apex - 6 * hw_left, 0)
     end = min(end, apex + 12 * hw_right, n - 1)
     return start, end, left_valley or right_valley
@@ -492,7 +489,9 @@ def _decay_reach(above: list[float], apex: int, step: int, sigma: float) -> int:
     """Points from the apex to the end of the peak's side, 0 when it cannot be told.
 
     The side is extrapolated as an exponential decay (tau points) through where it falls to 50 %
-    and 20 % of the height, and ends where it has fallen to sigma / sqrt(2 tau): one more point
+    and 20 % of the height (20 % and 5 % when 5 % of the height is 5 sigma or more: the lower
+    part of a Gaussian side falls faster than its upper part suggests), and ends where it has
+    fallen to sigma / sqrt(2 tau): one more point
     there would add more noise variance (sigma^2) than it removes squared truncation bias
     (2 level^2 tau), so this end minimises the area's mean squared error; never below 0.01 % of
     the height (noise-free data). A Gaussian side, which falls faster than the exponential
@@ -501,16 +500,17 @@ def _decay_reach(above: list[float], apex: int, step: int, sigma: float) -> int:
     height = above[apex]
     if not height > 0:
         return 0
-    # Fractional indices where it falls to 50 % and 20 % (NaN when it never does).
-    t50, t20 = _crossing_times(range(len(above)), above, apex, step, (0.5 * height, 0.2 * height))
-    i50, i20 = abs(t50 - apex), abs(t20 - apex)
-    if not i20 > i50:
+    # Fractional indices where it falls to the two levels (NaN when it never does).
+    upper, lower = (0.2, 0.05) if 0.05 * height >= 5.0 * sigma else (0.5, 0.2)
+    t_upper, t_lower = _crossing_times(range(len(above)), above, apex, step, (upper * height, lower * height))
+    i_upper, i_lower = abs(t_upper - apex), abs(t_lower - apex)
+    if not i_lower > i_upper:
         return 0
-    tau = (i20 - i50) / math.log(2.5)
+    tau = (i_lower - i_upper) / math.log(upper / lower)
     level = max(sigma / math.sqrt(2.0 * tau), 1e-4 * height)
-    if not 0.2 * height > level:
+    if not lower * height > level:
         return 0
-    return int(math.ceil(i20 + tau * math.log(0.2 * height / level)))
+    return int(math.ceil(i_lower + tau * math.log(lower * height / level)))
 
 
 def _crossing(above: list[float], apex: int, step: int, level: float) -> int:
@@ -520,22 +520,31 @@ def _crossing(above: list[float], apex: int, step: int, level: float) -> int:
     return i if i != apex else apex + step
 
 
-def _walk(above: list[float], apex: int, step: int, sigma: float) -> tuple[int, bool]:
+def _walk(above: list[float], apex: int, step: int, sigma: float, reach: int = 0) -> tuple[int, bool]:
     """Index where the signal reaches the baseline, and whether a valley stopped the walk there
-    (the signal rises again by 3 sigma above the lowest point since the apex: another peak)."""
+    (the signal rises again by 3 sigma above the lowest point since the apex: another peak).
+
+    Within `reach` points of the apex a dip to the baseline does not end the walk (noise on a
+    tail), unless the signal then rises into another peak: the walk ends at that dip.
+    """
     n = len(above)
     i = apex
     lowest, lowest_at = above[apex], apex
-    rise = 3.0 * sigma
-    while 0 < i < n - 1:
+    rise = max(3.0 * sigma, 1e-4 * above[apex])  # float noise is no valley on noise-free data
+    last = apex + step * reach
+    dip = None
+    while 0 <= i + step < n:
         i += step
         value = above[i]
         if value < lowest:
             lowest, lowest_at = value, i
         if value <= 0:
-            return i, False
+            if (i - last) * step >= 0:
+                return (i if dip is None else dip), False
+            if dip is None:
+                dip = i
         if value - lowest > rise:
-            return lowest_at, True
+            return (lowest_at, True) if dip is None else (dip, False)
     return i, False
 
 
