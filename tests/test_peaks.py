@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 from scipy.stats import exponnorm
 
-from lcmsquant.peaks import PeakSearch, _median, find_peak, integrate_between, noise_sigma
+from lcmsquant.peaks import (
+    PeakSearch,
+    _median,
+    find_peak,
+    integrate_between,
+    noise_sigma,
+)
 
 TIME = np.arange(2.1, 3.1, 0.35 / 60)  # minutes, one point every 0.35 s as on a triple quad
 

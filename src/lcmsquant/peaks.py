@@ -510,7 +510,7 @@ def _decay_reach(above: list[float], apex: int, step: int, sigma: float) -> int:
     level = max(sigma / math.sqrt(2.0 * tau), 1e-4 * height)
     if not lower * height > level:
         return 0
-    return int(math.ceil(i_lower + tau * math.log(lower * height / level)))
+    return math.ceil(i_lower + tau * math.log(lower * height / level))
 
 
 def _crossing(above: list[float], apex: int, step: int, level: float) -> int:
