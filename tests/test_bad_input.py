@@ -28,7 +28,7 @@ from lcmsquant.batch import BatchError, load_batch
 from lcmsquant.chromatograms import MIN_POINTS, clean_trace, read_traces
 from lcmsquant.method import MethodError, default_method_path, load_method, parse_method
 from lcmsquant.mzml_writer import Chromatogram, write_chromatogram_mzml
-from lcmsquant.pipeline import measure_injection
+from lcmsquant.pipeline import measure_injection, run_batch
 from lcmsquant.simulate import SimulationOptions, simulate_batch
 
 PROPERTY = settings(max_examples=40, deadline=None, derandomize=True,
@@ -158,6 +158,23 @@ def test_missing_values_are_dropped_and_the_peak_is_still_measured(small_batch, 
     assert after["area"] == pytest.approx(before["area"], rel=0.01)
     assert "4 point(s) with a missing or infinite value dropped" in after["read_warnings"]
     assert _by_transition(rows)["flumatinib qualifier"]["read_warnings"] == ""
+
+
+def test_a_cleaned_trace_flags_its_result_for_review(batch_copy, tmp_path):
+    worklist = pd.read_csv(batch_copy / "worklist.csv", dtype=str, keep_default_na=False)
+    unknown = batch_copy / worklist[worklist["sample_type"] == "unknown"].iloc[0]["file"]
+
+    def punch_holes(chroms):
+        _quantifier(chroms).intensity[[3, 10]] = np.nan
+        return chroms
+
+    shutil.copy(_rewrite(unknown, tmp_path / "holes.mzML", punch_holes), unknown)
+    _, run = run_batch(batch_copy)
+    rows = run.results[run.results["file"] == unknown.name].set_index("analyte")
+    assert "READ_WARNING" in rows.loc["flumatinib", "flags"] and not rows.loc["flumatinib", "reportable"]
+    assert "READ_WARNING" not in rows.loc["M3", "flags"]
+    listed = run.reanalysis[(run.reanalysis["file"] == unknown.name) & (run.reanalysis["analyte"] == "flumatinib")]
+    assert "PEAK_REVIEW" in listed["reason"].iloc[0]
 
 
 def test_negative_intensities_are_kept_as_read_and_reported(small_batch, method, tmp_path):

@@ -32,7 +32,7 @@ BLOCKING_FLAGS = ("NO_DATA", "NO_PEAK", "BLQ", "ALQ", "REJECTED", "NO_IS", "OFF_
 # Flags that keep the value but send the sample for review or reanalysis.
 REVIEW_FLAGS = (
     "IS_RESPONSE", "ION_RATIO", "NO_QUALIFIER", "RT_SHIFT", "DILUTION_QC", "EDGE", "SATURATED", "LOW_SN",
-    "SPLIT", "SHOULDER",
+    "SPLIT", "SHOULDER", "READ_WARNING",
 )
 AUDITED = ("status", "rt_min", "start_min", "end_min", "area")
 PEAK_FIELDS = (
@@ -415,6 +415,7 @@ def analyte_table(batch: Batch, peaks: pd.DataFrame) -> pd.DataFrame:
                 "split": bool(quant["split"]),
                 "shoulder": bool(quant["shoulder"]),
                 "manual": bool(quant["manual"] or istd["manual"] or any(q["manual"] for q in quals)),
+                "read_warning": bool(quant.get("read_warnings", "") or istd.get("read_warnings", "")),
                 "is_rt_min": istd["rt_min"],
                 "is_expected_rt_min": istd["expected_rt_min"],
                 "is_area": istd["area"],
@@ -574,6 +575,8 @@ def _finish(table: pd.DataFrame, method: Method) -> pd.DataFrame:
             f.append("SHOULDER")
         if row["quant_status"] == "OK" and row["sn"] < min_sn and row["sample_type"] != "blank":
             f.append("LOW_SN")
+        if row["read_warning"]:
+            f.append("READ_WARNING")
         if row["manual"]:
             f.append("MANUAL")
         if row["sample_type"] == "calibrator" and row["excluded"]:

@@ -33,7 +33,7 @@ ACTIONS = {
     "NO_PEAK": "review the chromatogram (no peak detected; not reported as zero)",
     "PEAK_REVIEW": "review the integration",
 }
-PEAK_REVIEW_FLAGS = ("EDGE", "SPLIT", "SHOULDER", "LOW_SN")
+PEAK_REVIEW_FLAGS = ("EDGE", "SPLIT", "SHOULDER", "LOW_SN", "READ_WARNING")
 # The dilutions a lab pipettes; the one suggested brings an ALQ sample to at most half the ULOQ,
 # so that an extrapolated (or saturation-compressed) estimate up to 2x too low still lands in range.
 DILUTION_STEPS = (2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
