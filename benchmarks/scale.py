@@ -110,12 +110,14 @@ class PeakMemory:
             self._stop.wait(self.every_s)
 
 
-def cli_run(folder: Path, out: Path, jobs: int) -> tuple[float, int, int]:
-    """Wall seconds, peak PSS and peak RSS (bytes) of `lcmsquant run FOLDER --jobs JOBS`."""
+def cli_run(folder: Path, out: Path, jobs: int, report: bool = False) -> tuple[float, int, int]:
+    """Wall seconds, peak PSS and peak RSS (bytes) of `lcmsquant run FOLDER --jobs JOBS`
+    (with --no-report unless `report`: the report is timed apart, see report_speed.py)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
     start = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lcmsquant", "run", str(folder), "--out", str(out), "--jobs", str(jobs)],
+        [sys.executable, "-m", "lcmsquant", "run", str(folder), "--out", str(out), "--jobs", str(jobs),
+         *([] if report else ["--no-report"])],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     with PeakMemory(proc.pid) as memory:
@@ -164,7 +166,8 @@ def main() -> None:
         bare = min(_timed(lambda: bare_load(files)) for _ in range(repeat))
         rows = [("bare pyopenms load (in-process)", bare, 0, 0)]
         for jobs, runs in interleaved(folder, out, sorted({1, cores}), repeat).items():
-            rows.append((f"lcmsquant run --jobs {jobs} (CLI)", *best(runs)))
+            rows.append((f"lcmsquant run --jobs {jobs} --no-report (CLI)", *best(runs)))
+        with_report = best([cli_run(folder, out, cores, report=True) for _ in range(repeat)])
 
         crossover = []
         for size in sizes:
@@ -177,11 +180,14 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} CPUs ({cores} usable), {platform.machine()}, load avg "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, Python {platform.python_version()}, pyopenms "
           f"{oms.__version__}, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} | batch: {n} injections | best of {repeat}")
-    width = max(len(r[0]) for r in rows)
+    report_name = f"lcmsquant run --jobs {cores} (CLI, with report.html)"
+    width = max(len(report_name), *(len(r[0]) for r in rows))
     print(f"{'stage':<{width}}  {'seconds':>8}  {'inj/s':>7}  {'x bare':>7}  {'PSS MB':>7}  {'RSS MB':>7}")
     print(f"{'-' * width}  {'-' * 8}  {'-' * 7}  {'-' * 7}  {'-' * 7}  {'-' * 7}")
     for name, seconds, pss, rss in rows:
         print(f"{name:<{width}}  {seconds:8.2f}  {n / seconds:7.1f}  {seconds / bare:7.2f}  {mb(pss)}  {mb(rss)}")
+    print(f"{report_name:<{width}}  {with_report[0]:8.2f}  "
+          f"{n / with_report[0]:7.1f}  {with_report[0] / bare:7.2f}  {mb(with_report[1])}  {mb(with_report[2])}")
     fastest = min(rows[1:], key=lambda r: r[1])
     rate, ratio, memory = n / fastest[1], fastest[1] / bare, max(r[2] for r in rows[1:])
     print(f"aims ({fastest[0]}): {rate:.0f} injections/s (>= {AIM_RATE:g}: {'PASS' if rate >= AIM_RATE else 'MISS'}), "

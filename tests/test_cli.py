@@ -58,6 +58,16 @@ def test_rerun_gives_byte_identical_outputs(plasma_batch, tmp_path):
     assert not (plasma_batch / "results").exists()
 
 
+def test_no_report_gives_the_same_tables_and_removes_a_report_that_no_longer_fits(plasma_batch, tmp_path):
+    out = tmp_path / "out"
+    assert lcmsquant_cli("run", plasma_batch, "--out", out).returncode == 0
+    tables = {name: (out / name).read_bytes() for name in DETERMINISTIC}
+    done = lcmsquant_cli("run", plasma_batch, "--out", out, "--no-report")
+    assert done.returncode == 0 and "report.html" not in done.stdout
+    assert {name: (out / name).read_bytes() for name in DETERMINISTIC} == tables
+    assert not (out / "report.html").exists()
+
+
 def test_unusable_batch_exits_2_with_every_problem_and_writes_nothing(plasma_batch):
     worklist = plasma_batch / "worklist.csv"
     lines = worklist.read_text().splitlines()

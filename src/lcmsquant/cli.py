@@ -70,13 +70,16 @@ def run(
     scheduler: Annotated[
         str | None, typer.Option("--scheduler", help="Dask scheduler address (tcp://host:port): one task per batch on that cluster.")
     ] = None,
+    no_report: Annotated[
+        bool, typer.Option("--no-report", help="Leave out report.html (bulk reprocessing; `lcmsquant report` writes it later).")
+    ] = False,
 ) -> None:
     """Quantify batches: peaks, calibration curves, ICH M10 acceptance, results files.
 
     Each batch gets its own results folder; an unusable batch is reported and the others still run (exit code 2 if any batch was unusable, 1 on an unexpected error).
     """
     try:
-        outcomes = _run_batches(batch_dirs, method, out, jobs, scheduler)
+        outcomes = _run_batches(batch_dirs, method, out, jobs, scheduler, with_report=not no_report)
     except KeyboardInterrupt:
         errors.print("[bold red]interrupted:[/] the batch in progress wrote nothing; results already written are whole")
         raise typer.Exit(130) from None
@@ -88,7 +91,9 @@ def run(
         raise typer.Exit(EXIT_BAD_INPUT if all(o.bad_input for o in failed) else 1)
 
 
-def _run_batches(batch_dirs: list[Path], method: Path | None, out: Path | None, jobs: int | None, scheduler: str | None):
+def _run_batches(
+    batch_dirs: list[Path], method: Path | None, out: Path | None, jobs: int | None, scheduler: str | None, with_report: bool = True,
+):
     """run_batches with a progress bar per batch and each batch's summary as it ends."""
     from lcmsquant.workers import start_early, worklist_length
 
@@ -117,7 +122,9 @@ def _run_batches(batch_dirs: list[Path], method: Path | None, out: Path | None, 
             _print_outcome(outcome, several)
 
         try:
-            return run_batches(batch_dirs, method, out, jobs, scheduler, ["lcmsquant", *sys.argv[1:]], advance, report)
+            return run_batches(
+                batch_dirs, method, out, jobs, scheduler, ["lcmsquant", *sys.argv[1:]], advance, report, report=with_report,
+            )
         except InputError as err:
             _fail(err)
 
@@ -139,7 +146,11 @@ def _print_outcome(outcome, several: bool) -> None:
     console.print(table)
     if outcome.report_problem:
         errors.print(f"[yellow]warning:[/] report.html not written: {escape(outcome.report_problem)}", highlight=False)
-    console.print(f"Results written to {escape(str(outcome.out_dir))} (open report.html in a browser)", highlight=False)
+    has_report = (outcome.out_dir / "report.html").is_file()
+    console.print(
+        f"Results written to {escape(str(outcome.out_dir))}" + (" (open report.html in a browser)" if has_report else ""),
+        highlight=False,
+    )
 
 
 def summary_table(rows) -> Table:

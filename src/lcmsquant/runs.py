@@ -74,11 +74,13 @@ def process_batch(
     jobs: int | None = 1,
     command: list[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    report: bool = True,
 ) -> BatchOutcome:
     """Run one batch and write its results (default BATCH/results); never raises for the batch's
     own problems, so that a list of batches always finishes.
 
     progress(done, total) is called once the batch is loaded (done = 0) and after each injection.
+    report=False leaves out report.html (re-render it later with `lcmsquant report`).
     """
     folder = Path(folder)
     try:
@@ -96,7 +98,7 @@ def process_batch(
         result = quantify(batch, peaks, errors)
         out = Path(out_dir) if out_dir is not None else batch.folder / RESULTS
         write_outputs(batch, result, out, command=command)
-        report_problem = _write_report(out)
+        report_problem = _write_report(out) if report else _remove_report(out)
     except InputError as err:
         return BatchOutcome(folder, error=str(err), bad_input=True)
     except OSError as err:  # e.g. the results folder cannot be written
@@ -108,6 +110,13 @@ def process_batch(
         folder, out, summary=summary_rows(result), injection_errors=dict(result.injection_errors),
         read_warnings=len(warned), report_problem=report_problem,
     )
+
+
+def _remove_report(out: Path) -> str:
+    """Without a new report, remove the old one: it would describe earlier results."""
+    for name in ("report.html", "report.pdf"):
+        (out / name).unlink(missing_ok=True)
+    return ""
 
 
 def _write_report(out: Path) -> str:
@@ -150,6 +159,7 @@ def run_batches(
     command: list[str] | None = None,
     progress: Callable[[Path, int, int], None] | None = None,
     on_done: Callable[[BatchOutcome], None] | None = None,
+    report: bool = True,
 ) -> list[BatchOutcome]:
     """Process every batch (see process_batch); outcomes in the order the folders were given.
 
@@ -160,18 +170,20 @@ def run_batches(
     folders = [Path(f) for f in folders]
     outs = output_folders(folders, Path(out) if out is not None else None)
     if scheduler is not None:
-        return _on_cluster(scheduler, folders, method_path, outs, command, on_done)
+        return _on_cluster(scheduler, folders, method_path, outs, command, on_done, report)
     outcomes = []
     for folder, out_dir in zip(folders, outs):
-        report = (lambda done, total, folder=folder: progress(folder, done, total)) if progress else None
-        outcome = process_batch(folder, method_path, out_dir, jobs, command, report)
+        advance = (lambda done, total, folder=folder: progress(folder, done, total)) if progress else None
+        outcome = process_batch(folder, method_path, out_dir, jobs, command, advance, report)
         if on_done is not None:
             on_done(outcome)
         outcomes.append(outcome)
     return outcomes
 
 
-def _on_cluster(address: str, folders: list[Path], method_path, outs: list[Path | None], command, on_done) -> list[BatchOutcome]:
+def _on_cluster(
+    address: str, folders: list[Path], method_path, outs: list[Path | None], command, on_done, report: bool = True,
+) -> list[BatchOutcome]:
     try:
         from distributed import Client, as_completed
     except ImportError:
@@ -189,7 +201,7 @@ def _on_cluster(address: str, folders: list[Path], method_path, outs: list[Path 
         futures = {
             client.submit(
                 process_batch, str(folder.resolve()), method, str(out.resolve()) if out is not None else None, 1, command,
-                key=f"lcmsquant-batch-{i}-{folder.name}", pure=False,
+                report=report, key=f"lcmsquant-batch-{i}-{folder.name}", pure=False,
             ): i
             for i, (folder, out) in enumerate(zip(folders, outs))
         }
