@@ -149,14 +149,18 @@ def read_runs(paths: Iterable[Path | str]) -> tuple[RunResults, ...]:
     labels = [r.label for r in runs]
     if len(set(labels)) < len(labels):  # same batch name in two places: label by folder instead
         runs = [RunResults(str(r.folder), r.folder, r.results, r.summary, r.calibration) for r in runs]
+    _check_one_method(runs, "runs evaluated together must use one method file; evaluate them separately")
+    return tuple(runs)
+
+
+def _check_one_method(runs, why: str) -> None:
+    """Refuse runs made with different method files (SHA-256 in run.json), naming both."""
     first = runs[0]
     for run in runs[1:]:
         if run.method.get("sha256") != first.method.get("sha256"):
             raise ResultsError(run.folder, [
-                f"made with method {_method_name(run)}, but {first.folder} with method {_method_name(first)}: "
-                "runs evaluated together must use one method file; evaluate them separately"
+                f"made with method {_method_name(run)}, but {first.folder} with method {_method_name(first)}: {why}"
             ])
-    return tuple(runs)
 
 
 def _method_name(run: RunResults) -> str:
@@ -493,14 +497,7 @@ def incurred_sample_reanalysis(
 
 def isr_runs(original: Sequence[RunResults], repeat: Sequence[RunResults], n_study_samples: int | None = None) -> Isr:
     """ISR of results folders; both sides must come from the same method (see read_runs)."""
-    read_check = [*original, *repeat]
-    first = read_check[0]
-    for run in read_check[1:]:
-        if run.method.get("sha256") != first.method.get("sha256"):
-            raise ResultsError(run.folder, [
-                f"made with method {_method_name(run)}, but {first.folder} with method {_method_name(first)}: "
-                "an incurred sample reanalysis repeats the samples with the same method"
-            ])
+    _check_one_method([*original, *repeat], "an incurred sample reanalysis repeats the samples with the same method")
     orig = pd.concat([r.results for r in original], ignore_index=True)
     rep = pd.concat([r.results for r in repeat], ignore_index=True)
     return incurred_sample_reanalysis(orig, rep, n_study_samples)
