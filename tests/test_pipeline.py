@@ -138,3 +138,16 @@ def test_no_peak_is_reported_blq_only_when_the_method_says_so(plasma_batch):
     _, result = run_batch(plasma_batch)
     predose = result.results[result.results["timepoint"] == "pre-dose"]
     assert predose["flags"].str.contains("BLQ").all() and predose["concentration"].isna().all()
+
+
+def test_ion_ratio_reference_is_the_mean_of_the_calibrators_kept_in_the_curve(plasma_batch):
+    worklist = pd.read_csv(plasma_batch / "worklist.csv", dtype=str, keep_default_na=False)
+    cal3 = worklist[worklist["sample_id"] == "CAL3"].iloc[0]["file"]
+    (plasma_batch / "overrides.csv").write_text(
+        "file,target,action,start_min,end_min,reason,analyst\n" + f"{cal3},M1,exclude,,,spiking error,JD\n"
+    )
+    _, run = run_batch(plasma_batch)
+    m1 = run.results[run.results["analyte"] == "M1"]
+    kept = m1[(m1["sample_type"] == "calibrator") & ~m1["excluded"]]
+    assert len(kept) == len(m1[m1["sample_type"] == "calibrator"]) - 1
+    assert m1["ion_ratio_reference"].iloc[0] == pytest.approx(kept["ion_ratio"].mean(), rel=1e-12)

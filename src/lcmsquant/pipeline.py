@@ -290,7 +290,6 @@ def quantify(batch: Batch, peaks: pd.DataFrame, injection_errors: dict | None = 
     """Curves, back-calculated concentrations, acceptance rules and flags from the peak table."""
     method = batch.method
     table = analyte_table(batch, peaks)
-    table = _add_ion_ratio_and_rt(table, method)
     calibration_rows, rules, verdicts = [], [], {}
     table["back_calculated"] = np.nan
     table["concentration_found"] = np.nan
@@ -335,6 +334,7 @@ def quantify(batch: Batch, peaks: pd.DataFrame, injection_errors: dict | None = 
             calibration_rows.append(_calibration_row(analyte.name, cal_set.name, result, accepted))
             failed_factors = _failed_dilution_factors(qcs)
             table.loc[rows & table["dilution_factor"].isin(failed_factors), "dilution_qc_failed"] = True
+    table = _add_ion_ratio_and_rt(table, method)
     table = _finish(table, method)
     reanalysis = reanalysis_list(table, method)
     reasons = dict(zip(zip(reanalysis["injection"], reanalysis["analyte"]), reanalysis["reason"]))
@@ -478,14 +478,15 @@ def _calibration_row(analyte: str, cal_set: str, result: CalibrationResult, acce
 
 
 def _add_ion_ratio_and_rt(table: pd.DataFrame, method: Method) -> pd.DataFrame:
-    """Ion ratio qualifier/quantifier against the mean of the batch's calibrators; RT checks."""
+    """Ion ratio qualifier/quantifier against the mean of the batch's accepted calibrators (those
+    kept in the curve); RT checks."""
     with np.errstate(divide="ignore", invalid="ignore"):
         table["ion_ratio"] = table["qualifier_area"] / table["area"]
     table["ion_ratio_reference"] = np.nan
     table["ion_ratio_flag"] = False
     for name, rows in table.groupby("analyte").groups.items():
         sub = table.loc[rows]
-        reference = sub.loc[sub["sample_type"] == "calibrator", "ion_ratio"].dropna()
+        reference = sub.loc[(sub["sample_type"] == "calibrator") & ~sub["excluded"].astype(bool), "ion_ratio"].dropna()
         if reference.empty:
             continue
         ref = float(reference.mean())
