@@ -121,10 +121,8 @@ def test_carryover_not_assessed_without_a_blank_after_the_uloq_is_a_warning():
 
 
 def test_blank_after_the_uloq_calibrator_judges_carryover_the_others_selectivity():
-    from lcmsquant.pipeline import carryover_blanks
-
     samples = _samples(RUN)
-    assert carryover_blanks(samples) == (6,)
+    assert acceptance.carryover_blanks(samples) == (6,)
     rules = {r.rule: r for r in acceptance.selectivity("a", "s", samples, (6,), 1.0, ACC)}
     assert rules["blank selectivity (analyte)"].measured == "0.0 % of the LLOQ response (BLK-1)"
     assert all(r.passed and r.category == "selectivity" for r in rules.values())

@@ -192,6 +192,16 @@ def qc_levels_in_study_range(analyte: str, cal_set: str, qcs: pd.DataFrame, samp
     )
 
 
+def carryover_blanks(samples: pd.DataFrame) -> tuple[int, ...]:
+    """Injection numbers of blanks injected right after a ULOQ (highest level) calibrator."""
+    cals = samples[samples["sample_type"] == "calibrator"]
+    if cals.empty or cals["nominal"].isna().all():
+        return ()
+    uloq_injections = set(cals.loc[np.isclose(cals["nominal"], cals["nominal"].max()), "injection"])
+    blanks = samples.loc[samples["sample_type"] == "blank", "injection"]
+    return tuple(int(b) for b in sorted(set(blanks)) if b - 1 in uloq_injections)
+
+
 def lloq_response(samples: pd.DataFrame, lloq: float | None) -> float:
     """Mean analyte peak area of the calibrators at the run's LLOQ (the reference of 3.2.6, 3.2.1)."""
     if lloq is None:

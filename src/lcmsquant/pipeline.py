@@ -325,7 +325,7 @@ def quantify(batch: Batch, peaks: pd.DataFrame, injection_errors: dict | None = 
             table.loc[qcs.index, "qc_passed"] = qcs["qc_passed"].astype("boolean")
             analyte_rules = acceptance.judge(
                 analyte.name, cal_set.name, result, qcs, n_unknowns, method.acceptance,
-                samples=table[rows], carryover_injections=carryover_blanks(table[rows]),
+                samples=table[rows], carryover_injections=acceptance.carryover_blanks(table[rows]),
             )
             accepted, reasons = acceptance.verdict(analyte_rules)
             rules.extend(analyte_rules)
@@ -348,16 +348,6 @@ def quantify(batch: Batch, peaks: pd.DataFrame, injection_errors: dict | None = 
         injection_errors=dict(injection_errors or {}),
         reanalysis=reanalysis,
     )
-
-
-def carryover_blanks(samples: pd.DataFrame) -> tuple[int, ...]:
-    """Injection numbers of blanks injected right after a ULOQ (highest level) calibrator."""
-    cals = samples[samples["sample_type"] == "calibrator"]
-    if cals.empty or cals["nominal"].isna().all():
-        return ()
-    uloq_injections = set(cals.loc[np.isclose(cals["nominal"], cals["nominal"].max()), "injection"])
-    blanks = samples.loc[samples["sample_type"] == "blank", "injection"]
-    return tuple(int(b) for b in sorted(set(blanks)) if b - 1 in uloq_injections)
 
 
 def _failed_dilution_factors(qcs: pd.DataFrame) -> list[float]:

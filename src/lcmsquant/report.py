@@ -21,11 +21,13 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
+from lcmsquant import acceptance
 from lcmsquant import report_figures as figures
 from lcmsquant.chromatograms import ChromatogramReadError, read_traces
 from lcmsquant.files import InputError, atomic_write
 from lcmsquant.method import Acceptance
 from lcmsquant.reanalysis import COLUMNS as REANALYSIS_COLUMNS
+from lcmsquant.results import sample_counts
 
 REPORT_HTML = "report.html"
 REPORT_PDF = "report.pdf"
@@ -34,7 +36,7 @@ TEXT_COLUMNS = (
     "file", "sample_id", "sample_type", "level", "matrix", "subject_id", "visit", "timepoint", "analyte",
     "calibrator_set", "internal_standard", "flags", "exclusion_reason", "transition", "compound", "role",
     "status", "native_id", "model", "weighting", "levels_used", "levels_excluded", "problem", "reason",
-    "detail", "action", "analyst", "manual_status", "auto_status",
+    "detail", "action", "analyst", "manual_status", "auto_status", "reanalysis",
 )
 QC_LEVEL_ORDER = ("LLOQ", "LQC", "MQC", "HQC", "DQC")
 # Flags that mark the quantifier's own trace (as opposed to the IS or the run).
@@ -232,19 +234,7 @@ def reanalysis_list(files: RunFiles) -> pd.DataFrame:
     return pd.DataFrame(columns=list(REANALYSIS_COLUMNS))
 
 
-def sample_counts(unknown: pd.DataFrame, to_reanalyse: int) -> dict[str, int]:
-    flags = unknown["flags"].map(flag_list)
-    return {
-        "unknowns": len(unknown),
-        "reported": int(unknown["reportable"].astype(bool).sum()),
-        "blq": int(flags.map(lambda f: "BLQ" in f).sum()),
-        "alq": int(flags.map(lambda f: "ALQ" in f).sum()),
-        "flagged": int((unknown["flags"] != "").sum()),
-        "reanalyse": to_reanalyse,
-    }
-
-
-def verdict_section(files: RunFiles, reanalysis: pd.DataFrame) -> dict:
+def verdict_section(files: RunFiles) -> dict:
     analytes = files.run.get("analytes", {})
     rows = []
     for analyte, cal_set in _sets(files):
@@ -254,15 +244,11 @@ def verdict_section(files: RunFiles, reanalysis: pd.DataFrame) -> dict:
         )
         failing = [r for r in _rules(files, analyte, cal_set) if not r["passed"]]
         unknown = _rows(files, analyte, cal_set, "unknown")
-        n_reanalyse = 0
-        if len(reanalysis) and {"analyte", "sample_id"} <= set(reanalysis.columns):
-            mine = reanalysis[(reanalysis["analyte"] == analyte) & reanalysis["sample_id"].isin(unknown["sample_id"])]
-            n_reanalyse = len(mine.drop_duplicates(["sample_id", "analyte"]))
         rows.append({
             "analyte": analyte, "set": cal_set, "accepted": accepted,
             "failing": [_rule_words(r) for r in failing if r.get("critical", True)],
             "warnings": [_rule_words(r) for r in failing if not r.get("critical", True)],
-            "counts": sample_counts(unknown, n_reanalyse),
+            "counts": sample_counts(unknown),
         })
     rejected = [f"{r['analyte']} ({r['set']})" for r in rows if not r["accepted"]]
     accepted_run = bool(files.run.get("run_accepted", not rejected)) and not rejected
@@ -407,31 +393,33 @@ def qc_section(files: RunFiles) -> list[dict]:
 def blank_checks(files: RunFiles) -> pd.DataFrame:
     """Analyte and IS response of every blank and zero against the ICH M10 limits.
 
-    A blank right after the highest calibrator is the carry-over blank; the others (and the
-    zeros, for the analyte) show selectivity. Analyte: <= 20 % of the mean LLOQ calibrator area;
-    IS: <= 5 % of the mean calibrator/QC IS area.
+    The per-injection view of acceptance.carryover and acceptance.selectivity, with the same
+    references: the blank right after the ULOQ calibrator judges carry-over, the other blanks
+    (and the zeros, for the analyte) selectivity; a blank or zero without a peak counts as 0 %.
     """
     acc = files.acceptance
     results = files.results
     order = results.drop_duplicates("injection").set_index("injection").sort_index()
     rows = []
     for (analyte, cal_set), table in results.groupby(["analyte", "calibrator_set"], sort=False):
-        cals = table[(table["sample_type"] == "calibrator") & ~has_flag(table, "EXCLUDED")]
+        table = table.assign(excluded=has_flag(table, "EXCLUDED"))
         lloq = table["lloq"].dropna()
-        lloq_area = cals.loc[np.isclose(cals["nominal"], lloq.iloc[0]), "area"].mean() if len(lloq) else np.nan
-        reference = table.loc[table["sample_type"].isin(["calibrator", "qc"])].drop_duplicates("injection")["is_area"].mean()
-        top = cals["nominal"].max()
+        lloq_area = acceptance.lloq_response(table, float(lloq.iloc[0]) if len(lloq) else None)
+        reference = acceptance.mean_is_response(table)
+        carryover = set(acceptance.carryover_blanks(table))
         for _, row in table[table["sample_type"].isin(["blank", "zero"])].iterrows():
             previous = order.loc[row["injection"] - 1] if row["injection"] - 1 in order.index else None
-            after_uloq = previous is not None and previous["sample_type"] == "calibrator" and np.isclose(
-                table.loc[table["injection"] == row["injection"] - 1, "nominal"].max(), top)
-            role = "carry-over" if row["sample_type"] == "blank" and after_uloq else "selectivity"
+            role = "carry-over" if row["injection"] in carryover else "selectivity"
+            analyte_limit, is_limit = (
+                (acc.carryover_pct_of_lloq, acc.carryover_is_pct) if role == "carry-over"
+                else (acc.selectivity_pct_of_lloq, acc.selectivity_is_pct)
+            )
             area = row["area"] if _finite(row["area"]) else 0.0
             analyte_pct = 100.0 * area / lloq_area if _finite(lloq_area) and lloq_area > 0 else np.nan
             is_area = row["is_area"] if _finite(row["is_area"]) else 0.0
             is_pct = 100.0 * is_area / reference if row["sample_type"] == "blank" and _finite(reference) and reference > 0 else np.nan
-            analyte_ok = not _finite(analyte_pct) or analyte_pct <= acc.carryover_pct_of_lloq + 1e-9
-            is_ok = not _finite(is_pct) or is_pct <= acc.carryover_is_pct + 1e-9
+            analyte_ok = not _finite(analyte_pct) or analyte_pct <= analyte_limit + 1e-9
+            is_ok = not _finite(is_pct) or is_pct <= is_limit + 1e-9
             rows.append({
                 "injection": int(row["injection"]), "sample_id": row["sample_id"], "sample_type": row["sample_type"],
                 "after": previous["sample_id"] if previous is not None else "", "check": role,
@@ -490,6 +478,7 @@ def checks_section(files: RunFiles) -> dict:
             for r in blanks.to_dict("records")
         ],
         "analyte_limit": f"{acc.carryover_pct_of_lloq:g}", "is_limit": f"{acc.carryover_is_pct:g}",
+        "selectivity_analyte_limit": f"{acc.selectivity_pct_of_lloq:g}", "selectivity_is_limit": f"{acc.selectivity_is_pct:g}",
         "band": f"{acc.is_response_band_pct[0]:g}-{acc.is_response_band_pct[1]:g}",
         "is_blocks": is_blocks,
     }
@@ -528,7 +517,7 @@ def samples_section(files: RunFiles, reanalysis: pd.DataFrame) -> dict:
         for row in reanalysis.to_dict("records")
     ]
     return {"rows": rows, "reanalysis_columns": list(reanalysis.columns), "reanalysis": reanalysis_rows,
-            "units": files.units, "source": "reanalysis.csv" if files.reanalysis is not None else "results.csv flags"}
+            "units": files.units, "source": "reanalysis.csv" if files.reanalysis is not None else "no reanalysis.csv (a results folder written before it existed)"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -682,7 +671,7 @@ def render_report(results_dir: Path | str, batch_dir: Path | str | None = None) 
         "batch": files.run.get("batch", files.folder.parent.name),
         "method": files.run.get("provenance", {}).get("method", {}),
         "units": files.units,
-        "verdict": verdict_section(files, reanalysis),
+        "verdict": verdict_section(files),
         "calibration": calibration_section(files),
         "qc": qc_section(files),
         "checks": checks_section(files),
