@@ -332,7 +332,7 @@ def quantify(batch: Batch, peaks: pd.DataFrame, injection_errors: dict | None = 
             verdicts[(analyte.name, cal_set.name)] = {"accepted": accepted, "reasons": reasons}
             table.loc[rows, "analyte_accepted"] = accepted
             calibration_rows.append(_calibration_row(analyte.name, cal_set.name, result, accepted))
-            failed_factors = _failed_dilution_factors(qcs)
+            failed_factors = _failed_dilution_factors(qcs, method.acceptance.min_qc_level_fraction)
             table.loc[rows & table["dilution_factor"].isin(failed_factors), "dilution_qc_failed"] = True
     table = _add_ion_ratio_and_rt(table, method)
     table = _finish(table, method)
@@ -350,11 +350,11 @@ def quantify(batch: Batch, peaks: pd.DataFrame, injection_errors: dict | None = 
     )
 
 
-def _failed_dilution_factors(qcs: pd.DataFrame) -> list[float]:
-    """Dilution factors whose dilution QCs fail (fewer than half within tolerance, ICH M10 3.3.2)."""
+def _failed_dilution_factors(qcs: pd.DataFrame, min_fraction: float) -> list[float]:
+    """Dilution factors whose dilution QCs fail (fewer than min_fraction, 50 %, within tolerance; 3.3.2)."""
     dqc = qcs[qcs["level"] == "DQC"]
     passing = dqc.groupby("dilution_factor")["qc_passed"].mean()
-    return [float(f) for f, fraction in passing.items() if fraction < 0.5 - 1e-9]
+    return [float(f) for f, fraction in passing.items() if fraction < min_fraction - 1e-9]
 
 
 def _manual_exclusions(batch: Batch) -> dict[tuple[int, str], str]:

@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from lcmsquant.method import Method
+from lcmsquant.method import CALIBRATOR_LEVEL, Method
 
 # Reason code -> what the lab does about it.
 ACTIONS = {
@@ -56,7 +56,7 @@ def method_lloq(method: Method) -> dict[tuple[str, str], float]:
     """(calibrator set, analyte) -> the method's lowest calibrator nominal."""
     out = {}
     for cal_set in method.calibrator_sets:
-        cal = cal_set.nominals[cal_set.nominals["level"].str.match(r"^CAL\d+$")]
+        cal = cal_set.nominals[cal_set.nominals["level"].str.match(CALIBRATOR_LEVEL)]
         for analyte, rows in cal.groupby("analyte"):
             out[(cal_set.name, analyte)] = float(rows["nominal"].min())
     return out
