@@ -185,15 +185,20 @@ def report(
     ] = None,
 ) -> None:
     """Re-render the run's report.html from its results folder, and optionally report.pdf."""
+    from contextlib import nullcontext
+
     from lcmsquant.browser import BrowserError
     from lcmsquant.report import write_pdf, write_report
+    from lcmsquant.results import results_lock
 
     if batch is not None and not batch.is_dir():
         _fail(ValueError(f"--batch {batch}: not a folder; give the batch folder that holds the mzML files"))
     try:
-        written = [write_report(results_dir, batch)]
-        if pdf:
-            written.append(write_pdf(results_dir))
+        # A run writing into the folder would replace the report; its lock refuses us meanwhile.
+        with results_lock(results_dir, ["lcmsquant", *sys.argv[1:]]) if results_dir.is_dir() else nullcontext():
+            written = [write_report(results_dir, batch)]
+            if pdf:
+                written.append(write_pdf(results_dir))
     except (InputError, BrowserError) as err:
         _fail(err)
     for path in written:

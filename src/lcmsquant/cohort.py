@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import re
 import sqlite3
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from lcmsquant.files import InputError, atomic_write, sha256
+from lcmsquant.files import InputError, atomic_write, read_set, sha256
 from lcmsquant.method import (
     CALIBRATOR_LEVEL,
     CohortSettings,
@@ -144,22 +145,23 @@ def read_run(results_dir: Path | str, method_path: Path | str | None = None) -> 
     because its [cohort] table decides how the cohort reports and pairs the results.
     """
     folder = Path(results_dir)
-    problems = []
-    for name in ("results.csv", "calibration.csv", "run.json"):
-        if not (folder / name).is_file():
-            problems.append(f"{folder / name} is missing: give a results folder written by `lcmsquant run`")
+    needed = ("results.csv", "calibration.csv", "run.json")
+    outputs = read_set(folder, needed)  # all of one run, even while another writes into the folder
+    problems = [
+        f"{folder / name} is missing: give a results folder written by `lcmsquant run`" for name in needed if name not in outputs
+    ]
     if problems:
         raise CohortError(folder, problems)
     try:
-        summary = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+        summary = json.loads(outputs["run.json"].decode("utf-8"))
         provenance = summary["provenance"]
         method_info = provenance["method"]
         inputs = {item["file"]: item["sha256"] for item in provenance["inputs"]}
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
         raise CohortError(folder, [f"run.json: not a run summary of `lcmsquant run` ({err})"]) from None
     method = _method_for(folder, method_info, method_path)
-    results = _read_results(folder / "results.csv")
-    calibration = pd.read_csv(folder / "calibration.csv", keep_default_na=False, na_values=[""])
+    results = _read_results(folder / "results.csv", outputs["results.csv"])
+    calibration = pd.read_csv(io.BytesIO(outputs["calibration.csv"]), keep_default_na=False, na_values=[""])
 
     files = list(dict.fromkeys(results["file"]))
     missing = [f for f in files if f not in inputs]
@@ -196,7 +198,7 @@ def read_run(results_dir: Path | str, method_path: Path | str | None = None) -> 
         run_id=run_id,
         batch=str(summary.get("batch", folder.parent.name)),
         results_dir=str(folder.resolve()),
-        results_sha256=sha256(folder / "results.csv"),
+        results_sha256=hashlib.sha256(outputs["results.csv"]).hexdigest(),
         acquired=_acquired(folder.parent / files[0], inputs[files[0]]) if files else "",
         run_accepted=bool(summary.get("run_accepted", False)),
         lcmsquant_version=str(summary.get("lcmsquant", "")),
@@ -239,8 +241,8 @@ def _method_for(folder: Path, info: dict, method_path: Path | str | None) -> Met
     ])
 
 
-def _read_results(path: Path) -> pd.DataFrame:
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+def _read_results(path: Path, data: bytes) -> pd.DataFrame:
+    table = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
     missing = [c for c in REQUIRED_RESULT_COLUMNS if c not in table.columns]
     if missing:
         raise CohortError(path, [f"{path.name}: missing column(s) {', '.join(missing)}: not a results.csv of `lcmsquant run`"])

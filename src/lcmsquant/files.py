@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import re
 import socket
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 
@@ -73,6 +74,48 @@ def atomic_write_all(files: Mapping[Path, bytes | str]) -> list[Path]:
     for folder in {path.parent for _, path in staged}:
         _fsync_folder(folder)
     return [path for _, path in staged]
+
+
+def read_set(folder: Path, names: Iterable[str], attempts: int = 20, pause_s: float = 0.05) -> dict[str, bytes]:
+    """The bytes of the named files of a set written by atomic_write_all (those missing are left
+    out), all of one set: read again while they disagree with the SHA-256 that run.json (the
+    tables) and session.json (run.json) record and files are still being replaced.
+
+    A reader racing a run's renames so gets the old set or the new one, never a mix. Files that
+    disagree but stay in place (edited by hand, or a run killed between two renames) are
+    returned as they are.
+    """
+    folder = Path(folder)
+    names = list(dict.fromkeys(names))
+    previous = None
+    for _ in range(attempts):
+        snapshot, identity = {}, []
+        for name in names:
+            try:
+                with open(folder / name, "rb") as handle:
+                    info = os.fstat(handle.fileno())
+                    snapshot[name] = handle.read()
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                continue
+            identity.append((name, info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size))
+        if _set_agrees(snapshot) or identity == previous:  # every write renames new files into place
+            return snapshot
+        previous = identity
+        time.sleep(pause_s)
+    return snapshot
+
+
+def _set_agrees(snapshot: Mapping[str, bytes]) -> bool:
+    """Whether the files read agree with the hashes recorded in run.json and session.json."""
+    recorded = {}
+    for manifest, key in (("run.json", "outputs"), ("session.json", "hashes")):
+        try:
+            recorded.update(json.loads(snapshot[manifest]).get(key) or {})
+        except (KeyError, ValueError, AttributeError, TypeError):  # not read, or not a manifest
+            continue
+    return all(
+        hashlib.sha256(snapshot[name]).hexdigest() == digest for name, digest in recorded.items() if name in snapshot
+    )
 
 
 def _stage(path: Path, data: bytes | str) -> str:

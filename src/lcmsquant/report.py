@@ -9,6 +9,7 @@ chromatograms, audit and provenance.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import shlex
@@ -24,7 +25,7 @@ from markupsafe import Markup
 from lcmsquant import acceptance
 from lcmsquant import report_figures as figures
 from lcmsquant.chromatograms import ChromatogramReadError, read_traces
-from lcmsquant.files import InputError, atomic_write
+from lcmsquant.files import InputError, atomic_write, read_set
 from lcmsquant.method import Acceptance
 from lcmsquant.reanalysis import COLUMNS as REANALYSIS_COLUMNS
 from lcmsquant.results import sample_counts
@@ -80,10 +81,10 @@ class RunFiles:
         return self.run.get("provenance", {}).get("units", "ng/mL")
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    header = pd.read_csv(path, nrows=0).columns
+def _read_csv(data: bytes) -> pd.DataFrame:
+    header = pd.read_csv(io.BytesIO(data), nrows=0).columns
     table = pd.read_csv(
-        path, dtype={c: str for c in header if c in TEXT_COLUMNS}, keep_default_na=False, na_values=[""],
+        io.BytesIO(data), dtype={c: str for c in header if c in TEXT_COLUMNS}, keep_default_na=False, na_values=[""],
     )
     for column in table.columns:
         if column in TEXT_COLUMNS:
@@ -96,23 +97,24 @@ def read_run_files(results_dir: Path | str) -> RunFiles:
     folder = Path(results_dir)
     if not folder.is_dir():
         raise ReportError(folder, [f"{folder} is not a folder: give the results folder of a run (BATCH_DIR/results)"])
+    csvs = ("results.csv", "peaks.csv", "calibration.csv", "audit.csv", "reanalysis.csv")
+    files = read_set(folder, (*csvs, "run.json", "session.json"))  # all of one run, even while another writes
     problems = [
-        f"{name} is missing: run `lcmsquant run BATCH_DIR` to write it" for name in REQUIRED_FILES
-        if not (folder / name).is_file()
+        f"{name} is missing: run `lcmsquant run BATCH_DIR` to write it" for name in REQUIRED_FILES if name not in files
     ]
     if problems:
         raise ReportError(folder, problems)
     tables, documents = {}, {}
-    for name in ("results.csv", "peaks.csv", "calibration.csv", "audit.csv", "reanalysis.csv"):
-        if (folder / name).is_file():
+    for name in csvs:
+        if name in files:
             try:
-                tables[name] = _read_csv(folder / name)
+                tables[name] = _read_csv(files[name])
             except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
                 problems.append(f"{name}: not a readable CSV ({str(err).splitlines()[0]})")
     for name in ("run.json", "session.json"):
-        if (folder / name).is_file():
+        if name in files:
             try:
-                documents[name] = json.loads((folder / name).read_text(encoding="utf-8"))
+                documents[name] = json.loads(files[name].decode("utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 problems.append(f"{name}: not valid JSON ({err})")
     for name, columns in (("results.csv", ("injection", "sample_type", "analyte", "flags")),

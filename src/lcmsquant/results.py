@@ -2,15 +2,20 @@
 session.json (when and how the run was made, kept apart so reruns compare byte for byte).
 
 Every file is written to a temporary name in the output folder and renamed into place, so a
-reader never sees half a file and an interrupted run leaves the previous file intact.
+reader never sees half a file and an interrupted run leaves the previous file intact. A run holds
+the folder's lock (results_lock) from before measuring until its report is written, so that two
+runs never write into one folder at once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime, timezone
 from importlib import metadata
@@ -21,9 +26,15 @@ import pandas as pd
 
 from lcmsquant import __version__
 from lcmsquant.batch import CALIBRATORS, WORKLIST, Batch
-from lcmsquant.files import atomic_write, atomic_write_all, remove_stale_temporaries, sha256
+from lcmsquant.files import InputError, atomic_write, atomic_write_all, remove_stale_temporaries, sha256
 from lcmsquant.overrides import OVERRIDES
 from lcmsquant.pipeline import AUDITED, RunResult
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+    import msvcrt
 
 RESULT_COLUMNS = (
     "injection", "file", "sample_id", "sample_type", "level", "matrix", "subject_id", "visit",
@@ -221,9 +232,119 @@ def write_outputs(batch: Batch, run: RunResult, out_dir: Path, command: list[str
         "command": command if command is not None else sys.argv,
         "host": platform.node(),
         "batch_folder": str(batch.folder.resolve()),  # where the report finds the mzML files
+        "hashes": {"run.json": hashlib.sha256(files[out_dir / "run.json"].encode("utf-8")).hexdigest()},  # see files.read_set
     }
     files[out_dir / "session.json"] = json.dumps(session, indent=2) + "\n"
     return atomic_write_all(files)
+
+
+LOCK_FILE = ".lcmsquant.lock"
+_WINDOWS_LOCKED_BYTE = 1 << 30  # msvcrt locks are mandatory: lock a byte far beyond the holder's details
+
+
+class ResultsFolderBusy(InputError):
+    """Another run (or `lcmsquant report`) is writing into this results folder."""
+
+    kind = "results folder"
+
+
+@contextmanager
+def results_lock(out_dir: Path | str, command: list[str] | None = None) -> Iterator[Path]:
+    """Hold a results folder (creating it) while writing into it; raise ResultsFolderBusy at once,
+    naming the holder's PID, host and start time, if another process holds it.
+
+    An advisory lock on OUT_DIR/.lcmsquant.lock (flock; msvcrt on Windows): the system releases
+    it when its process ends, so a run that was killed never blocks the next. The file is removed
+    on release, and the folder too if this call created it and nothing was written.
+    """
+    out_dir = Path(out_dir)
+    created = not out_dir.is_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / LOCK_FILE
+    fd = _acquire(path, out_dir)
+    try:
+        if fd is not None:
+            holder = {
+                "pid": os.getpid(), "host": platform.node(),
+                "started_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+                "command": command if command is not None else sys.argv,
+            }
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, (json.dumps(holder) + "\n").encode("utf-8"))
+        yield out_dir
+    finally:
+        if fd is not None:
+            _release(path, fd)
+        if created:
+            try:
+                out_dir.rmdir()  # only if empty: the run wrote nothing
+            except OSError:
+                pass
+
+
+def _acquire(path: Path, out_dir: Path) -> int | None:
+    """The locked file's descriptor; None where the file system cannot lock (the run goes on)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            locked = _try_lock(fd)
+        except OSError:
+            os.close(fd)
+            return None
+        if not locked:
+            holder = _holder(fd)
+            os.close(fd)
+            raise ResultsFolderBusy(out_dir, [
+                f"another lcmsquant process is writing into it ({holder}); wait until it has finished, "
+                f"or write elsewhere with --out"
+            ])
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # its holder removed the file while we opened it: lock the one there now
+
+
+def _try_lock(fd: int) -> bool:
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+    os.lseek(fd, _WINDOWS_LOCKED_BYTE, os.SEEK_SET)
+    try:
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    except OSError:  # locked by another process
+        return False
+    return True
+
+
+def _release(path: Path, fd: int) -> None:
+    if fcntl is not None:
+        path.unlink(missing_ok=True)  # while still holding it, so that no one else has it yet
+        os.close(fd)
+        return
+    os.lseek(fd, _WINDOWS_LOCKED_BYTE, os.SEEK_SET)
+    msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+    os.close(fd)
+    try:
+        path.unlink()
+    except OSError:  # another process has opened it meanwhile: it is theirs now
+        pass
+
+
+def _holder(fd: int) -> str:
+    """The holder's details as it wrote them into the lock file."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    try:
+        holder = json.loads(os.read(fd, 1 << 16).decode("utf-8"))
+        command = " ".join(map(str, holder.get("command") or []))
+        return f"PID {holder['pid']} on {holder['host']}, started {holder['started_at']}" + (f": {command}" if command else "")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return "it has just started and not yet written its PID"
 
 
 def write_csv(table: pd.DataFrame, path: Path) -> Path:

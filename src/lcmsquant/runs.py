@@ -16,7 +16,7 @@ from lcmsquant.batch import load_batch, resolve_method_path
 from lcmsquant.files import InputError
 from lcmsquant.method import load_method
 from lcmsquant.pipeline import RunResult, measure_batch, quantify
-from lcmsquant.results import sample_counts, write_outputs
+from lcmsquant.results import results_lock, sample_counts, write_outputs
 
 RESULTS = "results"
 
@@ -80,25 +80,27 @@ def process_batch(
     own problems, so that a list of batches always finishes.
 
     progress(done, total) is called once the batch is loaded (done = 0) and after each injection.
-    report=False leaves out report.html (re-render it later with `lcmsquant report`).
+    report=False leaves out report.html (re-render it later with `lcmsquant report`). A results
+    folder that another process is writing into is refused at once (results.results_lock).
     """
     folder = Path(folder)
     try:
         batch = load_batch(folder, load_method(resolve_method_path(folder, method_path)))
-        total, done = len(batch.injections), 0
-        if progress is not None:
-            progress(0, total)
-
-        def advance(_injection) -> None:
-            nonlocal done
-            done += 1
-            progress(done, total)
-
-        peaks, errors = measure_batch(batch, advance if progress is not None else None, jobs)
-        result = quantify(batch, peaks, errors)
         out = Path(out_dir) if out_dir is not None else batch.folder / RESULTS
-        write_outputs(batch, result, out, command=command)
-        report_problem = _write_report(out) if report else _remove_report(out)
+        with results_lock(out, command):  # from before measuring until the report is written
+            total, done = len(batch.injections), 0
+            if progress is not None:
+                progress(0, total)
+
+            def advance(_injection) -> None:
+                nonlocal done
+                done += 1
+                progress(done, total)
+
+            peaks, errors = measure_batch(batch, advance if progress is not None else None, jobs)
+            result = quantify(batch, peaks, errors)
+            write_outputs(batch, result, out, command=command)
+            report_problem = _write_report(out) if report else _remove_report(out)
     except InputError as err:
         return BatchOutcome(folder, error=str(err), bad_input=True)
     except OSError as err:  # e.g. the results folder cannot be written
