@@ -369,14 +369,14 @@ def _manual_exclusions(batch: Batch) -> dict[tuple[int, str], str]:
 def analyte_table(batch: Batch, peaks: pd.DataFrame) -> pd.DataFrame:
     """One row per injection x analyte: quantifier, IS and first qualifier side by side."""
     method = batch.method
-    by_key = peaks.set_index(["injection", "transition"])
+    by_key = {(row["injection"], row["transition"]): row for row in peaks.to_dict("records")}
     records = []
     for inj in batch.injections:
         nominal_set = method.calibrator_set_for(inj.matrix)
         for analyte in method.analytes:
-            quant = by_key.loc[(inj.order, analyte.quantifier.name)]
-            istd = by_key.loc[(inj.order, method.internal_standard(analyte.internal_standard).transition.name)]
-            quals = [by_key.loc[(inj.order, q.name)] for q in analyte.qualifiers]
+            quant = by_key[(inj.order, analyte.quantifier.name)]
+            istd = by_key[(inj.order, method.internal_standard(analyte.internal_standard).transition.name)]
+            quals = [by_key[(inj.order, q.name)] for q in analyte.qualifiers]
             qual = quals[0] if quals else None
             nominal = np.nan
             if inj.sample_type in ("calibrator", "qc") and nominal_set is not None:
@@ -531,8 +531,10 @@ def _finish(table: pd.DataFrame, method: Method) -> pd.DataFrame:
     )
     qc_failed = table["qc_passed"].fillna(True).astype(bool).eq(False)
     dilution_failed = table["dilution_qc_failed"].fillna(False).astype(bool)
+    below, above, off_curve = below.tolist(), above.tolist(), off_curve.tolist()
+    qc_failed, dilution_failed = qc_failed.tolist(), dilution_failed.tolist()
     flags = []
-    for i, row in table.iterrows():
+    for i, row in enumerate(table.to_dict("records")):
         f = []
         if row["quant_status"] == "NO_DATA" or row["is_status"] == "NO_DATA":
             f.append("NO_DATA")
