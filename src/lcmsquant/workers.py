@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-PRELOAD = ["lcmsquant.pipeline"]
+PRELOAD = ["lcmsquant.pipeline", "lcmsquant._peak_kernels"]
 
 # Fewest injections for which measure_batch(jobs=None) starts workers. Measured on 2 cores with
 # the fork server started early (benchmarks/scale.py and README "Speed and scale"): workers cost
