@@ -7,9 +7,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from lcmsquant.overrides import OVERRIDES, Override, OverrideError
 from lcmsquant.peaks import Peak, PeakSearch, find_peak, integrate_between
 from lcmsquant.reanalysis import COLUMNS as REANALYSIS_COLUMNS
 from lcmsquant.reanalysis import reanalysis_list
-from lcmsquant.workers import PARALLEL_MIN_INJECTIONS, process_context, worker_started
+from lcmsquant.workers import PARALLEL_MIN_INJECTIONS, WorkerDeath, map_in_workers
 
 # Flags that make a study sample's concentration not reportable at all.
 BLOCKING_FLAGS = ("NO_DATA", "NO_PEAK", "BLQ", "ALQ", "REJECTED", "NO_IS", "OFF_CURVE")
@@ -228,62 +227,23 @@ def _measure_work(method: Method, item: tuple[int, Path, Mapping[str, Override]]
     return order, peaks, error
 
 
-def _measure_chunk(method: Method, items: list) -> list[tuple[int, list[dict], str]]:
-    return [_measure_work(method, item) for item in items]
-
-
-class WorkerError(RuntimeError):
-    """The worker processes cannot run at all (not a problem of one file)."""
-
-
 def _measure_in_processes(work: list, method: Method, jobs: int):
     """(order, peak rows, error) of every injection, measured by `jobs` worker processes.
 
-    If a worker dies (the C++ reader crashing on a damaged file), the injections not yet done are
-    measured one by one in a fresh worker, so that only the file that kills it is flagged.
+    If a worker dies (the C++ reader crashing on a damaged file, the out-of-memory killer), the
+    injection it held is measured once more in a process of its own and the others go on in a
+    fresh pool; an injection whose own process dies too is flagged NO_DATA, naming the signal.
     """
-    context = process_context()
     size = max(1, min(8, len(work) // (4 * jobs)))  # small chunks: the progress bar moves, the load stays even
-    chunks = [work[i:i + size] for i in range(0, len(work), size)]
-    done = set()
-    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=worker_started, initargs=(os.getpid(),))
-    try:
-        futures = [pool.submit(_measure_chunk, method, chunk) for chunk in chunks]
-        for future in as_completed(futures):
-            for item in future.result():
-                done.add(item[0])
-                yield item
-    except BrokenProcessPool:
-        pool.shutdown(wait=True, cancel_futures=True)
-        yield from _measure_one_by_one([w for w in work if w[0] not in done], method, context)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _measure_one_by_one(work: list, method: Method, context):
-    pool = None
-    try:
-        for item in work:
-            if pool is None:
-                pool = ProcessPoolExecutor(1, mp_context=context, initializer=worker_started, initargs=(os.getpid(),))
-            try:
-                yield from pool.submit(_measure_chunk, method, [item]).result()
-            except BrokenProcessPool:
-                pool.shutdown(wait=True)
-                pool = ProcessPoolExecutor(1, mp_context=context, initializer=worker_started, initargs=(os.getpid(),))
-                try:  # blame the file only if a fresh worker can do anything at all
-                    pool.submit(int).result()
-                except BrokenProcessPool:
-                    raise WorkerError(
-                        "worker processes stop as soon as they start; run with --jobs 1 (jobs=1)"
-                    ) from None
-                order, path, _ = item
-                yield order, _no_data_rows(method), (
-                    f"{Path(path).name}: the mzML reader (pyopenms) crashed on this file; check it or convert it again"
-                )
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+    for position, measured in map_in_workers(partial(_measure_work, method), work, jobs, size):
+        if isinstance(measured, WorkerDeath):
+            order, path, _ = work[position]
+            yield order, _no_data_rows(method), (
+                f"{Path(path).name}: the process measuring this injection died twice ({measured}); "
+                f"check the file or convert it again, and rerun"
+            )
+        else:
+            yield measured
 
 
 def quantify(batch: Batch, peaks: pd.DataFrame, injection_errors: dict | None = None) -> RunResult:

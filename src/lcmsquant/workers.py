@@ -4,6 +4,10 @@ Forking a process that has run pyopenms deadlocked, so workers are forked from a
 that has only imported lcmsquant (multiprocessing's "forkserver"; "spawn" where there is none).
 That import costs about 1.5 s of CPU once per run; `start_early` lets the command line begin it
 while it is still importing itself, on another core.
+
+A worker that dies (the out-of-memory killer, a crash in C++ code) breaks the whole pool;
+`map_in_workers` gives what it held once more to a process of its own and starts the pool again
+for the rest.
 """
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
 
 PRELOAD = ["lcmsquant.pipeline", "lcmsquant._peak_kernels"]
@@ -53,10 +61,13 @@ def start_early() -> None:
         forkserver.ensure_running()
 
 
-def worker_started(main_pid: int) -> None:
+def worker_started(main_pid: int, marks=None) -> None:
     """Initialiser of every worker: Ctrl-C is the main process's to handle (it stops the pool),
     so workers print no tracebacks of their own; and a worker ends when the main process is
-    gone (killed), instead of waiting for work forever."""
+    gone (killed), instead of waiting for work forever. `marks`: the shared array in which it
+    notes the items it starts and finishes (see map_in_workers)."""
+    global _marks
+    _marks = marks
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_end_with, args=(main_pid,), daemon=True, name="end-with-main").start()
 
@@ -70,3 +81,124 @@ def _end_with(main_pid: int, every_s: float = 1.0) -> None:
             os._exit(1)
         except PermissionError:  # alive, and someone else's: cannot happen for our parent, but harmless
             pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Surviving a worker's death
+
+STARTED, FINISHED = 1, 2
+_marks = None  # in a worker: the pool's shared array of item states, by position
+
+
+class WorkerError(RuntimeError):
+    """The worker processes cannot run at all (not a problem of one item)."""
+
+
+@dataclass(frozen=True)
+class WorkerDeath:
+    """The process an item was given to died before answering: how it ended."""
+
+    exitcode: int | None  # negative: the signal that killed it
+
+    def __str__(self) -> str:
+        code = self.exitcode
+        if code is None or code >= 0:
+            return f"it ended with exit code {code}"
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        if name == "SIGKILL":
+            return "it was killed by SIGKILL: out of memory, or stopped by someone"
+        if name in ("SIGTERM", "SIGINT", "SIGHUP"):
+            return f"it was stopped by {name}"
+        return f"it crashed ({name})"
+
+
+def map_in_workers(
+    task: Callable, items: Sequence, jobs: int, chunk_size: int, context=None
+) -> Iterator[tuple[int, object]]:
+    """(position, task(item)) of every item, computed by `jobs` worker processes, as they finish.
+
+    When a worker dies the pool breaks and every unfinished item is lost; the items that workers
+    were holding then are given once more each to a process of its own (so that one poisonous
+    item can only kill itself), and a fresh pool takes the rest. An item whose own process dies
+    too comes back as a WorkerDeath. Exceptions raised by `task` propagate as they are.
+    """
+    context = context or process_context()
+    todo = list(enumerate(items))
+    fruitless = 0
+    while todo:
+        marks = context.RawArray("b", len(items))
+        done: set[int] = set()
+        pool = ProcessPoolExecutor(
+            min(jobs, len(todo)), mp_context=context, initializer=worker_started, initargs=(os.getpid(), marks),
+        )
+        try:
+            futures = [pool.submit(_run_chunk, task, todo[i:i + chunk_size]) for i in range(0, len(todo), chunk_size)]
+            try:
+                for future in as_completed(futures):
+                    for position, result in future.result():
+                        done.add(position)
+                        yield position, result
+                return
+            except BrokenProcessPool:
+                pass
+            for future in futures:  # chunks that came back before the pool broke still count
+                if future.done() and future.exception() is None:
+                    for position, result in future.result():
+                        if position not in done:
+                            done.add(position)
+                            yield position, result
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        held = [(p, item) for p, item in todo if p not in done and marks[p] == STARTED]
+        todo = [(p, item) for p, item in todo if p not in done and marks[p] != STARTED]
+        fruitless = 0 if done or held else fruitless + 1
+        if fruitless >= 3:
+            raise WorkerError("worker processes stop as soon as they start; run with --jobs 1 (jobs=1)")
+        for position, item in held:
+            yield position, run_alone(task, item, context)
+
+
+def _run_chunk(task: Callable, chunk: list) -> list:
+    results = []
+    for position, item in chunk:
+        _marks[position] = STARTED
+        results.append((position, task(item)))
+        _marks[position] = FINISHED
+    return results
+
+
+def run_alone(task: Callable, item, context=None):
+    """task(item) in a fresh process of its own; a WorkerDeath if that process dies too."""
+    context = context or process_context()
+    reader, writer = context.Pipe(duplex=False)
+    process = context.Process(target=_answer, args=(task, item, writer, os.getpid()), daemon=True)
+    process.start()
+    writer.close()
+    try:
+        try:
+            ok, value = reader.recv()
+        except EOFError:  # it died before answering
+            process.join()
+            return WorkerDeath(process.exitcode)
+        process.join()
+    finally:
+        reader.close()
+        if process.is_alive():  # interrupted while waiting
+            process.terminate()
+            process.join()
+    if not ok:
+        raise value
+    return value
+
+
+def _answer(task: Callable, item, conn, main_pid: int) -> None:
+    worker_started(main_pid)
+    try:
+        answer = (True, task(item))
+    except Exception as err:  # raised again in the main process, as the pool does
+        answer = (False, err)
+    conn.send(answer)
+    conn.close()

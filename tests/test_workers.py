@@ -1,0 +1,108 @@
+"""A worker process that dies (the out-of-memory killer, a crash in the C++ mzML reader) does not
+take the batch down: what it held is measured once more in a process of its own, and only a file
+that kills that process too is flagged NO_DATA, naming the signal; the rest equals a serial run.
+
+The workers are really killed: a thread of the test watches this process's descendants and
+SIGKILLs any that has a chosen mzML file open. That file is a real injection followed by 32 MB
+of whitespace (gzipped), so that reading it takes long enough (~0.5 s) to be caught in the act.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from lcmsquant.batch import load_batch, resolve_method_path
+from lcmsquant.method import load_method
+from lcmsquant.pipeline import measure_batch
+from lcmsquant.simulate import SimulationOptions, simulate_batch
+
+SLOW_INJECTION = 5  # early in the batch, so that most of the work is left when its worker dies
+
+
+@pytest.fixture(scope="module")
+def slow_batch(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("workers") / "batch"
+    simulate_batch(folder, seed=11, options=SimulationOptions(n_unknowns=8))
+    worklist = pd.read_csv(folder / "worklist.csv", dtype=str, keep_default_na=False)
+    plain = folder / worklist.loc[SLOW_INJECTION - 1, "file"]
+    with gzip.open(plain.with_name(plain.name + ".gz"), "wb") as packed:
+        packed.write(plain.read_bytes() + b" " * (32 << 20) + b"\n")
+    plain.unlink()
+    worklist.loc[SLOW_INJECTION - 1, "file"] = plain.name + ".gz"
+    worklist.to_csv(folder / "worklist.csv", index=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def serial(slow_batch):
+    return measure_batch(_load(slow_batch), jobs=1)
+
+
+def _load(folder: Path):
+    return load_batch(folder, load_method(resolve_method_path(folder, None)))
+
+
+class Killer:
+    """SIGKILLs, from a thread, every descendant of this process that has `path` open (at most
+    `times` of them); records the pids it killed."""
+
+    def __init__(self, path: Path, times: int):
+        self.path, self.times, self.killed = str(path.resolve()), times, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set() and len(self.killed) < self.times:
+            for child in me.children(recursive=True):
+                try:
+                    holding = any(f.path == self.path for f in child.open_files())
+                except psutil.Error:  # ended meanwhile
+                    continue
+                if holding and child.pid not in self.killed:
+                    os.kill(child.pid, signal.SIGKILL)
+                    self.killed.append(child.pid)
+            time.sleep(0.005)
+
+
+def test_a_killed_worker_costs_nothing_its_injection_is_measured_again(slow_batch, serial):
+    batch = _load(slow_batch)
+    slow_file = batch.injections[SLOW_INJECTION - 1].file
+    with Killer(slow_file, times=1) as killer:
+        peaks, errors = measure_batch(batch, jobs=2)
+    assert len(killer.killed) == 1  # a worker really died holding the file
+    assert errors == {}
+    pd.testing.assert_frame_equal(peaks, serial[0])
+
+
+def test_a_file_that_kills_every_worker_reading_it_is_flagged_and_the_batch_finishes(slow_batch, serial):
+    batch = _load(slow_batch)
+    slow_file = batch.injections[SLOW_INJECTION - 1].file
+    seen = []
+    with Killer(slow_file, times=10) as killer:
+        peaks, errors = measure_batch(batch, progress=seen.append, jobs=2)
+    assert len(killer.killed) == 2  # the pool's worker, then the process it was given again to
+    assert list(errors) == [SLOW_INJECTION]
+    assert slow_file.name in errors[SLOW_INJECTION] and "SIGKILL" in errors[SLOW_INJECTION]
+    assert sorted(inj.order for inj in seen) == [inj.order for inj in batch.injections]  # progress saw each once
+    poisoned = peaks["injection"] == SLOW_INJECTION
+    assert (peaks.loc[poisoned, "status"] == "NO_DATA").all()
+    expected = serial[0][serial[0]["injection"] != SLOW_INJECTION]
+    pd.testing.assert_frame_equal(peaks[~poisoned], expected)
