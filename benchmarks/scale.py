@@ -55,7 +55,7 @@ sys.path.insert(0, str(HERE))
 
 from run_speed import simulate  # noqa: E402  (same batch design and seed as run_speed.py)
 
-from lcmsquant.pipeline import default_jobs  # noqa: E402
+from lcmsquant.measure import default_jobs  # noqa: E402
 
 AIM_RATE, AIM_MB, AIM_RATIO = 50.0, 500.0, 2.0
 

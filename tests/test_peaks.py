@@ -12,6 +12,7 @@ from lcmsquant.peaks import (
     find_peak,
     integrate_between,
     noise_sigma,
+    savgol_weights,
 )
 
 TIME = np.arange(2.1, 3.1, 0.35 / 60)  # minutes, one point every 0.35 s as on a triple quad
@@ -274,6 +275,13 @@ def test_compiled_smoothing_is_scipys_convolution_at_nearest_edges():
             np.testing.assert_allclose(
                 _peak_kernels.convolve_nearest(x, weights), convolve1d(x, weights, mode="nearest"), rtol=1e-12, atol=1e-9
             )
+
+
+def test_savitzky_golay_weights_are_scipys():
+    for width in (5, 7, 9, 11, 13, 15):
+        for deriv in (0, 2):
+            np.testing.assert_allclose(savgol_weights(width, deriv), savgol_coeffs(width, 2, deriv=deriv),
+                                       rtol=1e-10, atol=1e-13)
 
 
 def test_compiled_median_and_mad_are_numpys():

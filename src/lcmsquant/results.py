@@ -29,7 +29,8 @@ from lcmsquant.batch import CALIBRATORS, WORKLIST, Batch
 from lcmsquant.files import InputError, atomic_write, atomic_write_all, remove_stale_temporaries, sha256
 from lcmsquant.method import Acceptance
 from lcmsquant.overrides import OVERRIDES
-from lcmsquant.pipeline import AUDITED, PEAK_FIELDS, RunResult
+from lcmsquant.measure import AUDITED, PEAK_FIELDS
+from lcmsquant.pipeline import RunResult
 from lcmsquant.reanalysis import COLUMNS as REANALYSIS_COLUMNS
 
 RESULT_COLUMNS = (
