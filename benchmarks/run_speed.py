@@ -45,7 +45,8 @@ sys.path.insert(0, str(SRC))
 
 from lcmsquant.batch import load_batch, resolve_method_path
 from lcmsquant.method import load_method
-from lcmsquant.pipeline import measure_batch, quantify
+from lcmsquant.measure import measure_batch
+from lcmsquant.pipeline import quantify
 from lcmsquant.results import write_outputs
 from lcmsquant.simulate import MIN_UNKNOWNS, SimulationOptions, simulate_batch
 

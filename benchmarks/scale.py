@@ -6,6 +6,11 @@ and parallel runs taking turns):
 
   bare pyopenms load     MzMLFile().load() of every file in this process: the floor of any
                          mzML-based run, and the reference of the "x bare" column;
+  bare load, subprocess  the same load in a fresh Python process (start-up and `import pyopenms`
+                         included): the floor of any command, the fair reference of the CLI rows;
+  in-process, warm       runs.process_batch(--jobs every core, no report) called again in a process
+                         that has already run it once (imports done, fork server running): the
+                         cost of one more batch, what `run A B C ...` and a notebook pay per batch;
   lcmsquant run --jobs J `lcmsquant run` as a fresh process (start-up included), for J = 1
                          (in-process) and J = every core; its peak memory is the sum over the
                          process and all its children (the fork server and the workers) of PSS
@@ -15,6 +20,7 @@ and parallel runs taking turns):
 
 and prints injections per second, the ratio to the bare load and peak memory, against the aims
 of the issue (printed, never asserted): >= 50 injections/s, < 500 MB, within 2x of the bare load.
+Then `lcmsquant run` of --batches copies of the batch in one command (imports paid once).
 Then, for smaller batches (--sizes), the wall time with --jobs 1 and with every core, which is
 where measure_batch's default (PARALLEL_MIN_INJECTIONS) comes from.
 
@@ -49,7 +55,7 @@ sys.path.insert(0, str(HERE))
 
 from run_speed import simulate  # noqa: E402  (same batch design and seed as run_speed.py)
 
-from lcmsquant.pipeline import default_jobs  # noqa: E402
+from lcmsquant.measure import default_jobs  # noqa: E402
 
 AIM_RATE, AIM_MB, AIM_RATIO = 50.0, 500.0, 2.0
 
@@ -62,6 +68,27 @@ except ImportError:  # memory columns stay empty
 def bare_load(files: list[Path]) -> None:
     for path in files:
         oms.MzMLFile().load(str(path), oms.MSExperiment())
+
+
+BARE = "import sys, pyopenms as oms\nfor p in sys.argv[1:]: oms.MzMLFile().load(p, oms.MSExperiment())"
+
+
+def bare_load_subprocess(files: list[Path]) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", BARE, *map(str, files)], check=True)
+    return time.perf_counter() - start
+
+
+def in_process(folder: Path, out: Path, jobs: int) -> float:
+    """Seconds of one more process_batch in this process (no report)."""
+    from lcmsquant.runs import process_batch
+
+    start = time.perf_counter()
+    outcome = process_batch(folder, out_dir=out, jobs=jobs, report=False)
+    seconds = time.perf_counter() - start
+    if outcome.error:
+        sys.exit(f"process_batch failed: {outcome.error}")
+    return seconds
 
 
 class PeakMemory:
@@ -110,13 +137,14 @@ class PeakMemory:
             self._stop.wait(self.every_s)
 
 
-def cli_run(folder: Path, out: Path, jobs: int, report: bool = False) -> tuple[float, int, int]:
+def cli_run(folder: Path | list[Path], out: Path, jobs: int, report: bool = False) -> tuple[float, int, int]:
     """Wall seconds, peak PSS and peak RSS (bytes) of `lcmsquant run FOLDER --jobs JOBS`
     (with --no-report unless `report`: the report is timed apart, see report_speed.py)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
     start = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lcmsquant", "run", str(folder), "--out", str(out), "--jobs", str(jobs),
+        [sys.executable, "-m", "lcmsquant", "run", *map(str, folder if isinstance(folder, list) else [folder]),
+         "--out", str(out), "--jobs", str(jobs),
          *([] if report else ["--no-report"])],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
@@ -152,6 +180,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="best of this many runs (default 3)")
     parser.add_argument("--sizes", default="24,48,96,192", help="smaller batches for the serial/parallel crossover")
     parser.add_argument("--keep", type=Path, help="simulate into this folder and keep it")
+    parser.add_argument("--batches", type=int, default=4, help="copies of the batch run by one command (default 4)")
     args = parser.parse_args()
     repeat = max(args.repeat, 1)
     cores = default_jobs()
@@ -164,10 +193,21 @@ def main() -> None:
         out = Path(tmp) / "results"
         bare_load(files)  # warm the file cache and pyopenms
         bare = min(_timed(lambda: bare_load(files)) for _ in range(repeat))
-        rows = [("bare pyopenms load (in-process)", bare, 0, 0)]
+        bare_sub = min(bare_load_subprocess(files) for _ in range(repeat))
+        in_process(folder, out, cores)  # imports, fork server, numba's cache
+        warm = min(in_process(folder, out, cores) for _ in range(repeat))
+        rows = [("bare pyopenms load (in-process)", bare, 0, 0),
+                ("bare load, subprocess (start-up + import)", bare_sub, 0, 0),
+                (f"in-process, warm: one more batch, --jobs {cores}", warm, 0, 0)]
         for jobs, runs in interleaved(folder, out, sorted({1, cores}), repeat).items():
             rows.append((f"lcmsquant run --jobs {jobs} --no-report (CLI)", *best(runs)))
         with_report = best([cli_run(folder, out, cores, report=True) for _ in range(repeat)])
+        copies = [folder]
+        for k in range(1, max(args.batches, 1)):
+            copy = Path(tmp) / f"batch-copy{k}"
+            shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("results"))
+            copies.append(copy)
+        many = best([cli_run(copies, Path(tmp) / "many", cores) for _ in range(repeat)])
 
         crossover = []
         for size in sizes:
@@ -181,18 +221,32 @@ def main() -> None:
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, Python {platform.python_version()}, pyopenms "
           f"{oms.__version__}, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} | batch: {n} injections | best of {repeat}")
     report_name = f"lcmsquant run --jobs {cores} (CLI, with report.html)"
-    width = max(len(report_name), *(len(r[0]) for r in rows))
+    many_name = f"lcmsquant run of {len(copies)} batches, --jobs {cores} (CLI)"
+    width = max(len(report_name), len(many_name), *(len(r[0]) for r in rows))
     print(f"{'stage':<{width}}  {'seconds':>8}  {'inj/s':>7}  {'x bare':>7}  {'PSS MB':>7}  {'RSS MB':>7}")
     print(f"{'-' * width}  {'-' * 8}  {'-' * 7}  {'-' * 7}  {'-' * 7}  {'-' * 7}")
     for name, seconds, pss, rss in rows:
         print(f"{name:<{width}}  {seconds:8.2f}  {n / seconds:7.1f}  {seconds / bare:7.2f}  {mb(pss)}  {mb(rss)}")
     print(f"{report_name:<{width}}  {with_report[0]:8.2f}  "
           f"{n / with_report[0]:7.1f}  {with_report[0] / bare:7.2f}  {mb(with_report[1])}  {mb(with_report[2])}")
-    fastest = min(rows[1:], key=lambda r: r[1])
-    rate, ratio, memory = n / fastest[1], fastest[1] / bare, max(r[2] for r in rows[1:])
-    print(f"aims ({fastest[0]}): {rate:.0f} injections/s (>= {AIM_RATE:g}: {'PASS' if rate >= AIM_RATE else 'MISS'}), "
-          f"{ratio:.1f}x the bare load (<= {AIM_RATIO:g}: {'PASS' if ratio <= AIM_RATIO else 'MISS'}), "
-          f"peak PSS {memory / 1e6:.0f} MB (< {AIM_MB:g}: {'PASS' if 0 < memory < AIM_MB * 1e6 else 'MISS' if memory else 'not measured'})")
+    print(f"{many_name:<{width}}  {many[0]:8.2f}  {len(copies) * n / many[0]:7.1f}  "
+          f"{many[0] / (len(copies) * bare):7.2f}  {mb(many[1])}  {mb(many[2])}")
+
+    def verdict(ok: bool) -> str:
+        return "PASS" if ok else "MISS"
+
+    cli_rows = rows[3:]
+    fastest = min(cli_rows, key=lambda r: r[1])
+    rate, memory = n / fastest[1], max(r[2] for r in cli_rows)
+    print(f"aims: {rate:.0f} injections/s ({fastest[0]}; >= {AIM_RATE:g}: {verdict(rate >= AIM_RATE)}), "
+          f"peak PSS {memory / 1e6:.0f} MB (< {AIM_MB:g}: "
+          f"{verdict(0 < memory < AIM_MB * 1e6) if memory else 'not measured'})")
+    print(f"      within {AIM_RATIO:g}x of the bare load: one more batch in-process {warm / bare:.2f}x "
+          f"({verdict(warm / bare <= AIM_RATIO)}); the CLI against the bare load in a fresh process "
+          f"{fastest[1] / bare_sub:.2f}x ({verdict(fastest[1] / bare_sub <= AIM_RATIO)}); "
+          f"the CLI against the in-process load {fastest[1] / bare:.2f}x ({verdict(fastest[1] / bare <= AIM_RATIO)}); "
+          f"{len(copies)} batches in one command {many[0] / (len(copies) * bare):.2f}x "
+          f"({verdict(many[0] / (len(copies) * bare) <= AIM_RATIO)})")
     if crossover:
         print(f"\n{'injections':>10}  {'--jobs 1 s':>10}  {f'--jobs {cores} s':>10}  faster")
         for m, serial, parallel in crossover:

@@ -28,7 +28,7 @@ from run_speed import simulate  # noqa: E402  (same batch design and seed as run
 
 from lcmsquant.batch import load_batch, resolve_method_path  # noqa: E402
 from lcmsquant.method import load_method  # noqa: E402
-from lcmsquant.pipeline import measure_batch  # noqa: E402
+from lcmsquant.measure import measure_batch  # noqa: E402
 
 
 def workers() -> list[psutil.Process]:

@@ -67,6 +67,18 @@ def processed_study(tmp_path_factory):
     return study, tuple(results)
 
 
+@pytest.fixture(scope="module")
+def cohort(processed_study, tmp_path_factory):
+    """The study's three runs added to a fresh cohort database (library call, as the CLI does);
+    one per test module, which may add to it."""
+    from lcmsquant.cohort import add_runs
+
+    _, results = processed_study
+    db = tmp_path_factory.mktemp("cohort") / "study.sqlite"
+    add_runs(db, results)
+    return db
+
+
 @pytest.fixture(scope="session")
 def chromium() -> str:
     """Headless Chromium for the report tests; .ci/run installs it, so in CI it must exist."""

@@ -28,7 +28,8 @@ from lcmsquant.batch import BatchError, load_batch
 from lcmsquant.chromatograms import MIN_POINTS, clean_trace, read_traces
 from lcmsquant.method import MethodError, default_method_path, load_method, parse_method
 from lcmsquant.mzml_writer import Chromatogram, write_chromatogram_mzml
-from lcmsquant.pipeline import measure_injection, run_batch
+from lcmsquant.measure import measure_injection
+from lcmsquant.pipeline import run_batch
 from lcmsquant.simulate import SimulationOptions, simulate_batch
 
 PROPERTY = settings(max_examples=40, deadline=None, derandomize=True,

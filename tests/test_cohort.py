@@ -34,15 +34,6 @@ def count(db: Path, table: str) -> int:
         return con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
 
-@pytest.fixture(scope="module")
-def cohort(processed_study, tmp_path_factory):
-    """The study's three runs added to a fresh cohort database (library call, as the CLI does)."""
-    _, results = processed_study
-    db = tmp_path_factory.mktemp("cohort") / "study.sqlite"
-    add_runs(db, results)
-    return db
-
-
 def _process(folder: Path, out: Path, method_path: Path | None = None) -> Path:
     batch, result = run_batch(folder, method_path)
     write_outputs(batch, result, out, command=["lcmsquant", "run", str(folder)])

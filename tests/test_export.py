@@ -12,18 +12,10 @@ import pandas as pd
 import pyreadstat
 import pytest
 
-from lcmsquant.cohort import add_runs, cohort_tables
+from lcmsquant.cohort import cohort_tables
 from lcmsquant.export import PC_LABELS, export_cohort
 
 STUDY = "FLU-201"
-
-
-@pytest.fixture(scope="module")
-def cohort(processed_study, tmp_path_factory):
-    _, results = processed_study
-    db = tmp_path_factory.mktemp("export") / "study.sqlite"
-    add_runs(db, results)
-    return db
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,17 @@
 
 import numpy as np
 import pytest
+from scipy.ndimage import convolve1d
+from scipy.signal import find_peaks, savgol_coeffs
 from scipy.stats import exponnorm
 
+from lcmsquant import _peak_kernels
 from lcmsquant.peaks import (
     PeakSearch,
-    _median,
     find_peak,
     integrate_between,
     noise_sigma,
+    savgol_weights,
 )
 
 TIME = np.arange(2.1, 3.1, 0.35 / 60)  # minutes, one point every 0.35 s as on a triple quad
@@ -247,8 +250,43 @@ def test_zero_heavy_counts_beside_a_neighbour_keep_the_baseline_at_zero():
     assert abs(peak.baseline_start) < 100 and abs(peak.baseline_end) < 100
 
 
-def test_quick_median_is_numpys_median():
+def test_compiled_peak_detection_is_scipys_find_peaks_with_a_prominence():
+    """The compiled finder detects exactly what scipy.signal.find_peaks(x, prominence=p) does,
+    plateaus (rounded, stepped data) included."""
     rng = np.random.default_rng(13)
+    for n in (3, 4, 10, 57, 400):
+        for step in (0.0, 0.5, 2.0):
+            x = rng.normal(size=n).cumsum()
+            if step:
+                x = np.round(x / step) * step  # flat tops and flat runs
+            for prominence in (0.0, 0.5, 3.0):
+                expected, props = find_peaks(x, prominence=prominence)
+                apices, proms = _peak_kernels.prominent_peaks(x, prominence)
+                assert apices.tolist() == expected.tolist()
+                np.testing.assert_allclose(proms, props["prominences"], rtol=0, atol=0)
+
+
+def test_compiled_smoothing_is_scipys_convolution_at_nearest_edges():
+    rng = np.random.default_rng(14)
+    for width in (5, 7, 15):
+        for deriv in (0, 2):
+            weights = savgol_coeffs(width, polyorder=2, deriv=deriv)
+            x = rng.normal(size=200).cumsum()
+            np.testing.assert_allclose(
+                _peak_kernels.convolve_nearest(x, weights), convolve1d(x, weights, mode="nearest"), rtol=1e-12, atol=1e-9
+            )
+
+
+def test_savitzky_golay_weights_are_scipys():
+    for width in (5, 7, 9, 11, 13, 15):
+        for deriv in (0, 2):
+            np.testing.assert_allclose(savgol_weights(width, deriv), savgol_coeffs(width, 2, deriv=deriv),
+                                       rtol=1e-10, atol=1e-13)
+
+
+def test_compiled_median_and_mad_are_numpys():
+    rng = np.random.default_rng(15)
     for n in range(1, 40):
         values = rng.normal(size=n)
-        assert _median(values) == np.median(values)
+        assert _peak_kernels.median(values) == np.median(values)
+        assert _peak_kernels.mad(values) == np.median(np.abs(values - np.median(values)))

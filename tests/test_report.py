@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from lcmsquant import browser
 from lcmsquant.cli import app
+from lcmsquant.files import sha256
 from lcmsquant.pipeline import run_batch
 from lcmsquant.report import (
     REPORT_HTML, ReportError, read_run_files, reanalysis_list, render_report, rule_category,
@@ -232,18 +233,26 @@ def test_without_the_mzml_files_the_chromatogram_section_says_so(accepted, tmp_p
     assert "1. Verdict" in html and "Run accepted" in html
 
 
+def _as_if_the_run_wrote_it(folder, run: dict) -> None:
+    """Write run.json with the SHA-256 of the tables as they now are: the reader refuses tables
+    edited after the run, and these tests make up a run's outputs by editing a real one."""
+    run["outputs"] = {name: sha256(folder / name) for name in run["outputs"]}
+    (folder / "run.json").write_text(json.dumps(run))
+
+
 def test_reanalysis_csv_and_rule_categories_are_used_when_the_run_wrote_them(accepted, tmp_path):
     copy = shutil.copytree(accepted, tmp_path / "results")
     pd.DataFrame([{
-        "injection": 20, "file": "020_X.mzML", "sample_id": "S-REPEAT", "matrix": "plasma", "analyte": "M3",
-        "reason": "carry-over suspected", "detail": "after ULOQ", "suggested_dilution_factor": "",
+        "injection": 20, "file": "020_X.mzML", "sample_id": "S-REPEAT", "matrix": "plasma", "subject_id": "S001",
+        "visit": "C1D15", "timepoint": "trough", "analyte": "M3", "reason": "carry-over suspected",
+        "action": "reanalyse", "detail": "after ULOQ", "suggested_dilution_factor": "",
     }]).to_csv(copy / "reanalysis.csv", index=False)
     run = json.loads((copy / "run.json").read_text())
     run["rules"].append({
         "analyte": "M3", "calibrator_set": "plasma", "rule": "carry-over (analyte)", "category": "carryover",
         "section": "3.2.6", "measured": "3.1 % of LLOQ", "limit": "<= 20 %", "passed": True, "critical": True, "detail": "",
     })
-    (copy / "run.json").write_text(json.dumps(run))
+    _as_if_the_run_wrote_it(copy, run)
     html = render_report(copy)
     samples = _section(html, "samples")
     assert "S-REPEAT" in samples and "carry-over suspected" in samples and "From reanalysis.csv" in samples
@@ -314,6 +323,7 @@ def test_a_run_without_a_curve_or_qcs_still_renders_and_says_so(accepted, tmp_pa
     calibration.loc[flumatinib, ["model", "weighting", "intercept", "slope", "r_squared", "lloq", "uloq"]] = ""
     calibration.loc[flumatinib, ["accepted", "problem"]] = ["False", "only 2 usable calibrators: a linear curve needs 3"]
     calibration.to_csv(copy / "calibration.csv", index=False)
+    _as_if_the_run_wrote_it(copy, json.loads((copy / "run.json").read_text()))
     html = render_report(copy)
     calibration_html = _section(html, "calibration")
     assert "no curve" in calibration_html and "only 2 usable calibrators" in calibration_html

@@ -1,6 +1,7 @@
 """One results folder, one writer at a time: a second run into a folder another process is
 writing stops at once and names that process; a lock left by a killed run never blocks; readers
-(`lcmsquant report`, `cohort add`) get the old set of files or the new one, never a mix."""
+(results.read_results: `report`, `cohort add`, `validate`, `isr`) get the old set of files or
+the new one, never a mix."""
 
 from __future__ import annotations
 
@@ -20,8 +21,7 @@ import pytest
 from lcmsquant.cohort import read_run
 from lcmsquant.files import atomic_write_all
 from lcmsquant.pipeline import run_batch
-from lcmsquant.report import read_run_files
-from lcmsquant.results import LOCK_FILE, ResultsFolderBusy, results_lock, write_outputs
+from lcmsquant.results import LOCK_FILE, ResultsFolderBusy, read_results, results_lock, write_outputs
 from lcmsquant.runs import process_batch
 from lcmsquant.simulate import SimulationOptions, simulate_batch
 
@@ -123,13 +123,13 @@ def test_report_refuses_to_rewrite_a_folder_a_run_is_writing(batches, tmp_path):
 
 def test_readers_racing_a_writer_get_one_whole_set(batches, tmp_path):
     """A writer keeps replacing the folder's set with that of one run, then the other (as two
-    reruns would); every read by report and cohort must belong to one of them."""
+    reruns would); every read by read_results and by cohort add must belong to one of them."""
     sets = []
     for folder in batches:
         batch, result = run_batch(folder)
         write_outputs(batch, result, tmp_path / folder.name)
         sets.append({name: (tmp_path / folder.name / name).read_bytes() for name in OUTPUTS})
-    expected = [read_run_files(tmp_path / folder.name) for folder in batches]
+    expected = [read_results(tmp_path / folder.name) for folder in batches]
     expected_cohort = [read_run(tmp_path / folder.name) for folder in batches]
     out = tmp_path / "racing" / "results"
     out.mkdir(parents=True)
@@ -147,13 +147,12 @@ def test_readers_racing_a_writer_get_one_whole_set(batches, tmp_path):
     seen = set()
     try:
         for _ in range(25):
-            files = read_run_files(out)
-            which = 0 if files.run["batch"] == "plate-a" else 1
+            files = read_results(out)
+            which = 0 if files.summary["batch"] == "plate-a" else 1
             seen.add(which)
+            assert files.sha256 == expected[which].sha256 and files.session == expected[which].session
             pd.testing.assert_frame_equal(files.results, expected[which].results)
-            pd.testing.assert_frame_equal(files.peaks, expected[which].peaks)
             pd.testing.assert_frame_equal(files.calibration, expected[which].calibration)
-            assert files.session == expected[which].session
             record = read_run(out)
             which = 0 if record.batch == "plate-a" else 1
             assert record.results_sha256 == expected_cohort[which].results_sha256

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from lcmsquant.method import MethodError, load_method
-from lcmsquant.pipeline import measure_injection
+from lcmsquant.measure import measure_injection
 from lcmsquant.transition_list import (
     import_transition_list,
     method_from_transition_list,

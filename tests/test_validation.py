@@ -346,9 +346,12 @@ def test_unusable_results_folders_are_refused_with_every_problem(validation_runs
     (folder / "run.json").write_text("{ not json")
     with pytest.raises(ResultsError) as err:
         read_run(folder)
+    rerun = "rerun `lcmsquant run` on the batch to write the folder again"
     assert err.value.problems == [
-        "results.csv: missing column(s) concentration, reportable: was it written by `lcmsquant run`?",
-        "run.json: not valid JSON (Expecting property name enclosed in double quotes: line 1 column 3 (char 2))",
+        f"peaks.csv is missing: {rerun}",
+        f"calibration.csv is missing: {rerun}",
+        f"results.csv: missing column(s) concentration, reportable: not written by `lcmsquant run` (or by an older one); {rerun}",
+        f"run.json: not valid JSON (Expecting property name enclosed in double quotes: line 1 column 3 (char 2)); {rerun}",
     ]
     with pytest.raises(ResultsError, match="given more than once"):
         read_runs([validation_runs["day2"], validation_runs["day2"].parent])

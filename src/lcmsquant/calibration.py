@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import statsmodels.api as sm
+from statsmodels.regression.linear_model import WLS
 
 from lcmsquant.method import Acceptance
 
@@ -86,7 +86,7 @@ def fit_curve(x, y, model: str = "linear", weighting: str = "1/x^2") -> Curve:
     design = np.column_stack(columns[model])
     if len(x) < design.shape[1] + 1:
         raise ValueError(f"a {model} curve needs at least {design.shape[1] + 1} calibrators, got {len(x)}")
-    result = sm.WLS(y, design, weights=weights(weighting, x, y)).fit()
+    result = WLS(y, design, weights=weights(weighting, x, y)).fit()
     params, errors = list(result.params), list(result.bse)
     if model == "linear_through_zero":
         params, errors = [0.0, *params], [0.0, *errors]

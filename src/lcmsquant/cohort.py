@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import re
 import sqlite3
@@ -26,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from lcmsquant.files import InputError, atomic_write, read_set, sha256
+from lcmsquant.files import InputError, atomic_write, sha256
 from lcmsquant.method import (
     CALIBRATOR_LEVEL,
     CohortSettings,
@@ -34,6 +33,7 @@ from lcmsquant.method import (
     default_method_path,
     load_method,
 )
+from lcmsquant.results import read_results
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -81,11 +81,6 @@ BLQ_INVALIDATING = ("REJECTED", "NO_DATA", "NO_IS", "IS_RESPONSE", "DILUTION_QC"
 REFERENCE_MATRICES = ("serum", "plasma")  # serum first; plasma stands in when there is no serum
 TARGET_MATRICES = ("csf", "marrow")
 RATIO_NAMES = {"csf": "CSF:serum", "marrow": "marrow:serum"}
-TEXT_COLUMNS = ("file", "sample_id", "sample_type", "level", "matrix", "subject_id", "visit", "timepoint", "flags")
-REQUIRED_RESULT_COLUMNS = (
-    "injection", "file", "sample_id", "sample_type", "matrix", "subject_id", "visit", "timepoint",
-    "dilution_factor", "analyte", "calibrator_set", "concentration", "lloq", "uloq", "flags", "reportable",
-)
 START_TIME = re.compile(rb'<run\b[^>]*\bstartTimeStamp="([^"]+)"')
 
 
@@ -144,24 +139,13 @@ def read_run(results_dir: Path | str, method_path: Path | str | None = None) -> 
     parent), else the shipped method; it must be the very file named in run.json (same SHA-256),
     because its [cohort] table decides how the cohort reports and pairs the results.
     """
-    folder = Path(results_dir)
-    needed = ("results.csv", "calibration.csv", "run.json")
-    outputs = read_set(folder, needed)  # all of one run, even while another writes into the folder
-    problems = [
-        f"{folder / name} is missing: give a results folder written by `lcmsquant run`" for name in needed if name not in outputs
-    ]
-    if problems:
-        raise CohortError(folder, problems)
-    try:
-        summary = json.loads(outputs["run.json"].decode("utf-8"))
-        provenance = summary["provenance"]
-        method_info = provenance["method"]
-        inputs = {item["file"]: item["sha256"] for item in provenance["inputs"]}
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
-        raise CohortError(folder, [f"run.json: not a run summary of `lcmsquant run` ({err})"]) from None
-    method = _method_for(folder, method_info, method_path)
-    results = _read_results(folder / "results.csv", outputs["results.csv"])
-    calibration = pd.read_csv(io.BytesIO(outputs["calibration.csv"]), keep_default_na=False, na_values=[""])
+    outputs = read_results(results_dir, error=CohortError)
+    folder, summary = outputs.folder, outputs.summary
+    provenance = summary["provenance"]
+    inputs = {item["file"]: item["sha256"] for item in provenance["inputs"]}
+    method = _method_for(folder, provenance["method"], method_path)
+    results = _with_lines(outputs.results)
+    calibration = outputs.calibration
 
     files = list(dict.fromkeys(results["file"]))
     missing = [f for f in files if f not in inputs]
@@ -185,20 +169,20 @@ def read_run(results_dir: Path | str, method_path: Path | str | None = None) -> 
     verdicts = pd.DataFrame({
         "analyte": calibration["analyte"],
         "calibrator_set": calibration["calibrator_set"],
-        "accepted": calibration["accepted"].astype(str).str.lower().eq("true"),
+        "accepted": calibration["accepted"],
         "reasons": [
             json.dumps(summary.get("analytes", {}).get(a, {}).get(s, {}).get("reasons", []))
             for a, s in zip(calibration["analyte"], calibration["calibrator_set"])
         ],
-        "lloq": pd.to_numeric(calibration["lloq"], errors="coerce"),
-        "uloq": pd.to_numeric(calibration["uloq"], errors="coerce"),
+        "lloq": calibration["lloq"],
+        "uloq": calibration["uloq"],
     })
     analyses = _analyses(results, inputs, method.settings, folder / "results.csv")
     return RunRecord(
         run_id=run_id,
         batch=str(summary.get("batch", folder.parent.name)),
         results_dir=str(folder.resolve()),
-        results_sha256=hashlib.sha256(outputs["results.csv"]).hexdigest(),
+        results_sha256=outputs.sha256["results.csv"],
         acquired=_acquired(folder.parent / files[0], inputs[files[0]]) if files else "",
         run_accepted=bool(summary.get("run_accepted", False)),
         lcmsquant_version=str(summary.get("lcmsquant", "")),
@@ -241,19 +225,11 @@ def _method_for(folder: Path, info: dict, method_path: Path | str | None) -> Met
     ])
 
 
-def _read_results(path: Path, data: bytes) -> pd.DataFrame:
-    table = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
-    missing = [c for c in REQUIRED_RESULT_COLUMNS if c not in table.columns]
-    if missing:
-        raise CohortError(path, [f"{path.name}: missing column(s) {', '.join(missing)}: not a results.csv of `lcmsquant run`"])
-    if "level" not in table.columns:
-        table["level"] = ""
+def _with_lines(results: pd.DataFrame) -> pd.DataFrame:
+    """results.csv with the line of each row, for messages; a missing dilution factor is 1."""
+    table = results.copy()
     table.insert(0, "line", np.arange(len(table)) + 2)
-    for column in ("injection", "dilution_factor", "concentration", "lloq", "uloq", "nominal"):
-        if column in table.columns:
-            table[column] = pd.to_numeric(table[column].replace("", np.nan), errors="coerce")
     table["dilution_factor"] = table["dilution_factor"].fillna(1.0)
-    table["reportable"] = table["reportable"].str.lower().eq("true")
     return table
 
 

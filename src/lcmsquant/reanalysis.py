@@ -91,7 +91,7 @@ def reanalysis_list(results: pd.DataFrame, method: Method) -> pd.DataFrame:
     lowest = method_lloq(method)
     unknown = results[results["sample_type"] == "unknown"]
     rows = []
-    for _, row in unknown.iterrows():
+    for row in unknown.to_dict("records"):
         flags = [f for f in str(row["flags"]).split(";") if f]
         codes = reasons(row, flags, lowest.get((row["calibrator_set"], row["analyte"])))
         if not codes:

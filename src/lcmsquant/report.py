@@ -9,11 +9,9 @@ chromatograms, audit and provenance.
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import shlex
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
@@ -25,20 +23,12 @@ from markupsafe import Markup
 from lcmsquant import acceptance
 from lcmsquant import report_figures as figures
 from lcmsquant.chromatograms import ChromatogramReadError, read_traces
-from lcmsquant.files import InputError, atomic_write, read_set
-from lcmsquant.method import Acceptance
+from lcmsquant.files import InputError, atomic_write
 from lcmsquant.reanalysis import COLUMNS as REANALYSIS_COLUMNS
-from lcmsquant.results import sample_counts
+from lcmsquant.results import RunOutputs, read_results, sample_counts
 
 REPORT_HTML = "report.html"
 REPORT_PDF = "report.pdf"
-REQUIRED_FILES = ("results.csv", "peaks.csv", "calibration.csv", "run.json")
-TEXT_COLUMNS = (
-    "file", "sample_id", "sample_type", "level", "matrix", "subject_id", "visit", "timepoint", "analyte",
-    "calibrator_set", "internal_standard", "flags", "exclusion_reason", "transition", "compound", "role",
-    "status", "native_id", "model", "weighting", "levels_used", "levels_excluded", "problem", "reason",
-    "detail", "action", "analyst", "manual_status", "auto_status", "reanalysis",
-)
 QC_LEVEL_ORDER = ("LLOQ", "LQC", "MQC", "HQC", "DQC")
 # Flags that mark the quantifier's own trace (as opposed to the IS or the run).
 PEAK_FLAGS = ("NO_DATA", "NO_PEAK", "RT_SHIFT", "EDGE", "SATURATED", "LOW_SN", "SPLIT", "SHOULDER")
@@ -51,90 +41,9 @@ class ReportError(InputError):
     kind = "results folder"
 
 
-@dataclass(frozen=True)
-class RunFiles:
-    """The results folder as tables: what a run wrote, read back."""
-
-    folder: Path
-    results: pd.DataFrame = field(repr=False)
-    peaks: pd.DataFrame = field(repr=False)
-    calibration: pd.DataFrame = field(repr=False)
-    audit: pd.DataFrame = field(repr=False)
-    run: dict = field(repr=False)
-    session: dict = field(repr=False)
-    reanalysis: pd.DataFrame | None = field(default=None, repr=False)
-
-    @property
-    def acceptance(self) -> Acceptance:
-        """The limits the run was judged against (ICH M10 defaults for results written before
-        run.json recorded them)."""
-        stored = self.run.get("provenance", {}).get("acceptance")
-        if not stored:
-            return Acceptance()
-        known = {k: v for k, v in stored.items() if k in Acceptance.__dataclass_fields__}
-        if "is_response_band_pct" in known:
-            known["is_response_band_pct"] = tuple(known["is_response_band_pct"])
-        return Acceptance(**known)
-
-    @property
-    def units(self) -> str:
-        return self.run.get("provenance", {}).get("units", "ng/mL")
-
-
-def _read_csv(data: bytes) -> pd.DataFrame:
-    header = pd.read_csv(io.BytesIO(data), nrows=0).columns
-    table = pd.read_csv(
-        io.BytesIO(data), dtype={c: str for c in header if c in TEXT_COLUMNS}, keep_default_na=False, na_values=[""],
-    )
-    for column in table.columns:
-        if column in TEXT_COLUMNS:
-            table[column] = table[column].fillna("")
-    return table
-
-
-def read_run_files(results_dir: Path | str) -> RunFiles:
-    """Read a results folder written by `lcmsquant run`; every missing or unreadable file is named."""
-    folder = Path(results_dir)
-    if not folder.is_dir():
-        raise ReportError(folder, [f"{folder} is not a folder: give the results folder of a run (BATCH_DIR/results)"])
-    csvs = ("results.csv", "peaks.csv", "calibration.csv", "audit.csv", "reanalysis.csv")
-    files = read_set(folder, (*csvs, "run.json", "session.json"))  # all of one run, even while another writes
-    problems = [
-        f"{name} is missing: run `lcmsquant run BATCH_DIR` to write it" for name in REQUIRED_FILES if name not in files
-    ]
-    if problems:
-        raise ReportError(folder, problems)
-    tables, documents = {}, {}
-    for name in csvs:
-        if name in files:
-            try:
-                tables[name] = _read_csv(files[name])
-            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-                problems.append(f"{name}: not a readable CSV ({str(err).splitlines()[0]})")
-    for name in ("run.json", "session.json"):
-        if name in files:
-            try:
-                documents[name] = json.loads(files[name].decode("utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                problems.append(f"{name}: not valid JSON ({err})")
-    for name, columns in (("results.csv", ("injection", "sample_type", "analyte", "flags")),
-                          ("peaks.csv", ("injection", "transition", "compound", "role"))):
-        if name in tables:
-            missing = [c for c in columns if c not in tables[name].columns]
-            if missing:
-                problems.append(f"{name}: column(s) {', '.join(missing)} missing: rerun `lcmsquant run`")
-    if problems:
-        raise ReportError(folder, problems)
-    return RunFiles(
-        folder=folder,
-        results=tables["results.csv"],
-        peaks=tables["peaks.csv"],
-        calibration=tables["calibration.csv"],
-        audit=tables.get("audit.csv", pd.DataFrame()),
-        run=documents["run.json"],
-        session=documents.get("session.json", {}),
-        reanalysis=tables.get("reanalysis.csv"),
-    )
+def read_run_files(results_dir: Path | str) -> RunOutputs:
+    """Read a results folder written by `lcmsquant run` (see results.read_results); every problem is named."""
+    return read_results(results_dir, error=ReportError)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,15 +103,15 @@ def sort_key(value) -> str:
     return repr(float(value)) if _finite(value) else ""
 
 
-def _analytes_in_order(files: RunFiles) -> list[str]:
+def _analytes_in_order(files: RunOutputs) -> list[str]:
     return list(dict.fromkeys(files.results["analyte"]))
 
 
-def _sets(files: RunFiles) -> list[tuple[str, str]]:
+def _sets(files: RunOutputs) -> list[tuple[str, str]]:
     return [(r["analyte"], r["calibrator_set"]) for _, r in files.calibration.iterrows()]
 
 
-def _rows(files: RunFiles, analyte: str, cal_set: str, sample_type: str | None = None) -> pd.DataFrame:
+def _rows(files: RunOutputs, analyte: str, cal_set: str, sample_type: str | None = None) -> pd.DataFrame:
     table = files.results
     mask = (table["analyte"] == analyte) & (table["calibrator_set"] == cal_set)
     if sample_type is not None:
@@ -210,9 +119,9 @@ def _rows(files: RunFiles, analyte: str, cal_set: str, sample_type: str | None =
     return table[mask]
 
 
-def _rules(files: RunFiles, analyte: str | None = None, cal_set: str | None = None, categories=None) -> list[dict]:
+def _rules(files: RunOutputs, analyte: str | None = None, cal_set: str | None = None, categories=None) -> list[dict]:
     rules = []
-    for rule in files.run.get("rules", []):
+    for rule in files.summary.get("rules", []):
         if analyte is not None and rule.get("analyte") != analyte:
             continue
         if cal_set is not None and rule.get("calibrator_set") != cal_set:
@@ -228,7 +137,7 @@ def _rules(files: RunFiles, analyte: str | None = None, cal_set: str | None = No
 # Reanalysis
 
 
-def reanalysis_list(files: RunFiles) -> pd.DataFrame:
+def reanalysis_list(files: RunOutputs) -> pd.DataFrame:
     """Study samples to reanalyse, as the run listed them in reanalysis.csv (see lcmsquant.reanalysis);
     empty for a results folder written before reanalysis.csv existed."""
     if files.reanalysis is not None:
@@ -236,8 +145,8 @@ def reanalysis_list(files: RunFiles) -> pd.DataFrame:
     return pd.DataFrame(columns=list(REANALYSIS_COLUMNS))
 
 
-def verdict_section(files: RunFiles) -> dict:
-    analytes = files.run.get("analytes", {})
+def verdict_section(files: RunOutputs) -> dict:
+    analytes = files.summary.get("analytes", {})
     rows = []
     for analyte, cal_set in _sets(files):
         stored = analytes.get(analyte, {}).get(cal_set, {})
@@ -253,7 +162,7 @@ def verdict_section(files: RunFiles) -> dict:
             "counts": sample_counts(unknown),
         })
     rejected = [f"{r['analyte']} ({r['set']})" for r in rows if not r["accepted"]]
-    accepted_run = bool(files.run.get("run_accepted", not rejected)) and not rejected
+    accepted_run = bool(files.summary.get("run_accepted", not rejected)) and not rejected
     if accepted_run:
         headline = f"Run accepted: all {len(rows)} analyte curves meet ICH M10"
     else:
@@ -262,7 +171,7 @@ def verdict_section(files: RunFiles) -> dict:
             headline += f"; {len(rows) - len(rejected)} of {len(rows)} accepted"
     return {
         "accepted": accepted_run, "headline": headline, "rows": rows,
-        "injection_errors": sorted(files.run.get("injection_errors", {}).items(), key=lambda kv: int(kv[0])),
+        "injection_errors": sorted(files.summary.get("injection_errors", {}).items(), key=lambda kv: int(kv[0])),
     }
 
 
@@ -275,7 +184,7 @@ def _rule_words(rule: dict) -> str:
 # 2. Calibration
 
 
-def calibrator_table(files: RunFiles, analyte: str, cal_set: str) -> pd.DataFrame:
+def calibrator_table(files: RunOutputs, analyte: str, cal_set: str) -> pd.DataFrame:
     """Every calibrator injection with its back-calculated value, %RE, limit and fate."""
     acc = files.acceptance
     cals = _rows(files, analyte, cal_set, "calibrator").copy()
@@ -286,7 +195,7 @@ def calibrator_table(files: RunFiles, analyte: str, cal_set: str) -> pd.DataFram
     return cals.sort_values(["nominal", "injection"], kind="stable")
 
 
-def calibration_section(files: RunFiles) -> list[dict]:
+def calibration_section(files: RunOutputs) -> list[dict]:
     acc, units = files.acceptance, files.units
     blocks = []
     for _, cal in files.calibration.iterrows():
@@ -336,7 +245,7 @@ def calibration_section(files: RunFiles) -> list[dict]:
 # 3. QCs
 
 
-def qc_table(files: RunFiles) -> pd.DataFrame:
+def qc_table(files: RunOutputs) -> pd.DataFrame:
     """Every QC injection x analyte: found, accuracy and pass/fail against its limit."""
     acc = files.acceptance
     results = files.results
@@ -348,7 +257,7 @@ def qc_table(files: RunFiles) -> pd.DataFrame:
     return qcs.sort_values(["level_rank", "injection"], kind="stable")
 
 
-def qc_section(files: RunFiles) -> list[dict]:
+def qc_section(files: RunOutputs) -> list[dict]:
     acc = files.acceptance
     qcs = qc_table(files)
     blocks = []
@@ -392,7 +301,7 @@ def qc_section(files: RunFiles) -> list[dict]:
 # 4. Carry-over, blanks and IS response
 
 
-def blank_checks(files: RunFiles) -> pd.DataFrame:
+def blank_checks(files: RunOutputs) -> pd.DataFrame:
     """Analyte and IS response of every blank and zero against the ICH M10 limits.
 
     The per-injection view of acceptance.carryover and acceptance.selectivity, with the same
@@ -434,7 +343,7 @@ def blank_checks(files: RunFiles) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns).sort_values(["injection", "analyte"], kind="stable")
 
 
-def is_response_table(files: RunFiles) -> list[dict]:
+def is_response_table(files: RunOutputs) -> list[dict]:
     """Per internal standard and calibrator set: the IS area of each injection, the reference
     (mean calibrator/QC IS area) and the flagged injections."""
     results = files.results
@@ -452,7 +361,7 @@ def is_response_table(files: RunFiles) -> list[dict]:
     return out
 
 
-def checks_section(files: RunFiles) -> dict:
+def checks_section(files: RunOutputs) -> dict:
     acc = files.acceptance
     blanks = blank_checks(files)
     is_blocks = []
@@ -490,7 +399,7 @@ def checks_section(files: RunFiles) -> dict:
 # 5. Samples
 
 
-def samples_section(files: RunFiles, reanalysis: pd.DataFrame) -> dict:
+def samples_section(files: RunOutputs, reanalysis: pd.DataFrame) -> dict:
     results = files.results
     unknown = results[results["sample_type"] == "unknown"].sort_values(["injection", "analyte"], kind="stable")
     rows = []
@@ -565,7 +474,7 @@ def _injection_traces(path: Path) -> tuple[dict, str]:
         return {}, str(err)
 
 
-def chromatogram_section(files: RunFiles, batch_dir: Path | str | None = None) -> dict:
+def chromatogram_section(files: RunOutputs, batch_dir: Path | str | None = None) -> dict:
     """Small multiples of quantifier, qualifier(s) and IS for every injection, read from the
     batch folder's mzML files; a missing folder or file is said, not fatal."""
     recorded = files.session.get("batch_folder")
@@ -617,8 +526,8 @@ def chromatogram_section(files: RunFiles, batch_dir: Path | str | None = None) -
 # 7. Audit and provenance
 
 
-def provenance_section(files: RunFiles) -> dict:
-    prov = files.run.get("provenance", {})
+def provenance_section(files: RunOutputs) -> dict:
+    prov = files.summary.get("provenance", {})
     session = files.session
     command = session.get("command", [])
     software = dict(prov.get("software", {}))
@@ -633,7 +542,7 @@ def provenance_section(files: RunFiles) -> dict:
         name: (f"{value:g}" if isinstance(value, float) else "-".join(f"{v:g}" for v in value) if isinstance(value, list) else value)
         for name, value in (prov.get("acceptance") or asdict(files.acceptance)).items()
     }
-    audit = files.audit
+    audit = files.audit if files.audit is not None else pd.DataFrame()
     return {
         "audit_columns": list(audit.columns),
         "audit": [{k: ("" if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in audit.to_dict("records")],
@@ -644,7 +553,7 @@ def provenance_section(files: RunFiles) -> dict:
         ],
         "method": prov.get("method", {}), "calibrator_sets": prov.get("calibrator_sets", []),
         "acceptance": sorted(acceptance.items()), "inputs": prov.get("inputs", []), "software": sorted(software.items()),
-        "batch": files.run.get("batch", ""), "lcmsquant": files.run.get("lcmsquant", ""),
+        "batch": files.summary.get("batch", ""), "lcmsquant": files.summary.get("lcmsquant", ""),
         "finished_at": session.get("finished_at", "not recorded"),
         "command": shlex.join(command) if isinstance(command, list) else str(command),
         "host": session.get("host", ""), "batch_folder": session.get("batch_folder", ""),
@@ -670,8 +579,8 @@ def render_report(results_dir: Path | str, batch_dir: Path | str | None = None) 
     files = read_run_files(results_dir)
     reanalysis = reanalysis_list(files)
     context = {
-        "batch": files.run.get("batch", files.folder.parent.name),
-        "method": files.run.get("provenance", {}).get("method", {}),
+        "batch": files.summary.get("batch", files.folder.parent.name),
+        "method": files.summary.get("provenance", {}).get("method", {}),
         "units": files.units,
         "verdict": verdict_section(files),
         "calibration": calibration_section(files),

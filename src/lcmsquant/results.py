@@ -2,21 +2,25 @@
 session.json (when and how the run was made, kept apart so reruns compare byte for byte).
 
 Every file is written to a temporary name in the output folder and renamed into place, so a
-reader never sees half a file and an interrupted run leaves the previous file intact. A run holds
-the folder's lock (results_lock) from before measuring until its report is written, so that two
-runs never write into one folder at once.
+reader never sees half a file and an interrupted run leaves the previous file intact.
+`read_results` is the inverse of `write_outputs`: the one reader of a results folder. A run
+holds the folder's lock (results_lock) from before measuring until its report is written, so
+that two runs never write into one folder at once.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import platform
+import re
 import sys
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -26,9 +30,12 @@ import pandas as pd
 
 from lcmsquant import __version__
 from lcmsquant.batch import CALIBRATORS, WORKLIST, Batch
-from lcmsquant.files import InputError, atomic_write, atomic_write_all, remove_stale_temporaries, sha256
+from lcmsquant.files import InputError, atomic_write, atomic_write_all, read_set, remove_stale_temporaries, sha256
+from lcmsquant.method import Acceptance
 from lcmsquant.overrides import OVERRIDES
-from lcmsquant.pipeline import AUDITED, RunResult
+from lcmsquant.measure import AUDITED, PEAK_FIELDS
+from lcmsquant.pipeline import RunResult
+from lcmsquant.reanalysis import COLUMNS as REANALYSIS_COLUMNS
 
 try:
     import fcntl
@@ -60,6 +67,27 @@ ROUNDING = {
     "baseline_start": 1, "baseline_end": 1,
 }
 SOFTWARE = ("pyopenms", "numpy", "scipy", "pandas", "statsmodels")
+# run.json's "results_format": raised when a table or run.json changes so that an older reader
+# would misread it; read_results refuses a folder of a format it does not know.
+RESULTS_FORMAT = 1
+PEAK_COLUMNS = (
+    "injection", "file", "sample_id", "transition", "compound", "role", "q1", "q3", "status", "expected_rt_min",
+    "native_id", *PEAK_FIELDS, "edge", "saturated", "split", "shoulder", "manual", "override_line",
+    *(f"auto_{k}" for k in AUDITED), "read_warnings",
+)
+CALIBRATION_COLUMNS = (
+    "analyte", "calibrator_set", "model", "weighting", "intercept", "slope", "quadratic", "intercept_se", "slope_se",
+    "quadratic_se", "r_squared", "n_calibrators", "n_used", "levels_used", "levels_excluded", "lloq", "uloq",
+    "accepted", "problem",
+)
+# audit.csv: the override, the override file's extra columns, then what the override replaced.
+AUDIT_OVERRIDE_COLUMNS = (
+    "override_line", "injection", "file", "sample_id", "transition", "action", "start_min", "end_min", "reason", "analyst",
+)
+AUDIT_REPLACED_COLUMNS = (
+    *(f"auto_{k}" for k in AUDITED), "manual_status", "manual_rt_min", "manual_area", "back_calculated_calibrator",
+    "accuracy_calibrator_pct",
+)
 
 
 def results_table(batch: Batch, run: RunResult) -> pd.DataFrame:
@@ -106,11 +134,7 @@ def audit_table(batch: Batch, run: RunResult) -> pd.DataFrame:
             "analyst": o.analyst, **{k: dict(o.extra).get(k, "") for k in extra_columns},
             "back_calculated_calibrator": cal["back_calculated"], "accuracy_calibrator_pct": cal["accuracy_pct"],
         })
-    columns = [
-        "override_line", "injection", "file", "sample_id", "transition", "action", "start_min", "end_min",
-        "reason", "analyst", *extra_columns, *(f"auto_{k}" for k in AUDITED), "manual_status",
-        "manual_rt_min", "manual_area", "back_calculated_calibrator", "accuracy_calibrator_pct",
-    ]
+    columns = [*AUDIT_OVERRIDE_COLUMNS, *extra_columns, *AUDIT_REPLACED_COLUMNS]
     table = pd.DataFrame(rows, columns=columns).sort_values("override_line", kind="stable")
     return _rounded(table)
 
@@ -137,6 +161,7 @@ def run_summary(batch: Batch, run: RunResult) -> dict:
     counts = {analyte: sample_counts(rows) for analyte, rows in unknown.groupby("analyte")}
     return {
         "lcmsquant": __version__,
+        "results_format": RESULTS_FORMAT,
         "batch": batch.folder.name,
         "run_accepted": all(v["accepted"] for v in run.verdicts.values()) if run.verdicts else False,
         "analytes": analytes,
@@ -216,13 +241,7 @@ def write_outputs(batch: Batch, run: RunResult, out_dir: Path, command: list[str
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
-    tables = {
-        "results.csv": results_table(batch, run),
-        "peaks.csv": peaks_table(batch, run),
-        "calibration.csv": calibration_table(run),
-        "audit.csv": audit_table(batch, run),
-        "reanalysis.csv": reanalysis_table(run),
-    }
+    tables = output_tables(batch, run)
     files = {out_dir / name: table.to_csv(index=False, lineterminator="\n").encode("utf-8") for name, table in tables.items()}
     summary = run_summary(batch, run)
     summary["outputs"] = {path.name: hashlib.sha256(data).hexdigest() for path, data in files.items()}
@@ -236,6 +255,18 @@ def write_outputs(batch: Batch, run: RunResult, out_dir: Path, command: list[str
     }
     files[out_dir / "session.json"] = json.dumps(session, indent=2) + "\n"
     return atomic_write_all(files)
+
+
+def output_tables(batch: Batch, run: RunResult) -> dict[str, pd.DataFrame]:
+    """The tables of a results folder by file name, typed as in COLUMN_TYPES (what read_results gives back)."""
+    tables = {
+        "results.csv": results_table(batch, run),
+        "peaks.csv": peaks_table(batch, run),
+        "calibration.csv": calibration_table(run),
+        "audit.csv": audit_table(batch, run),
+        "reanalysis.csv": reanalysis_table(run),
+    }
+    return {name: _typed(table, COLUMN_TYPES[name]) for name, table in tables.items()}
 
 
 LOCK_FILE = ".lcmsquant.lock"
@@ -378,3 +409,233 @@ def _jsonable(obj):
     if isinstance(obj, (np.floating, float)):
         return None if not np.isfinite(obj) else float(obj)
     return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a results folder back
+
+FLOAT, INT, BOOL, TEXT = "float64", "int64", "bool", str
+RUN_JSON, SESSION_JSON = "run.json", "session.json"
+REQUIRED_FILES = ("results.csv", "peaks.csv", "calibration.csv", RUN_JSON)  # audit.csv and reanalysis.csv came later
+RERUN = "rerun `lcmsquant run` on the batch to write the folder again"
+
+
+def _schema(columns: Sequence[str], text: Sequence[str] = (), ints: Sequence[str] = (), bools: Sequence[str] = ()) -> dict:
+    """Column -> type of one table: text, whole numbers and true/false as named, decimal numbers otherwise."""
+    return {c: TEXT if c in text else INT if c in ints else BOOL if c in bools else FLOAT for c in columns}
+
+
+# The type of every column of every table; a column not named (a worklist column carried into
+# results.csv, an extra column of overrides.csv) is text. Empty text is "", a number without a
+# value NaN, so the two stay apart through the CSV.
+COLUMN_TYPES = {
+    "results.csv": _schema(
+        (*RESULT_COLUMNS, *MEASURE_COLUMNS), ints=("injection",), bools=("reportable",),
+        text=("file", "sample_id", "sample_type", "level", "matrix", "subject_id", "visit", "timepoint", "analyte",
+              "calibrator_set", "internal_standard", "flags", "exclusion_reason", "reanalysis"),
+    ),
+    "peaks.csv": _schema(
+        PEAK_COLUMNS, ints=("injection",), bools=("edge", "saturated", "split", "shoulder", "manual"),
+        text=("file", "sample_id", "transition", "compound", "role", "status", "native_id", "auto_status", "read_warnings"),
+    ),
+    "calibration.csv": _schema(
+        CALIBRATION_COLUMNS, ints=("n_calibrators", "n_used"), bools=("accepted",),
+        text=("analyte", "calibrator_set", "model", "weighting", "levels_used", "levels_excluded", "problem"),
+    ),
+    "audit.csv": _schema(
+        (*AUDIT_OVERRIDE_COLUMNS, *AUDIT_REPLACED_COLUMNS), ints=("override_line", "injection"),
+        text=("file", "sample_id", "transition", "action", "reason", "analyst", "auto_status", "manual_status"),
+    ),
+    "reanalysis.csv": _schema(
+        REANALYSIS_COLUMNS, ints=("injection",),
+        text=[c for c in REANALYSIS_COLUMNS if c not in ("injection", "suggested_dilution_factor")],
+    ),
+}
+TYPE_WORDS = {FLOAT: "a number", INT: "a whole number", BOOL: "True or False"}
+
+
+class ResultsFolderError(InputError):
+    """A results folder that cannot be read back."""
+
+    kind = "results folder"
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    """A results folder read back by read_results: its tables typed as COLUMN_TYPES says, run.json and session.json."""
+
+    folder: Path
+    results: pd.DataFrame = field(repr=False)
+    peaks: pd.DataFrame = field(repr=False)
+    calibration: pd.DataFrame = field(repr=False)
+    audit: pd.DataFrame | None = field(repr=False)  # None: the folder was written before audit.csv existed
+    reanalysis: pd.DataFrame | None = field(repr=False)  # None: written before reanalysis.csv existed
+    summary: dict = field(repr=False)  # run.json
+    session: dict = field(repr=False)  # session.json; {} when there is none
+    sha256: dict = field(repr=False)  # file name -> SHA-256 of each table read
+
+    @property
+    def method(self) -> dict:
+        """The method the run was made with: name, version, file and SHA-256."""
+        return self.summary.get("provenance", {}).get("method", {})
+
+    @property
+    def units(self) -> str:
+        return self.summary.get("provenance", {}).get("units", "ng/mL")
+
+    @property
+    def acceptance(self) -> Acceptance:
+        """The limits the run was judged against (ICH M10 defaults for results written before
+        run.json recorded them)."""
+        stored = self.summary.get("provenance", {}).get("acceptance")
+        if not stored:
+            return Acceptance()
+        known = {k: v for k, v in stored.items() if k in Acceptance.__dataclass_fields__}
+        if "is_response_band_pct" in known:
+            known["is_response_band_pct"] = tuple(known["is_response_band_pct"])
+        return Acceptance(**known)
+
+
+def read_results(results_dir: Path | str, error: type[InputError] = ResultsFolderError) -> RunOutputs:
+    """Read back what write_outputs wrote into results_dir, as it wrote it (the inverse of write_outputs).
+
+    Refused with one `error` listing every problem: no such folder, a file missing or not
+    parsing, a run.json of a results format this version does not know, or a table whose SHA-256
+    is not the one run.json records (the folder was edited by hand or is incomplete).
+    """
+    folder = Path(results_dir)
+    if not folder.is_dir():
+        raise error(folder, [f"{folder} is not a folder: give the results folder of a run (BATCH_DIR/results)"])
+    data = read_set(folder, (*COLUMN_TYPES, RUN_JSON, SESSION_JSON))  # of one run, even while a run replaces them
+    summary, summary_problems = _parse_json(RUN_JSON, data)
+    too_new = _newer_format(summary)
+    if too_new:
+        raise error(folder, [too_new])
+    if RUN_JSON in data and not summary_problems:
+        summary_problems = _summary_problems(summary)
+    outputs = summary.get("outputs")
+    recorded = {name: digest for name, digest in outputs.items() if name in COLUMN_TYPES} if isinstance(outputs, dict) else {}
+    problems = [_missing(name, recorded) for name in dict.fromkeys((*REQUIRED_FILES, *recorded)) if name not in data]
+    digests = {name: hashlib.sha256(data[name]).hexdigest() for name in COLUMN_TYPES if name in data}
+    for name, expected in recorded.items():
+        if name in digests and digests[name] != expected:
+            problems.append(
+                f"{name} is not the file run.json records (SHA-256 {digests[name][:12]}, recorded {str(expected)[:12]}): "
+                f"the folder was edited by hand or is incomplete (files of two runs mixed); {RERUN}"
+            )
+    tables = {}
+    for name, types in COLUMN_TYPES.items():
+        if name in data:
+            tables[name] = _parse_table(name, data[name], types, problems)
+    session, session_problems = _parse_json(SESSION_JSON, data)
+    problems += summary_problems + session_problems
+    if problems:
+        raise error(folder, problems)
+    return RunOutputs(
+        folder=folder, results=tables["results.csv"], peaks=tables["peaks.csv"], calibration=tables["calibration.csv"],
+        audit=tables.get("audit.csv"), reanalysis=tables.get("reanalysis.csv"), summary=summary, session=session,
+        sha256=digests,
+    )
+
+
+def _missing(name: str, recorded: dict) -> str:
+    if name in recorded:
+        return f"{name} is missing, though run.json lists it: the folder is incomplete; {RERUN}"
+    return f"{name} is missing: {RERUN}"
+
+
+def _parse_json(name: str, data: dict[str, bytes]) -> tuple[dict, list[str]]:
+    if name not in data:
+        return {}, []
+    try:
+        document = json.loads(data[name].decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return {}, [f"{name}: not valid JSON ({err}); {RERUN}"]
+    if not isinstance(document, dict):
+        return {}, [f"{name}: not a JSON object; {RERUN}"]
+    return document, []
+
+
+def _newer_format(summary: dict) -> str:
+    """The problem with a run.json of a results format this version cannot read ("" when none)."""
+    found = summary.get("results_format", RESULTS_FORMAT)
+    if isinstance(found, int) and found <= RESULTS_FORMAT:
+        return ""
+    return (
+        f"{RUN_JSON}: results format {found!r} (lcmsquant {summary.get('lcmsquant', '?')}), but lcmsquant {__version__} "
+        f"reads format {RESULTS_FORMAT}: read it with the version that wrote it, or rerun `lcmsquant run` on the batch"
+    )
+
+
+def _summary_problems(summary: dict) -> list[str]:
+    """What run.json lacks that every reader relies on."""
+    provenance = summary.get("provenance") if isinstance(summary.get("provenance"), dict) else {}
+    method = provenance.get("method") if isinstance(provenance.get("method"), dict) else {}
+    inputs = provenance.get("inputs")
+    problems = [f"{RUN_JSON}: {key} is missing: not a run.json of `lcmsquant run`; {RERUN}"
+                for key, value in (("lcmsquant", summary.get("lcmsquant")), ("provenance.method.sha256", method.get("sha256")))
+                if not value]
+    if not isinstance(inputs, list) or not all(isinstance(i, dict) and "file" in i and "sha256" in i for i in inputs):
+        problems.append(f"{RUN_JSON}: provenance.inputs is not a list of files with their SHA-256; {RERUN}")
+    if not isinstance(summary.get("outputs", {}), dict):
+        problems.append(f"{RUN_JSON}: outputs is not a table of file names and SHA-256; {RERUN}")
+    return problems
+
+
+def _parse_table(name: str, data: bytes, types: dict, problems: list[str]) -> pd.DataFrame | None:
+    """One table with its columns typed (None, and the problems added, when it cannot be read)."""
+    try:
+        table = pd.read_csv(
+            io.BytesIO(data), dtype=defaultdict(lambda: TEXT, types), keep_default_na=False,
+            na_values={c: [""] for c, kind in types.items() if kind == FLOAT}, encoding="utf-8",
+        )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        problems.append(f"{name}: not a readable CSV ({str(err).splitlines()[0]}); {RERUN}")
+        return None
+    except ValueError as err:
+        problems.extend(_bad_cells(name, data, types) or [f"{name}: not a readable CSV ({err}); {RERUN}"])
+        return None
+    missing = [c for c in types if c not in table.columns]
+    if missing:
+        problems.append(f"{name}: missing column(s) {', '.join(missing)}: not written by `lcmsquant run` (or by an older one); {RERUN}")
+    return table
+
+
+def _bad_cells(name: str, data: bytes, types: dict) -> list[str]:
+    """The first cell of each typed column that is not of its type, with its line."""
+    raw = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, encoding="utf-8")
+    problems = []
+    for column in raw.columns:
+        kind = types.get(column, TEXT)
+        if kind is TEXT:
+            continue
+        fits = raw[column].map(lambda v: _fits(v, kind)).to_numpy(bool)
+        if not fits.all():
+            row = int(np.argmin(fits))
+            problems.append(
+                f"{name} line {row + 2}, column {column}: {raw[column].iloc[row]!r} is not {TYPE_WORDS[kind]}; {RERUN}"
+            )
+    return problems
+
+
+def _fits(text: str, kind: str) -> bool:
+    if kind == INT:
+        return re.fullmatch(r"\s*[+-]?\d+\s*", text) is not None
+    if kind == BOOL:
+        return text.strip().lower() in ("true", "false")
+    if text.strip() == "":
+        return True
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _typed(table: pd.DataFrame, types: dict) -> pd.DataFrame:
+    """`table` with each column of its type in COLUMN_TYPES (text for the others); text holds "" for nothing, never NaN."""
+    table = table.copy()
+    for column in table.columns:
+        kind = types.get(column, TEXT)
+        table[column] = table[column].astype(object).fillna("").astype(str) if kind is TEXT else table[column].astype(kind)
+    return table

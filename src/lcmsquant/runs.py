@@ -15,7 +15,8 @@ from pathlib import Path
 from lcmsquant.batch import load_batch, resolve_method_path
 from lcmsquant.files import InputError
 from lcmsquant.method import load_method
-from lcmsquant.pipeline import RunResult, measure_batch, quantify
+from lcmsquant.measure import measure_batch
+from lcmsquant.pipeline import RunResult, quantify
 from lcmsquant.results import results_lock, sample_counts, write_outputs
 
 RESULTS = "results"

@@ -32,14 +32,10 @@ import pandas as pd
 from lcmsquant.calibration import calibrate, fit_curve
 from lcmsquant.files import InputError, atomic_write
 from lcmsquant.method import Acceptance
+from lcmsquant.results import read_results
 
 RESULTS_CSV = "results.csv"
-RUN_JSON = "run.json"
-CALIBRATION_CSV = "calibration.csv"
 DAY_COLUMN = "run_date"  # optional worklist column carried into results.csv: the day of the run
-TEXT_COLUMNS = ("file", "sample_id", "sample_type", "level", "matrix", "analyte", "calibrator_set", "flags", DAY_COLUMN)
-NEEDED_COLUMNS = ("sample_id", "sample_type", "level", "analyte", "calibrator_set", "nominal", "area_ratio",
-                  "concentration", "reportable", "flags")
 CALIBRATION_RULES = ("calibration curve fitted", "calibrators within tolerance", "calibrator levels passing")
 
 MODELS = ("linear", "linear_through_zero", "quadratic")
@@ -104,37 +100,10 @@ def results_folder(path: Path | str) -> Path:
 
 
 def read_run(path: Path | str, label: str | None = None) -> RunResults:
-    """Read one results folder (or a batch folder holding results/), checking what the evaluations need."""
-    folder = results_folder(path)
-    problems = []
-    try:
-        results = pd.read_csv(folder / RESULTS_CSV, dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False, na_values=[""])
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ResultsError(folder, [f"{RESULTS_CSV}: not a readable CSV ({err})"]) from None
-    missing = [c for c in NEEDED_COLUMNS if c not in results.columns]
-    if missing:
-        problems.append(f"{RESULTS_CSV}: missing column(s) {', '.join(missing)}: was it written by `lcmsquant run`?")
-    summary = {}
-    try:
-        summary = json.loads((folder / RUN_JSON).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        problems.append(f"{RUN_JSON} is missing: it names the method the run was made with")
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        problems.append(f"{RUN_JSON}: not valid JSON ({err})")
-    if summary and not summary.get("provenance", {}).get("method", {}).get("sha256"):
-        problems.append(f"{RUN_JSON}: provenance.method.sha256 is missing: rerun `lcmsquant run` on the batch")
-    calibration = pd.DataFrame(columns=["analyte", "calibrator_set", "model", "weighting"])
-    if (folder / CALIBRATION_CSV).is_file():
-        calibration = pd.read_csv(folder / CALIBRATION_CSV, dtype=str, keep_default_na=False)
-    if problems:
-        raise ResultsError(folder, problems)
-    for column in TEXT_COLUMNS:
-        if column in results.columns:
-            results[column] = results[column].fillna("")
-    for column in ("nominal", "area_ratio", "concentration"):
-        results[column] = pd.to_numeric(results[column], errors="coerce")
-    results["reportable"] = results["reportable"].astype(str).str.lower().eq("true")
-    return RunResults(label or str(summary.get("batch") or folder), folder, results, summary, calibration)
+    """Read one results folder (or a batch folder holding results/), as results.read_results checks it."""
+    outputs = read_results(results_folder(path), error=ResultsError)
+    return RunResults(label or str(outputs.summary.get("batch") or outputs.folder), outputs.folder, outputs.results,
+                      outputs.summary, outputs.calibration)
 
 
 def read_runs(paths: Iterable[Path | str]) -> tuple[RunResults, ...]:

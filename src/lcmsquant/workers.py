@@ -1,9 +1,10 @@
 """The worker processes that read and integrate injections in parallel.
 
 Forking a process that has run pyopenms deadlocked, so workers are forked from a server process
-that has only imported lcmsquant (multiprocessing's "forkserver"; "spawn" where there is none).
-That import costs about 1.5 s of CPU once per run; `start_early` lets the command line begin it
-while it is still importing itself, on another core.
+that has only imported what measuring needs: lcmsquant.measure and the compiled peak finder
+(multiprocessing's "forkserver"; "spawn" where there is none). That import costs about 1 s of
+CPU once per run; `start_early` lets the command line begin it while it is still importing
+itself, on another core.
 
 A worker that dies (the out-of-memory killer, a crash in C++ code) breaks the whole pool;
 `map_in_workers` gives what it held once more to a process of its own and starts the pool again
@@ -23,7 +24,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
-PRELOAD = ["lcmsquant.pipeline"]
+PRELOAD = ["lcmsquant.measure", "lcmsquant._peak_kernels"]
 
 # Fewest injections for which measure_batch(jobs=None) starts workers. Measured on 2 cores with
 # the fork server started early (benchmarks/scale.py and README "Speed and scale"): workers cost

@@ -1,0 +1,223 @@
+"""Measure injections: read each one's SRM traces and find and integrate the peak of every
+transition, in this process or in worker processes; the result is the run's peak table.
+
+Kept apart from the rest of the pipeline so that the worker processes import only what reading
+and integrating need (pyopenms and the compiled peak finder), not statsmodels and scipy.stats.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Mapping
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lcmsquant.batch import Batch, Injection
+from lcmsquant.chromatograms import ChromatogramReadError, Trace, read_injection
+from lcmsquant.method import Analyte, Method, Transition
+from lcmsquant.overrides import OVERRIDES, Override, OverrideError
+from lcmsquant.peaks import Peak, PeakSearch, find_peak, integrate_between
+from lcmsquant.workers import PARALLEL_MIN_INJECTIONS, WorkerDeath, map_in_workers
+
+AUDITED = ("status", "rt_min", "start_min", "end_min", "area")
+PEAK_FIELDS = (
+    "rt_min", "start_min", "end_min", "area", "height", "sn", "noise", "points", "fwhm_s",
+    "tailing_factor", "asymmetry", "points_fwhm", "baseline_start", "baseline_end",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# One injection
+
+
+def measure_injection(
+    path: Path, method: Method, overrides: Mapping[str, Override] | None = None
+) -> tuple[list[dict], str]:
+    """Peaks of every transition of one injection, and an error message if it was unreadable.
+
+    Internal standards are found first; each analyte is then searched around the RT its IS
+    predicts, and each qualifier around its quantifier's apex. A manual integration replaces
+    the automatic peak of its transition (and so anchors what is searched after it); the row
+    keeps the automatic values it replaced for the audit trail.
+    """
+    overrides = overrides or {}
+    file_warnings: list[str] = []
+    try:
+        traces = read_injection(path, method, file_warnings)
+    except ChromatogramReadError as err:
+        return _no_data_rows(method), str(err)
+    rows, found_rt = [], {}
+    integ = method.integration
+
+    def measure(t: Transition, search: PeakSearch) -> Peak | None:
+        read = traces.get(t)
+        warnings = read.warnings if read is not None else tuple(file_warnings)
+        trace = read if read is not None and read.usable else None  # too short to hold a peak: no data, not "no peak"
+        peak = _search(trace, search)
+        override = overrides.get(t.name)
+        if override is None:
+            rows.append(_peak_row(t, search.expected_rt, trace, peak, read_warnings=warnings))
+            return peak
+        manual = _manual_peak(trace, override)
+        row = _peak_row(
+            t, search.expected_rt, trace, manual, "NO_PEAK" if manual is None and trace is not None else None,
+            read_warnings=warnings,
+        )
+        automatic = _peak_row(t, search.expected_rt, trace, peak)
+        row.update(manual=True, override_line=override.line, **{f"auto_{k}": automatic[k] for k in AUDITED})
+        if override.action == "integrate" and manual is None:
+            row["override_problem"] = (
+                f"{OVERRIDES} line {override.line}: no data of {t.name} in {path.name} between "
+                f"{override.start:g} and {override.end:g} min"
+            )
+        rows.append(row)
+        return manual
+
+    for istd in method.internal_standards:
+        peak = measure(istd.transition, PeakSearch(istd.rt, integ.rt_window, integ.min_detection_sn))
+        if peak is not None:
+            found_rt[istd.name] = peak.rt
+    for analyte in method.analytes:
+        expected, window = predicted_rt(analyte, method, found_rt)
+        quant = measure(analyte.quantifier, PeakSearch(expected, window, integ.min_detection_sn))
+        for qual in analyte.qualifiers:
+            q_expected = quant.rt if quant is not None else expected
+            q_window = integ.anchored_rt_window if quant is not None else window
+            measure(qual, PeakSearch(q_expected, q_window, integ.min_detection_sn))
+    return rows, ""
+
+
+def _no_data_rows(method: Method) -> list[dict]:
+    return [_peak_row(t, method.expected_rt(t), None, None, "NO_DATA") for t in method.transitions()]
+
+
+def _manual_peak(trace: Trace | None, override: Override) -> Peak | None:
+    if trace is None or override.action == "no_peak":
+        return None
+    return integrate_between(trace.time, trace.intensity, override.start, override.end)
+
+
+def predicted_rt(analyte: Analyte, method: Method, found_is_rt: dict[str, float]) -> tuple[float, float]:
+    """Expected RT and search half-window of an analyte, anchored on its IS when the IS was found."""
+    istd = method.internal_standard(analyte.internal_standard)
+    if istd.name in found_is_rt:
+        return found_is_rt[istd.name] + (analyte.rt - istd.rt), method.integration.anchored_rt_window
+    return analyte.rt, method.integration.rt_window
+
+
+def _search(trace: Trace | None, search: PeakSearch) -> Peak | None:
+    return None if trace is None else find_peak(trace.time, trace.intensity, search)
+
+
+def _peak_row(
+    t: Transition, expected: float, trace: Trace | None, peak: Peak | None, status: str | None = None,
+    read_warnings: tuple[str, ...] | list[str] = (),
+) -> dict:
+    if status is None:
+        status = "NO_DATA" if trace is None else ("NO_PEAK" if peak is None else "OK")
+    row = {
+        "transition": t.name, "compound": t.compound, "role": t.role, "q1": t.q1, "q3": t.q3,
+        "status": status, "expected_rt_min": expected,
+        "native_id": trace.native_id if trace is not None else "",
+        **dict.fromkeys(PEAK_FIELDS, np.nan),
+        "edge": False, "saturated": False, "split": False, "shoulder": False, "manual": False, "override_line": np.nan,
+        **{f"auto_{k}": np.nan for k in AUDITED}, "override_problem": "",
+        "read_warnings": " | ".join(read_warnings),
+    }
+    if peak is not None:
+        row.update(
+            rt_min=peak.rt, start_min=peak.start, end_min=peak.end, area=peak.area, height=peak.height,
+            sn=peak.sn, noise=peak.noise, points=peak.points, fwhm_s=peak.fwhm * 60,
+            tailing_factor=peak.tailing_factor, asymmetry=peak.asymmetry, points_fwhm=peak.points_fwhm,
+            baseline_start=peak.baseline_start, baseline_end=peak.baseline_end,
+            edge=peak.edge, saturated=peak.saturated, split=peak.split, shoulder=peak.shoulder,
+        )
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
+# The batch
+
+
+def measure_batch(
+    batch: Batch, progress: Callable[[Injection], None] | None = None, jobs: int | None = 1
+) -> tuple[pd.DataFrame, dict]:
+    """The peak table of every injection (one row per injection x transition) and read errors.
+
+    `jobs` processes read and integrate injections at once: 1 measures in this process; None
+    uses every core, or this process alone for a batch of fewer than PARALLEL_MIN_INJECTIONS
+    (starting workers would cost more than it saves). Workers get file paths and the method and
+    send back peak rows, so each holds one injection at a time; the table is the same whatever
+    `jobs`. Raises OverrideError when a manual integration finds no data to integrate.
+    """
+    work = [(inj.order, inj.file, batch.overrides_for(inj)) for inj in batch.injections]
+    by_order = {inj.order: inj for inj in batch.injections}
+    n_jobs = resolve_jobs(jobs, len(work))
+    if n_jobs == 1:
+        measured = (_measure_work(batch.method, item) for item in work)
+    else:
+        measured = _measure_in_processes(work, batch.method, n_jobs)
+    results = {}
+    for order, peaks, error in measured:
+        results[order] = (peaks, error)
+        if progress is not None:
+            progress(by_order[order])
+    rows, errors = [], {}
+    for order, _, _ in work:  # injection order, however the workers finished
+        peaks, error = results[order]
+        if error:
+            errors[order] = error
+        rows.extend({"injection": order, **p} for p in peaks)
+    table = pd.DataFrame(rows)
+    problems = [p for p in table["override_problem"] if p]
+    if problems:
+        raise OverrideError(batch.folder / OVERRIDES, problems)
+    return table.drop(columns="override_problem"), errors
+
+
+def default_jobs() -> int:
+    """The number of cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def resolve_jobs(jobs: int | None, n_injections: int) -> int:
+    """How many processes measure a batch of `n_injections` (see measure_batch)."""
+    if jobs is None:
+        jobs = default_jobs() if n_injections >= PARALLEL_MIN_INJECTIONS else 1
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a whole number of at least 1, got {jobs!r}")
+    if multiprocessing.current_process().daemon:  # e.g. a Dask worker: it may not start processes
+        return 1
+    return max(1, min(jobs, n_injections))
+
+
+def _measure_work(method: Method, item: tuple[int, Path, Mapping[str, Override]]) -> tuple[int, list[dict], str]:
+    order, path, overrides = item
+    peaks, error = measure_injection(path, method, overrides)
+    return order, peaks, error
+
+
+def _measure_in_processes(work: list, method: Method, jobs: int):
+    """(order, peak rows, error) of every injection, measured by `jobs` worker processes.
+
+    If a worker dies (the C++ reader crashing on a damaged file, the out-of-memory killer), the
+    injection it held is measured once more in a process of its own and the others go on in a
+    fresh pool; an injection whose own process dies too is flagged NO_DATA, naming the signal.
+    """
+    size = max(1, min(8, len(work) // (4 * jobs)))  # small chunks: the progress bar moves, the load stays even
+    for position, measured in map_in_workers(partial(_measure_work, method), work, jobs, size):
+        if isinstance(measured, WorkerDeath):
+            order, path, _ = work[position]
+            yield order, _no_data_rows(method), (
+                f"{Path(path).name}: the process measuring this injection died twice ({measured}); "
+                f"check the file or convert it again, and rerun"
+            )
+        else:
+            yield measured
