@@ -79,16 +79,31 @@ def bare_load_subprocess(files: list[Path]) -> float:
     return time.perf_counter() - start
 
 
-def in_process(folder: Path, out: Path, jobs: int) -> float:
-    """Seconds of one more process_batch in this process (no report)."""
-    from lcmsquant.runs import process_batch
-
+WARM = """
+import sys, time
+from lcmsquant.runs import process_batch
+folder, out, jobs, repeat = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+times = []
+for _ in range(repeat + 1):  # the first call pays the imports, the fork server and numba's cache
     start = time.perf_counter()
     outcome = process_batch(folder, out_dir=out, jobs=jobs, report=False)
-    seconds = time.perf_counter() - start
+    times.append(time.perf_counter() - start)
     if outcome.error:
-        sys.exit(f"process_batch failed: {outcome.error}")
-    return seconds
+        sys.exit(outcome.error)
+print(min(times[1:]))
+"""
+
+
+def in_process_warm(folder: Path, out: Path, jobs: int, repeat: int) -> float:
+    """Best seconds of one more runs.process_batch (no report) in a process that has run one
+    already. Run with `python -c`, as a notebook would: worker processes import the main module,
+    and this script's imports would be charged to every batch."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-c", WARM, str(folder), str(out), str(jobs), str(repeat)],
+                          env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"in-process run failed ({proc.returncode}):\n{proc.stderr}")
+    return float(proc.stdout.split()[-1])
 
 
 class PeakMemory:
@@ -194,8 +209,7 @@ def main() -> None:
         bare_load(files)  # warm the file cache and pyopenms
         bare = min(_timed(lambda: bare_load(files)) for _ in range(repeat))
         bare_sub = min(bare_load_subprocess(files) for _ in range(repeat))
-        in_process(folder, out, cores)  # imports, fork server, numba's cache
-        warm = min(in_process(folder, out, cores) for _ in range(repeat))
+        warm = in_process_warm(folder, out, cores, repeat)
         rows = [("bare pyopenms load (in-process)", bare, 0, 0),
                 ("bare load, subprocess (start-up + import)", bare_sub, 0, 0),
                 (f"in-process, warm: one more batch, --jobs {cores}", warm, 0, 0)]
