@@ -27,10 +27,12 @@ from pathlib import Path
 PRELOAD = ["lcmsquant.measure", "lcmsquant._peak_kernels"]
 
 # Fewest injections for which measure_batch(jobs=None) starts workers. Measured on 2 cores with
-# the fork server started early (benchmarks/scale.py and README "Speed and scale"): workers cost
-# about 0.8 s once (the server's import slows the command's own, the first fork) and save about
-# 8 ms per injection (17 ms of reading and integrating, halved).
-PARALLEL_MIN_INJECTIONS = 96
+# the fork server started early (benchmarks/scale.py --sizes, README "Speed and scale"): the
+# server's imports run beside the command's own, and a worker saves about 1.6 ms per injection
+# (3.3 ms of reading and integrating, halved). At 31, 36 and 64 injections the two ways were
+# within noise (0.3 s) of each other, at 48, 96 and 192 workers were 0.4-0.9 s faster; workers
+# also add about 120 MB, so small batches stay in this process.
+PARALLEL_MIN_INJECTIONS = 64
 
 
 def process_context():
