@@ -109,7 +109,7 @@ def subprocess_run(code: str, *args: str) -> None:
         sys.exit(f"subprocess failed ({proc.returncode}):\n{proc.stderr}")
 
 
-CLI = "from lcmsquant.cli import app; app()"
+CLI = "from lcmsquant.cli import command_line; command_line()"
 BARE = "import sys, pyopenms as oms\nfor p in sys.argv[1:]: oms.MzMLFile().load(p, oms.MSExperiment())"
 
 

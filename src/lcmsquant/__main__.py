@@ -1,5 +1,6 @@
 """`python -m lcmsquant` is the `lcmsquant` command."""
 
-from lcmsquant.cli import app
+from lcmsquant.cli import command_line
 
-app(prog_name="lcmsquant")
+if __name__ == "__main__":
+    command_line()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -28,6 +29,27 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 errors = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 EXIT_BAD_INPUT = 2
+
+
+def command_line() -> None:
+    """The `lcmsquant` program: runs the command, then leaves without the interpreter's teardown.
+
+    When a command returns, its outputs are written and closed (atomic writes, the results lock
+    released, the worker processes joined); freeing pandas', statsmodels' and pyopenms' objects
+    one by one still took 0.5-0.6 s after every run, a tenth of a 384-injection batch. An
+    exception other than an exit leaves the ordinary way, with its traceback.
+    """
+    try:
+        app(prog_name="lcmsquant")
+        code = 0
+    except SystemExit as done:
+        code = done.code
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
 
 
 def _version(value: bool) -> None:
