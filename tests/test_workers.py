@@ -106,3 +106,25 @@ def test_a_file_that_kills_every_worker_reading_it_is_flagged_and_the_batch_fini
     assert (peaks.loc[poisoned, "status"] == "NO_DATA").all()
     expected = serial[0][serial[0]["injection"] != SLOW_INJECTION]
     pd.testing.assert_frame_equal(peaks[~poisoned], expected)
+
+
+def test_the_fork_server_is_released_after_the_last_batch_and_starts_again_when_needed(tmp_path):
+    """run_batches stops the workers' fork server once its last batch is measured (its ~200 MB
+    are not needed to quantify and draw the report); workers asked for later still come."""
+    from multiprocessing import forkserver
+
+    from lcmsquant.runs import run_batches
+
+    folder = tmp_path / "batch"
+    simulate_batch(folder, seed=12, options=SimulationOptions(n_unknowns=8))
+    [outcome] = run_batches([folder], out=tmp_path / "results", jobs=2, report=False)
+    assert outcome.ok
+    server = forkserver._forkserver
+    for _ in range(100):  # stopped in the background: it has to finish its own exit
+        if server._forkserver_pid is None:
+            break
+        time.sleep(0.05)
+    assert server._forkserver_pid is None
+    again, _ = measure_batch(_load(folder), jobs=2)
+    assert server._forkserver_pid is not None
+    pd.testing.assert_frame_equal(again, measure_batch(_load(folder), jobs=1)[0])

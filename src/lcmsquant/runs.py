@@ -18,6 +18,7 @@ from lcmsquant.method import load_method
 from lcmsquant.measure import measure_batch
 from lcmsquant.pipeline import RunResult, quantify
 from lcmsquant.results import results_lock, sample_counts, write_outputs
+from lcmsquant.workers import release_server
 
 RESULTS = "results"
 
@@ -76,9 +77,13 @@ def process_batch(
     command: list[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
     report: bool = True,
+    release_workers: bool = False,
 ) -> BatchOutcome:
     """Run one batch and write its results (default BATCH/results); never raises for the batch's
     own problems, so that a list of batches always finishes.
+
+    release_workers: stop the workers' fork server once the batch is measured (the last batch of
+    a run): its memory is not needed to quantify and draw the report.
 
     progress(done, total) is called once the batch is loaded (done = 0) and after each injection.
     report=False leaves out report.html (re-render it later with `lcmsquant report`). A results
@@ -99,6 +104,8 @@ def process_batch(
                 progress(done, total)
 
             peaks, errors = measure_batch(batch, advance if progress is not None else None, jobs)
+            if release_workers:
+                release_server()
             result = quantify(batch, peaks, errors)
             write_outputs(batch, result, out, command=command)
             report_problem = _write_report(out) if report else _remove_report(out)
@@ -175,9 +182,10 @@ def run_batches(
     if scheduler is not None:
         return _on_cluster(scheduler, folders, method_path, outs, command, on_done, report)
     outcomes = []
-    for folder, out_dir in zip(folders, outs):
+    for position, (folder, out_dir) in enumerate(zip(folders, outs)):
         advance = (lambda done, total, folder=folder: progress(folder, done, total)) if progress else None
-        outcome = process_batch(folder, method_path, out_dir, jobs, command, advance, report)
+        outcome = process_batch(folder, method_path, out_dir, jobs, command, advance, report,
+                                release_workers=position == len(folders) - 1)
         if on_done is not None:
             on_done(outcome)
         outcomes.append(outcome)

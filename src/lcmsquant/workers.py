@@ -64,6 +64,19 @@ def start_early() -> None:
         forkserver.ensure_running()
 
 
+def release_server() -> None:
+    """Stop the fork server, in the background, once no more workers will be needed (the last
+    batch of a run is measured): it holds pyopenms and the compiled peak finder, about 200 MB that
+    quantifying and drawing the report do not use. Asked for workers again, multiprocessing
+    starts a new one."""
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    stop = getattr(server, "_stop", None)  # CPython's own (its tests use it); elsewhere it stays
+    if stop is not None and getattr(server, "_forkserver_pid", None) is not None:
+        threading.Thread(target=stop, daemon=True, name="stop-fork-server").start()
+
+
 def worker_started(main_pid: int, marks=None) -> None:
     """Initialiser of every worker: Ctrl-C is the main process's to handle (it stops the pool),
     so workers print no tracebacks of their own; and a worker ends when the main process is
