@@ -102,11 +102,18 @@ def in_process(folder: Path, files: list[Path], out: Path, repeat: int) -> dict[
     return {stage: min(r[stage] for r in runs) for stage in runs[0]}
 
 
-def subprocess_run(code: str, *args: str) -> None:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, check=False)
+def subprocess_env() -> dict:
+    """This process's environment with this checkout's src/ first on PYTHONPATH."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
+
+
+def subprocess_run(code: str, *args: str) -> str:
+    """`python -c code args...` in a fresh process; its standard output (exits if it fails)."""
+    proc = subprocess.run([sys.executable, "-c", code, *args], env=subprocess_env(), capture_output=True, text=True,
+                          check=False)
     if proc.returncode != 0:
         sys.exit(f"subprocess failed ({proc.returncode}):\n{proc.stderr}")
+    return proc.stdout
 
 
 CLI = "from lcmsquant.cli import command_line; command_line()"

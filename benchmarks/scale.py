@@ -53,7 +53,7 @@ SRC = HERE.parent / "src"
 sys.path.insert(0, str(SRC))
 sys.path.insert(0, str(HERE))
 
-from run_speed import simulate  # noqa: E402  (same batch design and seed as run_speed.py)
+from run_speed import BARE, simulate, subprocess_env, subprocess_run  # noqa: E402  (same batch design and seed)
 
 from lcmsquant.measure import default_jobs  # noqa: E402
 
@@ -70,12 +70,9 @@ def bare_load(files: list[Path]) -> None:
         oms.MzMLFile().load(str(path), oms.MSExperiment())
 
 
-BARE = "import sys, pyopenms as oms\nfor p in sys.argv[1:]: oms.MzMLFile().load(p, oms.MSExperiment())"
-
-
 def bare_load_subprocess(files: list[Path]) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", BARE, *map(str, files)], check=True)
+    subprocess_run(BARE, *map(str, files))
     return time.perf_counter() - start
 
 
@@ -98,12 +95,7 @@ def in_process_warm(folder: Path, out: Path, jobs: int, repeat: int) -> float:
     """Best seconds of one more runs.process_batch (no report) in a process that has run one
     already. Run with `python -c`, as a notebook would: worker processes import the main module,
     and this script's imports would be charged to every batch."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-c", WARM, str(folder), str(out), str(jobs), str(repeat)],
-                          env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"in-process run failed ({proc.returncode}):\n{proc.stderr}")
-    return float(proc.stdout.split()[-1])
+    return float(subprocess_run(WARM, str(folder), str(out), str(jobs), str(repeat)).split()[-1])
 
 
 class PeakMemory:
@@ -158,14 +150,13 @@ def cli_run(folder: Path | list[Path], out: Path, jobs: int, report: bool = Fals
 
     Timed until the command's own process ends, as a shell waits for it: the fork server, which
     inherits its stderr, takes another ~0.5 s to end in the background."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
     with tempfile.TemporaryFile(mode="w+") as stderr:
         start = time.perf_counter()
         proc = subprocess.Popen(
             [sys.executable, "-m", "lcmsquant", "run", *map(str, folder if isinstance(folder, list) else [folder]),
              "--out", str(out), "--jobs", str(jobs),
              *([] if report else ["--no-report"])],
-            env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
+            env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=stderr, text=True,
         )
         with PeakMemory(proc.pid) as memory:
             proc.wait()
