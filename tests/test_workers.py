@@ -128,3 +128,37 @@ def test_the_fork_server_is_released_after_the_last_batch_and_starts_again_when_
     again, _ = measure_batch(_load(folder), jobs=2)
     assert server._forkserver_pid is not None
     pd.testing.assert_frame_equal(again, measure_batch(_load(folder), jobs=1)[0])
+
+
+SCRIPT = """
+import os, sys
+with open(sys.argv[2], "a") as log:  # outside the guard on purpose: runs wherever the script is imported
+    log.write(f"{os.getpid()}\\n")
+from pathlib import Path
+from lcmsquant.batch import load_batch, resolve_method_path
+from lcmsquant.measure import measure_batch
+from lcmsquant.method import load_method
+
+if __name__ == "__main__":
+    folder = Path(sys.argv[1])
+    batch = load_batch(folder, load_method(resolve_method_path(folder, None)))
+    for _ in range(2):
+        measure_batch(batch, jobs=2)
+"""
+
+
+def test_a_script_measuring_in_workers_is_imported_once_by_the_fork_server_not_by_every_worker(tmp_path):
+    """multiprocessing re-runs the main script in each new worker unless its fork server has
+    preloaded it, which CPython before 3.13.8 never did (python/cpython#126631): a script that
+    imports lcmsquant.runs paid about 1 s per worker, per batch. Here: the script runs twice, in
+    its own process and in the server, however many workers two batches start."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "batch"
+    simulate_batch(folder, seed=13, options=SimulationOptions(n_unknowns=8))
+    script, log = tmp_path / "measure_twice.py", tmp_path / "imports.log"
+    script.write_text(SCRIPT)
+    subprocess.run([sys.executable, str(script), str(folder), str(log)], check=True, timeout=300)
+    pids = log.read_text().split()
+    assert len(pids) == 2, f"the script ran in {len(pids)} processes"

@@ -2,9 +2,9 @@
 
 Forking a process that has run pyopenms deadlocked, so workers are forked from a server process
 that has only imported what measuring needs: lcmsquant.measure and the compiled peak finder
-(multiprocessing's "forkserver"; "spawn" where there is none). That import costs about 1 s of
-CPU once per run; `start_early` lets the command line begin it while it is still importing
-itself, on another core.
+(multiprocessing's "forkserver"; "spawn" where there is none), and the main script, once
+(lcmsquant._fork_main). That import costs about 1 s of CPU once per run; `start_early` lets the
+command line begin it while it is still importing itself, on another core.
 
 A worker that dies (the out-of-memory killer, a crash in C++ code) breaks the whole pool;
 `map_in_workers` gives what it held once more to a process of its own and starts the pool again
@@ -13,6 +13,7 @@ for the rest.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
@@ -24,7 +25,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
-PRELOAD = ["lcmsquant.measure", "lcmsquant._peak_kernels"]
+PRELOAD = ["lcmsquant._fork_main", "lcmsquant.measure", "lcmsquant._peak_kernels"]
+_START_LOCK = threading.Lock()
 
 # Fewest injections for which measure_batch(jobs=None) starts workers. Measured on 2 cores with
 # the fork server started early (benchmarks/scale.py --sizes, README "Speed and scale"): the
@@ -57,11 +59,30 @@ def worklist_length(folder: Path) -> int:
 def start_early() -> None:
     """Start the fork server now (it imports lcmsquant in the background) so that the first
     worker is ready when the batch is; does nothing where workers are spawned."""
-    context = process_context()
-    if context.get_start_method() == "forkserver":
-        from multiprocessing import forkserver
+    start_server(process_context())
 
-        forkserver.ensure_running()
+
+def start_server(context) -> None:
+    """Start the fork server, if it is not running, with the main script's path for
+    lcmsquant._fork_main (the server imports the script once, instead of every worker)."""
+    if context.get_start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver, spawn
+
+    from lcmsquant._fork_main import MAIN_SCRIPT_VARIABLE
+
+    data = spawn.get_preparation_data("server")
+    with _START_LOCK:  # the variable is this process's for as long as the server takes to start
+        saved = os.environ.get(MAIN_SCRIPT_VARIABLE)
+        if data.get("init_main_from_path"):
+            os.environ[MAIN_SCRIPT_VARIABLE] = json.dumps([data["init_main_from_path"], data["sys_argv"]])
+        try:
+            forkserver.ensure_running()
+        finally:
+            if saved is None:
+                os.environ.pop(MAIN_SCRIPT_VARIABLE, None)
+            else:
+                os.environ[MAIN_SCRIPT_VARIABLE] = saved
 
 
 def release_server() -> None:
@@ -142,6 +163,7 @@ def map_in_workers(
     too comes back as a WorkerDeath. Exceptions raised by `task` propagate as they are.
     """
     context = context or process_context()
+    start_server(context)
     todo = list(enumerate(items))
     fruitless = 0
     while todo:
@@ -189,6 +211,7 @@ def _run_chunk(task: Callable, chunk: list) -> list:
 def run_alone(task: Callable, item, context=None):
     """task(item) in a fresh process of its own; a WorkerDeath if that process dies too."""
     context = context or process_context()
+    start_server(context)
     reader, writer = context.Pipe(duplex=False)
     process = context.Process(target=_answer, args=(task, item, writer, os.getpid()), daemon=True)
     process.start()
