@@ -162,3 +162,48 @@ def test_a_script_measuring_in_workers_is_imported_once_by_the_fork_server_not_b
     subprocess.run([sys.executable, str(script), str(folder), str(log)], check=True, timeout=300)
     pids = log.read_text().split()
     assert len(pids) == 2, f"the script ran in {len(pids)} processes"
+
+
+def _descendants() -> set[int]:
+    """The fork server and workers of this process (not multiprocessing's resource tracker, which
+    lives as long as this process does)."""
+    from multiprocessing import resource_tracker
+
+    tracker = resource_tracker._resource_tracker._pid
+    return {p.pid for p in psutil.Process().children(recursive=True)
+            if p.pid != tracker and p.status() != psutil.STATUS_ZOMBIE}
+
+
+def test_workers_are_kept_from_one_batch_to_the_next_and_released_with_the_server(tmp_path):
+    """Starting and stopping workers costs about 0.2 s a batch: the second batch of a run is
+    measured by the same processes; release_server ends them."""
+    from lcmsquant.workers import release_server
+
+    folder = tmp_path / "batch"
+    simulate_batch(folder, seed=14, options=SimulationOptions(n_unknowns=8))
+    batch = _load(folder)
+    first, _ = measure_batch(batch, jobs=2)
+    processes = _descendants()
+    second, _ = measure_batch(batch, jobs=2)
+    assert _descendants() == processes  # the fork server and the same two workers
+    pd.testing.assert_frame_equal(first, second)
+    release_server()
+    for _ in range(100):
+        if not _descendants() & processes:
+            break
+        time.sleep(0.05)
+    assert not _descendants() & processes
+
+
+def test_a_kept_worker_that_died_while_idle_is_replaced_without_losing_an_injection(tmp_path, serial, slow_batch):
+    """The out-of-memory killer may take an idle worker between two batches: the next batch
+    finds its pool broken, starts a new one and loses nothing."""
+    batch = _load(slow_batch)
+    measure_batch(batch, jobs=2)
+    server_children = [p for p in psutil.Process().children(recursive=True) if p.ppid() != os.getpid()]
+    assert server_children, "no kept worker to kill"
+    os.kill(server_children[0].pid, signal.SIGKILL)
+    time.sleep(0.2)
+    peaks, errors = measure_batch(batch, jobs=2)
+    assert not errors
+    pd.testing.assert_frame_equal(peaks, serial[0])
