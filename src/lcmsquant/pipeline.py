@@ -43,6 +43,14 @@ class RunResult:
     reanalysis: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=REANALYSIS_COLUMNS), repr=False)
 
 
+# What the acceptance rules read of an analyte's rows (copying all ~60 columns for every rule's
+# selection was a third of quantify's time).
+JUDGED_COLUMNS = [
+    "injection", "sample_id", "sample_type", "level", "nominal", "dilution_factor", "area", "is_area",
+    "is_response_pct", "back_calculated", "concentration_found", "lloq", "uloq", "excluded",
+]
+
+
 def quantify(batch: Batch, peaks: pd.DataFrame, injection_errors: dict | None = None) -> RunResult:
     """Curves, back-calculated concentrations, acceptance rules and flags from the peak table."""
     method = batch.method
@@ -78,11 +86,12 @@ def quantify(batch: Batch, peaks: pd.DataFrame, injection_errors: dict | None = 
             cal_rows = result.calibrators.set_index("row")
             table.loc[cal_rows.index, "excluded"] = cal_rows["excluded"].astype(bool)
             table.loc[cal_rows.index, "exclusion_reason"] = cal_rows["exclusion_reason"]
-            qcs = acceptance.qc_accuracy(table[rows & (table["sample_type"] == "qc")], method.acceptance)
+            samples = table.loc[rows, JUDGED_COLUMNS]
+            qcs = acceptance.qc_accuracy(samples[samples["sample_type"] == "qc"], method.acceptance)
             table.loc[qcs.index, "qc_passed"] = qcs["qc_passed"].astype("boolean")
             analyte_rules = acceptance.judge(
                 analyte.name, cal_set.name, result, qcs, n_unknowns, method.acceptance,
-                samples=table[rows], carryover_injections=acceptance.carryover_blanks(table[rows]),
+                samples=samples, carryover_injections=acceptance.carryover_blanks(samples),
             )
             accepted, reasons = acceptance.verdict(analyte_rules)
             rules.extend(analyte_rules)
@@ -123,54 +132,65 @@ def _manual_exclusions(batch: Batch) -> dict[tuple[int, str], str]:
     }
 
 
+# The peak fields analyte_table takes from the quantifier (same name) and from the IS ("is_" first).
+QUANTIFIER_FIELDS = (
+    "rt_min", "expected_rt_min", "start_min", "end_min", "area", "height", "sn", "fwhm_s", "tailing_factor",
+    "asymmetry", "points", "points_fwhm",
+)
+IS_FIELDS = ("rt_min", "expected_rt_min", "area")
+
+
 def analyte_table(batch: Batch, peaks: pd.DataFrame) -> pd.DataFrame:
     """One row per injection x analyte: quantifier, IS and first qualifier side by side."""
     method = batch.method
-    by_key = {(row["injection"], row["transition"]): row for row in peaks.to_dict("records")}
-    records = []
+    position = {key: i for i, key in enumerate(zip(peaks["injection"].tolist(), peaks["transition"].tolist()))}
+    injections, analytes, internal_standards, nominals = [], [], [], []
+    quant_at, is_at, qual_at, any_qual_at = [], [], [], []  # peak rows; -1: no qualifier
     for inj in batch.injections:
         nominal_set = method.calibrator_set_for(inj.matrix)
         for analyte in method.analytes:
-            quant = by_key[(inj.order, analyte.quantifier.name)]
-            istd = by_key[(inj.order, method.internal_standard(analyte.internal_standard).transition.name)]
-            quals = [by_key[(inj.order, q.name)] for q in analyte.qualifiers]
-            qual = quals[0] if quals else None
+            injections.append(inj.order)
+            analytes.append(analyte.name)
+            internal_standards.append(analyte.internal_standard)
+            quant_at.append(position[(inj.order, analyte.quantifier.name)])
+            is_at.append(position[(inj.order, method.internal_standard(analyte.internal_standard).transition.name)])
+            quals = [position[(inj.order, q.name)] for q in analyte.qualifiers]
+            qual_at.append(quals[0] if quals else -1)
+            any_qual_at.append(quals)
             nominal = np.nan
             if inj.sample_type in ("calibrator", "qc") and nominal_set is not None:
                 value = nominal_set.nominal(inj.level, analyte.name)
                 nominal = value if value is not None else np.nan
-            records.append({
-                "injection": inj.order,
-                "analyte": analyte.name,
-                "internal_standard": analyte.internal_standard,
-                "quant_status": quant["status"],
-                "is_status": istd["status"],
-                "rt_min": quant["rt_min"],
-                "expected_rt_min": quant["expected_rt_min"],
-                "start_min": quant["start_min"],
-                "end_min": quant["end_min"],
-                "area": quant["area"],
-                "height": quant["height"],
-                "sn": quant["sn"],
-                "fwhm_s": quant["fwhm_s"],
-                "tailing_factor": quant["tailing_factor"],
-                "asymmetry": quant["asymmetry"],
-                "points": quant["points"],
-                "points_fwhm": quant["points_fwhm"],
-                "edge": bool(quant["edge"]),
-                "saturated": bool(quant["saturated"] or istd["saturated"]),
-                "split": bool(quant["split"]),
-                "shoulder": bool(quant["shoulder"]),
-                "manual": bool(quant["manual"] or istd["manual"] or any(q["manual"] for q in quals)),
-                "read_warning": bool(quant.get("read_warnings", "") or istd.get("read_warnings", "")),
-                "is_rt_min": istd["rt_min"],
-                "is_expected_rt_min": istd["expected_rt_min"],
-                "is_area": istd["area"],
-                "qualifier_area": qual["area"] if qual is not None else np.nan,
-                "qualifier_status": qual["status"] if qual is not None else "",
-                "nominal": nominal,
-            })
-    table = pd.DataFrame(records)
+            nominals.append(nominal)
+    quant, istd, qual = np.array(quant_at, dtype=int), np.array(is_at, dtype=int), np.array(qual_at, dtype=int)
+    has_qual = qual >= 0
+
+    def column(name: str) -> np.ndarray:
+        return peaks[name].to_numpy()
+
+    def flag(name: str) -> np.ndarray:
+        return column(name).astype(bool)
+
+    manual = flag("manual")
+    warned = (column("read_warnings") != "") if "read_warnings" in peaks else np.zeros(len(peaks), dtype=bool)
+    table = pd.DataFrame({
+        "injection": injections,
+        "analyte": analytes,
+        "internal_standard": internal_standards,
+        "quant_status": column("status")[quant],
+        "is_status": column("status")[istd],
+        **{name: column(name)[quant] for name in QUANTIFIER_FIELDS},
+        "edge": flag("edge")[quant],
+        "saturated": flag("saturated")[quant] | flag("saturated")[istd],
+        "split": flag("split")[quant],
+        "shoulder": flag("shoulder")[quant],
+        "manual": manual[quant] | manual[istd] | np.array([manual[q].any() for q in any_qual_at], dtype=bool),
+        "read_warning": warned[quant] | warned[istd],
+        **{f"is_{name}": column(name)[istd] for name in IS_FIELDS},
+        "qualifier_area": np.where(has_qual, column("area").astype(float)[qual], np.nan),
+        "qualifier_status": np.where(has_qual, column("status")[qual], ""),
+        "nominal": np.array(nominals, dtype=float),
+    })
     info = batch.worklist.drop(columns=["line"]).copy()
     info.insert(0, "injection", range(1, len(info) + 1))
     info["dilution_factor"] = [inj.dilution_factor for inj in batch.injections]
@@ -186,7 +206,7 @@ def analyte_table(batch: Batch, peaks: pd.DataFrame) -> pd.DataFrame:
 def _calibrate_analyte(
     table: pd.DataFrame, rows: pd.Series, analyte: Analyte, method: Method, exclusions: Mapping[tuple[int, str], str]
 ) -> CalibrationResult:
-    cals = table[rows & (table["sample_type"] == "calibrator")]
+    cals = table.loc[rows & (table["sample_type"] == "calibrator"), ["injection", "level", "nominal", "area_ratio"]]
     points = pd.DataFrame({
         "row": cals.index,
         "injection": cals["injection"],
@@ -232,7 +252,7 @@ def _add_ion_ratio_and_rt(table: pd.DataFrame, method: Method) -> pd.DataFrame:
     table["ion_ratio_reference"] = np.nan
     table["ion_ratio_flag"] = False
     for name, rows in table.groupby("analyte").groups.items():
-        sub = table.loc[rows]
+        sub = table.loc[rows, ["sample_type", "excluded", "ion_ratio"]]
         reference = sub.loc[(sub["sample_type"] == "calibrator") & ~sub["excluded"].astype(bool), "ion_ratio"].dropna()
         if reference.empty:
             continue
@@ -259,7 +279,7 @@ def _add_is_response(table: pd.DataFrame, method: Method) -> pd.DataFrame:
     low, high = method.acceptance.is_response_band_pct
     table["is_response_pct"] = np.nan
     for (_, _), rows in table.groupby(["internal_standard", "calibrator_set"]).groups.items():
-        sub = table.loc[rows]
+        sub = table.loc[rows, ["sample_type", "is_area", "injection"]]
         reference = sub.loc[sub["sample_type"].isin(["calibrator", "qc"]), "is_area"].dropna()
         reference = reference.groupby(sub["injection"]).first()  # one IS area per injection
         if reference.empty:
@@ -269,6 +289,12 @@ def _add_is_response(table: pd.DataFrame, method: Method) -> pd.DataFrame:
     pct = table["is_response_pct"]
     table["is_flag"] = expects_is & pct.notna() & ((pct < low) | (pct > high))
     return table
+
+
+FLAG_INPUTS = [
+    "quant_status", "is_status", "qualifier_status", "sample_type", "sn", "is_flag", "ion_ratio_flag", "rt_flag",
+    "edge", "saturated", "split", "shoulder", "read_warning", "manual", "excluded", "analyte_accepted",
+]
 
 
 def _finish(table: pd.DataFrame, method: Method) -> pd.DataFrame:
@@ -291,7 +317,7 @@ def _finish(table: pd.DataFrame, method: Method) -> pd.DataFrame:
     below, above, off_curve = below.tolist(), above.tolist(), off_curve.tolist()
     qc_failed, dilution_failed = qc_failed.tolist(), dilution_failed.tolist()
     flags = []
-    for i, row in enumerate(table.to_dict("records")):
+    for i, row in enumerate(table[FLAG_INPUTS].to_dict("records")):
         f = []
         if row["quant_status"] == "NO_DATA" or row["is_status"] == "NO_DATA":
             f.append("NO_DATA")

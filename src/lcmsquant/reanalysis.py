@@ -83,13 +83,18 @@ def reasons(row: pd.Series, flags: list[str], lowest: float | None) -> list[str]
     return out
 
 
+IDENTITY = ("injection", "file", "sample_id", "matrix", "subject_id", "visit", "timepoint", "analyte")
+
+
 def reanalysis_list(results: pd.DataFrame, method: Method) -> pd.DataFrame:
     """The reanalysis list: one row per study sample x analyte with a reason, in injection order.
 
     `results` is the pipeline's results table (with flags as ';'-joined text).
     """
     lowest = method_lloq(method)
-    unknown = results[results["sample_type"] == "unknown"]
+    read = [c for c in (*IDENTITY, "flags", "calibrator_set", "back_calculated", "dilution_factor", "lloq", "uloq",
+                        "is_response_pct") if c in results]
+    unknown = results.loc[results["sample_type"] == "unknown", read]
     rows = []
     for row in unknown.to_dict("records"):
         flags = [f for f in str(row["flags"]).split(";") if f]
@@ -112,7 +117,7 @@ def reanalysis_list(results: pd.DataFrame, method: Method) -> pd.DataFrame:
         if "PEAK_REVIEW" in codes:
             detail.append("peak " + ", ".join(review))
         rows.append({
-            **{c: row.get(c, "") for c in ("injection", "file", "sample_id", "matrix", "subject_id", "visit", "timepoint", "analyte")},
+            **{c: row.get(c, "") for c in IDENTITY},
             "reason": ";".join(codes),
             "action": ACTIONS[codes[0]],
             "detail": "; ".join(detail),

@@ -10,6 +10,7 @@ that two runs never write into one folder at once.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -107,12 +108,13 @@ def peaks_table(batch: Batch, run: RunResult) -> pd.DataFrame:
     return _rounded(peaks)
 
 
-def audit_table(batch: Batch, run: RunResult) -> pd.DataFrame:
-    """audit.csv: every manual integration with the automatic values it replaced."""
+def audit_table(batch: Batch, run: RunResult, peaks: pd.DataFrame | None = None) -> pd.DataFrame:
+    """audit.csv: every manual integration with the automatic values it replaced (`peaks`: the
+    peaks_table, if already made)."""
     by_line = {o.line: o for o in batch.overrides}
     extra_columns = sorted({k for o in batch.overrides for k, _ in o.extra})
     rows = []
-    peaks = peaks_table(batch, run)
+    peaks = peaks_table(batch, run) if peaks is None else peaks
     for _, peak in peaks[peaks["manual"]].iterrows():
         o = by_line[int(peak["override_line"])]
         rows.append({
@@ -219,10 +221,11 @@ def provenance(batch: Batch) -> dict:
             for s in method.calibrator_sets
         ],
         "inputs": inputs,
-        "software": software_versions(),
+        "software": dict(software_versions()),
     }
 
 
+@functools.cache
 def software_versions() -> dict:
     versions = {"lcmsquant": __version__, "python": platform.python_version()}
     for name in SOFTWARE:
@@ -259,11 +262,12 @@ def write_outputs(batch: Batch, run: RunResult, out_dir: Path, command: list[str
 
 def output_tables(batch: Batch, run: RunResult) -> dict[str, pd.DataFrame]:
     """The tables of a results folder by file name, typed as in COLUMN_TYPES (what read_results gives back)."""
+    peaks = peaks_table(batch, run)
     tables = {
         "results.csv": results_table(batch, run),
-        "peaks.csv": peaks_table(batch, run),
+        "peaks.csv": peaks,
         "calibration.csv": calibration_table(run),
-        "audit.csv": audit_table(batch, run),
+        "audit.csv": audit_table(batch, run, peaks),
         "reanalysis.csv": reanalysis_table(run),
     }
     return {name: _typed(table, COLUMN_TYPES[name]) for name, table in tables.items()}
