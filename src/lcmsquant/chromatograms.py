@@ -171,13 +171,19 @@ _CUT_SHORT = {
 }
 
 
+_CHECK_CHUNK = 1 << 20
+
+
 def check_well_formed(path: Path) -> None:
     """Refuse a file that is not well-formed XML (a truncated or damaged file) with the place
     it breaks, before the C++ parser reads it."""
     try:
         with open(path, "rb") as raw:
             stream = gzip.GzipFile(fileobj=raw) if path.name.lower().endswith(".gz") else raw
-            expat.ParserCreate().ParseFile(stream)
+            parser = expat.ParserCreate()
+            while chunk := stream.read(_CHECK_CHUNK):  # ParseFile's 2 KB reads cost a third more
+                parser.Parse(chunk, False)
+            parser.Parse(b"", True)
     except expat.ExpatError as err:
         where = f"line {err.lineno}, column {err.offset + 1}"
         if err.code in _CUT_SHORT:
