@@ -135,7 +135,9 @@ def clean_trace(native_id: str, q1: float, q3: float, time, intensity) -> Trace:
     """
     time = np.asarray(time, dtype=np.float64).ravel()
     intensity = np.asarray(intensity, dtype=np.float64).ravel()
-    if (len(time) == len(intensity) >= MIN_POINTS and np.isfinite(time.sum() + intensity.sum())
+    with np.errstate(over="ignore"):  # finite values summing past 1.8e308 only take the slow path
+        all_finite = bool(np.isfinite(time.sum() + intensity.sum()))
+    if (len(time) == len(intensity) >= MIN_POINTS and all_finite
             and (time[1:] > time[:-1]).all() and intensity.min() >= 0):
         return Trace(native_id, q1, q3, time, intensity)  # the usual case: nothing to change
     notes = []
