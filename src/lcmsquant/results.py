@@ -638,8 +638,11 @@ def _fits(text: str, kind: str) -> bool:
 
 def _typed(table: pd.DataFrame, types: dict) -> pd.DataFrame:
     """`table` with each column of its type in COLUMN_TYPES (text for the others); text holds "" for nothing, never NaN."""
-    table = table.copy()
+    typed = {}
     for column in table.columns:
-        kind = types.get(column, TEXT)
-        table[column] = table[column].astype(object).fillna("").astype(str) if kind is TEXT else table[column].astype(kind)
-    return table
+        kind, values = types.get(column, TEXT), table[column]
+        if kind is TEXT:
+            typed[column] = values.astype(object).fillna("").astype(str)
+        else:
+            typed[column] = values if values.dtype == kind else values.astype(kind)
+    return pd.DataFrame(typed, index=table.index)
