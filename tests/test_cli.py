@@ -58,6 +58,17 @@ def test_rerun_gives_byte_identical_outputs(plasma_batch, tmp_path):
     assert not (plasma_batch / "results").exists()
 
 
+def test_a_run_with_workers_writes_what_a_serial_run_writes_and_warns_of_nothing(plasma_batch, tmp_path):
+    """Worker processes are kept from batch to batch; the command stops them before it leaves,
+    so multiprocessing has no leaked semaphores to warn about on stderr."""
+    serial = lcmsquant_cli("run", plasma_batch, "--out", tmp_path / "serial", "--jobs", "1", "--no-report")
+    parallel = lcmsquant_cli("run", plasma_batch, "--out", tmp_path / "parallel", "--jobs", "2", "--no-report")
+    assert serial.returncode == parallel.returncode == 0, parallel.stderr
+    for name in DETERMINISTIC:
+        assert (tmp_path / "serial" / name).read_bytes() == (tmp_path / "parallel" / name).read_bytes(), name
+    assert "Warning" not in parallel.stderr and "leaked" not in parallel.stderr, parallel.stderr
+
+
 def test_no_report_gives_the_same_tables_and_removes_a_report_that_no_longer_fits(plasma_batch, tmp_path):
     out = tmp_path / "out"
     assert lcmsquant_cli("run", plasma_batch, "--out", out).returncode == 0

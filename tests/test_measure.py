@@ -22,3 +22,15 @@ def test_quantifying_does_not_load_the_compiled_peak_finder():
     """The main process of a run with workers quantifies without numba (0.3 s and ~70 MB)."""
     code = "import sys, lcmsquant.pipeline, lcmsquant.results\nprint('numba' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_a_run_imports_the_statistics_stack_while_its_workers_measure_not_before():
+    """statsmodels and scipy.stats (about 1.4 s) are only needed to quantify: lcmsquant.runs and
+    lcmsquant.results leave them out, and process_batch imports them in a thread once the
+    workers are measuring (runs.import_in_background)."""
+    code = (
+        "import sys, lcmsquant.runs, lcmsquant.results\n"
+        "print(' '.join(m for m in ('statsmodels', 'scipy.stats', 'lcmsquant.pipeline') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == []

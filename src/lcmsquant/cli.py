@@ -47,6 +47,9 @@ def command_line() -> None:
     if code is not None and not isinstance(code, int):
         print(code, file=sys.stderr)
         code = 1
+    workers = sys.modules.get("lcmsquant.workers")
+    if workers is not None:  # kept worker processes, and the semaphores of their queues
+        workers.wait_released()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code or 0)

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -35,8 +36,10 @@ from lcmsquant.files import InputError, atomic_write, atomic_write_all, read_set
 from lcmsquant.method import Acceptance
 from lcmsquant.overrides import OVERRIDES
 from lcmsquant.measure import AUDITED, PEAK_FIELDS
-from lcmsquant.pipeline import RunResult
 from lcmsquant.reanalysis import COLUMNS as REANALYSIS_COLUMNS
+
+if TYPE_CHECKING:  # lcmsquant.pipeline imports statsmodels: see runs.process_batch
+    from lcmsquant.pipeline import RunResult
 
 try:
     import fcntl

@@ -8,17 +8,23 @@ must see the batch folders at the same paths). Dask is imported only then.
 
 from __future__ import annotations
 
+import importlib
+import sys
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lcmsquant.batch import load_batch, resolve_method_path
 from lcmsquant.files import InputError
 from lcmsquant.method import load_method
-from lcmsquant.measure import measure_batch
-from lcmsquant.pipeline import RunResult, quantify
+from lcmsquant.measure import measure_batch, resolve_jobs
 from lcmsquant.results import results_lock, sample_counts, write_outputs
 from lcmsquant.workers import release_server
+
+if TYPE_CHECKING:
+    from lcmsquant.pipeline import RunResult
 
 RESULTS = "results"
 
@@ -103,9 +109,13 @@ def process_batch(
                 done += 1
                 progress(done, total)
 
+            if resolve_jobs(jobs, total) > 1:
+                import_in_background("lcmsquant.pipeline")
             peaks, errors = measure_batch(batch, advance if progress is not None else None, jobs)
             if release_workers:
                 release_server()
+            from lcmsquant.pipeline import quantify
+
             result = quantify(batch, peaks, errors)
             write_outputs(batch, result, out, command=command)
             report_problem = _write_report(out) if report else _remove_report(out)
@@ -120,6 +130,21 @@ def process_batch(
         folder, out, summary=summary_rows(result), injection_errors=dict(result.injection_errors),
         read_warnings=len(warned), report_problem=report_problem,
     )
+
+
+def import_in_background(module: str) -> None:
+    """Import `module` in a thread, unless it is imported already: quantifying needs statsmodels
+    and scipy.stats (about 1.4 s of imports), which a fresh `lcmsquant run` can import while
+    the worker processes measure, instead of before."""
+    if module not in sys.modules:
+        threading.Thread(target=_try_import, args=(module,), daemon=True, name=f"import {module}").start()
+
+
+def _try_import(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except Exception:  # noqa: BLE001  imported again where it is needed, which reports the error
+        pass
 
 
 def _remove_report(out: Path) -> str:

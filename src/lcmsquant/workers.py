@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,14 +90,33 @@ def release_server() -> None:
     """Stop the kept workers and the fork server, in the background, once no more workers will
     be needed (the last batch of a run is measured): they hold pyopenms and the compiled peak
     finder, about 200 MB that quantifying and drawing the report do not use. Asked for workers
-    again, multiprocessing starts a new server."""
+    again, multiprocessing starts a new server. See wait_released."""
+    global _releasing
+    thread = threading.Thread(target=_release, daemon=True, name="release-workers")
+    thread.start()
+    _releasing = thread
+
+
+_releasing: threading.Thread | None = None
+
+
+def _release() -> None:
     from multiprocessing import forkserver
 
-    release_workers()
+    release_workers(wait=True)
     server = forkserver._forkserver
     stop = getattr(server, "_stop", None)  # CPython's own (its tests use it); elsewhere it stays
     if stop is not None and getattr(server, "_forkserver_pid", None) is not None:
-        threading.Thread(target=stop, daemon=True, name="stop-fork-server").start()
+        stop()
+
+
+def wait_released() -> None:
+    """Stop the kept workers and wait until they, and any release under way, are done: before
+    leaving with os._exit, which would skip closing their queues (multiprocessing's resource
+    tracker then warns of leaked semaphores)."""
+    release_workers(wait=True)
+    if _releasing is not None:
+        _releasing.join()
 
 
 def worker_started(main_pid: int, marks=None) -> None:
@@ -171,13 +191,15 @@ def map_in_workers(
     todo = list(enumerate(items))
     fruitless = 0
     while todo:
-        pool = _take_pool(context, jobs, len(items))
+        with _interrupt_deferred():  # a worker cut off while it starts would print a traceback
+            pool = _take_pool(context, jobs, len(items))
         done: set[int] = set()
         finished = False
         try:
             try:
-                futures = [pool.executor.submit(_run_chunk, task, todo[i:i + chunk_size])
-                           for i in range(0, len(todo), chunk_size)]
+                with _interrupt_deferred():
+                    futures = [pool.executor.submit(_run_chunk, task, todo[i:i + chunk_size])
+                               for i in range(0, len(todo), chunk_size)]
                 for future in as_completed(futures):
                     for position, result in future.result():
                         done.add(position)
@@ -201,6 +223,24 @@ def map_in_workers(
             raise WorkerError("worker processes stop as soon as they start; run with --jobs 1 (jobs=1)")
         for position, item in held:
             yield position, run_alone(task, item, context)
+
+
+@contextmanager
+def _interrupt_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) until the block is done, then raise KeyboardInterrupt. Submitting
+    work starts workers; interrupted while the fork server forks one, the main process would
+    leave it reading a queue whose semaphores it then removes (a FileNotFoundError traceback)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 @dataclass
@@ -247,13 +287,14 @@ def _give_back(pool: _Pool, keep: bool) -> None:
     pool.executor.shutdown(wait=True, cancel_futures=True)
 
 
-def release_workers() -> None:
-    """Stop the kept worker processes (they exit in the background)."""
+def release_workers(wait: bool = False) -> None:
+    """Stop the kept worker processes: in the background, or (wait) until they have exited and
+    their queues are closed, as a program that leaves with os._exit must."""
     global _kept
     with _KEPT_LOCK:
         pool, _kept = _kept, None
     if pool is not None:
-        pool.executor.shutdown(wait=False, cancel_futures=True)
+        pool.executor.shutdown(wait=wait, cancel_futures=True)
 
 
 def _run_chunk(task: Callable, chunk: list) -> list:
