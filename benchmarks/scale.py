@@ -9,7 +9,8 @@ and parallel runs taking turns):
   bare load, subprocess  the same load in a fresh Python process (start-up and `import pyopenms`
                          included): the floor of any command, the fair reference of the CLI rows;
   in-process, warm       runs.process_batch(--jobs every core, no report) called again in a process
-                         that has already run it once (imports done, fork server running): the
+                         that has already run it once (imports done, fork server and workers
+                         running): the
                          cost of one more batch, what `run A B C ...` and a notebook pay per batch;
   lcmsquant run --jobs J `lcmsquant run` as a fresh process (start-up included), for J = 1
                          (in-process) and J = every core; its peak memory is the sum over the
