@@ -10,8 +10,8 @@ and parallel runs taking turns):
                          included): the floor of any command, the fair reference of the CLI rows;
   in-process, warm       runs.process_batch(--jobs every core, no report) called again in a process
                          that has already run it once (imports done, fork server and workers
-                         running): the
-                         cost of one more batch, what `run A B C ...` and a notebook pay per batch;
+                         running): the cost of one more batch, what `run A B C ...` and a
+                         notebook pay per batch;
   lcmsquant run --jobs J `lcmsquant run` as a fresh process (start-up included), for J = 1
                          (in-process) and J = every core; its peak memory is the sum over the
                          process and all its children (the fork server and the workers) of PSS
