@@ -194,12 +194,13 @@ def map_in_workers(
         with _interrupt_deferred():  # a worker cut off while it starts would print a traceback
             pool = _take_pool(context, jobs, len(items))
         done: set[int] = set()
+        futures = []
         finished = False
         try:
             try:
                 with _interrupt_deferred():
-                    futures = [pool.executor.submit(_run_chunk, task, todo[i:i + chunk_size])
-                               for i in range(0, len(todo), chunk_size)]
+                    for i in range(0, len(todo), chunk_size):  # a kept pool found broken raises here
+                        futures.append(pool.executor.submit(_run_chunk, task, todo[i:i + chunk_size]))
                 for future in as_completed(futures):
                     for position, result in future.result():
                         done.add(position)
@@ -207,7 +208,7 @@ def map_in_workers(
                 finished = True
                 return
             except BrokenProcessPool:
-                futures = locals().get("futures", [])
+                pass
             for future in futures:  # chunks that came back before the pool broke still count
                 if future.done() and future.exception() is None:
                     for position, result in future.result():
