@@ -145,7 +145,7 @@ def analyte_table(batch: Batch, peaks: pd.DataFrame) -> pd.DataFrame:
     method = batch.method
     position = {key: i for i, key in enumerate(zip(peaks["injection"].tolist(), peaks["transition"].tolist()))}
     injections, analytes, internal_standards, nominals = [], [], [], []
-    quant_at, is_at, qual_at, any_qual_at = [], [], [], []  # peak rows; -1: no qualifier
+    quant_at, is_at, quals_at = [], [], []  # peak rows of the quantifier, the IS, the qualifiers
     for inj in batch.injections:
         nominal_set = method.calibrator_set_for(inj.matrix)
         for analyte in method.analytes:
@@ -154,15 +154,14 @@ def analyte_table(batch: Batch, peaks: pd.DataFrame) -> pd.DataFrame:
             internal_standards.append(analyte.internal_standard)
             quant_at.append(position[(inj.order, analyte.quantifier.name)])
             is_at.append(position[(inj.order, method.internal_standard(analyte.internal_standard).transition.name)])
-            quals = [position[(inj.order, q.name)] for q in analyte.qualifiers]
-            qual_at.append(quals[0] if quals else -1)
-            any_qual_at.append(quals)
+            quals_at.append([position[(inj.order, q.name)] for q in analyte.qualifiers])
             nominal = np.nan
             if inj.sample_type in ("calibrator", "qc") and nominal_set is not None:
                 value = nominal_set.nominal(inj.level, analyte.name)
                 nominal = value if value is not None else np.nan
             nominals.append(nominal)
-    quant, istd, qual = np.array(quant_at, dtype=int), np.array(is_at, dtype=int), np.array(qual_at, dtype=int)
+    quant, istd = np.array(quant_at, dtype=int), np.array(is_at, dtype=int)
+    qual = np.array([rows[0] if rows else -1 for rows in quals_at], dtype=int)  # the first; -1: none
     has_qual = qual >= 0
 
     def column(name: str) -> np.ndarray:
@@ -171,7 +170,7 @@ def analyte_table(batch: Batch, peaks: pd.DataFrame) -> pd.DataFrame:
     def flag(name: str) -> np.ndarray:
         return column(name).astype(bool)
 
-    manual = flag("manual")
+    manual, saturated = flag("manual"), flag("saturated")
     warned = (column("read_warnings") != "") if "read_warnings" in peaks else np.zeros(len(peaks), dtype=bool)
     table = pd.DataFrame({
         "injection": injections,
@@ -181,10 +180,10 @@ def analyte_table(batch: Batch, peaks: pd.DataFrame) -> pd.DataFrame:
         "is_status": column("status")[istd],
         **{name: column(name)[quant] for name in QUANTIFIER_FIELDS},
         "edge": flag("edge")[quant],
-        "saturated": flag("saturated")[quant] | flag("saturated")[istd],
+        "saturated": saturated[quant] | saturated[istd],
         "split": flag("split")[quant],
         "shoulder": flag("shoulder")[quant],
-        "manual": manual[quant] | manual[istd] | np.array([manual[q].any() for q in any_qual_at], dtype=bool),
+        "manual": manual[quant] | manual[istd] | np.array([manual[rows].any() for rows in quals_at], dtype=bool),
         "read_warning": warned[quant] | warned[istd],
         **{f"is_{name}": column(name)[istd] for name in IS_FIELDS},
         "qualifier_area": np.where(has_qual, column("area").astype(float)[qual], np.nan),

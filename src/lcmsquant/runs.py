@@ -88,8 +88,8 @@ def process_batch(
     """Run one batch and write its results (default BATCH/results); never raises for the batch's
     own problems, so that a list of batches always finishes.
 
-    release_workers: stop the workers' fork server once the batch is measured (the last batch of
-    a run): its memory is not needed to quantify and draw the report.
+    release_workers: stop the worker processes and their fork server once the batch is measured
+    (the last batch of a run): their memory is not needed to quantify and draw the report.
 
     progress(done, total) is called once the batch is loaded (done = 0) and after each injection.
     report=False leaves out report.html (re-render it later with `lcmsquant report`). A results
@@ -109,7 +109,8 @@ def process_batch(
                 done += 1
                 progress(done, total)
 
-            if resolve_jobs(jobs, total) > 1:
+            jobs = resolve_jobs(jobs, total)
+            if jobs > 1:
                 import_in_background("lcmsquant.pipeline")
             peaks, errors = measure_batch(batch, advance if progress is not None else None, jobs)
             if release_workers:

@@ -21,13 +21,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 PRELOAD = ["lcmsquant._fork_main", "lcmsquant.measure", "lcmsquant._peak_kernels"]
 _START_LOCK = threading.Lock()
+_releasing: threading.Thread | None = None  # release_server's thread, joined by wait_released
 
 # Fewest injections for which measure_batch(jobs=None) starts workers. Measured on 2 cores with
 # the fork server started early (benchmarks/scale.py --sizes, README "Speed and scale"): the
@@ -95,9 +96,6 @@ def release_server() -> None:
     thread = threading.Thread(target=_release, daemon=True, name="release-workers")
     thread.start()
     _releasing = thread
-
-
-_releasing: threading.Thread | None = None
 
 
 def _release() -> None:
@@ -269,8 +267,8 @@ def _take_pool(context, jobs: int, n_items: int) -> _Pool:
     if pool is not None and (pool.jobs, pool.start_method) == (jobs, method) and len(pool.marks) >= n_items:
         pool.marks[:] = bytes(len(pool.marks))
         return pool
-    if pool is not None:
-        pool.executor.shutdown(wait=False, cancel_futures=True)
+    if pool is not None:  # idle, and of another size: closed now, so no queue outlives it
+        pool.executor.shutdown(wait=True, cancel_futures=True)
     marks = context.RawArray("b", max(n_items, MIN_MARKS))
     executor = ProcessPoolExecutor(jobs, mp_context=context, initializer=worker_started, initargs=(os.getpid(), marks))
     return _Pool(executor, jobs, method, marks)
