@@ -290,3 +290,44 @@ def test_compiled_median_and_mad_are_numpys():
         values = rng.normal(size=n)
         assert _peak_kernels.median(values) == np.median(values)
         assert _peak_kernels.mad(values) == np.median(np.abs(values - np.median(values)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules a chemist would draw by hand, on pulse-counting (Poisson) traces like a triple quad's
+
+
+def _counted(signal_cps: np.ndarray, dwell_s: float = 0.01, seed: int = 0) -> np.ndarray:
+    """What a pulse-counting detector writes: Poisson counts in each dwell, as counts per second."""
+    rng = np.random.default_rng(seed)
+    return rng.poisson(signal_cps * dwell_s) / dwell_s
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_jagged_counting_top_is_one_peak_never_split(seed):
+    """At 1e5 cps and 10 ms dwell the top scatters by ~3 %, with dips of several points: no dip
+    on the top of one peak is a valley, and the whole peak is integrated."""
+    true = emg(6e5, tau_s=1.5)
+    peak = find_peak(TIME, _counted(true + 2000, seed=seed), PeakSearch(2.6, 0.3))
+    assert peak is not None and not peak.split and not peak.shoulder
+    assert peak.area == pytest.approx(6e5, rel=0.03)
+    assert peak.end - peak.start >= peak.fwhm
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_valley_at_the_baseline_ends_the_peak_without_a_split(seed):
+    """A matrix peak 0.35 min after the analyte, baseline-resolved: the analyte's peak ends where
+    the signal meets the baseline, before the matrix peak, with no SPLIT flag."""
+    true = emg(2e5, tau_s=1.5) + emg(4e5, rt=2.95, sigma_s=2.5, tau_s=2.0)
+    peak = find_peak(TIME, _counted(true + 500, seed=seed), PeakSearch(2.6, 0.1))
+    assert peak is not None and not peak.split
+    assert peak.end < 2.85
+
+
+def test_a_valley_above_the_baseline_between_two_real_peaks_is_a_split():
+    """Two peaks 1.6 FWHM apart: the valley stays well above the baseline, so the first is cut
+    there by a perpendicular drop and flagged SPLIT."""
+    fwhm_min = 2.3548 * 1.8 / 60
+    true = emg(3e5, tau_s=0.5) + emg(2e5, rt=2.6 + 1.6 * fwhm_min, tau_s=0.5)
+    peak = find_peak(TIME, _counted(true + 500, seed=1), PeakSearch(2.6, 0.02))
+    assert peak is not None and peak.split
+    assert 2.6 < peak.end < 2.6 + 1.6 * fwhm_min

@@ -28,6 +28,19 @@ PEAK_FIELDS = (
 
 _jit = njit(cache=True, nogil=True)
 
+# A valley is a rise of the smoothed signal by more than RISE_Z x its SD at the valley's level.
+RISE_Z = 5.0
+# A valley lower than RESOLVED_SIGMA x the baseline noise, or RESOLVED_FRACTION of the apex
+# height, above the baseline reaches the baseline: it ends the peak without a split.
+RESOLVED_SIGMA = 2.0
+RESOLVED_FRACTION = 0.02
+# The counting gain is fitted to the points more than GAIN_SIGNAL x the baseline noise above it.
+GAIN_SIGNAL = 5.0
+# A shoulder's curvature stands out by more than SHOULDER_Z x its noise.
+SHOULDER_Z = 5.0
+# Widest smoothing (points) a peak's own width may ask for.
+MAX_SMOOTHING = 51
+
 
 # ---------------------------------------------------------------------------------------------
 # Statistics and smoothing
@@ -230,17 +243,17 @@ def baseline_and_noise(time, intensity, smoothed, apex):
 
 
 @_jit
-def baseline_outside(time, intensity, start, end, intercept, slope):
-    """Baseline refitted to the points outside start..end; flat at the level of one side when
-    the other has fewer than 3 points; (intercept, slope) unchanged when neither has 3."""
-    n_left, n_right = start, len(time) - 1 - end
+def baseline_outside(time, intensity, start, end, intercept, slope, lo, hi):
+    """Baseline refitted to the points of lo..hi outside start..end; flat at the level of one
+    side when the other has fewer than 3 points; (intercept, slope) unchanged when neither has 3."""
+    n_left, n_right = start - lo, hi - end
     if n_left >= 3 and n_right >= 3:
-        return level_or_line(np.concatenate((time[:start], time[end + 1:])),
-                             np.concatenate((intensity[:start], intensity[end + 1:])))
+        return level_or_line(np.concatenate((time[lo:start], time[end + 1: hi + 1])),
+                             np.concatenate((intensity[lo:start], intensity[end + 1: hi + 1])))
     if n_left >= 3:
-        return level_or_line(np.zeros(n_left), intensity[:start])
+        return level_or_line(np.zeros(n_left), intensity[lo:start])
     if n_right >= 3:
-        return level_or_line(np.zeros(n_right), intensity[end + 1:])
+        return level_or_line(np.zeros(n_right), intensity[end + 1: hi + 1])
     return intercept, slope
 
 
@@ -304,14 +317,22 @@ def decay_reach(above, index, apex, step, sigma):
 
 
 @_jit
-def walk(above, apex, step, sigma, reach):
-    """Index where the signal reaches the baseline, and whether a valley (a rise of 3 sigma
-    above the lowest point since the apex) stopped the walk there; within `reach` points of the
-    apex a dip to the baseline does not end the walk unless a valley follows."""
+def walk(above, apex, step, noise, reach, resolved):
+    """Index where the signal reaches the baseline, whether a valley stopped the walk there, and
+    whether that valley lies between two real peaks above the baseline (a split; peaks.py
+    docstring), and where the signal rose again after it (-1 when no valley stopped the walk).
+
+    `noise` is the SD of each point of the smoothed trace at its own signal level: the walk turns
+    into a valley only where the signal rises again by more than RISE_Z of them above the
+    lowest point since the apex, so the jagged top of one peak is never a valley. A valley whose
+    lowest point lies within `resolved` of the baseline ends the peak without being a split.
+    Within `reach` points of the apex a dip to the baseline does not end the walk unless a valley
+    follows.
+    """
     n = len(above)
     i = apex
     lowest, lowest_at = above[apex], apex
-    rise = max(3.0 * sigma, 1e-4 * above[apex])  # float noise is no valley on noise-free data
+    floor = 1e-4 * above[apex]  # float noise is no valley on noise-free data
     last = apex + step * reach
     dip = -1
     while 0 <= i + step < n:
@@ -321,14 +342,14 @@ def walk(above, apex, step, sigma, reach):
             lowest, lowest_at = value, i
         if value <= 0:
             if (i - last) * step >= 0:
-                return (i if dip < 0 else dip), False
+                return (i if dip < 0 else dip), False, False, -1
             if dip < 0:
                 dip = i
-        if value - lowest > rise:
+        if value - lowest > max(RISE_Z * noise[lowest_at], floor):
             if dip < 0:
-                return lowest_at, True
-            return dip, False
-    return i, False
+                return lowest_at, True, lowest > resolved, i
+            return dip, False, False, -1
+    return i, False, False, -1
 
 
 @_jit
@@ -342,8 +363,10 @@ def holds_signal(raw, base, lo, hi, sigma, floor):
 
 
 @_jit
-def boundaries(smoothed, raw, base, apex, sigma):
-    """Peak limits (start, end, cut at a valley) around `apex` (peaks.py docstring)."""
+def boundaries(smoothed, raw, base, apex, sigma, noise):
+    """Peak limits (start, end, cut at a valley) around `apex` (peaks.py docstring), and the
+    span (lo, hi) of the trace the baseline may be fitted to; `noise` is the SD of each smoothed
+    point (smoothed_noise)."""
     above = smoothed - base
     index = np.arange(len(above)).astype(np.float64)
     half = 0.5 * above[apex]
@@ -351,8 +374,9 @@ def boundaries(smoothed, raw, base, apex, sigma):
     hw_right = crossing(above, apex, 1, half) - apex
     reach_left = max(int(math.ceil(2.5 * hw_left)), decay_reach(above, index, apex, -1, sigma))
     reach_right = max(3 * hw_right, decay_reach(above, index, apex, 1, sigma))
-    start, left_valley = walk(above, apex, -1, sigma, reach_left)
-    end, right_valley = walk(above, apex, 1, sigma, reach_right)
+    resolved = max(RESOLVED_SIGMA * sigma, RESOLVED_FRACTION * above[apex])
+    start, left_valley, left_split, left_rise = walk(above, apex, -1, noise, reach_left, resolved)
+    end, right_valley, right_split, right_rise = walk(above, apex, 1, noise, reach_right, resolved)
     n = len(above)
     floor = 1e-4 * above[apex]  # what is not worth integrating even on noise-free data
     if not left_valley and (start > apex - reach_left
@@ -361,9 +385,64 @@ def boundaries(smoothed, raw, base, apex, sigma):
     if not right_valley and (end < apex + reach_right
                              or not holds_signal(raw, base, apex + reach_right + 1, end + 1, sigma, floor)):
         end = apex + reach_right
-    start = max(start, apex - 6 * hw_left, 0)
-    end = min(end, apex + 12 * hw_right, n - 1)
-    return start, end, left_valley or right_valley
+    # Never less than the peak's own width at half height.
+    start = min(max(start, apex - 6 * hw_left, 0), max(apex - hw_left, 0))
+    end = max(min(end, apex + 12 * hw_right, n - 1), min(apex + hw_right, n - 1))
+    # Beyond a valley at the baseline lies another peak: the baseline is fitted only up to it.
+    lo = left_rise if left_valley and not left_split and left_rise < start else 0
+    hi = right_rise if right_valley and not right_split and right_rise > end else n - 1
+    return start, end, left_split or right_split, lo, hi
+
+
+@_jit
+def counting_gain(intensity, smoothed, base, sigma, centre_weight):
+    """g of the noise model var(y) = sigma^2 + g * (signal above the baseline): pulse counting
+    makes the scatter of a peak's top grow with the signal (g = 1 / dwell time for counts per
+    second). Fitted so that the median of the scaled squared residuals about the smoothed trace
+    is that of a normal variable; 0 when fewer than 5 points stand clearly above the noise."""
+    n = len(intensity)
+    count = 0
+    for i in range(n):
+        if smoothed[i] - base[i] > GAIN_SIGNAL * sigma:
+            count += 1
+    if count < 5:
+        return 0.0
+    residual2 = np.empty(count)
+    signal = np.empty(count)
+    k = 0
+    for i in range(n):
+        a = smoothed[i] - base[i]
+        if a > GAIN_SIGNAL * sigma:
+            r = intensity[i] - smoothed[i]
+            residual2[k] = r * r / max(1.0 - centre_weight, 1e-3)
+            signal[k] = a
+            k += 1
+    target = 0.4549364231195724  # median of a chi-square variable with 1 degree of freedom
+    lo, hi = 0.0, 1.0
+    while _median_ratio(residual2, signal, sigma, hi) > target and hi < 1e12:
+        hi *= 4.0
+    if _median_ratio(residual2, signal, sigma, 0.0) <= target:
+        return 0.0
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        if _median_ratio(residual2, signal, sigma, mid) > target:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+@_jit
+def _median_ratio(residual2, signal, sigma, gain):
+    return median(residual2 / (sigma * sigma + gain * signal))
+
+
+@_jit
+def smoothed_noise(smoothed, base, sigma, gain, centre_weight):
+    """SD of each point of the smoothed trace at its own signal level (the smoothing's weights
+    have a sum of squares equal to their centre weight)."""
+    above = np.maximum(smoothed - base, 0.0)
+    return np.sqrt((sigma * sigma + gain * above) * centre_weight)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,7 +497,7 @@ def shape(t, y, apex):
 
 
 @_jit
-def integrate(time, intensity, start, end, intercept, slope, sigma, reference_trace, split):
+def integrate(time, intensity, start, end, intercept, slope, sigma, reference_trace, split, apex_trace):
     """Integrate raw intensity minus baseline between point indices start..end (inclusive):
     (found, rt, start, end, area, height, sn, noise, baseline_start, baseline_end, points, edge,
     fwhm, tailing_factor, asymmetry, points_fwhm, saturated, split)."""
@@ -433,8 +512,9 @@ def integrate(time, intensity, start, end, intercept, slope, sigma, reference_tr
     height = corrected[max(apex - 2, 0): apex + 3].max()
     smoothed_height = reference[apex]
     fwhm, tailing, asymmetry, points_fwhm = shape(t, reference, apex)
+    rt_trace = apex_trace[start: end + 1] - base
     return (
-        True, refine_apex(t, reference, apex), t[0], t[-1], area, height,
+        True, refine_apex(t, rt_trace, int(np.argmax(rt_trace))), t[0], t[-1], area, height,
         smoothed_height / sigma if sigma > 0 else math.inf, sigma, base[0], base[-1], len(t),
         start == 0 or end == len(time) - 1, fwhm, tailing, asymmetry, points_fwhm,
         flat_top(intensity[start: end + 1]), split,
@@ -442,27 +522,36 @@ def integrate(time, intensity, start, end, intercept, slope, sigma, reference_tr
 
 
 @_jit
-def has_shoulder(intensity, above, start, end, apex, width, second_derivative):
-    """Whether an unresolved co-eluting peak (a shoulder) sits on the peak (see peaks.py)."""
+def has_shoulder(intensity, above, start, end, apex, width, second_derivative, sigma, gain):
+    """Whether an unresolved co-eluting peak (a shoulder) sits on the peak (see peaks.py).
+
+    The curvature's noise at each point is the larger of what it is outside the peak and what
+    the noise model (sigma, counting gain) gives at that point's signal level, so the counting
+    noise of a jagged top is not taken for a second component."""
     if start + len(intensity) - 1 - end < 10:
         return False
     curvature = -convolve_nearest(intensity, second_derivative)
-    noise = 1.4826 * mad(np.concatenate((curvature[:start], curvature[end + 1:])))
+    outside = 1.4826 * mad(np.concatenate((curvature[:start], curvature[end + 1:])))
+    scale = math.sqrt((second_derivative * second_derivative).sum())
     inside = curvature[start: end + 1]
+    local = np.empty(len(inside))
+    for k in range(len(inside)):
+        local[k] = max(outside, scale * math.sqrt(sigma * sigma + gain * max(above[start + k], 0.0)))
     clear = max(width // 2, 2)
     # Cheap test first: most peaks have no local maximum of curvature that could qualify.
     candidate = False
     for k in range(1, len(inside) - 1):
-        if (inside[k] >= inside[k - 1] and inside[k] >= inside[k + 1] and inside[k] > 3.0 * noise
+        if (inside[k] >= inside[k - 1] and inside[k] >= inside[k + 1] and inside[k] > SHOULDER_Z * local[k]
                 and abs(start + k - apex) >= clear):
             candidate = True
             break
     if not candidate:
         return False
-    tops, _ = prominent_peaks(inside, max(6.0 * noise, 0.15 * curvature[apex]))
+    tops, _ = prominent_peaks(inside, max(6.0 * outside, 0.15 * curvature[apex]))
     for top in tops:
         lo, hi = min(top, apex - start), max(top, apex - start)
-        if (abs(start + top - apex) >= clear and inside[top] > 3.0 * noise and inside[lo: hi + 1].min() < -noise
+        dip = lo + np.argmin(inside[lo: hi + 1])
+        if (abs(start + top - apex) >= clear and inside[top] > SHOULDER_Z * local[top] and inside[dip] < -local[dip]
                 and above[start + top] >= 0.2 * above[apex]):
             return True
     return False
@@ -473,14 +562,26 @@ def has_shoulder(intensity, above, start, end, apex, width, second_derivative):
 
 
 @_jit
-def find_peak(time, intensity, expected_rt, window, min_sn, smoothing, second_derivative):
-    """The most prominent peak with its apex in the window: (found, *PEAK_FIELDS).
+def savgol_smoothing(width):
+    """Savitzky-Golay weights of a quadratic over `width` (odd) points, in closed form."""
+    h = width // 2
+    k = np.arange(-h, h + 1).astype(np.float64)
+    return (3.0 * (3 * h * h + 3 * h - 1) - 15.0 * k * k) / ((2 * h - 1) * (2 * h + 1) * (2 * h + 3))
 
-    `smoothing` and `second_derivative` are the Savitzky-Golay weights for the trace's
-    smoothing width (peaks.smoothing_weights)."""
-    none = (False, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, False, NAN, NAN, NAN, 0, False, False, False)
+
+@_jit
+def savgol_second_derivative(width):
+    """Savitzky-Golay weights of the second derivative (per point squared) of a quadratic."""
+    h = width // 2
+    k = np.arange(-h, h + 1).astype(np.float64)
+    return 30.0 * (3.0 * k * k - h * (h + 1)) / (h * (h + 1) * (2 * h - 1) * (2 * h + 1) * (2 * h + 3))
+
+
+@_jit
+def choose_apex(time, intensity, smoothed, expected_rt, window, min_sn):
+    """The most prominent local maximum of the smoothed trace with its apex in the window, with
+    the baseline (intercept, slope) and noise around it; apex -1 when there is none."""
     n = len(time)
-    smoothed = convolve_nearest(intensity, smoothing)
     first, last = -1, -1
     tallest = -1
     for i in range(n):
@@ -491,7 +592,7 @@ def find_peak(time, intensity, expected_rt, window, min_sn, smoothing, second_de
             if tallest < 0 or smoothed[i] > smoothed[tallest]:
                 tallest = i
     if first < 0:
-        return none
+        return -1, 0.0, 0.0, 1.0
     # The noise is measured away from the tallest signal of the window: a whole-trace estimate
     # counts the peak's own flanks as noise (twice too high on stepped, pulse-counting data).
     intercept, slope, sigma = baseline_and_noise(time, intensity, smoothed, tallest)
@@ -508,24 +609,88 @@ def find_peak(time, intensity, expected_rt, window, min_sn, smoothing, second_de
             distance = abs(time[i] - expected_rt)
             if proms[k] > best_prominence or (proms[k] == best_prominence and distance < best_distance):
                 apex, best_prominence, best_distance = i, proms[k], distance
+    if apex >= 0 and apex != tallest:
+        intercept, slope, sigma = baseline_and_noise(time, intensity, smoothed, apex)
+    return apex, intercept, slope, sigma
+
+
+@_jit
+def half_width(above, apex, step, noise):
+    """Points from the apex to where the signal falls to half its height, or to a valley before
+    a neighbouring peak (a rise of RISE_Z x the noise), whichever comes first."""
+    half = 0.5 * above[apex]
+    lowest, lowest_at = above[apex], apex
+    i = apex
+    while 0 < i < len(above) - 1 and above[i] > half:
+        i += step
+        if above[i] < lowest:
+            lowest, lowest_at = above[i], i
+        elif above[i] - lowest > RISE_Z * noise[lowest_at]:
+            return abs(lowest_at - apex)
+    return max(abs(i - apex), 1)
+
+
+@_jit
+def own_smoothing_width(light, base, apex, noise, default, n):
+    """Smoothing width (odd, points) fitted to the peak at `apex` of the lightly smoothed trace
+    (`noise`: its SD at each point): its width at half height, at least 5 points (and the
+    default's) and at most MAX_SMOOTHING points or the trace."""
+    above = light - base
+    fwhm = half_width(above, apex, -1, noise) + half_width(above, apex, 1, noise)
+    width = max(fwhm, default, 5)
+    width = min(width, MAX_SMOOTHING, n if n % 2 else n - 1)
+    return width - 1 if width % 2 == 0 else width
+
+
+@_jit
+def find_peak(time, intensity, expected_rt, window, min_sn, smoothing, second_derivative):
+    """The most prominent peak with its apex in the window: (found, *PEAK_FIELDS).
+
+    `smoothing` are the Savitzky-Golay weights over about 3 s (peaks.smoothing_width), used to
+    find the peak; it is then smoothed again over its own width at half height, so that apex,
+    valleys and boundaries follow the peak and not the noise on its top. `second_derivative`
+    are the matching weights of the second derivative, for the shoulder test."""
+    none = (False, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, False, NAN, NAN, NAN, 0, False, False, False)
+    n = len(time)
+    smoothed = convolve_nearest(intensity, smoothing)
+    apex, intercept, slope, sigma = choose_apex(time, intensity, smoothed, expected_rt, window, min_sn)
     if apex < 0:
         return none
-    if apex != tallest:
-        intercept, slope, sigma = baseline_and_noise(time, intensity, smoothed, apex)
-    start, end, split = boundaries(smoothed, intensity, intercept + slope * time, apex, sigma)
+    # Height, S/N and shape are measured on the lightly smoothed trace: smoothing over the
+    # peak's whole width would broaden it and lower its top.
+    light = smoothed
+    base = intercept + slope * time
+    centre_weight = smoothing[len(smoothing) // 2]
+    # The counting gain is the detector's, measured where smoothing bends the peak least.
+    gain = counting_gain(intensity, smoothed, base, sigma, centre_weight)
+    noise = smoothed_noise(smoothed, base, sigma, gain, centre_weight)
+    width = own_smoothing_width(smoothed, base, apex, noise, len(smoothing), n)
+    if width != len(smoothing):
+        smoothing = savgol_smoothing(width)
+        smoothed = convolve_nearest(intensity, smoothing)
+        apex, intercept, slope, sigma = choose_apex(time, intensity, smoothed, expected_rt, window, min_sn)
+        if apex < 0:
+            return none
+    centre_weight = smoothing[width // 2]
+    noise = smoothed_noise(smoothed, intercept + slope * time, sigma, gain, centre_weight)
+    start, end, split, lo, hi = boundaries(smoothed, intensity, intercept + slope * time, apex, sigma, noise)
     # Second pass: the boundaries follow a tail to where it meets the baseline, so the baseline
     # refitted to what lies outside them no longer leans on the tail of a strongly tailing peak.
     for _ in range(3):
-        intercept, slope = baseline_outside(time, intensity, start, end, intercept, slope)
-        new_start, new_end, new_split = boundaries(smoothed, intensity, intercept + slope * time, apex, sigma)
+        intercept, slope = baseline_outside(time, intensity, start, end, intercept, slope, lo, hi)
+        noise = smoothed_noise(smoothed, intercept + slope * time, sigma, gain, centre_weight)
+        new_start, new_end, new_split, lo, hi = boundaries(smoothed, intensity, intercept + slope * time, apex,
+                                                           sigma, noise)
         if new_start == start and new_end == end:
             break
         start, end, split = new_start, new_end, new_split
-    peak = integrate(time, intensity, start, end, intercept, slope, sigma, smoothed, split)
+    peak = integrate(time, intensity, start, end, intercept, slope, sigma, light, split, smoothed)
     if not peak[0] or peak[6] < min_sn:
         return none
-    shoulder = has_shoulder(intensity, smoothed - (intercept + slope * time), start, end, apex,
-                            len(smoothing), second_derivative)
+    # A shoulder is looked for at the light smoothing's resolution: the peak's own width would
+    # smooth it away.
+    shoulder = has_shoulder(intensity, light - (intercept + slope * time), start, end, apex,
+                            len(second_derivative), second_derivative, sigma, gain)
     return peak + (shoulder,)
 
 
@@ -540,7 +705,7 @@ def _warm_up() -> None:
     noise_sigma(y)
     robust_line_kept(t, y)
     find_peak(t, y, 0.5, 0.2, 3.0, weights, weights)
-    integrate(t, y, 20, 40, 10.0, 0.0, 1.0, y, False)
+    integrate(t, y, 20, 40, 10.0, 0.0, 1.0, y, False, y)
 
 
 _warm_up()

@@ -77,18 +77,59 @@ def measure_injection(
         rows.append(row)
         return manual
 
+    offset = run_rt_offset(traces, method)
     for istd in method.internal_standards:
-        peak = measure(istd.transition, PeakSearch(istd.rt, integ.rt_window, integ.min_detection_sn))
+        peak = measure(istd.transition, PeakSearch(istd.rt + offset(istd.rt), integ.rt_window, integ.min_detection_sn))
         if peak is not None:
             found_rt[istd.name] = peak.rt
     for analyte in method.analytes:
-        expected, window = predicted_rt(analyte, method, found_rt)
+        expected, window = predicted_rt(analyte, method, found_rt, offset)
         quant = measure(analyte.quantifier, PeakSearch(expected, window, integ.min_detection_sn))
         for qual in analyte.qualifiers:
             q_expected = quant.rt if quant is not None else expected
             q_window = integ.anchored_rt_window if quant is not None else window
             measure(qual, PeakSearch(q_expected, q_window, integ.min_detection_sn))
     return rows, ""
+
+
+# Peaks that set the run's RT offset: internal standards at this S/N or more, off no trace edge,
+# searched this much wider than the method's window (min) ...
+OFFSET_MIN_SN = 20.0
+OFFSET_SEARCH_MIN = 1.0
+# ... and each RT's offset is the median of the offsets of this many anchors nearest to it.
+OFFSET_NEIGHBOURS = 5
+
+
+def run_rt_offset(traces: Mapping[Transition, Trace | None], method: Method) -> Callable[[float], float]:
+    """The run's retention time offset from the method (min), as a function of the method RT.
+
+    Real runs elute up to ~0.5 min from the RTs a method lists (column, dead volume, gradient
+    delay), which moves peaks out of their search windows. The internal standards are searched
+    in a wide window; those found clearly (S/N >= OFFSET_MIN_SN, not at a trace edge) are
+    anchors, and the offset at a method RT is the median offset of the nearest anchors (a few
+    wrong picks do not move it). No anchor: no offset. Only where peaks are searched moves; the
+    RT checks still compare with the method's RTs.
+    """
+    integ = method.integration
+    anchors = []
+    for istd in method.internal_standards:
+        trace = traces.get(istd.transition)
+        if trace is None or not trace.usable:
+            continue
+        peak = find_peak(trace.time, trace.intensity,
+                         PeakSearch(istd.rt, max(integ.rt_window, OFFSET_SEARCH_MIN), OFFSET_MIN_SN))
+        if peak is not None and not peak.edge and peak.sn >= OFFSET_MIN_SN:
+            anchors.append((istd.rt, peak.rt - istd.rt))
+    if not anchors:
+        return lambda rt: 0.0
+    at = np.array([a[0] for a in anchors])
+    offsets = np.array([a[1] for a in anchors])
+
+    def offset(rt: float) -> float:
+        nearest = np.argsort(np.abs(at - rt), kind="stable")[:OFFSET_NEIGHBOURS]
+        return float(np.median(offsets[nearest]))
+
+    return offset
 
 
 def _no_data_rows(method: Method) -> list[dict]:
@@ -101,16 +142,30 @@ def _manual_peak(trace: Trace | None, override: Override) -> Peak | None:
     return integrate_between(trace.time, trace.intensity, override.start, override.end)
 
 
-def predicted_rt(analyte: Analyte, method: Method, found_is_rt: dict[str, float]) -> tuple[float, float]:
-    """Expected RT and search half-window of an analyte, anchored on its IS when the IS was found."""
+def predicted_rt(
+    analyte: Analyte, method: Method, found_is_rt: dict[str, float], offset: Callable[[float], float] = lambda rt: 0.0
+) -> tuple[float, float]:
+    """Expected RT and search half-window of an analyte, anchored on its IS when the IS was found,
+    else at the method RT moved by the run's offset."""
     istd = method.internal_standard(analyte.internal_standard)
     if istd.name in found_is_rt:
         return found_is_rt[istd.name] + (analyte.rt - istd.rt), method.integration.anchored_rt_window
-    return analyte.rt, method.integration.rt_window
+    return analyte.rt + offset(analyte.rt), method.integration.rt_window
+
+
+# A peak this clear (S/N) just outside the search window, within twice its half-width, is
+# reported (and flagged RT_SHIFT by the RT check) rather than lost as NO_PEAK.
+CLEAR_SN = 10.0
 
 
 def _search(trace: Trace | None, search: PeakSearch) -> Peak | None:
-    return None if trace is None else find_peak(trace.time, trace.intensity, search)
+    if trace is None:
+        return None
+    peak = find_peak(trace.time, trace.intensity, search)
+    if peak is None:
+        wider = PeakSearch(search.expected_rt, 2 * search.window, max(search.min_sn, CLEAR_SN))
+        peak = find_peak(trace.time, trace.intensity, wider)
+    return peak
 
 
 def _peak_row(

@@ -13,14 +13,24 @@ Definitions used everywhere in lcmsquant:
 - shape, on the baseline-corrected smoothed trace: FWHM; USP tailing factor T = (a + b) / 2a at
   5 % of the height; asymmetry factor As = b / a at 10 % (a: apex to front edge, b: apex to
   back edge); points across the FWHM;
+- smoothing: the peak is found on a Savitzky-Golay smoothing over about 3 s, then smoothed
+  again over its own width at half height (5 to 51 points), so that valleys and boundaries
+  follow the peak and not the noise on its top; height, S/N and shape use the light smoothing;
+- noise model: var(y) = sigma^2 + g * signal, g fitted per trace to the scatter of the points
+  about the smoothed trace (pulse counting makes a peak's top scatter with its signal);
 - baseline rule: a straight line fitted to the trace outside the peak (base to base), flat when
-  its slope is within 2 standard errors of zero; where a boundary is a valley before a
-  neighbouring peak the peak is cut there by a perpendicular drop to that same baseline
-  (`split`); an unresolved co-eluting peak (no valley, but the signal bends twice) is only
-  flagged (`shoulder`);
+  its slope is within 2 standard errors of zero, fitted only up to a baseline-resolved neighbour;
+- valley: the smoothed signal rises again by more than 5 SDs (at the valley's signal level)
+  above its lowest point since the apex, so a dip on a jagged top is never a valley. A valley
+  within 2 sigma or 2 % of the apex height of the baseline ends the peak without a flag; a
+  valley clearly above the baseline between two real peaks cuts the peak by a perpendicular
+  drop to the common baseline (`split`);
+- shoulder: an unresolved co-eluting peak (no valley, but the curvature bends twice by more
+  than 5 times its noise at that signal level) is only flagged (`shoulder`);
 - boundaries: where the smoothed signal meets the baseline, and at least where the peak's
   side, extrapolated as an exponential decay, is no longer worth integrating (it would add
   more noise than signal: a tail is integrated to its real end, not to its first noise dip);
+  never less than the peak's own width at half height;
 - saturated: three or more raw points within 0.1 % of the maximum at the apex (a flat top);
 - area: trapezoidal integral of (raw - baseline) between the boundaries, in counts (cps x s).
 """
@@ -98,8 +108,9 @@ def integrate_between(time: np.ndarray, intensity: np.ndarray, start_rt: float, 
     t0, t1 = time[start], time[end]
     slope = (y1 - y0) / (t1 - t0)
     kernels = _kernels()
+    smoothed = smooth(intensity, time)
     found = kernels.integrate(
-        time, intensity, start, end, y0 - slope * t0, slope, noise_sigma(intensity), smooth(intensity, time), False
+        time, intensity, start, end, y0 - slope * t0, slope, noise_sigma(intensity), smoothed, False, smoothed
     )
     return _peak(found + (False,))
 
