@@ -203,6 +203,23 @@ def check_well_formed(path: Path) -> None:
         raise ChromatogramReadError(f"{path.name}: cannot be read ({err.strerror or err})") from None
 
 
+# Da: how far a trace's Q1 or Q3 may lie from a transition's and still be the same transition
+# written by another program. SCIEX tells transitions apart by a 0.001 offset in Q1 (346.002 and
+# 346 are two compounds; so are 117.001 and 117), so an exact match must stay below 0.001 by a
+# margin. Writers round to 3 decimals or fewer, so one value of a transition may lie up to half
+# that step (0.0005) from another: the real Sacc1 file writes 212.023 for the 212.0235 of its own
+# transition list, and 180.024 for 180.0245; in floating point the first differs by
+# 0.00050000000002 and the second by 0.00049999999999, so a threshold at 0.0005 would call one
+# exact and the other not. 0.00075 lies midway between the rounding (0.0005) and the offset
+# (0.001), further from either than any float rounding (below 1e-4 even for 32-bit m/z values).
+EXACT_MZ = 0.00075
+
+
+def exact_mz_match(trace: Trace, transition: Transition) -> bool:
+    """Q1 and Q3 both the transition's, at the precision instruments write (see EXACT_MZ)."""
+    return abs(trace.q1 - transition.q1) < EXACT_MZ and abs(trace.q3 - transition.q3) < EXACT_MZ
+
+
 def match_transitions(
     traces: Iterable[Trace],
     transitions: Iterable[Transition],
@@ -211,8 +228,14 @@ def match_transitions(
 ) -> dict[Transition, Trace | None]:
     """The trace of each transition, or None when the file has none within the m/z tolerance.
 
-    When several traces share a Q1/Q3 pair (scheduled SRM), the one whose time range covers the
-    expected RT wins; among those, or when none covers it, the one centred nearest to it.
+    A trace whose Q1 and Q3 are the transition's exactly (`exact_mz_match`) wins over traces that
+    only fall within the tolerance: those belong to other transitions that SCIEX tells apart by a
+    0.001 offset in Q1 (Sacc1's dgmp, Q1 346.002, beside amp, Q1 346), even when they sit nearer
+    the expected RT. Among equally good m/z matches, a usable trace (enough points) wins; when
+    several share a Q1/Q3 pair (scheduled SRM), the one whose time range covers the expected RT;
+    among those, or when none covers it, the one centred nearest to it; then the nearer m/z.
+    Other usable traces that match as well and also cover the RT are named in a warning on the
+    trace used.
     """
     traces = list(traces)
     matched: dict[Transition, Trace | None] = {}
@@ -227,6 +250,7 @@ def match_transitions(
 
         def preference(tr: Trace):
             return (
+                not exact_mz_match(tr, t),
                 not tr.usable,
                 not tr.covers(rt),
                 abs((tr.start + tr.end) / 2 - rt) if len(tr.time) else np.inf,
@@ -234,11 +258,12 @@ def match_transitions(
             )
 
         best = min(candidates, key=preference)
-        twins = [tr for tr in candidates if tr is not best and preference(tr)[:2] == preference(best)[:2] and best.usable
+        twins = [tr for tr in candidates if tr is not best and preference(tr)[:3] == preference(best)[:3] and best.usable
                  and tr.covers(rt)]
         if twins:
+            same = "the same Q1/Q3" if exact_mz_match(best, t) else f"Q1/Q3 within {mz_tolerance:g} of the method's"
             best = replace(best, warnings=best.warnings + (
-                f"{best.native_id}: {len(twins)} other trace(s) with the same Q1/Q3 also cover "
+                f"{best.native_id}: {len(twins)} other trace(s) with {same} also cover "
                 f"{rt:.2f} min ({', '.join(tr.native_id for tr in twins)}); this one was used",))
         matched[t] = best
     return matched
