@@ -340,7 +340,7 @@ def walk(above, apex, step, noise, reach, resolved):
         value = above[i]
         if value < lowest:
             lowest, lowest_at = value, i
-        if value <= 0:
+        if value <= noise[i]:  # within the noise of the baseline
             if (i - last) * step >= 0:
                 return (i if dip < 0 else dip), False, False, -1
             if dip < 0:
