@@ -598,8 +598,12 @@ def read_calibrator_csv(path: Path | str) -> pd.DataFrame:
     return table
 
 
-def check_calibrator_set(s: CalibratorSet, method: Method) -> list[str]:
-    """Every analyte needs enough calibrator levels; unknown analytes are refused."""
+def check_calibrator_set(s: CalibratorSet, method: Method, needs_qcs: bool = True) -> list[str]:
+    """Every analyte needs enough calibrator levels; unknown analytes are refused.
+
+    needs_qcs: the low, mid and high QC levels must be there (a method's own set, and a batch's
+    calibrators.csv when the batch holds QCs it serves); the QC levels given are checked anyway.
+    """
     where = f"calibrator set '{s.name}' ({Path(s.source).name})"
     problems = []
     known = {a.name for a in method.analytes}
@@ -617,8 +621,11 @@ def check_calibrator_set(s: CalibratorSet, method: Method) -> list[str]:
         low, high = cal["nominal"].min(), cal["nominal"].max()
         qcs = rows[~rows["level"].str.match(CALIBRATOR_LEVEL)]
         missing = [lvl for lvl in ("LQC", "MQC", "HQC") if lvl not in set(qcs["level"])]
-        if missing:
-            problems.append(f"{where}: {a.name} has no {', '.join(missing)} level: ICH M10 3.3.1 needs low, mid and high QCs")
+        if missing and needs_qcs:
+            problems.append(
+                f"{where}: {a.name} has no {', '.join(missing)} level: ICH M10 3.3.1 needs low, mid and high QCs; "
+                f"add the missing levels to {Path(s.source).name}"
+            )
         for _, qc in qcs.iterrows():
             if qc["level"] != "DQC" and not (low <= qc["nominal"] <= high):
                 problems.append(
