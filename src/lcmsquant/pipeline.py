@@ -6,7 +6,7 @@ written here.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,8 @@ from lcmsquant.acceptance import Rule
 from lcmsquant.batch import Batch, Injection, load_batch, resolve_method_path
 from lcmsquant.calibration import CalibrationResult, calibrate
 from lcmsquant.measure import AUDITED, PEAK_FIELDS, measure_batch
-from lcmsquant.method import Analyte, Method, load_method
+from lcmsquant.method import Analyte, CalibratorSet, Method, load_method
+from lcmsquant.results import CALIBRATION_COLUMNS
 from lcmsquant.reanalysis import COLUMNS as REANALYSIS_COLUMNS
 from lcmsquant.reanalysis import reanalysis_list
 
@@ -64,19 +65,24 @@ def quantify(batch: Batch, peaks: pd.DataFrame, injection_errors: dict | None = 
     table["excluded"] = False
     table["exclusion_reason"] = ""
     n_unknowns = int((batch.worklist["sample_type"] == "unknown").sum())
+    # Every set that serves a calibrator, QC or study sample of the batch is judged; one without
+    # a calibrator injection has no curve, and the analyte is rejected for it (ICH M10 3.2.4).
     calibrated_sets = []
     for cal_set in method.calibrator_sets:
         in_set = table["matrix"].isin(cal_set.matrices)
-        if (in_set & (table["sample_type"] == "calibrator")).any():
+        if (in_set & table["sample_type"].isin(["calibrator", "qc", "unknown"])).any():
             table.loc[in_set, "calibrator_set"] = cal_set.name
             calibrated_sets.append(cal_set)
     table = _add_is_response(table, method)
     exclusions = _manual_exclusions(batch)
     for cal_set in calibrated_sets:
         in_set = table["calibrator_set"] == cal_set.name
+        no_calibrators = not (in_set & (table["sample_type"] == "calibrator")).any()
         for analyte in method.analytes:
             rows = in_set & (table["analyte"] == analyte.name)
             result = _calibrate_analyte(table, rows, analyte, method, exclusions)
+            if no_calibrators:
+                result = replace(result, problem=_no_calibrators(cal_set))
             table.loc[rows, "lloq"] = result.lloq if result.lloq is not None else np.nan
             table.loc[rows, "uloq"] = result.uloq if result.uloq is not None else np.nan
             if result.curve is not None:
@@ -108,11 +114,23 @@ def quantify(batch: Batch, peaks: pd.DataFrame, injection_errors: dict | None = 
     return RunResult(
         results=table,
         peaks=peaks,
-        calibration=pd.DataFrame(calibration_rows),
+        calibration=pd.DataFrame(calibration_rows, columns=list(CALIBRATION_COLUMNS)),
         rules=tuple(rules),
         verdicts=verdicts,
         injection_errors=dict(injection_errors or {}),
         reanalysis=reanalysis,
+    )
+
+
+def _either(words) -> str:
+    words = list(words)
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+def _no_calibrators(cal_set: CalibratorSet) -> str:
+    return (
+        f"no calibrator injection of set '{cal_set.name}' in the batch (worklist rows with sample_type "
+        f"calibrator and matrix {_either(cal_set.matrices)}): no curve, so nothing of this set is quantified"
     )
 
 

@@ -150,7 +150,9 @@ def reanalysis_table(run: RunResult) -> pd.DataFrame:
 
 
 def calibration_table(run: RunResult) -> pd.DataFrame:
-    return _rounded(run.calibration)
+    """calibration.csv: one row per analyte x calibrator set (the header alone when there is none)."""
+    table = run.calibration if len(run.calibration.columns) else pd.DataFrame(columns=list(CALIBRATION_COLUMNS))
+    return _rounded(table)
 
 
 def run_summary(batch: Batch, run: RunResult) -> dict:
