@@ -122,3 +122,18 @@ def test_batch_calibrators_csv_needs_qc_levels_only_when_the_batch_has_qcs(plasm
     batch = load_batch(plasma_batch)
     assert batch.method.calibrator_set_for("plasma").levels == tuple(f"CAL{i}" for i in range(1, 9))
 
+
+def test_a_method_without_calibrator_sets_takes_any_matrix(plasma_batch, tmp_path):
+    """A peaks-only method (no [calibrator_sets]) quantifies nothing, so no matrix needs a set."""
+    import re
+
+    from lcmsquant.method import default_method_path, load_method
+
+    text = re.sub(r"\[calibrator_sets\.\w+\]\nfile = .*\nmatrices = .*\n\n", "", default_method_path().read_text())
+    (tmp_path / "peaks-only.toml").write_text(text)
+    method = load_method(tmp_path / "peaks-only.toml")
+    assert method.peaks_only
+    batch = load_batch(plasma_batch, method)
+    assert {inj.matrix for inj in batch.injections} == {"plasma", "serum", "marrow"}
+    _rewrite(plasma_batch, lambda lines: [lines[0]] + [line.replace(",CAL3,", ",CAL33,") for line in lines[1:]])
+    assert load_batch(plasma_batch, method)  # a calibrator level no set lists: there is no set to list it

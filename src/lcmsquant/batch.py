@@ -193,7 +193,8 @@ def check_worklist(table: pd.DataFrame, folder: Path, method: Method) -> list[st
         if matrix not in MATRICES:
             problems.append(f"{where}: unknown matrix '{matrix}' (use one of {', '.join(MATRICES)})")
         cal_set = method.calibrator_set_for(matrix) if matrix in MATRICES else None
-        if matrix in MATRICES and cal_set is None and stype in ("calibrator", "qc", "unknown"):
+        # A peaks-only method serves every matrix alike: nothing is quantified.
+        if matrix in MATRICES and cal_set is None and stype in ("calibrator", "qc", "unknown") and not method.peaks_only:
             problems.append(f"{where}: the method has no calibrator set for matrix '{matrix}'")
         level = row["level"]
         if stype in ("calibrator", "qc"):

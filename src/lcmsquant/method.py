@@ -30,6 +30,11 @@ CALIBRATOR_LEVEL = re.compile(r"^CAL\d+$")
 DEFAULT_ION_RATIO_TIERS = ((50.0, 20.0), (20.0, 25.0), (10.0, 30.0), (0.0, 50.0))
 
 
+# What a run with a peaks-only method (see Method.peaks_only) says it is, in the run summary,
+# run.json and the report.
+PEAKS_ONLY = "peaks only: no calibration"
+
+
 class MethodError(InputError):
     """A method or calibrator file that cannot be used; `problems` lists every reason."""
 
@@ -185,6 +190,12 @@ class Method:
 
     def calibrator_set_for(self, matrix: str) -> CalibratorSet | None:
         return next((s for s in self.calibrator_sets if matrix in s.matrices), None)
+
+    @property
+    def peaks_only(self) -> bool:
+        """No calibrator sets (a method imported from a transition list): the method integrates
+        peaks but cannot quantify, so a run with it has no curve, no concentration, no verdict."""
+        return not self.calibrator_sets
 
     def transitions(self) -> tuple[Transition, ...]:
         """Every transition the instrument must deliver, internal standards first."""

@@ -14,7 +14,7 @@ import pandas as pd
 
 from lcmsquant import acceptance
 from lcmsquant.acceptance import Rule
-from lcmsquant.batch import Batch, Injection, load_batch, resolve_method_path
+from lcmsquant.batch import CALIBRATORS, Batch, Injection, load_batch, resolve_method_path
 from lcmsquant.calibration import CalibrationResult, calibrate
 from lcmsquant.measure import AUDITED, PEAK_FIELDS, measure_batch
 from lcmsquant.method import Analyte, CalibratorSet, Method, load_method
@@ -42,6 +42,7 @@ class RunResult:
     verdicts: dict = field(default_factory=dict)  # (analyte, set) -> {"accepted": bool, "reasons": [...]}
     injection_errors: dict = field(default_factory=dict)  # injection order -> message
     reanalysis: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=REANALYSIS_COLUMNS), repr=False)
+    peaks_only: str = ""  # why the run has no calibration at all (see peaks_only_reason); "" when calibrated
 
 
 # What the acceptance rules read of an analyte's rows (copying all ~60 columns for every rule's
@@ -119,6 +120,21 @@ def quantify(batch: Batch, peaks: pd.DataFrame, injection_errors: dict | None = 
         verdicts=verdicts,
         injection_errors=dict(injection_errors or {}),
         reanalysis=reanalysis,
+        peaks_only=peaks_only_reason(batch),
+    )
+
+
+def peaks_only_reason(batch: Batch) -> str:
+    """Why the batch's run is peaks only (method.PEAKS_ONLY), and what it reports instead ("" when
+    the method, with the batch's calibrators.csv, has calibrator sets)."""
+    method = batch.method
+    if not method.peaks_only:
+        return ""
+    return (
+        f"the method '{method.name}' ({Path(method.path).name or 'not from a file'}) has no "
+        f"[calibrator_sets] and the batch folder no {CALIBRATORS}, so areas, area ratios, retention times and "
+        f"flags are reported, with no curve, no concentration and no ICH M10 verdict; to quantify, add "
+        f"[calibrator_sets] to the method or a {CALIBRATORS} to the batch folder"
     )
 
 
@@ -318,6 +334,7 @@ def _finish(table: pd.DataFrame, method: Method) -> pd.DataFrame:
     """Concentration (after dilution), accuracy and flags of every row."""
     min_sn = method.integration.min_sn
     no_peak_as_blq = method.integration.no_peak_as_blq
+    peaks_only = method.peaks_only  # no curve, so no range: a missing peak is not BLQ either
     bc = table["back_calculated"]
     below = bc.notna() & table["lloq"].notna() & (bc < table["lloq"] - 1e-12)
     above = bc.notna() & table["uloq"].notna() & (bc > table["uloq"] + 1e-12)
@@ -340,7 +357,7 @@ def _finish(table: pd.DataFrame, method: Method) -> pd.DataFrame:
             f.append("NO_DATA")
         elif row["quant_status"] == "NO_PEAK":
             f.append("NO_PEAK")
-            if no_peak_as_blq and row["sample_type"] == "unknown" and row["is_status"] == "OK":
+            if no_peak_as_blq and not peaks_only and row["sample_type"] == "unknown" and row["is_status"] == "OK":
                 f.append("BLQ")
         if row["sample_type"] != "blank" and row["is_status"] == "NO_PEAK":
             f.append("NO_IS")
