@@ -106,3 +106,34 @@ def test_reported_line_numbers_count_blank_lines_as_an_editor_does(plasma_batch)
     lines[4] = lines[4].replace("calibrator", "standard")  # line 5 before the blank line
     path.write_text("\n".join(lines[:2] + [""] + lines[2:]) + "\n")  # now on line 6
     assert "worklist.csv line 6: unknown sample_type 'standard'" in _problems(plasma_batch)
+
+
+def _calibrators_without_qc_levels(folder):
+    shipped = load_batch(folder).method.calibrator_set_for("plasma").nominals
+    shipped[shipped["level"].str.startswith("CAL")].to_csv(folder / "calibrators.csv", index=False)
+
+
+def test_batch_calibrators_csv_needs_qc_levels_only_when_the_batch_has_qcs(plasma_batch):
+    _calibrators_without_qc_levels(plasma_batch)
+    problems = _problems(plasma_batch)  # the batch has QCs: ICH M10 needs low, mid and high ones
+    assert ("calibrator set 'plasma' (calibrators.csv): flumatinib has no LQC, MQC, HQC level: ICH M10 3.3.1 needs low, "
+            "mid and high QCs; add the missing levels to calibrators.csv") in problems
+    _rewrite(plasma_batch, lambda lines: [line for line in lines if ",qc," not in line])
+    batch = load_batch(plasma_batch)
+    assert batch.method.calibrator_set_for("plasma").levels == tuple(f"CAL{i}" for i in range(1, 9))
+
+
+def test_a_method_without_calibrator_sets_takes_any_matrix(plasma_batch, tmp_path):
+    """A peaks-only method (no [calibrator_sets]) quantifies nothing, so no matrix needs a set."""
+    import re
+
+    from lcmsquant.method import default_method_path, load_method
+
+    text = re.sub(r"\[calibrator_sets\.\w+\]\nfile = .*\nmatrices = .*\n\n", "", default_method_path().read_text())
+    (tmp_path / "peaks-only.toml").write_text(text)
+    method = load_method(tmp_path / "peaks-only.toml")
+    assert method.peaks_only
+    batch = load_batch(plasma_batch, method)
+    assert {inj.matrix for inj in batch.injections} == {"plasma", "serum", "marrow"}
+    _rewrite(plasma_batch, lambda lines: [lines[0]] + [line.replace(",CAL3,", ",CAL33,") for line in lines[1:]])
+    assert load_batch(plasma_batch, method)  # a calibrator level no set lists: there is no set to list it

@@ -106,7 +106,8 @@ def load_batch(folder: Path | str, method: Method | None = None) -> Batch:
     calibrators_path = folder / CALIBRATORS
     if calibrators_path.is_file():
         try:
-            method = apply_batch_calibrators(method, calibrators_path, set(table.get("matrix", [])))
+            qc_matrices = set(table.loc[table["sample_type"] == "qc", "matrix"])
+            method = apply_batch_calibrators(method, calibrators_path, set(table.get("matrix", [])), qc_matrices)
         except MethodError as err:
             problems.extend(err.problems)
     problems.extend(check_worklist(table, folder, method))
@@ -192,7 +193,8 @@ def check_worklist(table: pd.DataFrame, folder: Path, method: Method) -> list[st
         if matrix not in MATRICES:
             problems.append(f"{where}: unknown matrix '{matrix}' (use one of {', '.join(MATRICES)})")
         cal_set = method.calibrator_set_for(matrix) if matrix in MATRICES else None
-        if matrix in MATRICES and cal_set is None and stype in ("calibrator", "qc", "unknown"):
+        # A peaks-only method serves every matrix alike: nothing is quantified.
+        if matrix in MATRICES and cal_set is None and stype in ("calibrator", "qc", "unknown") and not method.peaks_only:
             problems.append(f"{where}: the method has no calibrator set for matrix '{matrix}'")
         level = row["level"]
         if stype in ("calibrator", "qc"):
@@ -232,11 +234,15 @@ def _file_problem(folder: Path, file: str) -> str:
     return ""
 
 
-def apply_batch_calibrators(method: Method, path: Path, batch_matrices: set[str]) -> Method:
+def apply_batch_calibrators(
+    method: Method, path: Path, batch_matrices: set[str], qc_matrices: set[str] | None = None
+) -> Method:
     """The method with the batch's calibrators.csv in place of its own nominal concentrations.
 
     With a `matrix` column, the file replaces the calibrator set of each matrix it names (and so
     serves every matrix that set served); without one, it replaces every set the batch uses.
+    A set needs low, mid and high QC levels only when it serves QCs of the batch (`qc_matrices`,
+    the matrices of the worklist's QC rows; None: always).
     """
     table = read_calibrator_csv(path)
     if "matrix" in table.columns:
@@ -254,7 +260,8 @@ def apply_batch_calibrators(method: Method, path: Path, batch_matrices: set[str]
         matrices = current.matrices if current is not None else (matrix,)
         new = CalibratorSet(name, matrices, rows.reset_index(drop=True), str(path))
         sets[name] = new
-        problems.extend(check_calibrator_set(new, method))
+        needs_qcs = qc_matrices is None or bool(set(matrices) & qc_matrices)
+        problems.extend(check_calibrator_set(new, method, needs_qcs))
     if problems:
         raise MethodError(path, problems)
     return method.with_calibrator_sets(tuple(sets.values()))

@@ -165,15 +165,32 @@ def _print_outcome(outcome, several: bool) -> None:
             f"[yellow]warning:[/] reading changed or doubted something in {outcome.read_warnings} injection(s): "
             f"see read_warnings in {escape(str(outcome.out_dir / 'run.json'))}", highlight=False,
         )
-    table = summary_table(outcome.summary)
-    if several:
-        table.title = f"Run summary: {escape(str(outcome.folder))}"
-    console.print(table)
+    if outcome.peaks_only:
+        _print_peaks_only(outcome, several)
+    else:
+        table = summary_table(outcome.summary)
+        if several:
+            table.title = f"Run summary: {escape(str(outcome.folder))}"
+        console.print(table)
     if outcome.report_problem:
         errors.print(f"[yellow]warning:[/] report.html not written: {escape(outcome.report_problem)}", highlight=False)
     has_report = (outcome.out_dir / "report.html").is_file()
     console.print(
         f"Results written to {escape(str(outcome.out_dir))}" + (" (open report.html in a browser)" if has_report else ""),
+        highlight=False,
+    )
+
+
+def _print_peaks_only(outcome, several: bool) -> None:
+    """A peaks-only run has no curve and no verdict: say so and why, and what was found."""
+    from lcmsquant.method import PEAKS_ONLY
+
+    c = outcome.peak_counts
+    console.print(
+        f"Run summary{f' of {escape(str(outcome.folder))}' if several else ''}: [bold]{PEAKS_ONLY}[/]\n"
+        f"{escape(outcome.peaks_only[:1].upper() + outcome.peaks_only[1:])}.\n"
+        f"{c['injections']} injection(s) x {c['analytes']} analyte(s): quantifier peak found {c['found']}, "
+        f"no peak {c['no_peak']}, no data {c['no_data']}, no IS peak {c['no_is']}; flagged {c['flagged']}.",
         highlight=False,
     )
 
@@ -249,7 +266,8 @@ def method_import(
         _fail(err)
     except OSError as err:
         _fail(ValueError(f"{transition_list}: {err.strerror}"))
-    console.print(f"Method written to {written}; add [calibrator_sets] before quantifying with it", markup=False)
+    console.print(f"Method written to {written}; without [calibrator_sets] it runs peaks only (areas, retention times, "
+                  f"flags): add them, or a calibrators.csv to a batch, to quantify with it", markup=False)
 
 
 @app.command()

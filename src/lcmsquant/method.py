@@ -30,6 +30,11 @@ CALIBRATOR_LEVEL = re.compile(r"^CAL\d+$")
 DEFAULT_ION_RATIO_TIERS = ((50.0, 20.0), (20.0, 25.0), (10.0, 30.0), (0.0, 50.0))
 
 
+# What a run with a peaks-only method (see Method.peaks_only) says it is, in the run summary,
+# run.json and the report.
+PEAKS_ONLY = "peaks only: no calibration"
+
+
 class MethodError(InputError):
     """A method or calibrator file that cannot be used; `problems` lists every reason."""
 
@@ -185,6 +190,12 @@ class Method:
 
     def calibrator_set_for(self, matrix: str) -> CalibratorSet | None:
         return next((s for s in self.calibrator_sets if matrix in s.matrices), None)
+
+    @property
+    def peaks_only(self) -> bool:
+        """No calibrator sets (a method imported from a transition list): the method integrates
+        peaks but cannot quantify, so a run with it has no curve, no concentration, no verdict."""
+        return not self.calibrator_sets
 
     def transitions(self) -> tuple[Transition, ...]:
         """Every transition the instrument must deliver, internal standards first."""
@@ -598,8 +609,12 @@ def read_calibrator_csv(path: Path | str) -> pd.DataFrame:
     return table
 
 
-def check_calibrator_set(s: CalibratorSet, method: Method) -> list[str]:
-    """Every analyte needs enough calibrator levels; unknown analytes are refused."""
+def check_calibrator_set(s: CalibratorSet, method: Method, needs_qcs: bool = True) -> list[str]:
+    """Every analyte needs enough calibrator levels; unknown analytes are refused.
+
+    needs_qcs: the low, mid and high QC levels must be there (a method's own set, and a batch's
+    calibrators.csv when the batch holds QCs it serves); the QC levels given are checked anyway.
+    """
     where = f"calibrator set '{s.name}' ({Path(s.source).name})"
     problems = []
     known = {a.name for a in method.analytes}
@@ -617,8 +632,11 @@ def check_calibrator_set(s: CalibratorSet, method: Method) -> list[str]:
         low, high = cal["nominal"].min(), cal["nominal"].max()
         qcs = rows[~rows["level"].str.match(CALIBRATOR_LEVEL)]
         missing = [lvl for lvl in ("LQC", "MQC", "HQC") if lvl not in set(qcs["level"])]
-        if missing:
-            problems.append(f"{where}: {a.name} has no {', '.join(missing)} level: ICH M10 3.3.1 needs low, mid and high QCs")
+        if missing and needs_qcs:
+            problems.append(
+                f"{where}: {a.name} has no {', '.join(missing)} level: ICH M10 3.3.1 needs low, mid and high QCs; "
+                f"add the missing levels to {Path(s.source).name}"
+            )
         for _, qc in qcs.iterrows():
             if qc["level"] != "DQC" and not (low <= qc["nominal"] <= high):
                 problems.append(

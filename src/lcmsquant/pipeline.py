@@ -6,7 +6,7 @@ written here.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +14,11 @@ import pandas as pd
 
 from lcmsquant import acceptance
 from lcmsquant.acceptance import Rule
-from lcmsquant.batch import Batch, Injection, load_batch, resolve_method_path
+from lcmsquant.batch import CALIBRATORS, Batch, Injection, load_batch, resolve_method_path
 from lcmsquant.calibration import CalibrationResult, calibrate
 from lcmsquant.measure import AUDITED, PEAK_FIELDS, measure_batch
-from lcmsquant.method import Analyte, Method, load_method
+from lcmsquant.method import Analyte, CalibratorSet, Method, load_method
+from lcmsquant.results import CALIBRATION_COLUMNS
 from lcmsquant.reanalysis import COLUMNS as REANALYSIS_COLUMNS
 from lcmsquant.reanalysis import reanalysis_list
 
@@ -41,6 +42,7 @@ class RunResult:
     verdicts: dict = field(default_factory=dict)  # (analyte, set) -> {"accepted": bool, "reasons": [...]}
     injection_errors: dict = field(default_factory=dict)  # injection order -> message
     reanalysis: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=REANALYSIS_COLUMNS), repr=False)
+    peaks_only: str = ""  # why the run has no calibration at all (see peaks_only_reason); "" when calibrated
 
 
 # What the acceptance rules read of an analyte's rows (copying all ~60 columns for every rule's
@@ -64,19 +66,24 @@ def quantify(batch: Batch, peaks: pd.DataFrame, injection_errors: dict | None = 
     table["excluded"] = False
     table["exclusion_reason"] = ""
     n_unknowns = int((batch.worklist["sample_type"] == "unknown").sum())
+    # Every set that serves a calibrator, QC or study sample of the batch is judged; one without
+    # a calibrator injection has no curve, and the analyte is rejected for it (ICH M10 3.2.4).
     calibrated_sets = []
     for cal_set in method.calibrator_sets:
         in_set = table["matrix"].isin(cal_set.matrices)
-        if (in_set & (table["sample_type"] == "calibrator")).any():
+        if (in_set & table["sample_type"].isin(["calibrator", "qc", "unknown"])).any():
             table.loc[in_set, "calibrator_set"] = cal_set.name
             calibrated_sets.append(cal_set)
     table = _add_is_response(table, method)
     exclusions = _manual_exclusions(batch)
     for cal_set in calibrated_sets:
         in_set = table["calibrator_set"] == cal_set.name
+        no_calibrators = not (in_set & (table["sample_type"] == "calibrator")).any()
         for analyte in method.analytes:
             rows = in_set & (table["analyte"] == analyte.name)
             result = _calibrate_analyte(table, rows, analyte, method, exclusions)
+            if no_calibrators:
+                result = replace(result, problem=_no_calibrators(cal_set))
             table.loc[rows, "lloq"] = result.lloq if result.lloq is not None else np.nan
             table.loc[rows, "uloq"] = result.uloq if result.uloq is not None else np.nan
             if result.curve is not None:
@@ -108,11 +115,38 @@ def quantify(batch: Batch, peaks: pd.DataFrame, injection_errors: dict | None = 
     return RunResult(
         results=table,
         peaks=peaks,
-        calibration=pd.DataFrame(calibration_rows),
+        calibration=pd.DataFrame(calibration_rows, columns=list(CALIBRATION_COLUMNS)),
         rules=tuple(rules),
         verdicts=verdicts,
         injection_errors=dict(injection_errors or {}),
         reanalysis=reanalysis,
+        peaks_only=peaks_only_reason(batch),
+    )
+
+
+def peaks_only_reason(batch: Batch) -> str:
+    """Why the batch's run is peaks only (method.PEAKS_ONLY), and what it reports instead ("" when
+    the method, with the batch's calibrators.csv, has calibrator sets)."""
+    method = batch.method
+    if not method.peaks_only:
+        return ""
+    return (
+        f"the method '{method.name}' ({Path(method.path).name or 'not from a file'}) has no "
+        f"[calibrator_sets] and the batch folder no {CALIBRATORS}, so areas, area ratios, retention times and "
+        f"flags are reported, with no curve, no concentration and no ICH M10 verdict; to quantify, add "
+        f"[calibrator_sets] to the method or a {CALIBRATORS} to the batch folder"
+    )
+
+
+def _either(words) -> str:
+    words = list(words)
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+def _no_calibrators(cal_set: CalibratorSet) -> str:
+    return (
+        f"no calibrator injection of set '{cal_set.name}' in the batch (worklist rows with sample_type "
+        f"calibrator and matrix {_either(cal_set.matrices)}): no curve, so nothing of this set is quantified"
     )
 
 
@@ -300,6 +334,7 @@ def _finish(table: pd.DataFrame, method: Method) -> pd.DataFrame:
     """Concentration (after dilution), accuracy and flags of every row."""
     min_sn = method.integration.min_sn
     no_peak_as_blq = method.integration.no_peak_as_blq
+    peaks_only = method.peaks_only  # no curve, so no range: a missing peak is not BLQ either
     bc = table["back_calculated"]
     below = bc.notna() & table["lloq"].notna() & (bc < table["lloq"] - 1e-12)
     above = bc.notna() & table["uloq"].notna() & (bc > table["uloq"] + 1e-12)
@@ -322,7 +357,7 @@ def _finish(table: pd.DataFrame, method: Method) -> pd.DataFrame:
             f.append("NO_DATA")
         elif row["quant_status"] == "NO_PEAK":
             f.append("NO_PEAK")
-            if no_peak_as_blq and row["sample_type"] == "unknown" and row["is_status"] == "OK":
+            if no_peak_as_blq and not peaks_only and row["sample_type"] == "unknown" and row["is_status"] == "OK":
                 f.append("BLQ")
         if row["sample_type"] != "blank" and row["is_status"] == "NO_PEAK":
             f.append("NO_IS")

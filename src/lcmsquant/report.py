@@ -24,8 +24,9 @@ from lcmsquant import acceptance
 from lcmsquant import report_figures as figures
 from lcmsquant.chromatograms import ChromatogramReadError, read_traces
 from lcmsquant.files import InputError, atomic_write
+from lcmsquant.method import PEAKS_ONLY
 from lcmsquant.reanalysis import COLUMNS as REANALYSIS_COLUMNS
-from lcmsquant.results import RunOutputs, read_results, sample_counts
+from lcmsquant.results import RunOutputs, peak_counts, read_results, sample_counts
 
 REPORT_HTML = "report.html"
 REPORT_PDF = "report.pdf"
@@ -145,7 +146,28 @@ def reanalysis_list(files: RunOutputs) -> pd.DataFrame:
     return pd.DataFrame(columns=list(REANALYSIS_COLUMNS))
 
 
+def peaks_only(files: RunOutputs) -> str:
+    """Why the run has no calibration at all (run.json's `peaks_only`); "" for a calibrated run."""
+    return str(files.summary.get("peaks_only", "") or "")
+
+
+def peak_overview(files: RunOutputs) -> list[dict]:
+    """Per analyte, over every injection, what was found (results.peak_counts): the verdict
+    section of a peaks-only run, which has no verdict."""
+    return [
+        {"analyte": analyte, "internal_standard": table["internal_standard"].iloc[0], **peak_counts(table)}
+        for analyte, table in files.results.groupby("analyte", sort=False)
+    ]
+
+
 def verdict_section(files: RunOutputs) -> dict:
+    why = peaks_only(files)
+    if why:
+        return {
+            "accepted": False, "peaks_only": True, "headline": PEAKS_ONLY[:1].upper() + PEAKS_ONLY[1:],
+            "why": why[:1].upper() + why[1:] + ".", "rows": [], "overview": peak_overview(files),
+            "injection_errors": sorted(files.summary.get("injection_errors", {}).items(), key=lambda kv: int(kv[0])),
+        }
     analytes = files.summary.get("analytes", {})
     rows = []
     for analyte, cal_set in _sets(files):
@@ -170,7 +192,7 @@ def verdict_section(files: RunOutputs) -> dict:
         if len(rows) - len(rejected) > 0:
             headline += f"; {len(rows) - len(rejected)} of {len(rows)} accepted"
     return {
-        "accepted": accepted_run, "headline": headline, "rows": rows,
+        "accepted": accepted_run, "peaks_only": False, "headline": headline, "rows": rows,
         "injection_errors": sorted(files.summary.get("injection_errors", {}).items(), key=lambda kv: int(kv[0])),
     }
 
@@ -363,9 +385,16 @@ def is_response_table(files: RunOutputs) -> list[dict]:
 
 def checks_section(files: RunOutputs) -> dict:
     acc = files.acceptance
+    # Without a curve there is no LLOQ response to judge blanks against; the IS response is
+    # judged where the batch has calibrators or QCs to give its reference.
+    only_peaks = bool(peaks_only(files))
     blanks = blank_checks(files)
+    if only_peaks:
+        blanks = blanks.iloc[0:0]
     is_blocks = []
     for item in is_response_table(files):
+        if only_peaks and not _finite(item["reference"]):
+            continue
         points = item["points"]
         title = f"{item['internal_standard']} response by injection ({item['set']} curve)"
         key = f"is{item['internal_standard']}{item['set']}"
@@ -391,7 +420,7 @@ def checks_section(files: RunOutputs) -> dict:
         "analyte_limit": f"{acc.carryover_pct_of_lloq:g}", "is_limit": f"{acc.carryover_is_pct:g}",
         "selectivity_analyte_limit": f"{acc.selectivity_pct_of_lloq:g}", "selectivity_is_limit": f"{acc.selectivity_is_pct:g}",
         "band": f"{acc.is_response_band_pct[0]:g}-{acc.is_response_band_pct[1]:g}",
-        "is_blocks": is_blocks,
+        "is_blocks": is_blocks, "peaks_only": only_peaks,
     }
 
 
@@ -401,7 +430,10 @@ def checks_section(files: RunOutputs) -> dict:
 
 def samples_section(files: RunOutputs, reanalysis: pd.DataFrame) -> dict:
     results = files.results
-    unknown = results[results["sample_type"] == "unknown"].sort_values(["injection", "analyte"], kind="stable")
+    only_peaks = bool(peaks_only(files))
+    # A peaks-only run has no study-sample result: every injection is listed with its peak.
+    unknown = results if only_peaks else results[results["sample_type"] == "unknown"]
+    unknown = unknown.sort_values(["injection", "analyte"], kind="stable")
     rows = []
     for _, r in unknown.iterrows():
         flags = flag_list(r["flags"])
@@ -422,12 +454,15 @@ def samples_section(files: RunOutputs, reanalysis: pd.DataFrame) -> dict:
             "area_ratio": fmt(r["area_ratio"]), "area_ratio_key": sort_key(r["area_ratio"]),
             "concentration": shown, "concentration_key": key,
             "flags": flags, "reportable": bool(r["reportable"]),
+            **({"sample_type": r["sample_type"], "rt": fmt(r["rt_min"]), "rt_key": sort_key(r["rt_min"]),
+                "area": fmt(r["area"]), "area_key": sort_key(r["area"]), "is_area": fmt(r["is_area"]),
+                "is_area_key": sort_key(r["is_area"])} if only_peaks else {}),
         })
     reanalysis_rows = [
         {k: ("" if isinstance(v, float) and not math.isfinite(v) else (fmt(v) if isinstance(v, float) else v)) for k, v in row.items()}
         for row in reanalysis.to_dict("records")
     ]
-    return {"rows": rows, "reanalysis_columns": list(reanalysis.columns), "reanalysis": reanalysis_rows,
+    return {"rows": rows, "peaks_only": only_peaks, "reanalysis_columns": list(reanalysis.columns), "reanalysis": reanalysis_rows,
             "units": files.units, "source": "reanalysis.csv" if files.reanalysis is not None else "no reanalysis.csv (a results folder written before it existed)"}
 
 

@@ -150,11 +150,14 @@ def reanalysis_table(run: RunResult) -> pd.DataFrame:
 
 
 def calibration_table(run: RunResult) -> pd.DataFrame:
-    return _rounded(run.calibration)
+    """calibration.csv: one row per analyte x calibrator set (the header alone when there is none)."""
+    table = run.calibration if len(run.calibration.columns) else pd.DataFrame(columns=list(CALIBRATION_COLUMNS))
+    return _rounded(table)
 
 
 def run_summary(batch: Batch, run: RunResult) -> dict:
-    """run.json: verdicts, every rule with its measured value and limit, and provenance."""
+    """run.json: verdicts, every rule with its measured value and limit, and provenance; for a
+    run without calibration, `peaks_only` says why (see pipeline.peaks_only_reason)."""
     analytes = {}
     for (analyte, cal_set), v in run.verdicts.items():
         analytes.setdefault(analyte, {})[cal_set] = {
@@ -164,11 +167,16 @@ def run_summary(batch: Batch, run: RunResult) -> dict:
     results = run.results
     unknown = results[results["sample_type"] == "unknown"]
     counts = {analyte: sample_counts(rows) for analyte, rows in unknown.groupby("analyte")}
-    return {
+    summary = {
         "lcmsquant": __version__,
         "results_format": RESULTS_FORMAT,
         "batch": batch.folder.name,
         "run_accepted": all(v["accepted"] for v in run.verdicts.values()) if run.verdicts else False,
+    }
+    if run.peaks_only:  # the key exists only then: a calibrated run's run.json is as before
+        summary["peaks_only"] = run.peaks_only
+    return {
+        **summary,
         "analytes": analytes,
         "sample_counts": counts,
         "rules": [r.as_dict() for r in run.rules],
@@ -202,6 +210,22 @@ def sample_counts(unknown: pd.DataFrame) -> dict[str, int]:
         "alq": int(flags.map(lambda f: "ALQ" in f).sum()),
         "flagged": int((unknown["flags"] != "").sum()),
         "reanalyse": int((unknown["reanalysis"] != "").sum()) if "reanalysis" in unknown else 0,
+    }
+
+
+def peak_counts(rows: pd.DataFrame) -> dict[str, int]:
+    """What was found in these results rows (injection x analyte): quantifier peaks found, no
+    peak, no data, no IS peak, rows flagged. What a peaks-only run, without curve or verdict,
+    has to summarise."""
+    flags = rows["flags"].str.split(";")
+    return {
+        "injections": int(rows["injection"].nunique()),
+        "analytes": int(rows["analyte"].nunique()),
+        "found": int(rows["area"].notna().sum()),
+        "no_peak": int(flags.map(lambda f: "NO_PEAK" in f).sum()),
+        "no_data": int(flags.map(lambda f: "NO_DATA" in f).sum()),
+        "no_is": int(flags.map(lambda f: "NO_IS" in f).sum()),
+        "flagged": int((rows["flags"] != "").sum()),
     }
 
 

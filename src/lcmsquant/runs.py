@@ -20,7 +20,7 @@ from lcmsquant.batch import load_batch, resolve_method_path
 from lcmsquant.files import InputError
 from lcmsquant.method import load_method
 from lcmsquant.measure import measure_batch, resolve_jobs
-from lcmsquant.results import results_lock, sample_counts, write_outputs
+from lcmsquant.results import peak_counts, results_lock, sample_counts, write_outputs
 from lcmsquant.workers import release_server
 
 if TYPE_CHECKING:
@@ -48,6 +48,8 @@ class BatchOutcome:
     injection_errors: dict = field(default_factory=dict)  # injection order -> message (NO_DATA)
     read_warnings: int = 0  # injections whose reading changed or doubted something
     report_problem: str = ""  # why report.html could not be written; the results stand
+    peaks_only: str = ""  # why the run has no calibration (pipeline.peaks_only_reason); "" when calibrated
+    peak_counts: dict = field(default_factory=dict)  # a peaks-only run's summary (results.peak_counts)
 
     @property
     def ok(self) -> bool:
@@ -129,7 +131,8 @@ def process_batch(
     warned = set(result.peaks.loc[result.peaks["read_warnings"] != "", "injection"]) if "read_warnings" in result.peaks else set()
     return BatchOutcome(
         folder, out, summary=summary_rows(result), injection_errors=dict(result.injection_errors),
-        read_warnings=len(warned), report_problem=report_problem,
+        read_warnings=len(warned), report_problem=report_problem, peaks_only=result.peaks_only,
+        peak_counts=peak_counts(result.results) if result.peaks_only else {},
     )
 
 
