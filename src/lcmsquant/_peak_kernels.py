@@ -33,7 +33,7 @@ RISE_Z = 5.0
 # A valley lower than RESOLVED_SIGMA x the baseline noise, or RESOLVED_FRACTION of the apex
 # height, above the baseline reaches the baseline: it ends the peak without a split.
 RESOLVED_SIGMA = 2.0
-RESOLVED_FRACTION = 0.02
+RESOLVED_FRACTION = 0.05
 # The counting gain is fitted to the points more than GAIN_SIGNAL x the baseline noise above it.
 GAIN_SIGNAL = 5.0
 # A shoulder's curvature stands out by more than SHOULDER_Z x its noise.
@@ -191,9 +191,41 @@ def robust_line_kept(x, y):
 
 
 @_jit
+def off_peaks(x, y):
+    """The points of a baseline region that are not on another peak: a line is refitted without
+    the points lying more than 3 noise SDs above it until none is left out anew (peaks only ever
+    rise above a baseline, so a neighbour or a matrix peak in the region cannot lift the line).
+    All points when fewer than 30 % (or 3) would be left."""
+    n = len(x)
+    keep = np.ones(n, dtype=np.bool_)
+    sigma = noise_sigma(y)
+    if n < 6 or not sigma > 0:
+        return keep
+    for _ in range(8):
+        slope, intercept = line(x[keep], y[keep])
+        new_keep = y - (intercept + slope * x) <= 3.0 * sigma
+        kept = np.count_nonzero(new_keep)
+        if kept < max(3, 0.3 * n):
+            return np.ones(n, dtype=np.bool_)
+        if np.all(new_keep == keep):
+            break
+        keep = new_keep
+    return keep
+
+
+@_jit
+def baseline_line(x, y):
+    """robust_line_kept on the points off other peaks (off_peaks)."""
+    keep = off_peaks(x, y)
+    return robust_line_kept(x[keep], y[keep]) if not np.all(keep) else robust_line_kept(x, y)
+
+
+@_jit
 def level_or_line(x, y):
-    """robust_line, or a flat level (the mean of the points it kept) when its slope is within 2
-    standard errors of zero. Returns (intercept, slope)."""
+    """robust_line off other peaks, or a flat level (the mean of the points it kept) when its
+    slope is within 2 standard errors of zero. Returns (intercept, slope)."""
+    off = off_peaks(x, y)
+    x, y = x[off], y[off]
     slope, intercept, keep, spread = robust_line_kept(x, y)
     if spread > 0:
         xs, ys = x[keep], y[keep]
@@ -228,7 +260,7 @@ def baseline_around(time, intensity, smoothed, apex):
     x = np.concatenate((time[:lo], time[hi + 1:]))
     y = np.concatenate((intensity[:lo], intensity[hi + 1:]))
     if len(x) >= 2 and x[-1] > x[0]:
-        slope, intercept, _, _ = robust_line_kept(x, y)
+        slope, intercept, _, _ = baseline_line(x, y)
     else:
         slope, intercept = 0.0, median(y)
     return intercept, slope, y
