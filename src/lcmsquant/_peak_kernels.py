@@ -663,6 +663,36 @@ def half_width(above, apex, step, noise):
 
 
 @_jit
+def candidate_apices(time, intensity, expected_rt, window, min_sn, smoothing):
+    """Apex times (min) and prominences of every local maximum of the smoothed trace in the
+    window standing out by min_sn x the noise, most prominent first."""
+    n = len(time)
+    smoothed = convolve_nearest(intensity, smoothing)
+    first, last, tallest = -1, -1, -1
+    for i in range(n):
+        if abs(time[i] - expected_rt) <= window:
+            if first < 0:
+                first = i
+            last = i
+            if tallest < 0 or smoothed[i] > smoothed[tallest]:
+                tallest = i
+    if first < 0:
+        return np.empty(0), np.empty(0)
+    _, _, sigma = baseline_and_noise(time, intensity, smoothed, tallest)
+    padded = np.empty(n + 2)
+    padded[0] = padded[n + 1] = smoothed.min()
+    padded[1: n + 1] = smoothed
+    apices, proms = prominent_peaks(padded, min_sn * sigma)
+    inside = np.array([first <= a - 1 <= last for a in apices], dtype=np.bool_)
+    apices, proms = apices[inside] - 1, proms[inside]
+    order = np.argsort(-proms, kind="mergesort")
+    times = np.empty(len(order))
+    for k in range(len(order)):
+        times[k] = refine_apex(time, smoothed, apices[order[k]])
+    return times, proms[order]
+
+
+@_jit
 def own_smoothing_width(light, base, apex, noise, default, n):
     """Smoothing width (odd, points) fitted to the peak at `apex` of the lightly smoothed trace
     (`noise`: its SD at each point): its width at half height, at least 5 points (and the
@@ -737,6 +767,7 @@ def _warm_up() -> None:
     noise_sigma(y)
     robust_line_kept(t, y)
     find_peak(t, y, 0.5, 0.2, 3.0, weights, weights)
+    candidate_apices(t, y, 0.5, 0.2, 3.0, weights)
     integrate(t, y, 20, 40, 10.0, 0.0, 1.0, y, False, y)
 
 

@@ -20,7 +20,7 @@ from lcmsquant.batch import Batch, Injection
 from lcmsquant.chromatograms import ChromatogramReadError, Trace, read_injection
 from lcmsquant.method import Analyte, Method, Transition
 from lcmsquant.overrides import OVERRIDES, Override, OverrideError
-from lcmsquant.peaks import Peak, PeakSearch, find_peak, integrate_between
+from lcmsquant.peaks import Peak, PeakSearch, find_peak, integrate_between, peak_candidates
 from lcmsquant.workers import PARALLEL_MIN_INJECTIONS, WorkerDeath, map_in_workers
 
 AUDITED = ("status", "rt_min", "start_min", "end_min", "area")
@@ -84,12 +84,48 @@ def measure_injection(
             found_rt[istd.name] = peak.rt
     for analyte in method.analytes:
         expected, window = predicted_rt(analyte, method, found_rt, offset)
-        quant = measure(analyte.quantifier, PeakSearch(expected, window, integ.min_detection_sn))
+        search = coeluting_search(traces, analyte, PeakSearch(expected, window, integ.min_detection_sn))
+        quant = measure(analyte.quantifier, search)
         for qual in analyte.qualifiers:
             q_expected = quant.rt if quant is not None else expected
             q_window = integ.anchored_rt_window if quant is not None else window
             measure(qual, PeakSearch(q_expected, q_window, integ.min_detection_sn))
     return rows, ""
+
+
+# A qualifier peak within this many minutes of a quantifier candidate's apex co-elutes with it;
+# candidates less prominent than this fraction of the most prominent one are not considered.
+COELUTION_MIN = 0.05
+COELUTION_MIN_PROMINENCE = 1 / 3
+
+
+def coeluting_search(traces: Mapping[Transition, Trace | None], analyte: Analyte, search: PeakSearch) -> PeakSearch:
+    """Where to integrate the quantifier: around the most prominent candidate in the window whose
+    qualifiers all have a peak at the same time, when the most prominent one has none (an
+    interference that the qualifiers do not see); otherwise the search as given."""
+    quantifier = traces.get(analyte.quantifier)
+    if not analyte.qualifiers or quantifier is None or not quantifier.usable:
+        return search
+    candidates = peak_candidates(quantifier.time, quantifier.intensity, search)
+    if len(candidates) < 2:
+        return search
+    qualifier_apices = []
+    for qual in analyte.qualifiers:
+        trace = traces.get(qual)
+        if trace is None or not trace.usable:
+            return search
+        qualifier_apices.append([rt for rt, _ in peak_candidates(trace.time, trace.intensity, search)])
+
+    def coelutes(rt: float) -> bool:
+        return all(any(abs(q - rt) <= COELUTION_MIN for q in apices) for apices in qualifier_apices)
+
+    if coelutes(candidates[0][0]):
+        return search
+    strongest = candidates[0][1]
+    for rt, prominence in candidates[1:]:
+        if prominence >= COELUTION_MIN_PROMINENCE * strongest and coelutes(rt):
+            return PeakSearch(rt, COELUTION_MIN, search.min_sn)
+    return search
 
 
 # Peaks that set the run's RT offset: internal standards at this S/N or more, off no trace edge,

@@ -80,7 +80,10 @@ class PeakSearch:
 
 
 def find_peak(time: np.ndarray, intensity: np.ndarray, search: PeakSearch) -> Peak | None:
-    """The most prominent peak whose apex lies in the search window, or None if none is detected."""
+    """The most prominent peak whose apex lies in the search window, or None if none is detected.
+
+    (lcmsquant.measure chooses among the candidates by co-elution first, then calls this
+    around the chosen one.)"""
     time, intensity = _clean(time, intensity)
     if len(time) < 5:
         return None
@@ -90,6 +93,19 @@ def find_peak(time: np.ndarray, intensity: np.ndarray, search: PeakSearch) -> Pe
         _savgol(width), _savgol_second_derivative(width),
     )
     return _peak(found)
+
+
+def peak_candidates(time: np.ndarray, intensity: np.ndarray, search: PeakSearch) -> list[tuple[float, float]]:
+    """(apex RT, prominence) of every peak whose apex lies in the search window, most prominent
+    first: what `find_peak` chooses from."""
+    time, intensity = _clean(time, intensity)
+    if len(time) < 5:
+        return []
+    width = _kernels().smoothing_width(time)
+    times, prominences = _kernels().candidate_apices(
+        time, intensity, float(search.expected_rt), float(search.window), float(search.min_sn), _savgol(width)
+    )
+    return [(float(t), float(p)) for t, p in zip(times, prominences)]
 
 
 def integrate_between(time: np.ndarray, intensity: np.ndarray, start_rt: float, end_rt: float) -> Peak | None:
