@@ -122,6 +122,24 @@ def test_simulate_writes_a_batch_and_its_truth_beside_it(tmp_path):
     assert lcmsquant_cli("simulate", tmp_path / "x", "--matrix", "urine").returncode == 2
 
 
+def test_simulate_looks_like_the_instrument(tmp_path):
+    from lcmsquant.chromatograms import read_traces
+
+    done = lcmsquant_cli("simulate", tmp_path / "sim", "--seed", 2, "--unknowns", 6)
+    assert done.returncode == 0, done.stderr
+    worklist = pd.read_csv(tmp_path / "sim" / "worklist.csv")
+    trace = read_traces(tmp_path / "sim" / worklist["file"].iloc[0])[0]
+    # the instrument acquisition: whole cps, a cycle time that changes
+    assert (trace.intensity == trace.intensity.round()).all()
+    assert len(set((trace.time[1:] - trace.time[:-1]).round(5))) > 1
+    smooth = lcmsquant_cli("simulate", tmp_path / "smooth", "--unknowns", 6, "--acquisition", "smooth")
+    assert smooth.returncode == 0, smooth.stderr
+    for bad in (("--acquisition", "perfect"), ("--unknowns", "3")):
+        done = lcmsquant_cli("simulate", tmp_path / "x", *bad)
+        assert done.returncode == 2 and bad[0] in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "x").exists()
+
+
 def test_shipped_example_runs(tmp_path):
     example = Path(__file__).resolve().parents[1] / "examples" / "plasma-batch"
     done = lcmsquant_cli("run", example, "--out", tmp_path)

@@ -25,6 +25,7 @@ TRUTH_COLUMNS = ["sample_id", "sample_type", "level", "matrix", "analyte", "true
                  "dilution_factor", "interference"]
 N_UNKNOWNS = 8
 SEED = 11
+INSTRUMENT = "instrument"  # the module's batch is acquired as a real QTRAP would (not the library default yet)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def method():
 @pytest.fixture(scope="module")
 def plasma_batch(tmp_path_factory):
     out = tmp_path_factory.mktemp("sim") / "plasma_run"
-    truth = simulate_batch(out, seed=SEED, options=SimulationOptions(n_unknowns=N_UNKNOWNS))
+    truth = simulate_batch(out, seed=SEED, options=SimulationOptions(n_unknowns=N_UNKNOWNS, acquisition=INSTRUMENT))
     return out, truth
 
 
@@ -71,7 +72,13 @@ def crude_area(time: np.ndarray, intensity: np.ndarray, centre: float, half_widt
 
 
 def apex(time: np.ndarray, intensity: np.ndarray) -> float:
-    return float(time[np.argmax(intensity)])
+    """The top of a parabola fitted within 2.5 s of the highest 3-point mean: the highest raw
+    point of a jagged top can be a point or two off the apex."""
+    i = int(np.argmax(np.convolve(intensity, np.ones(3) / 3, mode="same")))
+    sel = np.abs(time - time[i]) <= 2.5 / 60
+    c = np.polyfit(time[sel] - time[i], intensity[sel], 2)
+    vertex = -c[1] / (2 * c[0]) if c[0] < 0 else 0.0
+    return float(time[i] + np.clip(vertex, -2.5 / 60, 2.5 / 60))
 
 
 def measure(folder: Path, method) -> pd.DataFrame:
@@ -127,9 +134,12 @@ def test_pyopenms_reads_tic_then_srm_in_seconds(plasma_batch, method):
         # pyopenms hands minutes back as seconds; the scheduled window is expected RT +/- 0.5 min
         assert rt[0] <= expected_s <= rt[-1]
         assert 28.0 < expected_s - rt[0] <= 30.0 and 29.0 < rt[-1] - expected_s <= 30.0
-        assert 160 <= len(rt) <= 175
-        assert np.allclose(np.diff(rt), 0.35, atol=1e-6)
+        # one point per scheduled cycle: 0.35-1 s (the cycle time changes along the run)
+        assert 60 <= len(rt) <= 172
+        assert np.diff(rt).min() >= 0.35 - 1e-6 and np.diff(rt).max() <= 1.0 + 1e-6
+        # counts / dwell written in whole cps
         assert intensity.dtype == np.float32 and intensity.min() >= 0
+        assert np.array_equal(intensity, np.round(intensity))
         assert rt[np.argmax(intensity)] == pytest.approx(expected_s, abs=0.1 * 60)  # CAL8: the peak dominates
     assert seen == set(method.transitions())
     # the TIC spans the run and sums the traces
@@ -216,8 +226,10 @@ def test_gzip_batch_loads_and_matches_plain_content(tmp_path, method):
 
 def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path, plasma_batch):
     folder, truth = plasma_batch
-    again = simulate_batch(tmp_path / "plasma_run", seed=SEED, options=SimulationOptions(n_unknowns=N_UNKNOWNS))
-    other = simulate_batch(tmp_path / "other", seed=SEED + 1, options=SimulationOptions(n_unknowns=N_UNKNOWNS))
+    again = simulate_batch(tmp_path / "plasma_run", seed=SEED,
+                           options=SimulationOptions(n_unknowns=N_UNKNOWNS, acquisition=INSTRUMENT))
+    other = simulate_batch(tmp_path / "other", seed=SEED + 1,
+                           options=SimulationOptions(n_unknowns=N_UNKNOWNS, acquisition=INSTRUMENT))
     assert again.read_bytes() == truth.read_bytes()
     assert (tmp_path / "plasma_run" / "worklist.csv").read_bytes() == (folder / "worklist.csv").read_bytes()
     for name in read_worklist(folder).file:
@@ -343,7 +355,7 @@ def test_options_spoil_bias_dropout_and_carryover(tmp_path, plasma_batch, method
     folder, truth_path = plasma_batch
     opts = SimulationOptions(
         n_unknowns=N_UNKNOWNS, qc_bias_pct={"M1": 25.0}, spoil_calibrator=("flumatinib", "CAL5"),
-        is_dropout=("QC-MQC-1",), carryover_fraction=2e-3,
+        is_dropout=("QC-MQC-1",), carryover_fraction=2e-3, acquisition=INSTRUMENT,
     )
     spoiled_truth = simulate_batch(tmp_path / "plasma_run", seed=SEED, options=opts)
     base, spoiled = measure(folder, method).set_index("sample_id"), measure(tmp_path / "plasma_run", method).set_index("sample_id")
@@ -363,7 +375,8 @@ def test_options_spoil_bias_dropout_and_carryover(tmp_path, plasma_batch, method
 
 
 def test_csf_batch_and_input_errors(tmp_path, method):
-    truth_path = simulate_batch(tmp_path / "csf_run", seed=2, matrix="csf", options=SimulationOptions(n_unknowns=6))
+    truth_path = simulate_batch(tmp_path / "csf_run", seed=2, matrix="csf",
+                                options=SimulationOptions(n_unknowns=6, acquisition=INSTRUMENT))
     folder = tmp_path / "csf_run"
     wl = read_worklist(folder)
     assert (wl.matrix == "csf").all() and wl.sample_id.str.endswith("-CSF").sum() == 6
@@ -441,3 +454,106 @@ def test_a_simulated_study_pairs_the_same_draws_across_runs_with_known_ratios(tm
     for a, b in zip(study.runs, again.runs):
         for name in read_worklist(a).file:
             assert (a / name).read_bytes() == (b / name).read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# The instrument acquisition and the situations (issue 13): measured as
+# benchmarks/trace_statistics.py measures the real SCIEX traces
+
+
+def top_residuals(time_s: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each point minus the cubic through its two neighbours on each side, scaled to the point's
+    own scatter; and that cubic's value (the level), as benchmarks/trace_statistics.py does."""
+    i = np.arange(2, len(y) - 2)
+    nodes = np.stack([i - 2, i - 1, i + 1, i + 2])
+    w = np.ones((4, len(i)))
+    for a in range(4):
+        for b in range(4):
+            if a != b:
+                w[a] *= (time_s[i] - time_s[nodes[b]]) / (time_s[nodes[a]] - time_s[nodes[b]])
+    level = np.sum(w * y[nodes], axis=0)
+    return (y[i] - level) / np.sqrt(1 + np.sum(w ** 2, axis=0)), level
+
+
+def top_noise(folder: Path, method, names: tuple[str, ...]) -> tuple[list[float], float, list[int]]:
+    """Over the named traces of every injection holding a peak of at least 20 000 cps: the robust
+    relative scatter of the points above half height (one value per peak), the exponent b of
+    SD = a * level^b over all points above 10 % height, and the local maxima above half height."""
+    rel, levels, sds, maxima = [], [], [], []
+    for name in read_worklist(folder).file:
+        tr = traces(folder / name, method)
+        for key in names:
+            t, y = tr[key]
+            if y.max() < 20_000:
+                continue
+            res, level = top_residuals(t * 60.0, y)
+            inner = y[2:-2]
+            top, high = level >= 0.5 * y.max(), level >= 0.1 * y.max()
+            rel.append(1.4826 * float(np.median(np.abs(res[top] / level[top]))))
+            levels.append(level[high])
+            sds.append(res[high])
+            above = np.flatnonzero(inner >= 0.5 * y.max()) + 2
+            maxima.append(int(sum(y[j] > y[j - 1] and y[j] >= y[j + 1] for j in above)))
+    level, res = np.concatenate(levels), np.concatenate(sds)
+    edges = np.quantile(level, np.linspace(0, 1, 9))
+    centre, sd = [], []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (level >= lo) & (level <= hi)
+        centre.append(level[sel].mean())
+        sd.append(1.4826 * np.median(np.abs(res[sel])))
+    return rel, float(np.polyfit(np.log(centre), np.log(sd), 1)[0]), maxima
+
+
+def test_instrument_acquisition_samples_counts_and_quantises_like_a_qtrap(plasma_batch, method):
+    folder, _ = plasma_batch
+    wl = read_worklist(folder)
+    first, last = (traces(folder / wl.file.iloc[i], method) for i in (0, -1))
+    intervals = []
+    for key, (t, y) in first.items():
+        d = np.diff(t) * 60.0
+        intervals.append(d)
+        # the schedule is the instrument's: the same time points in every injection of the batch
+        assert np.array_equal(t, last[key][0])
+        # whole cps on steps of one count (1 / dwell, dwell 40-80 ms): some step of 12.5-25 cps
+        # puts every low value (up to 200 counts) within rounding of a whole number of counts
+        low = np.unique(y[(y > 0) & (y < 2500)])
+        steps = np.linspace(12.49, 25.01, 12521)
+        on_grid = np.abs(low[:, None] - np.round(low[:, None] / steps) * steps) <= 0.51
+        assert len(low) >= 3 and on_grid.all(axis=0).any(), key
+    d = np.concatenate(intervals)
+    assert 0.35 - 1e-6 <= d.min() and d.max() <= 1.0 + 1e-6
+    assert d.max() / d.min() > 1.1  # the cycle time changes along the run
+    # a quiet baseline is mostly a few counts, often none (real files: 8-9 % zeros per trace)
+    blank = traces(folder / wl.loc[wl.sample_id == "BLK-1", "file"].iloc[0], method)
+    zeros = np.mean([np.mean(y == 0) for _, y in blank.values()])
+    assert 0.01 < zeros < 0.8
+
+
+def test_instrument_peak_tops_scatter_with_the_signal_as_on_the_real_files(plasma_batch, tmp_path, method):
+    """Real SCIEX QTRAP tops (benchmarks/trace_statistics.py on the two files of
+    ../shared/data): relative point-to-point scatter 5.7 % and 9.7 % (medians over clean peaks),
+    SD ~ level^0.90 and level^0.75, 19 % and 39 % of clean peaks with more than one maximum
+    above half height. Band asserted here: scatter 3-13 %, exponent 0.6-1.1, at least 15 % of
+    peaks jagged; the former smooth acquisition is far outside it."""
+    folder, _ = plasma_batch
+    names = ("flumatinib-d3 internal standard", "M3-d4 internal standard", "flumatinib quantifier",
+             "M1 quantifier", "M3 quantifier")
+    rel, exponent, maxima = top_noise(folder, method, names)
+    assert 0.03 <= np.median(rel) <= 0.13
+    assert 0.6 <= exponent <= 1.1
+    assert np.mean(np.array(maxima) > 1) >= 0.15
+
+    smooth = tmp_path / "smooth"
+    simulate_batch(smooth, seed=SEED, options=SimulationOptions(n_unknowns=N_UNKNOWNS, acquisition="smooth"))
+    rel_smooth, exponent_smooth, maxima_smooth = top_noise(smooth, method, names)
+    assert np.median(rel_smooth) < 0.01 and exponent_smooth < 0.6
+    assert np.mean(np.array(maxima_smooth) > 1) < np.mean(np.array(maxima) > 1) / 2
+
+
+def test_smooth_acquisition_keeps_the_former_grid(tmp_path, method):
+    simulate_batch(tmp_path / "s", seed=4, options=SimulationOptions(n_unknowns=6, acquisition="smooth"))
+    t, y = traces(tmp_path / "s" / read_worklist(tmp_path / "s").file.iloc[5], method)["M1 quantifier"]
+    assert np.allclose(np.diff(t) * 60.0, 0.35, atol=1e-6) and 160 <= len(t) <= 175
+    assert not np.array_equal(y, np.round(y))
+    with pytest.raises(ValueError, match="acquisition"):
+        SimulationOptions(acquisition="perfect")

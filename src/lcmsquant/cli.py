@@ -276,6 +276,8 @@ def simulate(
     seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same files.")] = 1,
     matrix: Annotated[str, typer.Option("--matrix", help="Calibration matrix: plasma or csf.")] = "plasma",
     unknowns: Annotated[int, typer.Option("--unknowns", help="Number of study samples.")] = 24,
+    acquisition: Annotated[str, typer.Option(
+        "--acquisition", help="instrument (counting noise, jagged tops, as measured on real files) or smooth.")] = "instrument",
 ) -> None:
     """Write a realistic simulated batch (and its true concentrations beside the folder)."""
     from lcmsquant.method import MATRICES
@@ -283,7 +285,11 @@ def simulate(
 
     if matrix not in ("plasma", "csf"):
         _fail(ValueError(f"--matrix must be plasma or csf, got {matrix!r} (known matrices: {', '.join(MATRICES)})"))
-    truth = simulate_batch(out_dir, seed=seed, matrix=matrix, options=SimulationOptions(n_unknowns=unknowns))
+    try:
+        options = SimulationOptions(n_unknowns=unknowns, acquisition=acquisition)
+    except ValueError as err:
+        _fail(ValueError(str(err).replace("acquisition", "--acquisition").replace("n_unknowns", "--unknowns")))
+    truth = simulate_batch(out_dir, seed=seed, matrix=matrix, options=options)
     console.print(f"Simulated batch written to {out_dir}; true concentrations in {truth}")
 
 

@@ -15,48 +15,80 @@ one pre-dose sample (truth 0), one sample above the ULOQ injected undiluted (1.5
 one sample at 2-8 x ULOQ injected with dilution factor 10; the others are log-uniform between
 1.5 x LLOQ and 0.9 x ULOQ, independently per analyte.
 
-Physics (areas are in counts x seconds; heights in counts):
-- peaks are exponentially modified Gaussians (sigma 1.6-2.0 s, tau 1.0-2.5 s) whose apex sits
-  at the simulated RT and whose area is exactly the simulated area;
+Physics (areas in counts x seconds, i.e. cps x s; heights and intensities in counts per second):
+- peaks are exponentially modified Gaussians whose apex sits at the simulated RT and whose area
+  is exactly the simulated area; each compound has its own shape through a batch (sigma 1.0-1.9
+  s, tau 1.2-3.5 s: FWHM 3.0-6.6 s, the width at 10 % 1.1-3.1 x longer after the apex than
+  before it, as on the real files), varied by 4 % (lognormal) from injection to injection;
 - RT = method RT + a batch drift (linear in injection order, +0.04 min at the end) + a
   per-injection jitter (SD 0.005 min), the same shift for every compound of an injection, so an
   analyte and its IS co-elute exactly as the method says;
-- scheduled SRM: each trace covers [RT_expected - 0.5, RT_expected + 0.5] min, one point per
-  0.35 s cycle, each trace starting at its own random phase within the cycle (~171 points);
+- scheduled SRM: each trace covers [RT_expected - 0.5, RT_expected + 0.5] min; acquisition below;
 - analyte area = k * V * c * (1 - 0.03 c / ULOQ) * ME * S * ratio_noise, IS area = k_IS * ME * S,
   with ME the per-injection matrix effect (lognormal, sigma 0.15, the same for an analyte and
   its IS; mean 0.85 in bone marrow, 1 elsewhere), S a slow sensitivity loss over the batch
   (-5 % at the end, tracked by the IS) and ratio_noise lognormal sigma 0.02;
   qualifier area = quantifier area x ion ratio (flumatinib 0.45, M1 0.30, M3 0.60) x lognormal
   sigma 0.03;
-- k is chosen from a target LLOQ peak height (flumatinib 1350, M1 900, M3 920 counts at the
-  plasma LLOQ, i.e. 20-30 x the nominal baseline noise of 45 counts); the IS heights are
-  ~110 000 (flumatinib-d3) and ~90 000 (M3-d4) counts, 50-200 x the LLOQ heights;
+- k is chosen from a target LLOQ peak height at the nominal shape (sigma 1.8 s, tau 1.75 s):
+  flumatinib 1350, M1 900, M3 920 cps at the plasma LLOQ, i.e. 12-80 x (median ~30 x) the
+  baseline noise SD of the instrument acquisition (17-77 cps; smooth acquisition: 20-30 x its
+  nominal 45 cps); the IS heights are ~110 000 (flumatinib-d3) and ~90 000 (M3-d4) cps, 50-200 x
+  the LLOQ heights;
 - V is an "injection volume" factor of the batch matrix: plasma 1, CSF 5.8 (CSF is injected
   without the protein-precipitation dilution of plasma). With it the CSF LLOQ (0.1 ng/mL) is
-  17-24 x the noise for all three analytes (a shared k with V = 1 would leave flumatinib's CSF
-  LLOQ at 3 x the noise), while k stays one property of each analyte.
-  The CSF IS working solution is weaker by the same factor, so IS responses match plasma;
-- detector saturation at 5e6 counts (flat top); ULOQ peaks stay around 1e6 counts;
-- baseline per trace: offset 50-300 counts, linear drift up to +/-30 % of the offset across the
-  trace, Gaussian noise SD 30-60 counts, shot noise 0.8 x sqrt(signal); clipped at 0, float32;
+  0.6-1.2 x the plasma LLOQ heights for all three analytes (a shared k with V = 1 would leave
+  flumatinib's CSF LLOQ at a tenth of its plasma LLOQ), while k stays one property of each
+  analyte. The CSF IS working solution is weaker by the same factor, so IS responses match plasma;
+- detector saturation at 5e6 cps (flat top); ULOQ peaks stay around 1e6 cps;
 - carry-over: every injection receives carryover_fraction x the previous injection's analyte
   amount (analytes only, not the IS);
 - interferences: with probability 4 % per SRM trace a small extra peak (1 % to 2 x the LLOQ
-  height, log-uniform) 0.25-0.45 min from the expected RT; in about 1 of 30 unknowns (at least
-  one per batch) a co-eluting interference raises one analyte's qualifier area by 50-100 %;
-  only these co-eluting ones are recorded in the truth file (`interference` column), the
-  off-RT peaks never overlap the true peak;
+  height, log-uniform) 0.25-0.45 min from the method RT; in about 1 of 30 unknowns (at
+  least one per batch) a co-eluting interference raises one analyte's qualifier area by
+  50-100 %; only these co-eluting ones are recorded in the truth file (`interference` column),
+  the off-RT peaks never overlap the true peak;
 - blanks hold no analyte and no IS (baseline, noise, carry-over); the zero holds the IS only.
+
+Acquisition "instrument" (`lcmsquant simulate`'s default and the benchmarks'), as measured on the
+real SCIEX QTRAP 5500 files of ../shared/data/smartpeak-sciex-srm by
+benchmarks/trace_statistics.py, which prints the real and simulated statistics side by side:
+- sampling: the scheduled-SRM cycle time, the interval between a trace's points, changes along
+  the run as windows open and close: drawn per batch log-uniform in 0.4-1.0 s every 0.6 min,
+  linear in between, the same in every injection; each transition is read at its own fixed
+  place in the cycle (real files: 0.6 s median, 0.4-1 s, up to x1.7 within one trace);
+- counting: each point counts ions for one dwell time (40-80 ms per transition and batch: the
+  method's 8 transitions get long dwells, as a targeted assay would; the real 300-transition
+  panel uses 8-17 ms), with a variance 1.6 x the count (a share of double pulses; the real
+  traces: 1.4-1.5 by the same fit), and is written as counts / dwell in whole cps, so
+  intensities sit on steps of 1 / dwell (12.5-25 cps) and a low baseline holds zeros;
+- jagged tops: before counting, the ion current scatters from point to point by a lognormal
+  factor of 3.5-8 % (per batch; the real tops: 5-10 %), independently from point to point (as
+  on the real traces: their residual lag-1 correlation is that of white noise); at high signal
+  this, not counting, makes a single peak show several local maxima above half height;
+- spikes: 0.15 % of points get a burst of 10-300 counts (log-uniform; the real files: about one
+  trace in ten holds one); dropouts: 0.3 % of points read 0 (the real files: 0.4-0.5 % of points
+  amid a signal);
+- baseline: a chemical background per transition of 15-150 cps (log-uniform per batch, x
+  lognormal 0.15 per injection) with a linear drift up to +/-30 % across the trace, counted like
+  the signal (the real metabolite panel's backgrounds are higher, median ~250 cps: a drug
+  assay's transitions are chosen to be quiet).
+Acquisition "smooth" (SimulationOptions' default for now: see DEFAULT_ACQUISITION) is the
+simulator before issue 13, byte for byte: one point per fixed 0.35 s cycle from a random phase,
+peak shapes drawn per injection (sigma 1.6-2.0 s, tau 1.0-2.5 s), a baseline of 50-300 cps with
+the same drift, white noise of SD 30-60 cps and 0.8 sqrt(signal), not quantised: smooth tops,
+kept for comparison and for the tests written against it.
 
 `simulate_study` writes a small study instead: paired trough draws (serum or plasma, bone marrow,
 CSF) of a few subjects analysed in a plasma/marrow run, a CSF run and a reanalysis run, with the
 last-dose and sampling date-times in the worklists and the true ratios in study_truth.csv.
 
 Determinism: every random draw comes from numpy Generators seeded by `seed` (one stream for the
-design, one for the batch drift, one per injection, so an option that changes one injection
-leaves the noise of the others as it was); no clock is read. The same seed and options give
-byte-identical files.
+design, one for the batch (drift and acquisition), one per injection and, with the instrument
+acquisition, one per trace), so an option that changes one injection or one trace leaves the
+noise of the others as it was; the counts of a point are drawn by inverting their distribution
+at a fixed uniform draw, so a changed signal keeps its noise pattern. No clock is read. The same
+seed and options give byte-identical files.
 """
 
 from __future__ import annotations
@@ -92,18 +124,27 @@ TRUTH_COLUMNS = (
 )
 BATCH_MATRICES = ("plasma", "csf")
 
-# --- acquisition ----------------------------------------------------------------------------
-CYCLE_S = 0.35  # scheduled-SRM cycle time
+# --- acquisition (as measured on the real SCIEX QTRAP 5500 files: benchmarks/trace_statistics.py) -
+CYCLE_RANGE_S = (0.4, 1.0)  # scheduled-SRM cycle time = sampling interval, drawn per batch ...
+CYCLE_KNOT_MIN = 0.6  # ... every 0.6 min of the run (log-uniform), linear in between
+DWELL_RANGE_S = (0.040, 0.080)  # per transition and batch; 1 count = 1 / dwell cps (12.5-25 cps)
+COUNT_DISPERSION = 1.6  # variance / mean of the counts (1 = Poisson); see acquire()
+TOP_SCATTER_RANGE = (0.035, 0.08)  # multiplicative point-to-point scatter of the ion current, per batch
+SPIKE_PROBABILITY = 1.5e-3  # per point: a burst of counts on one point ...
+SPIKE_COUNTS = (10.0, 300.0)  # ... of this many counts (log-uniform)
+DROPOUT_PROBABILITY = 3e-3  # per point: the point reads 0
+BACKGROUND_CPS = (15.0, 150.0)  # chemical background per transition and batch (log-uniform)
+SMOOTH_CYCLE_S = 0.35  # acquisition "smooth": a fixed cycle, white noise (the simulator before issue 13)
+SMOOTH_SIGMA_S, SMOOTH_TAU_S = (1.6, 2.0), (1.0, 2.5)  # ... and its peak shapes, drawn per injection
 WINDOW_HALF_MIN = 0.5  # each transition is acquired within expected RT +/- this
 RUN_START = datetime(2024, 5, 6, 8, 0, 0)  # fixed, fictitious; injections every 6 min
 INJECTION_INTERVAL = timedelta(minutes=6)
 
 # --- response -------------------------------------------------------------------------------
-NOISE_NOMINAL = 45.0  # counts, the middle of the 30-60 noise SD range
-SATURATION = 5.0e6  # counts, detector limit (flat tops above)
+SATURATION = 5.0e6  # cps, detector limit (flat tops above)
 NOMINAL_SIGMA_S, NOMINAL_TAU_S = 1.8, 1.75  # the peak shape the k's are computed for
-LLOQ_HEIGHT = {"flumatinib": 1350.0, "M1": 900.0, "M3": 920.0}  # counts at the plasma LLOQ
-DEFAULT_LLOQ_SN = 25.0  # for analytes of other methods
+LLOQ_HEIGHT = {"flumatinib": 1350.0, "M1": 900.0, "M3": 920.0}  # cps at the plasma LLOQ
+DEFAULT_LLOQ_HEIGHT = 1125.0  # cps, for analytes of other methods
 IS_HEIGHT = {"flumatinib-d3": 110_000.0, "M3-d4": 90_000.0}
 DEFAULT_IS_HEIGHT = 100_000.0
 INJECTION_VOLUME = {"plasma": 1.0, "csf": 5.8}
@@ -118,8 +159,18 @@ SENSITIVITY_LOSS = 0.05  # fraction lost by the end of the batch
 RT_DRIFT_END_MIN = 0.04
 RT_JITTER_MIN = 0.005
 INTERFERENCE_PROBABILITY = 0.04
+PEAK_SIGMA_S = (1.0, 1.9)  # EMG sigma and tau per compound and batch: FWHM 3.0-6.6 s, and ...
+PEAK_TAU_S = (1.2, 3.5)  # ... the width at 10 % 1.1-3.1 x longer after the apex than before it
+SHAPE_JITTER = 0.04  # per injection (lognormal sigma)
+BACKGROUND_SIGMA = 0.15  # the background of a transition from injection to injection (lognormal)
 SPOIL_FACTOR = 1.5
 IS_DROPOUT_FACTOR = 0.20
+ACQUISITIONS = ("instrument", "smooth")
+# The library default stays "smooth" until the peak finder of issue 13 copes with real-looking
+# traces: with "instrument" today's finder flags SPLIT/SHOULDER on jagged tops and 32 tests of
+# the pipeline, acceptance, cohort, report and validation fail. `lcmsquant simulate` and the
+# benchmarks use "instrument". Flip this when the finder lands, and see what fails.
+DEFAULT_ACQUISITION = "smooth"
 
 # --- samples --------------------------------------------------------------------------------
 MATRIX_SUFFIX = {"plasma": "PL", "serum": "SER", "marrow": "BM", "csf": "CSF"}
@@ -170,6 +221,10 @@ class SimulationOptions:
     # a validation (accuracy and precision) run: N replicates of each of LLOQ, LQC, MQC and HQC in
     # place of the three QC sets, half before the study samples and half after; None = study run
     qc_replicates: int | None = None
+    # how the traces are acquired: "instrument" (counting noise, jagged tops, ... as measured on
+    # real QTRAP files) or "smooth" (white noise on a fixed 0.35 s grid, the former simulator;
+    # the default until the peak finder copes with the instrument's traces)
+    acquisition: str = DEFAULT_ACQUISITION
 
     def __post_init__(self):
         if isinstance(self.n_unknowns, bool) or not isinstance(self.n_unknowns, (int, np.integer)):
@@ -180,6 +235,8 @@ class SimulationOptions:
                 f"n_unknowns must be at least {MIN_UNKNOWNS} (the designed BLQ, ALQ, diluted and "
                 f"pre-dose samples plus one ordinary sample), got {self.n_unknowns}"
             )
+        if self.acquisition not in ACQUISITIONS:
+            raise ValueError(f"acquisition must be one of {', '.join(ACQUISITIONS)}, got {self.acquisition!r}")
         if not (math.isfinite(self.carryover_fraction) and 0 <= self.carryover_fraction < 1):
             raise ValueError(f"carryover_fraction must be in [0, 1), got {self.carryover_fraction!r}")
         bias = dict(self.qc_bias_pct)
@@ -251,7 +308,8 @@ def _simulate(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    physics = _Physics(method, matrix, options, ranges, n_injections=len(injections), rng=_rng(seed, *stream, 1))
+    physics = _Physics(method, matrix, options, ranges, n_injections=len(injections), rng=_rng(seed, *stream, 1),
+                       key=(seed, *stream))
 
     previous_amount = {a.name: 0.0 for a in method.analytes}
     for inj in injections:
@@ -501,19 +559,92 @@ def _emg_mode(k: float) -> float:
     return float(x[i] + (0.5 * step * (y0 - y2) / denom if denom != 0 else 0.0))
 
 
+@dataclass(frozen=True)
+class CycleProfile:
+    """The scheduled-SRM cycle time (the sampling interval of every trace) along a run.
+
+    A triple quad steps through the transitions whose windows are open, one dwell each; the cycle
+    time therefore changes along the run as windows open and close (0.4-1 s on the real files of
+    a large panel, the same in every injection of a batch). Drawn log-uniform in CYCLE_RANGE_S
+    every CYCLE_KNOT_MIN, linear in between.
+    """
+
+    knots_min: np.ndarray
+    cycle_s: np.ndarray
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, end_min: float, cycle_range: tuple[float, float] = CYCLE_RANGE_S,
+             knot_min: float = CYCLE_KNOT_MIN) -> CycleProfile:
+        knots = np.arange(0.0, end_min + 2 * knot_min, knot_min)
+        cycle = np.exp(rng.uniform(math.log(cycle_range[0]), math.log(cycle_range[1]), len(knots)))
+        return cls(knots, cycle)
+
+    def starts(self, begin_min: float, end_min: float) -> np.ndarray:
+        """Start times (min) of the cycles from begin_min to one cycle past end_min."""
+        out = [begin_min]
+        while out[-1] <= end_min:
+            out.append(out[-1] + float(np.interp(out[-1], self.knots_min, self.cycle_s)) / 60.0)
+        return np.array(out)
+
+
+def sample_times(starts: np.ndarray, slot: float, lo: float, hi: float) -> np.ndarray:
+    """The times (min) one transition is read at: `slot` (0-1) of the way through each cycle,
+    within its acquisition window [lo, hi]."""
+    t = starts[:-1] + slot * np.diff(starts)
+    return t[(t >= lo) & (t <= hi)]
+
+
+def acquire(
+    rate_cps: np.ndarray, dwell_s: float, scatter: float, rng: np.random.Generator, *,
+    dispersion: float = COUNT_DISPERSION, spike_probability: float = SPIKE_PROBABILITY,
+    spike_counts: tuple[float, float] = SPIKE_COUNTS, dropout_probability: float = DROPOUT_PROBABILITY,
+    saturation: float = SATURATION,
+) -> np.ndarray:
+    """What a pulse-counting SRM detector writes for an expected ion rate (cps) at each point.
+
+    Each point counts ions for one dwell: the ion current first scatters from point to point by
+    a lognormal factor (SD `scatter`, mean 1: spray and transmission flicker, what makes a high
+    peak's top jagged), then the counts are drawn with variance `dispersion` x their mean (ions
+    counted singly or, for a share of them, as double pulses; 1 = Poisson). A point receives a
+    burst of extra counts with `spike_probability` and reads 0 with `dropout_probability`; the
+    count rate is written as counts / dwell in whole cps (so intensities sit on steps of
+    1 / dwell, and a low baseline is mostly zeros), capped at the detector's saturation.
+
+    Every point uses the same number of random draws whatever its rate, so the same generator
+    state gives the same noise pattern for a different signal (common random numbers: turning
+    an option on changes only what it should).
+    """
+    from scipy.stats import poisson
+
+    rate = np.maximum(np.asarray(rate_cps, dtype=np.float64), 0.0)
+    n = len(rate)
+    flicker = np.exp(scatter * rng.standard_normal(n) - 0.5 * scatter ** 2)
+    u_single, u_double = rng.random(n), rng.random(n)
+    u_spike, u_height, u_drop = rng.random(n), rng.random(n), rng.random(n)
+    mean = rate * dwell_s * flicker
+    double = (dispersion - 1.0) / (3.0 - dispersion)  # share of double pulses: var/mean = dispersion
+    counts = (poisson.ppf(u_single, mean * (1 - double) / (1 + double))
+              + 2 * poisson.ppf(u_double, mean * double / (1 + double)))
+    low, high = np.log(spike_counts[0]), np.log(spike_counts[1])
+    counts = counts + np.where(u_spike < spike_probability, np.round(np.exp(low + (high - low) * u_height)), 0.0)
+    counts = np.where(u_drop < dropout_probability, 0.0, counts)
+    return np.clip(np.round(counts / dwell_s), 0.0, saturation).astype(np.float32)
+
+
 class _Physics:
     def __init__(self, method: Method, matrix: str, options: SimulationOptions, ranges: dict[str, _Range],
-                 n_injections: int, rng: np.random.Generator):
+                 n_injections: int, rng: np.random.Generator, key: tuple[int, ...] = (0,)):
         self.method = method
         self.options = options
         self.ranges = ranges
+        self.key = key  # (seed, *stream): per-trace random streams are derived from it
         self.volume = INJECTION_VOLUME[matrix]
         h = emg_height_per_area(NOMINAL_SIGMA_S, NOMINAL_TAU_S)
         reference = method.calibrator_set_for("plasma") or method.calibrator_set_for(matrix)
         ref_ranges = _ranges(method, reference)
         # k: area (counts*s) per ng/mL injected at V = 1
         self.k = {
-            a.name: LLOQ_HEIGHT.get(a.name, DEFAULT_LLOQ_SN * NOISE_NOMINAL) / ref_ranges[a.name].lloq / h
+            a.name: LLOQ_HEIGHT.get(a.name, DEFAULT_LLOQ_HEIGHT) / ref_ranges[a.name].lloq / h
             for a in method.analytes
         }
         self.k_is = {i.name: IS_HEIGHT.get(i.name, DEFAULT_IS_HEIGHT) / h for i in method.internal_standards}
@@ -521,18 +652,30 @@ class _Physics:
         self.lloq_height = {a.name: self.k[a.name] * self.volume * ranges[a.name].lloq * h for a in method.analytes}
         for i in method.internal_standards:
             users = [self.lloq_height[a.name] for a in method.analytes if a.internal_standard == i.name]
-            self.lloq_height[i.name] = min(users) if users else DEFAULT_LLOQ_SN * NOISE_NOMINAL
+            self.lloq_height[i.name] = min(users) if users else DEFAULT_LLOQ_HEIGHT
         self.transitions = method.transitions()
         steps = np.arange(n_injections) / max(n_injections - 1, 1)
         self.rt_shift = RT_DRIFT_END_MIN * steps + rng.normal(0.0, RT_JITTER_MIN, n_injections)
         self.sensitivity = 1.0 - SENSITIVITY_LOSS * steps
-        self.dt_min = CYCLE_S / 60.0
-        last = max(method.expected_rt(t) for t in self.transitions) + WINDOW_HALF_MIN
+        self.window_half = WINDOW_HALF_MIN
+        last = max(method.expected_rt(t) for t in self.transitions) + self.window_half
         self.run_end_min = math.ceil((last + 0.5) * 10) / 10
+
+        # the instrument and the method's schedule, the same in every injection of the batch
+        self.cycle = CycleProfile.draw(rng, self.run_end_min)
+        self.cycle_starts = self.cycle.starts(0.0, self.run_end_min)
+        self.smooth_dt_min = SMOOTH_CYCLE_S / 60.0
+        self.slot = {t: rng.random() for t in self.transitions}
+        self.dwell = {t: rng.uniform(*DWELL_RANGE_S) for t in self.transitions}
+        self.background = {t: math.exp(rng.uniform(*np.log(BACKGROUND_CPS))) for t in self.transitions}
+        self.scatter = rng.uniform(*TOP_SCATTER_RANGE)
+        compounds = [a.name for a in method.analytes] + [s.name for s in method.internal_standards]
+        self.shape = {c: (rng.uniform(*PEAK_SIGMA_S), rng.uniform(*PEAK_TAU_S)) for c in compounds}
 
     def injection(self, inj: _Injection, previous_amount: dict[str, float], rng: np.random.Generator):
         """The chromatograms of one injection and the analyte amounts it leaves for carry-over."""
         method, options = self.method, self.options
+        instrument = options.acquisition == "instrument"
         i = inj.number - 1
         shift = float(self.rt_shift[i])
         scale = float(self.sensitivity[i])
@@ -540,8 +683,11 @@ class _Physics:
             s.name: MATRIX_EFFECT_MEAN.get(inj.matrix, 1.0) * math.exp(rng.normal(0.0, MATRIX_EFFECT_SIGMA))
             for s in method.internal_standards
         }
-        compounds = [a.name for a in method.analytes] + [s.name for s in method.internal_standards]
-        shapes = {c: (rng.uniform(1.6, 2.0), rng.uniform(1.0, 2.5)) for c in compounds}
+        if instrument:  # each compound keeps its own shape through the batch
+            shapes = {c: (sigma * math.exp(rng.normal(0.0, SHAPE_JITTER)), tau * math.exp(rng.normal(0.0, SHAPE_JITTER)))
+                      for c, (sigma, tau) in self.shape.items()}
+        else:
+            shapes = {c: (rng.uniform(*SMOOTH_SIGMA_S), rng.uniform(*SMOOTH_TAU_S)) for c in self.shape}
 
         area: dict[Transition, float] = {}
         amount: dict[str, float] = {}
@@ -566,44 +712,54 @@ class _Physics:
 
         chroms = []
         for index, t in enumerate(self.transitions):
+            # instrument: one random stream per trace; smooth: the injection's stream, as it always was
+            trng = _rng(*self.key, 2, inj.number, index + 1) if instrument else rng
             expected = method.expected_rt(t)
             apex = expected + shift
             sigma, tau = shapes[t.compound]
-            start = expected - WINDOW_HALF_MIN + rng.uniform(0.0, self.dt_min)
-            n = int(math.floor((expected + WINDOW_HALF_MIN - start) / self.dt_min + 1e-9)) + 1
-            time = start + np.arange(n) * self.dt_min
-            signal = np.zeros(n)
+            lo, hi = expected - self.window_half, expected + self.window_half
+            if instrument:
+                time = sample_times(self.cycle_starts, self.slot[t], lo, hi)
+            else:
+                start = lo + trng.uniform(0.0, self.smooth_dt_min)
+                time = start + np.arange(int(math.floor((hi - start) / self.smooth_dt_min + 1e-9)) + 1) * self.smooth_dt_min
+            t_s = (time - apex) * 60.0
+            signal = np.zeros(len(time))
             if area[t] > 0:
-                signal += area[t] * emg_shape((time - apex) * 60.0, sigma, tau)
+                signal += area[t] * emg_shape(t_s, sigma, tau)
 
-            # a small unrelated peak 0.25-0.45 min from the expected RT (all draws made always)
-            hit = rng.random() < INTERFERENCE_PROBABILITY
-            side = 1.0 if rng.random() < 0.5 else -1.0
-            where = expected + side * rng.uniform(0.25, 0.45)
-            rel_height = math.exp(rng.uniform(math.log(0.01), math.log(2.0)))
-            i_sigma, i_tau = rng.uniform(1.5, 3.0), rng.uniform(0.5, 2.0)
+            # a small unrelated peak 0.25-0.45 min from the method RT (all draws made always)
+            hit = trng.random() < INTERFERENCE_PROBABILITY
+            side = 1.0 if trng.random() < 0.5 else -1.0
+            where = expected + side * trng.uniform(0.25, 0.45)
+            rel_height = math.exp(trng.uniform(math.log(0.01), math.log(2.0)))
+            i_sigma, i_tau = trng.uniform(1.5, 3.0), trng.uniform(0.5, 2.0)
             if hit:
                 height = rel_height * self.lloq_height[t.compound]
                 signal += height / emg_height_per_area(i_sigma, i_tau) * emg_shape((time - where) * 60.0, i_sigma, i_tau)
 
             # a co-eluting interference on a qualifier (recorded in the truth file)
-            extra = rng.uniform(0.5, 1.0)
-            offset = rng.normal(0.0, 0.005)
-            c_sigma = sigma * rng.uniform(0.9, 1.2)
+            extra = trng.uniform(0.5, 1.0)
+            offset = trng.normal(0.0, 0.005)
+            c_sigma = sigma * trng.uniform(0.9, 1.2)
             if t.role == "qualifier" and inj.interference.get(t.compound) == t.name and area[t] > 0:
                 signal += extra * area[t] * emg_shape((time - apex - offset) * 60.0, c_sigma, tau)
 
-            offset_counts = rng.uniform(50.0, 300.0)
-            drift = rng.uniform(-0.3, 0.3) * offset_counts
-            noise_sd = rng.uniform(30.0, 60.0)
-            u = np.linspace(-1.0, 1.0, n)
-            baseline = offset_counts + drift * u
-            y = (
-                baseline + signal
-                + rng.normal(0.0, noise_sd, n)
-                + rng.normal(0.0, 1.0, n) * 0.8 * np.sqrt(signal)
-            )
-            y = np.clip(y, 0.0, SATURATION).astype(np.float32)
+            u = np.linspace(-1.0, 1.0, len(time))
+            if instrument:
+                level = self.background[t] * math.exp(trng.normal(0.0, BACKGROUND_SIGMA))
+                drift = trng.uniform(-0.3, 0.3) * level
+                y = acquire(level + drift * u + signal, self.dwell[t], self.scatter, trng)
+            else:
+                level = trng.uniform(50.0, 300.0)
+                drift = trng.uniform(-0.3, 0.3) * level
+                noise_sd = trng.uniform(30.0, 60.0)
+                y = (
+                    level + drift * u + signal
+                    + trng.normal(0.0, noise_sd, len(time))
+                    + trng.normal(0.0, 1.0, len(time)) * 0.8 * np.sqrt(signal)
+                )
+                y = np.clip(y, 0.0, SATURATION).astype(np.float32)
             chroms.append(Chromatogram(
                 srm_native_id(t.q1, t.q3, index), t.q1, t.q3, time, y,
                 collision_energy=_collision_energy(t),
@@ -612,7 +768,10 @@ class _Physics:
         return [tic, *chroms], amount
 
     def _tic(self, chroms: list[Chromatogram]) -> Chromatogram:
-        grid = np.arange(0.0, self.run_end_min + 1e-9, self.dt_min)
+        if self.options.acquisition == "instrument":
+            grid = self.cycle_starts[self.cycle_starts <= self.run_end_min + 1e-9]
+        else:
+            grid = np.arange(0.0, self.run_end_min + 1e-9, self.smooth_dt_min)
         total = np.zeros(len(grid))
         for c in chroms:
             total += np.interp(grid, c.time_min, c.intensity.astype(np.float64), left=0.0, right=0.0)
