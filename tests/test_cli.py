@@ -122,19 +122,21 @@ def test_simulate_writes_a_batch_and_its_truth_beside_it(tmp_path):
     assert lcmsquant_cli("simulate", tmp_path / "x", "--matrix", "urine").returncode == 2
 
 
-def test_simulate_looks_like_the_instrument(tmp_path):
+def test_simulate_looks_like_the_instrument_and_adds_the_situations(tmp_path):
     from lcmsquant.chromatograms import read_traces
 
-    done = lcmsquant_cli("simulate", tmp_path / "sim", "--seed", 2, "--unknowns", 6)
+    done = lcmsquant_cli("simulate", tmp_path / "sim", "--seed", 2, "--unknowns", 6, "--matrix-peak",
+                         "--neighbour-peak", "--rt-offset", "-0.4")
     assert done.returncode == 0, done.stderr
     worklist = pd.read_csv(tmp_path / "sim" / "worklist.csv")
     trace = read_traces(tmp_path / "sim" / worklist["file"].iloc[0])[0]
-    # the instrument acquisition: whole cps, a cycle time that changes
+    # the instrument acquisition: whole cps, a cycle time that changes, a window widened by 0.4 min
     assert (trace.intensity == trace.intensity.round()).all()
     assert len(set((trace.time[1:] - trace.time[:-1]).round(5))) > 1
+    assert trace.end - trace.start > 1.75
     smooth = lcmsquant_cli("simulate", tmp_path / "smooth", "--unknowns", 6, "--acquisition", "smooth")
     assert smooth.returncode == 0, smooth.stderr
-    for bad in (("--acquisition", "perfect"), ("--unknowns", "3")):
+    for bad in (("--rt-offset", "2"), ("--acquisition", "perfect"), ("--unknowns", "3")):
         done = lcmsquant_cli("simulate", tmp_path / "x", *bad)
         assert done.returncode == 2 and bad[0] in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "x").exists()

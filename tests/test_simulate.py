@@ -557,3 +557,89 @@ def test_smooth_acquisition_keeps_the_former_grid(tmp_path, method):
     assert not np.array_equal(y, np.round(y))
     with pytest.raises(ValueError, match="acquisition"):
         SimulationOptions(acquisition="perfect")
+
+
+def _smoothed(t: np.ndarray, y: np.ndarray, seconds: float = 2.0) -> np.ndarray:
+    """Mean over +-seconds (the traces are unevenly sampled)."""
+    s = t * 60.0
+    return np.array([y[np.abs(s - x) <= seconds].mean() for x in s])
+
+
+def test_matrix_peak_is_resolved_after_each_analyte_in_every_sample(tmp_path, method):
+    base_truth = simulate_batch(tmp_path / "base", seed=3, options=SimulationOptions(n_unknowns=6, acquisition=INSTRUMENT))
+    truth = simulate_batch(tmp_path / "mp", seed=3,
+                           options=SimulationOptions(n_unknowns=6, matrix_peak=True, acquisition=INSTRUMENT))
+    assert truth.read_bytes() == base_truth.read_bytes()  # the design and the truth do not change
+    wl = read_worklist(tmp_path / "mp")
+    for _, inj in wl.iterrows():
+        tr, base = traces(tmp_path / "mp" / inj.file, method), traces(tmp_path / "base" / inj.file, method)
+        for s in method.internal_standards:  # nothing else changes
+            assert np.array_equal(tr[s.transition.name][1], base[s.transition.name][1])
+        for a in method.analytes:
+            t, y = tr[a.quantifier.name]
+            rt = method.expected_rt(a.quantifier)
+            extra = _smoothed(t, y) - _smoothed(t, base[a.quantifier.name][1])
+            apex = t[np.argmax(extra)]
+            # 0.30-0.40 min after the analyte (+- the batch drift), in blanks too
+            assert 0.28 <= apex - rt <= 0.45, (inj.sample_id, a.name, apex - rt)
+            # comparable to a mid-range analyte peak: thousands of cps at least
+            assert extra.max() > 5_000
+            if inj.sample_id == "CAL5":  # baseline-resolved: back to the baseline in between
+                analyte = (t > rt + 0.08) & (t < apex - 0.12)
+                s = _smoothed(t, y)
+                assert s[analyte].min() < 0.02 * min(s[np.abs(t - rt) < 0.05].max(), extra.max())
+
+
+def test_neighbour_peak_is_partly_resolved_with_a_valley(tmp_path, method):
+    simulate_batch(tmp_path / "nb", seed=3,
+                   options=SimulationOptions(n_unknowns=6, neighbour_peak=True, acquisition=INSTRUMENT))
+    simulate_batch(tmp_path / "base", seed=3, options=SimulationOptions(n_unknowns=6, acquisition=INSTRUMENT))
+    wl = read_worklist(tmp_path / "nb")
+    for level in ("CAL6", "CAL7", "QC-HQC-1"):
+        name = wl.loc[wl.sample_id == level, "file"].iloc[0]
+        tr, base = traces(tmp_path / "nb" / name, method), traces(tmp_path / "base" / name, method)
+        for a in method.analytes:
+            t, y = tr[a.quantifier.name]
+            s, b = _smoothed(t, y, 1.0), _smoothed(t, base[a.quantifier.name][1], 1.0)
+            fwhm_min = (t[b >= b.max() / 2][-1] - t[b >= b.max() / 2][0])
+            apex = t[np.argmax(b)]
+            other = s - b
+            where = t[np.argmax(other)]
+            assert 0.9 * 1.25 * fwhm_min <= abs(where - apex) <= 1.1 * 1.5 * fwhm_min + 0.02, (level, a.name)
+            assert 0.45 * b.max() <= other.max() <= 1.15 * b.max()
+            lo, hi = sorted((apex, where))
+            between = s[(t > lo) & (t < hi)].min()
+            assert between < 0.95 * min(s[np.abs(t - apex) < 0.02].max(), s[np.abs(t - where) < 0.02].max())
+    blank = traces(tmp_path / "nb" / wl.loc[wl.sample_id == "BLK-1", "file"].iloc[0], method)
+    base_blank = traces(tmp_path / "base" / wl.loc[wl.sample_id == "BLK-1", "file"].iloc[0], method)
+    for a in method.analytes:  # an isomer of the analyte: none where there is no analyte
+        assert np.array_equal(blank[a.quantifier.name][1], base_blank[a.quantifier.name][1])
+
+
+@pytest.mark.parametrize("offset", [0.45, -0.3])
+def test_rt_offset_moves_the_run_and_widens_the_windows(tmp_path, method, offset):
+    simulate_batch(tmp_path / "off", seed=3,
+                   options=SimulationOptions(n_unknowns=6, rt_offset_min=offset, acquisition=INSTRUMENT))
+    wl = read_worklist(tmp_path / "off")
+    tr = traces(tmp_path / "off" / wl.loc[wl.sample_id == "CAL6", "file"].iloc[0], method)
+    for t in method.transitions():
+        time, y = tr[t.name]
+        rt = method.expected_rt(t)
+        # centred on the method RT, widened by the offset: the peak stays well inside
+        assert time[0] <= rt - 0.5 - abs(offset) + 1.0 / 60 and time[-1] >= rt + 0.5 + abs(offset) - 1.0 / 60
+        assert apex(time, y) - rt == pytest.approx(offset, abs=0.05)
+    is_apex = apex(*tr["flumatinib-d3 internal standard"])
+    assert apex(*tr["flumatinib quantifier"]) - is_apex == pytest.approx(0.01, abs=0.015)  # still co-elute
+    for bad in (1.5, float("nan"), True, "0.3"):
+        with pytest.raises(ValueError, match="rt_offset_min"):
+            SimulationOptions(rt_offset_min=bad)
+
+
+def test_situations_are_deterministic(tmp_path):
+    opts = SimulationOptions(n_unknowns=6, matrix_peak=True, neighbour_peak=True, rt_offset_min=0.3, acquisition=INSTRUMENT)
+    simulate_batch(tmp_path / "a", seed=9, options=opts)
+    simulate_batch(tmp_path / "b", seed=9, options=opts)
+    names = read_worklist(tmp_path / "a").file
+    for name in ["worklist.csv", *names]:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert (tmp_path / "a_truth.csv").read_bytes() == (tmp_path / "b_truth.csv").read_bytes()

@@ -276,6 +276,12 @@ def simulate(
     seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same files.")] = 1,
     matrix: Annotated[str, typer.Option("--matrix", help="Calibration matrix: plasma or csf.")] = "plasma",
     unknowns: Annotated[int, typer.Option("--unknowns", help="Number of study samples.")] = 24,
+    matrix_peak: Annotated[bool, typer.Option(
+        "--matrix-peak", help="Add a baseline-resolved plasma peak 0.3-0.4 min after each analyte, in every sample.")] = False,
+    neighbour_peak: Annotated[bool, typer.Option(
+        "--neighbour-peak", help="Add a partly resolved neighbour 1.25-1.5 FWHM from each analyte.")] = False,
+    rt_offset: Annotated[float, typer.Option(
+        "--rt-offset", help="Minutes the whole run elutes from the method's RTs (windows widened to match).")] = 0.0,
     acquisition: Annotated[str, typer.Option(
         "--acquisition", help="instrument (counting noise, jagged tops, as measured on real files) or smooth.")] = "instrument",
 ) -> None:
@@ -286,9 +292,11 @@ def simulate(
     if matrix not in ("plasma", "csf"):
         _fail(ValueError(f"--matrix must be plasma or csf, got {matrix!r} (known matrices: {', '.join(MATRICES)})"))
     try:
-        options = SimulationOptions(n_unknowns=unknowns, acquisition=acquisition)
+        options = SimulationOptions(n_unknowns=unknowns, matrix_peak=matrix_peak, neighbour_peak=neighbour_peak,
+                                    rt_offset_min=rt_offset, acquisition=acquisition)
     except ValueError as err:
-        _fail(ValueError(str(err).replace("acquisition", "--acquisition").replace("n_unknowns", "--unknowns")))
+        _fail(ValueError(str(err).replace("rt_offset_min", "--rt-offset").replace("acquisition", "--acquisition")
+                         .replace("n_unknowns", "--unknowns")))
     truth = simulate_batch(out_dir, seed=seed, matrix=matrix, options=options)
     console.print(f"Simulated batch written to {out_dir}; true concentrations in {truth}")
 

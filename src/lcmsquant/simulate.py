@@ -20,10 +20,12 @@ Physics (areas in counts x seconds, i.e. cps x s; heights and intensities in cou
   is exactly the simulated area; each compound has its own shape through a batch (sigma 1.0-1.9
   s, tau 1.2-3.5 s: FWHM 3.0-6.6 s, the width at 10 % 1.1-3.1 x longer after the apex than
   before it, as on the real files), varied by 4 % (lognormal) from injection to injection;
-- RT = method RT + a batch drift (linear in injection order, +0.04 min at the end) + a
-  per-injection jitter (SD 0.005 min), the same shift for every compound of an injection, so an
-  analyte and its IS co-elute exactly as the method says;
-- scheduled SRM: each trace covers [RT_expected - 0.5, RT_expected + 0.5] min; acquisition below;
+- RT = method RT + rt_offset_min (option, 0 by default) + a batch drift (linear in injection
+  order, +0.04 min at the end) + a per-injection jitter (SD 0.005 min), the same shift for every
+  compound of an injection, so an analyte and its IS co-elute exactly as the method says;
+- scheduled SRM: each trace covers [RT_expected - w, RT_expected + w] min with w = 0.5 +
+  |rt_offset_min| (the window stays centred on the method RT, widened as a lab would to keep
+  the peak); acquisition below;
 - analyte area = k * V * c * (1 - 0.03 c / ULOQ) * ME * S * ratio_noise, IS area = k_IS * ME * S,
   with ME the per-injection matrix effect (lognormal, sigma 0.15, the same for an analyte and
   its IS; mean 0.85 in bone marrow, 1 elsewhere), S a slow sensitivity loss over the batch
@@ -44,7 +46,7 @@ Physics (areas in counts x seconds, i.e. cps x s; heights and intensities in cou
 - carry-over: every injection receives carryover_fraction x the previous injection's analyte
   amount (analytes only, not the IS);
 - interferences: with probability 4 % per SRM trace a small extra peak (1 % to 2 x the LLOQ
-  height, log-uniform) 0.25-0.45 min from the method RT; in about 1 of 30 unknowns (at
+  height, log-uniform) 0.25-0.45 min from the (offset) method RT; in about 1 of 30 unknowns (at
   least one per batch) a co-eluting interference raises one analyte's qualifier area by
   50-100 %; only these co-eluting ones are recorded in the truth file (`interference` column),
   the off-RT peaks never overlap the true peak;
@@ -79,16 +81,30 @@ peak shapes drawn per injection (sigma 1.6-2.0 s, tau 1.0-2.5 s), a baseline of 
 the same drift, white noise of SD 30-60 cps and 0.8 sqrt(signal), not quantised: smooth tops,
 kept for comparison and for the tests written against it.
 
+Situations (SimulationOptions, all off by default; their parameters are drawn whether used or
+not, from streams of their own, so turning one on changes nothing else):
+- matrix_peak: a plasma component eluting 0.30-0.40 min after each analyte (delay per batch and
+  analyte), baseline-resolved, never co-eluting, in every sample of the batch including blanks
+  and the zero; its height on the quantifier is log-uniform between the analyte's height at
+  sqrt(LLOQ x ULOQ) and at 0.4 x ULOQ (comparable to mid-range analyte peaks), x lognormal 0.25
+  from sample to sample; its qualifier is 0.2-1.0 x its quantifier; its own shape;
+- neighbour_peak: an isomer of each analyte, present in proportion to it (0.6-1.0 x its height,
+  on the qualifiers at 0.8-1.25 x that ratio), with the analyte's shape, 1.25-1.5 FWHM before or
+  after it (per batch and analyte): partly resolved, a valley of at least 16 % of the lower
+  apex between the two (noiseless, on the quantifier);
+- rt_offset_min: the whole run elutes that many minutes from the method's RTs (up to +-1 min;
+  the real transition list is up to ~0.5 min off the real runs); windows widened as above.
+
 `simulate_study` writes a small study instead: paired trough draws (serum or plasma, bone marrow,
 CSF) of a few subjects analysed in a plasma/marrow run, a CSF run and a reanalysis run, with the
 last-dose and sampling date-times in the worklists and the true ratios in study_truth.csv.
 
 Determinism: every random draw comes from numpy Generators seeded by `seed` (one stream for the
 design, one for the batch (drift and acquisition), one per injection and, with the instrument
-acquisition, one per trace), so an option that changes one injection or one trace leaves the
-noise of the others as it was; the counts of a point are drawn by inverting their distribution
-at a fixed uniform draw, so a changed signal keeps its noise pattern. No clock is read. The same
-seed and options give byte-identical files.
+acquisition, one per trace; the situations have their own), so an option that changes one
+injection or one trace leaves the noise of the others as it was; the counts of a point are
+drawn by inverting their distribution at a fixed uniform draw, so a changed signal keeps its
+noise pattern. No clock is read. The same seed and options give byte-identical files.
 """
 
 from __future__ import annotations
@@ -163,8 +179,15 @@ PEAK_SIGMA_S = (1.0, 1.9)  # EMG sigma and tau per compound and batch: FWHM 3.0-
 PEAK_TAU_S = (1.2, 3.5)  # ... the width at 10 % 1.1-3.1 x longer after the apex than before it
 SHAPE_JITTER = 0.04  # per injection (lognormal sigma)
 BACKGROUND_SIGMA = 0.15  # the background of a transition from injection to injection (lognormal)
+MATRIX_PEAK_DELAY_MIN = (0.30, 0.40)  # option matrix_peak: after the analyte's apex
+MATRIX_PEAK_TOP = 0.4  # its height: between the analyte's at sqrt(LLOQ x ULOQ) and at this x ULOQ
+MATRIX_PEAK_SIGMA = 0.25  # from sample to sample (lognormal)
+MATRIX_PEAK_QUALIFIER_RATIO = (0.2, 1.0)  # its qualifier / quantifier height
+NEIGHBOUR_FWHM = (1.25, 1.5)  # option neighbour_peak: apex distance in FWHM of the analyte ...
+NEIGHBOUR_HEIGHT = (0.6, 1.0)  # ... and height / the analyte's: a valley at least 16 % deep (noiseless)
 SPOIL_FACTOR = 1.5
 IS_DROPOUT_FACTOR = 0.20
+MAX_RT_OFFSET_MIN = 1.0
 ACQUISITIONS = ("instrument", "smooth")
 # The library default stays "smooth" until the peak finder of issue 13 copes with real-looking
 # traces: with "instrument" today's finder flags SPLIT/SHOULDER on jagged tops and 32 tests of
@@ -221,6 +244,12 @@ class SimulationOptions:
     # a validation (accuracy and precision) run: N replicates of each of LLOQ, LQC, MQC and HQC in
     # place of the three QC sets, half before the study samples and half after; None = study run
     qc_replicates: int | None = None
+    # a baseline-resolved plasma interference 0.3-0.4 min after each analyte, in every sample
+    matrix_peak: bool = False
+    # a partly resolved neighbour of each analyte (1.25-1.5 FWHM away, a valley between)
+    neighbour_peak: bool = False
+    # the whole run elutes this many minutes from the method's RTs (windows widened to match)
+    rt_offset_min: float = 0.0
     # how the traces are acquired: "instrument" (counting noise, jagged tops, ... as measured on
     # real QTRAP files) or "smooth" (white noise on a fixed 0.35 s grid, the former simulator;
     # the default until the peak finder copes with the instrument's traces)
@@ -235,8 +264,17 @@ class SimulationOptions:
                 f"n_unknowns must be at least {MIN_UNKNOWNS} (the designed BLQ, ALQ, diluted and "
                 f"pre-dose samples plus one ordinary sample), got {self.n_unknowns}"
             )
+        for name in ("matrix_peak", "neighbour_peak"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, bool(getattr(self, name)))
         if self.acquisition not in ACQUISITIONS:
             raise ValueError(f"acquisition must be one of {', '.join(ACQUISITIONS)}, got {self.acquisition!r}")
+        offset = self.rt_offset_min
+        if isinstance(offset, bool) or not isinstance(offset, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(offset) or abs(offset) > MAX_RT_OFFSET_MIN:
+            raise ValueError(f"rt_offset_min must be a number of minutes within +-{MAX_RT_OFFSET_MIN:g}, got {offset!r}")
+        object.__setattr__(self, "rt_offset_min", float(offset))
         if not (math.isfinite(self.carryover_fraction) and 0 <= self.carryover_fraction < 1):
             raise ValueError(f"carryover_fraction must be in [0, 1), got {self.carryover_fraction!r}")
         bias = dict(self.qc_bias_pct)
@@ -559,6 +597,14 @@ def _emg_mode(k: float) -> float:
     return float(x[i] + (0.5 * step * (y0 - y2) / denom if denom != 0 else 0.0))
 
 
+def emg_fwhm(sigma_s: float, tau_s: float) -> float:
+    """Full width at half maximum of an EMG, in seconds."""
+    grid = np.arange(-6 * sigma_s, 6 * sigma_s + 12 * tau_s, min(sigma_s, tau_s or sigma_s) / 200)
+    y = emg_shape(grid, sigma_s, tau_s)
+    above = grid[y >= 0.5 * y.max()]
+    return float(above[-1] - above[0])
+
+
 @dataclass(frozen=True)
 class CycleProfile:
     """The scheduled-SRM cycle time (the sampling interval of every trace) along a run.
@@ -631,6 +677,17 @@ def acquire(
     return np.clip(np.round(counts / dwell_s), 0.0, saturation).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class _Extra:
+    """A peak of another compound in an analyte's traces (matrix peak or neighbour), per batch."""
+
+    offset: float  # min after the analyte's apex (matrix peak) or in FWHM of the analyte (neighbour)
+    sigma: float
+    tau: float
+    size: float  # matrix peak: height (cps) on the quantifier; neighbour: height / the analyte's
+    qualifier_ratio: float
+
+
 class _Physics:
     def __init__(self, method: Method, matrix: str, options: SimulationOptions, ranges: dict[str, _Range],
                  n_injections: int, rng: np.random.Generator, key: tuple[int, ...] = (0,)):
@@ -657,7 +714,7 @@ class _Physics:
         steps = np.arange(n_injections) / max(n_injections - 1, 1)
         self.rt_shift = RT_DRIFT_END_MIN * steps + rng.normal(0.0, RT_JITTER_MIN, n_injections)
         self.sensitivity = 1.0 - SENSITIVITY_LOSS * steps
-        self.window_half = WINDOW_HALF_MIN
+        self.window_half = WINDOW_HALF_MIN + abs(options.rt_offset_min)
         last = max(method.expected_rt(t) for t in self.transitions) + self.window_half
         self.run_end_min = math.ceil((last + 0.5) * 10) / 10
 
@@ -672,12 +729,31 @@ class _Physics:
         compounds = [a.name for a in method.analytes] + [s.name for s in method.internal_standards]
         self.shape = {c: (rng.uniform(*PEAK_SIGMA_S), rng.uniform(*PEAK_TAU_S)) for c in compounds}
 
+        # the optional situations, drawn whether used or not (their own stream)
+        extra_rng = _rng(*key, 3)
+        self.matrix_peak: dict[str, _Extra] = {}
+        self.neighbour: dict[str, _Extra] = {}
+        for a in method.analytes:
+            r = ranges[a.name]
+            per_conc = self.k[a.name] * self.volume * h  # cps per ng/mL (nominal shape)
+            low, high = per_conc * math.sqrt(r.lloq * r.uloq), per_conc * MATRIX_PEAK_TOP * r.uloq
+            self.matrix_peak[a.name] = _Extra(
+                extra_rng.uniform(*MATRIX_PEAK_DELAY_MIN), extra_rng.uniform(*PEAK_SIGMA_S),
+                extra_rng.uniform(*PEAK_TAU_S), math.exp(extra_rng.uniform(math.log(low), math.log(high))),
+                extra_rng.uniform(*MATRIX_PEAK_QUALIFIER_RATIO),
+            )
+            side = 1.0 if extra_rng.random() < 0.5 else -1.0
+            self.neighbour[a.name] = _Extra(
+                side * extra_rng.uniform(*NEIGHBOUR_FWHM), 0.0, 0.0, extra_rng.uniform(*NEIGHBOUR_HEIGHT),
+                extra_rng.uniform(0.8, 1.25),
+            )
+
     def injection(self, inj: _Injection, previous_amount: dict[str, float], rng: np.random.Generator):
         """The chromatograms of one injection and the analyte amounts it leaves for carry-over."""
         method, options = self.method, self.options
         instrument = options.acquisition == "instrument"
         i = inj.number - 1
-        shift = float(self.rt_shift[i])
+        shift = float(self.rt_shift[i]) + options.rt_offset_min
         scale = float(self.sensitivity[i])
         matrix_effect = {
             s.name: MATRIX_EFFECT_MEAN.get(inj.matrix, 1.0) * math.exp(rng.normal(0.0, MATRIX_EFFECT_SIGMA))
@@ -709,6 +785,9 @@ class _Physics:
             if inj.sample_id in options.is_dropout:
                 is_area *= IS_DROPOUT_FACTOR
             area[s.transition] = is_area
+        # the optional situations draw from their own stream, so the others' noise stays as it was
+        situation_rng = _rng(*self.key, 5, inj.number)
+        matrix_amount = {a.name: math.exp(situation_rng.normal(0.0, MATRIX_PEAK_SIGMA)) for a in method.analytes}
 
         chroms = []
         for index, t in enumerate(self.transitions):
@@ -728,10 +807,10 @@ class _Physics:
             if area[t] > 0:
                 signal += area[t] * emg_shape(t_s, sigma, tau)
 
-            # a small unrelated peak 0.25-0.45 min from the method RT (all draws made always)
+            # a small unrelated peak 0.25-0.45 min from the (offset) method RT (all draws made always)
             hit = trng.random() < INTERFERENCE_PROBABILITY
             side = 1.0 if trng.random() < 0.5 else -1.0
-            where = expected + side * trng.uniform(0.25, 0.45)
+            where = expected + options.rt_offset_min + side * trng.uniform(0.25, 0.45)
             rel_height = math.exp(trng.uniform(math.log(0.01), math.log(2.0)))
             i_sigma, i_tau = trng.uniform(1.5, 3.0), trng.uniform(0.5, 2.0)
             if hit:
@@ -744,6 +823,16 @@ class _Physics:
             c_sigma = sigma * trng.uniform(0.9, 1.2)
             if t.role == "qualifier" and inj.interference.get(t.compound) == t.name and area[t] > 0:
                 signal += extra * area[t] * emg_shape((time - apex - offset) * 60.0, c_sigma, tau)
+
+            analyte = t.compound in self.matrix_peak and t.role in ("quantifier", "qualifier")
+            if analyte and options.matrix_peak:
+                m = self.matrix_peak[t.compound]
+                height = m.size * matrix_amount[t.compound] * (1.0 if t.role == "quantifier" else m.qualifier_ratio)
+                signal += height / emg_height_per_area(m.sigma, m.tau) * emg_shape(t_s - m.offset * 60.0, m.sigma, m.tau)
+            if analyte and options.neighbour_peak and area[t] > 0:
+                m = self.neighbour[t.compound]
+                ratio = m.size * (1.0 if t.role == "quantifier" else m.qualifier_ratio)
+                signal += ratio * area[t] * emg_shape(t_s - m.offset * emg_fwhm(sigma, tau), sigma, tau)
 
             u = np.linspace(-1.0, 1.0, len(time))
             if instrument:
