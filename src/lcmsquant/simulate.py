@@ -58,12 +58,14 @@ benchmarks/trace_statistics.py, which prints the real and simulated statistics s
 - sampling: the scheduled-SRM cycle time, the interval between a trace's points, changes along
   the run as windows open and close: drawn per batch log-uniform in 0.4-1.0 s every 0.6 min,
   linear in between, the same in every injection; each transition is read at its own fixed
-  place in the cycle (real files: 0.6 s median, 0.4-1 s, up to x1.7 within one trace);
+  place in the cycle (real files: 0.6 s median, 0.4-1 s, the longest interval of a trace 1.7 x
+  its shortest);
 - counting: each point counts ions for one dwell time (40-80 ms per transition and batch: the
   method's 8 transitions get long dwells, as a targeted assay would; the real 300-transition
-  panel uses 8-17 ms), with a variance 1.6 x the count (a share of double pulses; the real
-  traces: 1.4-1.5 by the same fit), and is written as counts / dwell in whole cps, so
-  intensities sit on steps of 1 / dwell (12.5-25 cps) and a low baseline holds zeros;
+  panel uses 8-17 ms), with a variance 1.6 x the count (a share of double pulses; the fit of
+  benchmarks/trace_statistics.py reads 1.45 here and 1.42-1.48 on the real traces), and is
+  written as counts / dwell in whole cps, so intensities sit on steps of 1 / dwell (12.5-25
+  cps) and a low baseline holds zeros;
 - jagged tops: before counting, the ion current scatters from point to point by a lognormal
   factor of 3.5-8 % (per batch; the real tops: 5-10 %), independently from point to point (as
   on the real traces: their residual lag-1 correlation is that of white noise); at high signal
@@ -189,10 +191,12 @@ SPOIL_FACTOR = 1.5
 IS_DROPOUT_FACTOR = 0.20
 MAX_RT_OFFSET_MIN = 1.0
 ACQUISITIONS = ("instrument", "smooth")
-# The library default stays "smooth" until the peak finder of issue 13 copes with real-looking
-# traces: with "instrument" today's finder flags SPLIT/SHOULDER on jagged tops and 32 tests of
-# the pipeline, acceptance, cohort, report and validation fail. `lcmsquant simulate` and the
-# benchmarks use "instrument". Flip this when the finder lands, and see what fails.
+# The library default stays "smooth" until the peak finder copes with real-looking traces: with
+# "instrument" as the default, 32 tests of pipeline, acceptance, cohort, report and validation
+# failed on the finder of 62352d8 (SPLIT/SHOULDER on jagged tops) and 20 still fail on that of
+# c9a3b17 (a single point reading 0 on a top, as 0.4-0.5 % of the real points do, splits the
+# peak; LLOQ QCs 20-30 % CV). `lcmsquant simulate` and the benchmarks use "instrument". Flip
+# this when the finder handles them, and see what fails.
 DEFAULT_ACQUISITION = "smooth"
 
 # --- samples --------------------------------------------------------------------------------
