@@ -192,17 +192,40 @@ def robust_line_kept(x, y):
 
 @_jit
 def off_peaks(x, y):
-    """The points of a baseline region that are not on another peak: a line is refitted without
-    the points lying more than 3 noise SDs above it until none is left out anew (peaks only ever
-    rise above a baseline, so a neighbour or a matrix peak in the region cannot lift the line).
-    All points when fewer than 30 % (or 3) would be left."""
+    """The points of a baseline region that are not on another peak.
+
+    The region is cut into 6 stretches; the noise is that of the quietest, lowest ones, and a
+    first line runs through the lower quartiles of the stretches that do not lie on another
+    peak (more than 3 noise SDs above it). The line is then refitted without the points lying
+    more than 3 noise SDs above it until none is left out anew: peaks only ever rise above a
+    baseline, so a neighbour or a matrix peak in the region cannot lift the line. All points
+    when fewer than 30 % (or 3) would be left."""
     n = len(x)
     keep = np.ones(n, dtype=np.bool_)
-    sigma = noise_sigma(y)
-    if n < 6 or not sigma > 0:
+    if n < 12:
         return keep
-    for _ in range(8):
-        slope, intercept = line(x[keep], y[keep])
+    stretches = 6
+    xs, ys, noise = np.empty(stretches), np.empty(stretches), np.empty(stretches)
+    for k in range(stretches):
+        lo, hi = k * n // stretches, (k + 1) * n // stretches
+        xs[k], ys[k], noise[k] = median(x[lo:hi]), _lower_quartile(y[lo:hi]), noise_sigma(y[lo:hi])
+    lowest = np.argsort(ys)[:3]
+    sigma = median(noise[lowest])
+    if not sigma > 0:
+        return keep
+    use = np.ones(stretches, dtype=np.bool_)
+    slope, intercept = line(xs, ys)
+    for _ in range(stretches - 2):
+        residual = ys - (intercept + slope * xs)
+        worst = -1
+        for k in range(stretches):
+            if use[k] and residual[k] > 3.0 * sigma and (worst < 0 or residual[k] > residual[worst]):
+                worst = k
+        if worst < 0:
+            break
+        use[worst] = False
+        slope, intercept = line(xs[use], ys[use])
+    for _ in range(10):
         new_keep = y - (intercept + slope * x) <= 3.0 * sigma
         kept = np.count_nonzero(new_keep)
         if kept < max(3, 0.3 * n):
@@ -210,14 +233,14 @@ def off_peaks(x, y):
         if np.all(new_keep == keep):
             break
         keep = new_keep
+        slope, intercept = line(x[keep], y[keep])
     return keep
 
 
 @_jit
-def baseline_line(x, y):
-    """robust_line_kept on the points off other peaks (off_peaks)."""
-    keep = off_peaks(x, y)
-    return robust_line_kept(x[keep], y[keep]) if not np.all(keep) else robust_line_kept(x, y)
+def _lower_quartile(values):
+    ordered = np.sort(values)
+    return ordered[int(0.25 * (len(ordered) - 1))]
 
 
 @_jit
@@ -239,10 +262,11 @@ def level_or_line(x, y):
 @_jit
 def baseline_around(time, intensity, smoothed, apex):
     """A straight baseline (intercept, slope) fitted around the peak at `apex`, and the
-    intensities it was fitted to; the excluded peak region reaches 3 half-widths before and 5
+    intensities it was fitted to (off other peaks); the excluded peak region reaches 3 half-widths before and 5
     after the apex, so a tailing peak does not lift its own baseline."""
     n = len(time)
-    floor = smoothed.min()
+    # Never below the lowest raw point: smoothing rings below the foot of a steep neighbour.
+    floor = max(smoothed.min(), intensity.min())
     half = floor + 0.5 * (smoothed[apex] - floor)
     left = apex
     while left > 0 and smoothed[left] > half:
@@ -260,7 +284,9 @@ def baseline_around(time, intensity, smoothed, apex):
     x = np.concatenate((time[:lo], time[hi + 1:]))
     y = np.concatenate((intensity[:lo], intensity[hi + 1:]))
     if len(x) >= 2 and x[-1] > x[0]:
-        slope, intercept, _, _ = baseline_line(x, y)
+        off = off_peaks(x, y)
+        slope, intercept, _, _ = robust_line_kept(x[off], y[off])
+        y = y[off]
     else:
         slope, intercept = 0.0, median(y)
     return intercept, slope, y
@@ -380,7 +406,7 @@ def walk(above, apex, step, noise, reach, resolved):
         if value - lowest > max(RISE_Z * noise[lowest_at], floor):
             if dip < 0:
                 return lowest_at, True, lowest > resolved, i
-            return dip, False, False, -1
+            return dip, True, False, i  # the dip, then another peak: a valley at the baseline
     return i, False, False, -1
 
 
@@ -420,10 +446,7 @@ def boundaries(smoothed, raw, base, apex, sigma, noise):
     # Never less than the peak's own width at half height.
     start = min(max(start, apex - 6 * hw_left, 0), max(apex - hw_left, 0))
     end = max(min(end, apex + 12 * hw_right, n - 1), min(apex + hw_right, n - 1))
-    # Beyond a valley at the baseline lies another peak: the baseline is fitted only up to it.
-    lo = left_rise if left_valley and not left_split and left_rise < start else 0
-    hi = right_rise if right_valley and not right_split and right_rise > end else n - 1
-    return start, end, left_split or right_split, lo, hi
+    return start, end, left_split or right_split, 0, n - 1
 
 
 @_jit

@@ -53,11 +53,11 @@ def measure_injection(
     rows, found_rt = [], {}
     integ = method.integration
 
-    def measure(t: Transition, search: PeakSearch) -> Peak | None:
+    def measure(t: Transition, search: PeakSearch, anchored: bool) -> Peak | None:
         read = traces.get(t)
         warnings = read.warnings if read is not None else tuple(file_warnings)
         trace = read if read is not None and read.usable else None  # too short to hold a peak: no data, not "no peak"
-        peak = _search(trace, search)
+        peak = _search(trace, search, anchored)
         override = overrides.get(t.name)
         if override is None:
             rows.append(_peak_row(t, search.expected_rt, trace, peak, read_warnings=warnings))
@@ -79,17 +79,18 @@ def measure_injection(
 
     offset = run_rt_offset(traces, method)
     for istd in method.internal_standards:
-        peak = measure(istd.transition, PeakSearch(istd.rt + offset(istd.rt), integ.rt_window, integ.min_detection_sn))
+        peak = measure(istd.transition, PeakSearch(istd.rt + offset(istd.rt), integ.rt_window, integ.min_detection_sn),
+                       anchored=True)
         if peak is not None:
             found_rt[istd.name] = peak.rt
     for analyte in method.analytes:
         expected, window = predicted_rt(analyte, method, found_rt, offset)
         search = coeluting_search(traces, analyte, PeakSearch(expected, window, integ.min_detection_sn))
-        quant = measure(analyte.quantifier, search)
+        quant = measure(analyte.quantifier, search, anchored=analyte.internal_standard in found_rt)
         for qual in analyte.qualifiers:
             q_expected = quant.rt if quant is not None else expected
             q_window = integ.anchored_rt_window if quant is not None else window
-            measure(qual, PeakSearch(q_expected, q_window, integ.min_detection_sn))
+            measure(qual, PeakSearch(q_expected, q_window, integ.min_detection_sn), anchored=quant is not None)
     return rows, ""
 
 
@@ -189,17 +190,22 @@ def predicted_rt(
     return analyte.rt + offset(analyte.rt), method.integration.rt_window
 
 
-# A peak this clear (S/N) just outside the search window, within twice its half-width, is
+# A peak this clear (S/N) just outside the search window, within half its half-width more, is
 # reported (and flagged RT_SHIFT by the RT check) rather than lost as NO_PEAK.
 CLEAR_SN = 10.0
+JUST_OUTSIDE = 0.5
 
 
-def _search(trace: Trace | None, search: PeakSearch) -> Peak | None:
+def _search(trace: Trace | None, search: PeakSearch, anchored: bool) -> Peak | None:
+    """The peak in the search window; for a search anchored on a peak found in this injection
+    (the IS, the quantifier; internal standards themselves) also a clear one just outside it.
+    Unanchored searches (a blank has no IS) do not look further: a matrix peak beside the
+    window would be taken for the analyte."""
     if trace is None:
         return None
     peak = find_peak(trace.time, trace.intensity, search)
-    if peak is None:
-        wider = PeakSearch(search.expected_rt, 2 * search.window, max(search.min_sn, CLEAR_SN))
+    if peak is None and anchored:
+        wider = PeakSearch(search.expected_rt, (1 + JUST_OUTSIDE) * search.window, max(search.min_sn, CLEAR_SN))
         peak = find_peak(trace.time, trace.intensity, wider)
     return peak
 
