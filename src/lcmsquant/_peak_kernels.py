@@ -38,6 +38,8 @@ RESOLVED_FRACTION = 0.05
 GAIN_SIGNAL = 5.0
 # A shoulder's curvature stands out by more than SHOULDER_Z x its noise.
 SHOULDER_Z = 5.0
+# The baseline is fitted to this many widths at half height beside the peak, on each side.
+LOCAL_FWHM = 5
 # Widest smoothing (points) a peak's own width may ask for.
 MAX_SMOOTHING = 51
 
@@ -194,12 +196,12 @@ def robust_line_kept(x, y):
 def off_peaks(x, y):
     """The points of a baseline region that are not on another peak.
 
-    The region is cut into 6 stretches; the noise is that of the quietest, lowest ones, and a
-    first line runs through the lower quartiles of the stretches that do not lie on another
-    peak (more than 3 noise SDs above it). The line is then refitted without the points lying
-    more than 3 noise SDs above it until none is left out anew: peaks only ever rise above a
-    baseline, so a neighbour or a matrix peak in the region cannot lift the line. All points
-    when fewer than 30 % (or 3) would be left."""
+    The region is cut into 6 stretches; the noise is that of the three lowest ones, and a first
+    line runs through the lower quartiles of those and of the stretches on the same line (not
+    more than 3 noise SDs above it): another peak never covers half the region. The line is
+    then refitted without the points lying more than 3 noise SDs above it until none is left
+    out anew: peaks only ever rise above a baseline, so a neighbour or a matrix peak in the
+    region cannot lift the line. All points when fewer than 30 % (or 3) would be left."""
     n = len(x)
     keep = np.ones(n, dtype=np.bool_)
     if n < 12:
@@ -209,22 +211,17 @@ def off_peaks(x, y):
     for k in range(stretches):
         lo, hi = k * n // stretches, (k + 1) * n // stretches
         xs[k], ys[k], noise[k] = median(x[lo:hi]), _lower_quartile(y[lo:hi]), noise_sigma(y[lo:hi])
-    lowest = np.argsort(ys)[:3]
-    sigma = median(noise[lowest])
+    order = np.argsort(ys)
+    sigma = median(noise[order[:3]])
     if not sigma > 0:
         return keep
-    use = np.ones(stretches, dtype=np.bool_)
-    slope, intercept = line(xs, ys)
-    for _ in range(stretches - 2):
-        residual = ys - (intercept + slope * xs)
-        worst = -1
-        for k in range(stretches):
-            if use[k] and residual[k] > 3.0 * sigma and (worst < 0 or residual[k] > residual[worst]):
-                worst = k
-        if worst < 0:
-            break
-        use[worst] = False
-        slope, intercept = line(xs[use], ys[use])
+    use = np.zeros(stretches, dtype=np.bool_)
+    use[order[:3]] = True
+    slope, intercept = line(xs[use], ys[use])
+    for k in order[3:]:
+        if ys[k] - (intercept + slope * xs[k]) <= 3.0 * sigma:
+            use[k] = True
+    slope, intercept = line(xs[use], ys[use])
     for _ in range(10):
         new_keep = y - (intercept + slope * x) <= 3.0 * sigma
         kept = np.count_nonzero(new_keep)
@@ -261,8 +258,8 @@ def level_or_line(x, y):
 
 @_jit
 def baseline_around(time, intensity, smoothed, apex):
-    """A straight baseline (intercept, slope) fitted around the peak at `apex`, and the
-    intensities it was fitted to (off other peaks); the excluded peak region reaches 3 half-widths before and 5
+    """A straight baseline (intercept, slope) fitted beside the peak at `apex` (local_span), and
+    the intensities it was fitted to (off other peaks); the excluded peak region reaches 3 half-widths before and 5
     after the apex, so a tailing peak does not lift its own baseline."""
     n = len(time)
     # Never below the lowest raw point: smoothing rings below the foot of a steep neighbour.
@@ -281,8 +278,10 @@ def baseline_around(time, intensity, smoothed, apex):
         k = max(2, min(5, n // 6))
         lo = k
         hi = n - k - 1
-    x = np.concatenate((time[:lo], time[hi + 1:]))
-    y = np.concatenate((intensity[:lo], intensity[hi + 1:]))
+    span = local_span(apex - left, right - apex)
+    first, last = max(lo - span, 0), min(hi + span, n - 1)
+    x = np.concatenate((time[first:lo], time[hi + 1: last + 1]))
+    y = np.concatenate((intensity[first:lo], intensity[hi + 1: last + 1]))
     if len(x) >= 2 and x[-1] > x[0]:
         off = off_peaks(x, y)
         slope, intercept, _, _ = robust_line_kept(x[off], y[off])
@@ -290,6 +289,13 @@ def baseline_around(time, intensity, smoothed, apex):
     else:
         slope, intercept = 0.0, median(y)
     return intercept, slope, y
+
+
+@_jit
+def local_span(hw_left, hw_right):
+    """Points beside a peak its baseline is fitted to: LOCAL_FWHM widths at half height (at
+    least 10 points), so that a curved background far away does not tilt it."""
+    return max(LOCAL_FWHM * (max(hw_left, 1) + max(hw_right, 1)), 10)
 
 
 @_jit
@@ -446,7 +452,8 @@ def boundaries(smoothed, raw, base, apex, sigma, noise):
     # Never less than the peak's own width at half height.
     start = min(max(start, apex - 6 * hw_left, 0), max(apex - hw_left, 0))
     end = max(min(end, apex + 12 * hw_right, n - 1), min(apex + hw_right, n - 1))
-    return start, end, left_split or right_split, 0, n - 1
+    span = local_span(hw_left, hw_right)
+    return start, end, left_split or right_split, max(start - span, 0), min(end + span, n - 1)
 
 
 @_jit
