@@ -40,6 +40,9 @@ GAIN_SIGNAL = 5.0
 SHOULDER_Z = 5.0
 # The baseline is fitted to this many widths at half height beside the peak, on each side.
 LOCAL_FWHM = 5
+# A peak is cut by the trace's end (edge) when its signal there is above this share of its height:
+# a tail lower than that holds less than that share of the area.
+EDGE_FRACTION = 0.01
 # Widest smoothing (points) a peak's own width may ask for.
 MAX_SMOOTHING = 51
 
@@ -95,6 +98,16 @@ def convolve_nearest(values, weights):
             j = min(max(i + half - k, 0), n - 1)
             total += weights[k] * values[j]
         out[i] = total
+    return out
+
+
+@_jit
+def median3(values):
+    """Running median of 3 points (the ends kept): a single-point spike or dropout is gone."""
+    out = values.copy()
+    for i in range(1, len(values) - 1):
+        a, b, c = values[i - 1], values[i], values[i + 1]
+        out[i] = max(min(a, b), min(max(a, b), c))
     return out
 
 
@@ -578,7 +591,9 @@ def integrate(time, intensity, start, end, intercept, slope, sigma, reference_tr
     return (
         True, refine_apex(t, rt_trace, int(np.argmax(rt_trace))), t[0], t[-1], area, height,
         smoothed_height / sigma if sigma > 0 else math.inf, sigma, base[0], base[-1], len(t),
-        start == 0 or end == len(time) - 1, fwhm, tailing, asymmetry, points_fwhm,
+        (start == 0 and reference[0] > EDGE_FRACTION * smoothed_height)
+        or (end == len(time) - 1 and reference[-1] > EDGE_FRACTION * smoothed_height),
+        fwhm, tailing, asymmetry, points_fwhm,
         flat_top(intensity[start: end + 1]), split,
     )
 
@@ -758,8 +773,10 @@ def find_peak(time, intensity, expected_rt, window, min_sn, smoothing, second_de
     noise = smoothed_noise(smoothed, base, sigma, gain, centre_weight)
     width = own_smoothing_width(smoothed, base, apex, noise, len(smoothing), n)
     if width != len(smoothing):
+        # Valleys and boundaries follow the peak's shape: a single dropped or spiked point (0.4 %
+        # of a real trace's points) is no valley.
         smoothing = savgol_smoothing(width)
-        smoothed = convolve_nearest(intensity, smoothing)
+        smoothed = convolve_nearest(median3(intensity), smoothing)
         apex, intercept, slope, sigma = choose_apex(time, intensity, smoothed, expected_rt, window, min_sn)
         if apex < 0:
             return none

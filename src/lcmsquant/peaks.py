@@ -60,7 +60,7 @@ class Peak:
     baseline_start: float  # baseline level at the start boundary
     baseline_end: float
     points: int  # raw data points between the boundaries
-    edge: bool = False  # a boundary sits on the first or last point of the trace
+    edge: bool = False  # cut by the trace's end: a boundary on its first or last point, above 1 % of the height
     fwhm: float = float("nan")  # minutes
     tailing_factor: float = float("nan")  # USP, at 5 % height
     asymmetry: float = float("nan")  # at 10 % height
