@@ -80,7 +80,7 @@ def measure_injection(
     offset = run_rt_offset(traces, method)
     for istd in method.internal_standards:
         peak = measure(istd.transition, PeakSearch(istd.rt + offset(istd.rt), integ.rt_window, integ.min_detection_sn),
-                       anchored=True)
+                       anchored=False)
         if peak is not None:
             found_rt[istd.name] = peak.rt
     for analyte in method.analytes:
@@ -133,8 +133,11 @@ def coeluting_search(traces: Mapping[Transition, Trace | None], analyte: Analyte
 # searched this much wider than the method's window (min) ...
 OFFSET_MIN_SN = 20.0
 OFFSET_SEARCH_MIN = 1.0
-# ... and each RT's offset is the median of the offsets of this many anchors nearest to it.
+# ... and each RT's offset is the median of the offsets of this many anchors nearest to it;
+# with fewer anchors than OFFSET_MIN_ANCHORS (or than the method's internal standards) there is
+# none: one stray peak in a blank's IS trace must not move its searches.
 OFFSET_NEIGHBOURS = 5
+OFFSET_MIN_ANCHORS = 3
 
 
 def run_rt_offset(traces: Mapping[Transition, Trace | None], method: Method) -> Callable[[float], float]:
@@ -142,9 +145,10 @@ def run_rt_offset(traces: Mapping[Transition, Trace | None], method: Method) -> 
 
     Real runs elute up to ~0.5 min from the RTs a method lists (column, dead volume, gradient
     delay), which moves peaks out of their search windows. The internal standards are searched
-    in a wide window; those found clearly (S/N >= OFFSET_MIN_SN, not at a trace edge) are
-    anchors, and the offset at a method RT is the median offset of the nearest anchors (a few
-    wrong picks do not move it). No anchor: no offset. Only where peaks are searched moves; the
+    in a wide window; those found clearly (S/N >= OFFSET_MIN_SN, 3 points or more across the
+    half height, not cut by a trace edge) are anchors, and the offset at a method RT is the
+    median offset of the nearest anchors (a few wrong picks do not move it). Too few anchors
+    (a blank has no IS): no offset. Only where peaks are searched moves; the
     RT checks still compare with the method's RTs.
     """
     integ = method.integration
@@ -155,9 +159,9 @@ def run_rt_offset(traces: Mapping[Transition, Trace | None], method: Method) -> 
             continue
         peak = find_peak(trace.time, trace.intensity,
                          PeakSearch(istd.rt, max(integ.rt_window, OFFSET_SEARCH_MIN), OFFSET_MIN_SN))
-        if peak is not None and not peak.edge and peak.sn >= OFFSET_MIN_SN:
+        if peak is not None and not peak.edge and peak.sn >= OFFSET_MIN_SN and peak.points_fwhm >= 3:
             anchors.append((istd.rt, peak.rt - istd.rt))
-    if not anchors:
+    if len(anchors) < min(OFFSET_MIN_ANCHORS, len(method.internal_standards)):
         return lambda rt: 0.0
     at = np.array([a[0] for a in anchors])
     offsets = np.array([a[1] for a in anchors])
@@ -198,9 +202,10 @@ JUST_OUTSIDE = 0.5
 
 def _search(trace: Trace | None, search: PeakSearch, anchored: bool) -> Peak | None:
     """The peak in the search window; for a search anchored on a peak found in this injection
-    (the IS, the quantifier; internal standards themselves) also a clear one just outside it.
-    Unanchored searches (a blank has no IS) do not look further: a matrix peak beside the
-    window would be taken for the analyte."""
+    (the analyte on its IS, the qualifier on its quantifier) also a clear one just outside it.
+    Unanchored searches (internal standards, whose run offset already moved the window; an
+    analyte in a blank, which has no IS) do not look further: a stray peak beside a blank's
+    window would be taken for its IS or analyte."""
     if trace is None:
         return None
     peak = find_peak(trace.time, trace.intensity, search)

@@ -45,6 +45,17 @@ class RunResult:
     peaks_only: str = ""  # why the run has no calibration at all (see peaks_only_reason); "" when calibrated
 
 
+def _at_analyte_rt(rows: pd.DataFrame, rt_tolerance: float) -> pd.DataFrame:
+    """The rows as selectivity and carry-over judge them: in a blank or zero sample, a peak off
+    the analyte's RT (beyond the identity tolerance) is no interference at the analyte's RT
+    (ICH M10 3.2.1) and counts as no response; the results keep it, flagged RT_SHIFT."""
+    blank_like = rows["sample_type"].isin(["blank", "zero"])
+    elsewhere = blank_like & ((rows["rt_min"] - rows["expected_rt_min"]).abs() > rt_tolerance)
+    if not elsewhere.any():
+        return rows
+    return rows.assign(area=rows["area"].where(~elsewhere, 0.0))
+
+
 # What the acceptance rules read of an analyte's rows (copying all ~60 columns for every rule's
 # selection was a third of quantify's time).
 JUDGED_COLUMNS = [
@@ -93,7 +104,7 @@ def quantify(batch: Batch, peaks: pd.DataFrame, injection_errors: dict | None = 
             cal_rows = result.calibrators.set_index("row")
             table.loc[cal_rows.index, "excluded"] = cal_rows["excluded"].astype(bool)
             table.loc[cal_rows.index, "exclusion_reason"] = cal_rows["exclusion_reason"]
-            samples = table.loc[rows, JUDGED_COLUMNS]
+            samples = _at_analyte_rt(table.loc[rows], method.identity.rt_tolerance)[JUDGED_COLUMNS]
             qcs = acceptance.qc_accuracy(samples[samples["sample_type"] == "qc"], method.acceptance)
             table.loc[qcs.index, "qc_passed"] = qcs["qc_passed"].astype("boolean")
             analyte_rules = acceptance.judge(
