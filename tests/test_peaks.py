@@ -331,3 +331,17 @@ def test_a_valley_above_the_baseline_between_two_real_peaks_is_a_split():
     peak = find_peak(TIME, _counted(true + 500, seed=1), PeakSearch(2.6, 0.02))
     assert peak is not None and peak.split
     assert 2.6 < peak.end < 2.6 + 1.6 * fwhm_min
+
+
+def test_the_counting_gain_of_a_pulse_counting_peak_is_one_over_the_dwell_time():
+    """var(cps) = sigma^2 + g * signal with g = 1 / dwell for Poisson counts written in cps. One
+    peak's ~35 top points tell g only to tens of per cent, so the median of 7 peaks is checked."""
+    true = emg(6e5, tau_s=1.5) + 2000
+    weights = savgol_weights(9)
+    for dwell in (0.005, 0.02):
+        gains = []
+        for seed in range(7):
+            y = _counted(true, dwell_s=dwell, seed=seed)
+            light = _peak_kernels.convolve_nearest(y, weights)
+            gains.append(_peak_kernels.counting_gain(y, light, np.full(y.size, 2000.0), noise_sigma(y[:40]), weights[4]))
+        assert np.median(gains) == pytest.approx(1 / dwell, rel=0.35)

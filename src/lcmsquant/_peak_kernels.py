@@ -492,24 +492,10 @@ def counting_gain(intensity, smoothed, base, sigma, centre_weight):
             residual2[k] = r * r / max(1.0 - centre_weight, 1e-3)
             signal[k] = a
             k += 1
+    # The median of r^2 / (sigma^2 + g a) is `target` where g is the median of the g at which each
+    # point's ratio equals it: (r^2 / target - sigma^2) / a.
     target = 0.4549364231195724  # median of a chi-square variable with 1 degree of freedom
-    lo, hi = 0.0, 1.0
-    while _median_ratio(residual2, signal, sigma, hi) > target and hi < 1e12:
-        hi *= 4.0
-    if _median_ratio(residual2, signal, sigma, 0.0) <= target:
-        return 0.0
-    for _ in range(40):
-        mid = 0.5 * (lo + hi)
-        if _median_ratio(residual2, signal, sigma, mid) > target:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
-
-
-@_jit
-def _median_ratio(residual2, signal, sigma, gain):
-    return median(residual2 / (sigma * sigma + gain * signal))
+    return max(median((residual2 / target - sigma * sigma) / signal), 0.0)
 
 
 @_jit

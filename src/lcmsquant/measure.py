@@ -53,11 +53,11 @@ def measure_injection(
     rows, found_rt = [], {}
     integ = method.integration
 
-    def measure(t: Transition, search: PeakSearch, anchored: bool) -> Peak | None:
+    def measure(t: Transition, search: PeakSearch, anchored: bool, found: Peak | None = None) -> Peak | None:
         read = traces.get(t)
         warnings = read.warnings if read is not None else tuple(file_warnings)
         trace = read if read is not None and read.usable else None  # too short to hold a peak: no data, not "no peak"
-        peak = _search(trace, search, anchored)
+        peak = found if found is not None and trace is not None else _search(trace, search, anchored)
         override = overrides.get(t.name)
         if override is None:
             rows.append(_peak_row(t, search.expected_rt, trace, peak, read_warnings=warnings))
@@ -77,10 +77,13 @@ def measure_injection(
         rows.append(row)
         return manual
 
-    offset = run_rt_offset(traces, method)
+    anchors = offset_anchors(traces, method)
+    offset = offset_from(anchors, method)
     for istd in method.internal_standards:
-        peak = measure(istd.transition, PeakSearch(istd.rt + offset(istd.rt), integ.rt_window, integ.min_detection_sn),
-                       anchored=False)
+        search = PeakSearch(istd.rt + offset(istd.rt), integ.rt_window, integ.min_detection_sn)
+        anchor = anchors.get(istd.name)  # the same peak as the search would find: not searched twice
+        same = anchor if anchor is not None and abs(anchor.rt - search.expected_rt) <= search.window else None
+        peak = measure(istd.transition, search, anchored=False, found=same)
         if peak is not None:
             found_rt[istd.name] = peak.rt
     for analyte in method.analytes:
@@ -148,11 +151,16 @@ def run_rt_offset(traces: Mapping[Transition, Trace | None], method: Method) -> 
     in a wide window; those found clearly (S/N >= OFFSET_MIN_SN, 3 points or more across the
     half height, not cut by a trace edge) are anchors, and the offset at a method RT is the
     median offset of the nearest anchors (a few wrong picks do not move it). Too few anchors
-    (a blank has no IS): no offset. Only where peaks are searched moves; the
-    RT checks still compare with the method's RTs.
+    (a blank has no IS): no offset. Only where peaks are searched moves; the RT checks still
+    compare with the method's RTs.
     """
+    return offset_from(offset_anchors(traces, method), method)
+
+
+def offset_anchors(traces: Mapping[Transition, Trace | None], method: Method) -> dict[str, Peak]:
+    """The internal standards' peaks found clearly in a wide window (see run_rt_offset), by name."""
     integ = method.integration
-    anchors = []
+    anchors = {}
     for istd in method.internal_standards:
         trace = traces.get(istd.transition)
         if trace is None or not trace.usable:
@@ -160,11 +168,17 @@ def run_rt_offset(traces: Mapping[Transition, Trace | None], method: Method) -> 
         peak = find_peak(trace.time, trace.intensity,
                          PeakSearch(istd.rt, max(integ.rt_window, OFFSET_SEARCH_MIN), OFFSET_MIN_SN))
         if peak is not None and not peak.edge and peak.sn >= OFFSET_MIN_SN and peak.points_fwhm >= 3:
-            anchors.append((istd.rt, peak.rt - istd.rt))
+            anchors[istd.name] = peak
+    return anchors
+
+
+def offset_from(anchors: Mapping[str, Peak], method: Method) -> Callable[[float], float]:
+    """The offset function of run_rt_offset from its anchors."""
     if len(anchors) < min(OFFSET_MIN_ANCHORS, len(method.internal_standards)):
         return lambda rt: 0.0
-    at = np.array([a[0] for a in anchors])
-    offsets = np.array([a[1] for a in anchors])
+    listed = {istd.name: istd.rt for istd in method.internal_standards}
+    at = np.array([listed[name] for name in anchors])
+    offsets = np.array([peak.rt - listed[name] for name, peak in anchors.items()])
 
     def offset(rt: float) -> float:
         nearest = np.argsort(np.abs(at - rt), kind="stable")[:OFFSET_NEIGHBOURS]
