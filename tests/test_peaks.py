@@ -345,3 +345,16 @@ def test_the_counting_gain_of_a_pulse_counting_peak_is_one_over_the_dwell_time()
             light = _peak_kernels.convolve_nearest(y, weights)
             gains.append(_peak_kernels.counting_gain(y, light, np.full(y.size, 2000.0), noise_sigma(y[:40]), weights[4]))
         assert np.median(gains) == pytest.approx(1 / dwell, rel=0.35)
+
+
+@pytest.mark.parametrize("side", [1, -1])
+def test_a_tailing_neighbour_one_and_a_quarter_widths_away_is_cut_off_at_the_valley(side):
+    """Two tailing peaks 1.25 FWHM apart (the second 0.8 x as tall) leave a valley at ~80 % of the
+    height: the smoothing over the peak's own width must not erase it, so the main peak is cut
+    there (SPLIT) instead of being integrated with its neighbour (+65 %)."""
+    fwhm_s = 6.5  # EMG sigma 1.8 s, tau 2.7 s
+    main = emg(1e5, tau_s=2.7)
+    neighbour = emg(8e4, rt=2.6 + side * 1.25 * fwhm_s / 60, tau_s=2.7)
+    peak = find_peak(TIME, _counted(main + neighbour + 500, seed=2), PeakSearch(2.6, 0.3))
+    assert peak.split
+    assert peak.area == pytest.approx(1e5, rel=0.2)  # a perpendicular drop between tailing peaks
