@@ -454,7 +454,10 @@ def boundaries(smoothed, raw, base, apex, sigma, noise):
     hw_right = crossing(above, apex, 1, half) - apex
     reach_left = max(int(math.ceil(2.5 * hw_left)), decay_reach(above, index, apex, -1, sigma))
     reach_right = max(3 * hw_right, decay_reach(above, index, apex, 1, sigma))
-    resolved = max(RESOLVED_SIGMA * sigma, RESOLVED_FRACTION * above[apex])
+    # The peak's height is its raw top's where smoothing flattens a peak of a few points.
+    lo, hi = max(apex - 1, 0), min(apex + 2, len(raw))
+    height = max(above[apex], (raw[lo:hi] - base[lo:hi]).max())
+    resolved = max(RESOLVED_SIGMA * sigma, RESOLVED_FRACTION * height)
     start, left_valley, left_split, left_rise = walk(above, apex, -1, noise, reach_left, resolved)
     end, right_valley, right_split, right_rise = walk(above, apex, 1, noise, reach_right, resolved)
     n = len(above)
