@@ -13,7 +13,8 @@ in RawDataProcessor_mzML_1.smartpeak_candidates.featureXML) against the vendor.
 
 Metrics, per reference peak (a transition the reference integrated and lcmsquant measured):
   found        lcmsquant reports a peak;
-  same peak    its apex lies within 3 s of the reference's;
+  same peak    its apex lies within 3 s of the reference's (also among the reference peaks of
+               S/N >= 10: many of SmartPeak's Sacc1 picks are noise at S/N 1-3);
   SPLIT, SHOULDER  of the found peaks, the share flagged so;
   narrow       of the same peaks, integrated over less than half the reference's width;
   area 25 % | S/N>20   lcmsquant's own area within 25 % of the vendor's, reference S/N > 20;
@@ -198,6 +199,7 @@ def summarise(label: str, c: pd.DataFrame, flags: bool = True, own_area: bool = 
     row = {
         "comparison": label, "n": len(c), "found": _pct(found, pd.Series(True, index=c.index)),
         "same peak": _pct(same, pd.Series(True, index=c.index)),
+        "same, ref S/N>=10": _pct(same, c["ref_sn"] >= 10),
         "SPLIT": _pct(c["split"], found) if flags else "-",
         "SHOULDER": _pct(c["shoulder"], found) if flags else "-",
         "narrow": _pct(c["width_fraction"] < 0.5, same),
