@@ -400,7 +400,7 @@ def decay_reach(above, index, apex, step, sigma):
 def walk(above, apex, step, noise, reach, resolved):
     """Index where the signal reaches the baseline, whether a valley stopped the walk there, and
     whether that valley lies between two real peaks above the baseline (a split; peaks.py
-    docstring), and where the signal rose again after it (-1 when no valley stopped the walk).
+    docstring).
 
     `noise` is the SD of each point of the smoothed trace at its own signal level: the walk turns
     into a valley only where the signal rises again by more than RISE_Z of them above the
@@ -422,14 +422,14 @@ def walk(above, apex, step, noise, reach, resolved):
             lowest, lowest_at = value, i
         if value <= noise[i]:  # within the noise of the baseline
             if (i - last) * step >= 0:
-                return (i if dip < 0 else dip), False, False, -1
+                return (i if dip < 0 else dip), False, False
             if dip < 0:
                 dip = i
         if value - lowest > max(RISE_Z * noise[lowest_at], floor):
             if dip < 0:
-                return lowest_at, True, lowest > resolved, i
-            return dip, True, False, i  # the dip, then another peak: a valley at the baseline
-    return i, False, False, -1
+                return lowest_at, True, lowest > resolved
+            return dip, True, False  # the dip, then another peak: a valley at the baseline
+    return i, False, False
 
 
 @_jit
@@ -458,8 +458,8 @@ def boundaries(smoothed, raw, base, apex, sigma, noise):
     lo, hi = max(apex - 1, 0), min(apex + 2, len(raw))
     height = max(above[apex], (raw[lo:hi] - base[lo:hi]).max())
     resolved = max(RESOLVED_SIGMA * sigma, RESOLVED_FRACTION * height)
-    start, left_valley, left_split, left_rise = walk(above, apex, -1, noise, reach_left, resolved)
-    end, right_valley, right_split, right_rise = walk(above, apex, 1, noise, reach_right, resolved)
+    start, left_valley, left_split = walk(above, apex, -1, noise, reach_left, resolved)
+    end, right_valley, right_split = walk(above, apex, 1, noise, reach_right, resolved)
     n = len(above)
     floor = 1e-4 * above[apex]  # what is not worth integrating even on noise-free data
     if not left_valley and (start > apex - reach_left
@@ -647,9 +647,10 @@ def savgol_second_derivative(width):
 
 
 @_jit
-def choose_apex(time, intensity, smoothed, expected_rt, window, min_sn):
-    """The most prominent local maximum of the smoothed trace with its apex in the window, with
-    the baseline (intercept, slope) and noise around it; apex -1 when there is none."""
+def window_candidates(time, intensity, smoothed, expected_rt, window, min_sn):
+    """The local maxima (indices) of the smoothed trace with their apex in the window, standing
+    out by min_sn x the noise, with their prominences; and the tallest point of the window with
+    the baseline (intercept, slope) and noise measured around it (tallest -1: an empty window)."""
     n = len(time)
     first, last = -1, -1
     tallest = -1
@@ -661,7 +662,7 @@ def choose_apex(time, intensity, smoothed, expected_rt, window, min_sn):
             if tallest < 0 or smoothed[i] > smoothed[tallest]:
                 tallest = i
     if first < 0:
-        return -1, 0.0, 0.0, 1.0
+        return np.empty(0, dtype=np.int64), np.empty(0), -1, 0.0, 0.0, 1.0
     # The noise is measured away from the tallest signal of the window: a whole-trace estimate
     # counts the peak's own flanks as noise (twice too high on stepped, pulse-counting data).
     intercept, slope, sigma = baseline_and_noise(time, intensity, smoothed, tallest)
@@ -670,14 +671,25 @@ def choose_apex(time, intensity, smoothed, expected_rt, window, min_sn):
     padded[0] = padded[n + 1] = smoothed.min()
     padded[1: n + 1] = smoothed
     apices, proms = prominent_peaks(padded, min_sn * sigma)
+    apices = apices - 1
+    inside = (apices >= first) & (apices <= last)
+    return apices[inside], proms[inside], tallest, intercept, slope, sigma
+
+
+@_jit
+def choose_apex(time, intensity, smoothed, expected_rt, window, min_sn):
+    """The most prominent local maximum of the smoothed trace with its apex in the window (the
+    nearest the expected RT among equals), with the baseline (intercept, slope) and noise around
+    it; apex -1 when there is none."""
+    apices, proms, tallest, intercept, slope, sigma = window_candidates(
+        time, intensity, smoothed, expected_rt, window, min_sn)
     apex = -1
     best_prominence, best_distance = -math.inf, math.inf
     for k in range(len(apices)):
-        i = apices[k] - 1
-        if first <= i <= last:
-            distance = abs(time[i] - expected_rt)
-            if proms[k] > best_prominence or (proms[k] == best_prominence and distance < best_distance):
-                apex, best_prominence, best_distance = i, proms[k], distance
+        i = apices[k]
+        distance = abs(time[i] - expected_rt)
+        if proms[k] > best_prominence or (proms[k] == best_prominence and distance < best_distance):
+            apex, best_prominence, best_distance = i, proms[k], distance
     if apex >= 0 and apex != tallest:
         intercept, slope, sigma = baseline_and_noise(time, intensity, smoothed, apex)
     return apex, intercept, slope, sigma
@@ -703,25 +715,8 @@ def half_width(above, apex, step, noise):
 def candidate_apices(time, intensity, expected_rt, window, min_sn, smoothing):
     """Apex times (min) and prominences of every local maximum of the smoothed trace in the
     window standing out by min_sn x the noise, most prominent first."""
-    n = len(time)
     smoothed = convolve_nearest(intensity, smoothing)
-    first, last, tallest = -1, -1, -1
-    for i in range(n):
-        if abs(time[i] - expected_rt) <= window:
-            if first < 0:
-                first = i
-            last = i
-            if tallest < 0 or smoothed[i] > smoothed[tallest]:
-                tallest = i
-    if first < 0:
-        return np.empty(0), np.empty(0)
-    _, _, sigma = baseline_and_noise(time, intensity, smoothed, tallest)
-    padded = np.empty(n + 2)
-    padded[0] = padded[n + 1] = smoothed.min()
-    padded[1: n + 1] = smoothed
-    apices, proms = prominent_peaks(padded, min_sn * sigma)
-    inside = np.array([first <= a - 1 <= last for a in apices], dtype=np.bool_)
-    apices, proms = apices[inside] - 1, proms[inside]
+    apices, proms, _, _, _, _ = window_candidates(time, intensity, smoothed, expected_rt, window, min_sn)
     order = np.argsort(-proms, kind="mergesort")
     times = np.empty(len(order))
     for k in range(len(order)):
