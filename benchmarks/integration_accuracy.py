@@ -167,14 +167,22 @@ def make_trace(st: Stratum, rng: np.random.Generator):
     apex = EXPECTED_MIN * 60 + rng.uniform(-3.0, 3.0)
     height = st.sn * NOISE
     area = height / height_per_area(sigma, tau)
-    y = OFFSET + area * shape(t_s - apex, sigma, tau)
-    if st.drift:
-        u = (t_s - t_s[0]) / (t_s[-1] - t_s[0])
-        y += 0.5 * height * (u if rng.random() < 0.5 else 1 - u)
-    if st.shoulder:
-        y += rng.uniform(0.3, 0.5) * area * shape(t_s - apex - st.shoulder * fwhm(sigma, tau), sigma, tau)
+    y = OFFSET + area * shape(t_s - apex, sigma, tau) + drift_and_shoulder(st, t_s, apex, sigma, tau, height, area, rng)
     y += rng.normal(0.0, NOISE, len(t_s))
     return t_s / 60.0, y, area, area - seen_area(t_s, apex, sigma, tau, area)
+
+
+def drift_and_shoulder(st: Stratum, t_s: np.ndarray, apex: float, sigma: float, tau: float, height: float,
+                       area: float, rng: np.random.Generator) -> np.ndarray:
+    """The stratum's baseline drift (rising or falling by 0.5 x the height over the trace) and
+    shoulder (30-50 % of the main peak, st.shoulder FWHM after it), in both noise models."""
+    extra = np.zeros(len(t_s))
+    if st.drift:
+        u = (t_s - t_s[0]) / (t_s[-1] - t_s[0])
+        extra += 0.5 * height * (u if rng.random() < 0.5 else 1 - u)
+    if st.shoulder:
+        extra += rng.uniform(0.3, 0.5) * area * shape(t_s - apex - st.shoulder * fwhm(sigma, tau), sigma, tau)
+    return extra
 
 
 def seen_area(t_s: np.ndarray, apex: float, sigma: float, tau: float, area: float) -> float:
@@ -205,12 +213,7 @@ def make_instrument_trace(st: Stratum, rng: np.random.Generator):
     scatter = rng.uniform(*TOP_SCATTER_RANGE)
     height = st.sn * instrument_noise_sd(dwell)
     area = height / height_per_area(sigma, tau)
-    rate = OFFSET + area * shape(t_s - apex, sigma, tau)
-    if st.drift:
-        u = (t_s - t_s[0]) / (t_s[-1] - t_s[0])
-        rate += 0.5 * height * (u if rng.random() < 0.5 else 1 - u)
-    if st.shoulder:
-        rate += rng.uniform(0.3, 0.5) * area * shape(t_s - apex - st.shoulder * fwhm(sigma, tau), sigma, tau)
+    rate = OFFSET + area * shape(t_s - apex, sigma, tau) + drift_and_shoulder(st, t_s, apex, sigma, tau, height, area, rng)
     if st.matrix:  # comparable height (0.3-3 x), baseline-resolved, its own shape
         m_sigma, m_tau = rng.uniform(1.2, 2.1), rng.uniform(1.0, 3.5)
         m_height = height * np.exp(rng.uniform(np.log(0.3), np.log(3.0)))
