@@ -284,6 +284,15 @@ def test_savitzky_golay_weights_are_scipys():
                                        rtol=1e-10, atol=1e-13)
 
 
+def test_the_compiled_closed_form_savitzky_golay_weights_are_scipys():
+    """The peak's own smoothing (any odd width up to 51) computes its weights in closed form."""
+    for width in range(5, 52, 2):
+        np.testing.assert_allclose(_peak_kernels.savgol_smoothing(width), savgol_coeffs(width, 2),
+                                   rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(_peak_kernels.savgol_second_derivative(width), savgol_coeffs(width, 2, deriv=2),
+                                   rtol=1e-10, atol=1e-13)
+
+
 def test_compiled_median_and_mad_are_numpys():
     rng = np.random.default_rng(15)
     for n in range(1, 40):
