@@ -481,23 +481,13 @@ def counting_gain(intensity, smoothed, base, sigma, centre_weight):
     makes the scatter of a peak's top grow with the signal (g = 1 / dwell time for counts per
     second). Fitted so that the median of the scaled squared residuals about the smoothed trace
     is that of a normal variable; 0 when fewer than 5 points stand clearly above the noise."""
-    n = len(intensity)
-    count = 0
-    for i in range(n):
-        if smoothed[i] - base[i] > GAIN_SIGNAL * sigma:
-            count += 1
-    if count < 5:
+    above = smoothed - base
+    clear = above > GAIN_SIGNAL * sigma
+    if np.count_nonzero(clear) < 5:
         return 0.0
-    residual2 = np.empty(count)
-    signal = np.empty(count)
-    k = 0
-    for i in range(n):
-        a = smoothed[i] - base[i]
-        if a > GAIN_SIGNAL * sigma:
-            r = intensity[i] - smoothed[i]
-            residual2[k] = r * r / max(1.0 - centre_weight, 1e-3)
-            signal[k] = a
-            k += 1
+    residual = intensity[clear] - smoothed[clear]
+    residual2 = residual * residual / max(1.0 - centre_weight, 1e-3)
+    signal = above[clear]
     # The median of r^2 / (sigma^2 + g a) is `target` where g is the median of the g at which each
     # point's ratio equals it: (r^2 / target - sigma^2) / a.
     target = 0.4549364231195724  # median of a chi-square variable with 1 degree of freedom
@@ -741,8 +731,9 @@ def find_peak(time, intensity, expected_rt, window, min_sn, smoothing, second_de
     """The most prominent peak with its apex in the window: (found, *PEAK_FIELDS).
 
     `smoothing` are the Savitzky-Golay weights over about 3 s (peaks.smoothing_width), used to
-    find the peak; it is then smoothed again over its own width at half height, so that apex,
-    valleys and boundaries follow the peak and not the noise on its top. `second_derivative`
+    find the peak; it is then smoothed again over OWN_WIDTH_FRACTION of its width at half height
+    (after a 3-point running median), so that apex, valleys and boundaries follow the peak and
+    not the noise on its top. `second_derivative`
     are the matching weights of the second derivative, for the shoulder test."""
     none = (False, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, False, NAN, NAN, NAN, 0, False, False, False)
     n = len(time)

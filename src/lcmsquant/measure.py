@@ -208,8 +208,8 @@ def predicted_rt(
     return analyte.rt + offset(analyte.rt), method.integration.rt_window
 
 
-# A peak this clear (S/N) just outside the search window, within half its half-width more, is
-# reported (and flagged RT_SHIFT by the RT check) rather than lost as NO_PEAK.
+# A peak this clear (S/N) just outside an anchored search window, within JUST_OUTSIDE of its
+# half-width more, is reported (and flagged RT_SHIFT by the RT check) rather than lost as NO_PEAK.
 CLEAR_SN = 10.0
 JUST_OUTSIDE = 0.5
 

@@ -1,7 +1,7 @@
 """Find and integrate one chromatographic peak in an SRM trace.
 
 The smoothed trace is used only to locate the apex and the boundaries; the area is integrated on
-the raw signal above a baseline fitted to the trace around the peak.
+the raw signal above a baseline fitted to the trace beside the peak.
 
 Definitions used everywhere in lcmsquant:
 - noise (sigma): robust RMS of the baseline noise, 1.4826 * MAD of the first differences of the
@@ -14,23 +14,31 @@ Definitions used everywhere in lcmsquant:
   5 % of the height; asymmetry factor As = b / a at 10 % (a: apex to front edge, b: apex to
   back edge); points across the FWHM;
 - smoothing: the peak is found on a Savitzky-Golay smoothing over about 3 s, then smoothed
-  again over its own width at half height (5 to 51 points), so that valleys and boundaries
-  follow the peak and not the noise on its top; height, S/N and shape use the light smoothing;
+  again, after a 3-point running median (a single dropped or spiked point), over half its own
+  width at half height (5 to 51 points), so that valleys and boundaries follow the peak and not
+  the noise on its top, while a neighbour 1.25 widths away keeps its valley; the RT is the apex
+  of that smoothing; height, S/N and shape use the ~3 s smoothing;
 - noise model: var(y) = sigma^2 + g * signal, g fitted per trace to the scatter of the points
-  about the smoothed trace (pulse counting makes a peak's top scatter with its signal);
-- baseline rule: a straight line fitted to the trace outside the peak (base to base), flat when
-  its slope is within 2 standard errors of zero, fitted only up to a baseline-resolved neighbour;
+  about the ~3 s smoothing (pulse counting makes a peak's top scatter with its signal: g is
+  about 1 / dwell time for counts per second);
+- baseline rule: a straight line fitted to the trace beside the peak (5 widths at half height a
+  side), off every other peak (the lowest stretches of that region start the line; points more
+  than 3 noise SDs above it are left out), flat when its slope is within 2 standard errors of
+  zero;
 - valley: the smoothed signal rises again by more than 5 SDs (at the valley's signal level)
   above its lowest point since the apex, so a dip on a jagged top is never a valley. A valley
-  within 2 sigma or 2 % of the apex height of the baseline ends the peak without a flag; a
-  valley clearly above the baseline between two real peaks cuts the peak by a perpendicular
-  drop to the common baseline (`split`);
+  within 2 sigma or 5 % of the peak's height (its raw top's where smoothing flattens a peak of
+  a few points) of the baseline ends the peak without a flag; a valley clearly above the
+  baseline between two real peaks cuts the peak by a perpendicular drop to the common baseline
+  (`split`);
 - shoulder: an unresolved co-eluting peak (no valley, but the curvature bends twice by more
   than 5 times its noise at that signal level) is only flagged (`shoulder`);
-- boundaries: where the smoothed signal meets the baseline, and at least where the peak's
+- boundaries: where the smoothed signal comes within its noise of the baseline, and at least where the peak's
   side, extrapolated as an exponential decay, is no longer worth integrating (it would add
   more noise than signal: a tail is integrated to its real end, not to its first noise dip);
   never less than the peak's own width at half height;
+- edge: a boundary on the first or last point of the trace with the signal there above 1 % of
+  the height (a lower tail holds less than 1 % of the area);
 - saturated: three or more raw points within 0.1 % of the maximum at the apex (a flat top);
 - area: trapezoidal integral of (raw - baseline) between the boundaries, in counts (cps x s).
 """
