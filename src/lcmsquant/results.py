@@ -151,8 +151,7 @@ def reanalysis_table(run: RunResult) -> pd.DataFrame:
 
 def calibration_table(run: RunResult) -> pd.DataFrame:
     """calibration.csv: one row per analyte x calibrator set (the header alone when there is none)."""
-    table = run.calibration if len(run.calibration.columns) else pd.DataFrame(columns=list(CALIBRATION_COLUMNS))
-    return _rounded(table)
+    return _rounded(run.calibration)  # quantify gives it CALIBRATION_COLUMNS even with no row
 
 
 def run_summary(batch: Batch, run: RunResult) -> dict:
