@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lcmsquant.files import InputError, read_csv_rows
+from lcmsquant.files import InputError, not_a_file, parse_decimal, read_csv_rows
 from lcmsquant.overrides import OVERRIDES, Override, OverrideError, read_overrides
 from lcmsquant.method import (
     CALIBRATOR_LEVEL,
@@ -96,13 +96,21 @@ def load_batch(folder: Path | str, method: Method | None = None) -> Batch:
     if method is None:
         method = load_method(resolve_method_path(folder))
     worklist_path = folder / WORKLIST
-    if not worklist_path.is_file():
+    if problem := not_a_file(worklist_path):
+        if os.path.lexists(worklist_path):
+            raise BatchError(folder, [f"{WORKLIST} {problem}: replace it by the batch's worklist"])
         raise BatchError(
             folder,
             [f"{WORKLIST} not found in {folder}: a batch folder needs one, with columns {', '.join(COLUMNS)}"],
         )
     table = read_worklist(worklist_path)
-    problems: list[str] = []
+    problems: list[str] = [
+        f"{name} {problem}: replace it by a CSV file, or remove it"
+        for name in (CALIBRATORS, OVERRIDES)
+        if os.path.lexists(folder / name) and (problem := not_a_file(folder / name))
+    ]
+    if problems:
+        raise BatchError(folder, problems)
     calibrators_path = folder / CALIBRATORS
     if calibrators_path.is_file():
         try:
@@ -223,12 +231,8 @@ def _file_problem(folder: Path, file: str) -> str:
         return f"file {file!r} contains a NUL character"
     if os.path.isabs(file) or os.path.normpath(file).split(os.sep)[0] == os.pardir:
         return f"file '{file}' is not inside the batch folder: name it relative to {folder}"
-    try:
-        exists = (folder / file).is_file()
-    except (OSError, ValueError) as err:
-        return f"file '{file}' cannot be a file name ({getattr(err, 'strerror', None) or err})"
-    if not exists:
-        return f"file '{file}' does not exist in {folder}"
+    if problem := not_a_file(folder / file):
+        return f"file '{file}' {problem}" + (f" in {folder}" if problem.startswith("does not exist") else "")
     if not file.lower().endswith((".mzml", ".mzml.gz")):
         return f"file '{file}' is not .mzML or .mzML.gz"
     return ""
@@ -259,6 +263,13 @@ def apply_batch_calibrators(
         name = current.name if current is not None else matrix
         matrices = current.matrices if current is not None else (matrix,)
         new = CalibratorSet(name, matrices, rows.reset_index(drop=True), str(path))
+        if name in sets:  # another matrix the same set serves: checked once
+            if not sets[name].nominals.equals(new.nominals):
+                problems.append(
+                    f"{path.name}: matrices {', '.join(sets[name].matrices)} share the method's calibrator set '{name}' "
+                    "but the file gives them different nominals: give one list for the set"
+                )
+            continue
         sets[name] = new
         needs_qcs = qc_matrices is None or bool(set(matrices) & qc_matrices)
         problems.extend(check_calibrator_set(new, method, needs_qcs))
@@ -271,7 +282,7 @@ def _dilution(text: str, strict: bool = True) -> float:
     if not text:
         return 1.0
     try:
-        value = float(text)
+        value = parse_decimal(text)
     except ValueError:
         value = np.nan
     if not np.isfinite(value) or value <= 0:

@@ -39,6 +39,7 @@ import pyopenms as oms  # noqa: E402  (after the thread setting, which it reads 
 _log = oms.LogConfigHandler.getInstance()
 _log.configure(_log.parse([b"WARNING remove cerr"]))
 
+from lcmsquant.files import not_a_file
 from lcmsquant.method import Method, Transition
 
 
@@ -89,8 +90,8 @@ def read_traces(path: Path | str, warnings: list[str] | None = None) -> list[Tra
     chromatogram the parser skipped (its arrays disagree) is named in `warnings`, when given.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ChromatogramReadError(f"{path}: file does not exist")
+    if problem := not_a_file(path):
+        raise ChromatogramReadError(f"{path}: {problem}")
     check_well_formed(path)
     experiment = oms.MSExperiment()
     options = oms.PeakFileOptions()
@@ -176,16 +177,37 @@ _CUT_SHORT = {
 _CHECK_CHUNK = 1 << 20
 
 
+class _DoctypeFound(Exception):
+    """Raised from expat's handler at a document type declaration."""
+
+    def __init__(self, line: int):
+        self.line = line
+
+
 def check_well_formed(path: Path) -> None:
     """Refuse a file that is not well-formed XML (a truncated or damaged file) with the place
-    it breaks, before the C++ parser reads it."""
+    it breaks, before the C++ parser reads it.
+
+    A DOCTYPE is refused too: mzML never needs one, and the C++ parser would resolve its external
+    entities and DTDs (reading other local files into its messages, or waiting forever on a FIFO).
+    """
     try:
         with open(path, "rb") as raw:
             stream = gzip.GzipFile(fileobj=raw) if path.name.lower().endswith(".gz") else raw
             parser = expat.ParserCreate()
+
+            def refuse_doctype(*_args) -> None:
+                raise _DoctypeFound(parser.CurrentLineNumber)
+
+            parser.StartDoctypeDeclHandler = refuse_doctype
             while chunk := stream.read(_CHECK_CHUNK):  # ParseFile's 2 KB reads cost a third more
                 parser.Parse(chunk, False)
             parser.Parse(b"", True)
+    except _DoctypeFound as found:
+        raise ChromatogramReadError(
+            f"{path.name}: not a readable mzML file (a DOCTYPE declaration at line {found.line}: mzML has none, and its "
+            "entities and DTDs are not read; remove the declaration or convert the raw file again)"
+        ) from None
     except expat.ExpatError as err:
         where = f"line {err.lineno}, column {err.offset + 1}"
         if err.code in _CUT_SHORT:

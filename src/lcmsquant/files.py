@@ -9,6 +9,7 @@ import json
 import os
 import re
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
@@ -27,23 +28,119 @@ class InputError(ValueError):
         super().__init__(f"{self.path}: {len(problems)} problem(s) in the {self.kind}:\n{lines}")
 
 
+def not_a_file(path: Path | str) -> str:
+    """Why `path` cannot be read as a file ("does not exist", "is a folder", "is a FIFO ..."), or
+    "" for a regular file (a symbolic link counts as what it points to).
+
+    Checked before opening: reading a FIFO or a device waits forever or never ends.
+    """
+    kind = file_kind(path)
+    if kind == "a regular file":
+        return ""
+    if kind == "a folder":
+        return "is a folder, not a file"
+    if kind.startswith(("nothing", "unreadable")):
+        return "does not exist" if kind == "nothing" else f"cannot be read ({kind.removeprefix('unreadable: ')})"
+    return f"is {kind}, not a regular file"
+
+
+def file_kind(path: Path | str) -> str:
+    """What is at `path`, in words: "a regular file", "a folder", "a FIFO (named pipe)", "a
+    character device", ..., "nothing", or "unreadable: <reason>" (links are followed)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "nothing"
+    except (OSError, ValueError) as err:
+        return f"unreadable: {getattr(err, 'strerror', None) or err}"
+    kinds = (
+        (stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+    )
+    return next((word for test, word in kinds if test(mode)), "a special file")
+
+
+_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def parse_decimal(text: str) -> float:
+    """A number written the way a spreadsheet or an instrument writes one (`12`, `-0.5`, `1e3`);
+    ValueError for anything else, including what Python's float() also takes (`1_000`, `nan`,
+    `inf`, `infinity`), which no person means in a results table."""
+    text = text.strip()
+    if not _DECIMAL.fullmatch(text):
+        raise ValueError(f"{text!r} is not a decimal number")
+    return float(text)
+
+
 def read_csv_rows(path: Path, error: type[InputError], where: Path | None = None) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """Header and (line number, stripped fields) of every non-blank line of a CSV a person edits.
+    """Header and (line number, stripped fields) of every non-blank record of a CSV a person edits.
 
     Accepts a UTF-8 BOM and `,`, `;` or tab separators (whichever the header uses most); line
-    numbers are those an editor shows, blank lines included. Empty files give an empty header.
+    numbers are those an editor shows where the record starts, blank lines included. Empty files
+    give an empty header. A line break, NUL or other control character inside a field is refused
+    with its line: it would break every table and export written from it.
     """
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         raise error(where or path, [f"{path.name}: not UTF-8 text ({err.reason} at byte {err.start}): save it as UTF-8 CSV"]) from None
-    numbered = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
-    if not numbered:
+    lines = text.splitlines(keepends=True)
+    first = next((line for line in lines if line.strip()), "")
+    if not first:
         return [], []
-    delimiter = max(",;\t", key=lambda d: numbered[0][1].count(d))
-    parsed = csv.reader((line for _, line in numbered), delimiter=delimiter)
-    rows = [(n, [v.strip() for v in fields]) for (n, _), fields in zip(numbered, parsed)]
-    return rows[0][1], rows[1:]
+    delimiter = max(",;\t", key=first.count)
+    reader = csv.reader(lines, delimiter=delimiter)
+    records, problems, start = [], [], 1
+    for fields in reader:
+        if any(f.strip() for f in fields):
+            records.append((start, [v.strip() for v in fields]))
+            for column, value in enumerate(fields, start=1):
+                if bad := _CONTROL.search(value.strip()):
+                    what = "a line break" if bad[0] in "\r\n" else f"the control character U+{ord(bad[0]):04X}"
+                    problems.append(f"{path.name} line {start}, field {column}: {what} inside the value: remove it")
+        start = reader.line_num + 1
+    if problems:
+        raise error(where or path, problems)
+    return records[0][1], records[1:]
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+# A cell starting with one of these is run as a formula by spreadsheets (CSV injection).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: str) -> str:
+    """`value` as a spreadsheet shows it and never runs it: text that would start a formula
+    (`=HYPERLINK(...)`, `@SUM(...)`, `-2+3`) gets a leading apostrophe; numbers stay numbers.
+
+    An apostrophe that already leads such text is doubled, so restore_text gives back every value.
+    """
+    if not value:
+        return value
+    opens_formula = value[0] in FORMULA_START and not _DECIMAL.fullmatch(value)
+    quoted = value[0] == "'" and value[1:2] != "" and value[1] in (*FORMULA_START, "'")
+    return "'" + value if opens_formula or quoted else value
+
+
+def restore_text(value: str) -> str:
+    """The value spreadsheet_safe was given."""
+    if value[:1] == "'" and value[1:2] != "" and value[1] in (*FORMULA_START, "'"):
+        return value[1:]
+    return value
+
+
+def csv_text(table, **options) -> str:
+    """A DataFrame as the CSV every lcmsquant table is written as: no index, \\n line ends, and
+    text cells made spreadsheet-safe (see spreadsheet_safe); `options` go to DataFrame.to_csv."""
+    from pandas.api.types import is_datetime64_any_dtype, is_numeric_dtype  # pandas loads only where tables are written
+
+    text_columns = [c for c in table.columns if not (is_numeric_dtype(table[c]) or is_datetime64_any_dtype(table[c]))]
+    if text_columns:
+        table = table.assign(**{c: table[c].map(lambda v: spreadsheet_safe(v) if isinstance(v, str) else v) for c in text_columns})
+    return table.to_csv(index=False, lineterminator="\n", **options)
 
 
 def atomic_write(path: Path, data: bytes | str) -> Path:

@@ -7,6 +7,7 @@ reports all problems at once, so a chemist fixes the file in one pass.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lcmsquant.files import InputError
+from lcmsquant.files import InputError, not_a_file, parse_decimal
 
 MODELS = ("linear", "linear_through_zero", "quadratic")
 WEIGHTINGS = ("none", "1/x", "1/x^2", "1/y", "1/y^2")
@@ -249,6 +250,37 @@ _IS_KEYS = {"q1", "q3", "rt"}
 _SET_KEYS = {"file", "matrices"}
 
 
+# The range a method value can sensibly take (inclusive): a value outside it is a typing error
+# (1e9 for 15, an RT in seconds), refused rather than run. Keys absent here need only be positive.
+PLAUSIBLE: dict[str, tuple[float, float, str]] = {
+    "mz_tolerance": (0.0001, 5.0, "Da"),
+    "q1": (1.0, 5000.0, "m/z"),
+    "q3": (1.0, 5000.0, "m/z"),
+    "rt": (0.0, 600.0, "min"),
+    "rt_window": (0.005, 10.0, "min"),
+    "anchored_rt_window": (0.005, 10.0, "min"),
+    "min_detection_sn": (0.1, 1000.0, ""),
+    "min_sn": (0.1, 1000.0, ""),
+    "rt_tolerance": (0.001, 10.0, "min"),
+    "rrt_tolerance_pct": (0.01, 100.0, "%"),
+    "calibrator_tolerance_pct": (0.1, 100.0, "%"),
+    "lloq_tolerance_pct": (0.1, 100.0, "%"),
+    "qc_tolerance_pct": (0.1, 100.0, "%"),
+    "lloq_qc_tolerance_pct": (0.1, 100.0, "%"),
+    "min_calibrator_fraction": (0.01, 1.0, ""),
+    "min_calibrator_levels": (2, 100, "levels"),
+    "min_level_replicate_fraction": (0.01, 1.0, ""),
+    "min_qc_fraction": (0.01, 1.0, ""),
+    "min_qc_level_fraction": (0.01, 1.0, ""),
+    "carryover_pct_of_lloq": (0.1, 1000.0, "%"),
+    "carryover_is_pct": (0.1, 100.0, "%"),
+    "selectivity_pct_of_lloq": (0.1, 1000.0, "%"),
+    "selectivity_is_pct": (0.1, 100.0, "%"),
+    "is_drift_pct": (0.1, 1000.0, "%"),
+}
+_INTEGER_KEYS = {"min_calibrator_levels"}
+
+
 class _Problems(list):
     def unknown_keys(self, table: dict, allowed: set[str], where: str) -> None:
         for key in sorted(set(table) - allowed):
@@ -263,11 +295,21 @@ class _Problems(list):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             self.append(f"{where}.{key}: expected a number, got {value!r}")
             return default
+        if not math.isfinite(value):
+            self.append(f"{where}.{key}: expected a finite number, got {value!r}")
+            return default
+        if key in _INTEGER_KEYS and value != int(value):
+            self.append(f"{where}.{key}: expected a whole number, got {value!r}")
+            return default
         if positive and value <= 0:
             self.append(f"{where}.{key}: must be greater than 0, got {value!r}")
             return default
         if value < 0:
             self.append(f"{where}.{key}: must not be negative, got {value!r}")
+            return default
+        if key in PLAUSIBLE and not PLAUSIBLE[key][0] <= value <= PLAUSIBLE[key][1]:
+            low, high, unit = PLAUSIBLE[key]
+            self.append(f"{where}.{key}: {value!r} is outside the plausible range {low:g} to {high:g}{' ' + unit if unit else ''}: check the value")
             return default
         return float(value)
 
@@ -275,6 +317,8 @@ class _Problems(list):
 def load_method(path: Path | str) -> Method:
     """Read and validate a method TOML file; raise MethodError listing every problem."""
     path = Path(path)
+    if (problem := not_a_file(path)) and not problem.startswith("does not exist"):
+        raise MethodError(path, [f"the method file {problem}: give a method TOML file"])
     try:
         raw = path.read_bytes()
     except OSError as err:
@@ -386,9 +430,9 @@ def parse_method(doc: dict[str, Any], base_dir: Path, source: str = "method") ->
             p.append(f"{where}: missing required key 'file'")
             continue
         file = (base_dir / str(table["file"])).resolve()
-        if not file.is_file():
+        if problem := not_a_file(file):
             p.append(
-                f"{where}.file: calibrator file {file} does not exist "
+                f"{where}.file: calibrator file {file} {problem} "
                 f"(a relative path is taken from the method file's folder, {base_dir})"
             )
             continue
@@ -451,13 +495,14 @@ def _identity(table: dict, p: _Problems) -> Identity:
     if "ion_ratio_tolerance" in table:
         raw = table["ion_ratio_tolerance"]
         ok = isinstance(raw, list) and raw and all(
-            isinstance(t, list) and len(t) == 2 and all(isinstance(v, (int, float)) and v >= 0 for v in t)
+            isinstance(t, list) and len(t) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 100 for v in t)
             for t in raw
         )
         if not ok:
             p.append(
                 f"{where}.ion_ratio_tolerance: expected a list of [relative_abundance_pct, tolerance_pct] "
-                "pairs of non-negative numbers, e.g. [[50, 20], [20, 25], [10, 30], [0, 50]]"
+                "pairs of numbers from 0 to 100, e.g. [[50, 20], [20, 25], [10, 30], [0, 50]]"
             )
         else:
             tiers = tuple(sorted(((float(a), float(t)) for a, t in raw), reverse=True))
@@ -475,9 +520,10 @@ def _acceptance(table: dict, p: _Problems) -> Acceptance:
             band = table[key]
             if (
                 not isinstance(band, list) or len(band) != 2
-                or not all(isinstance(v, (int, float)) and v >= 0 for v in band) or band[0] >= band[1]
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1000 for v in band)
+                or band[0] >= band[1]
             ):
-                p.append(f"{where}.{key}: expected [low, high] percentages with low < high, got {band!r}")
+                p.append(f"{where}.{key}: expected [low, high] percentages (0 to 1000) with low < high, got {band!r}")
             else:
                 values[key] = (float(band[0]), float(band[1]))
             continue
@@ -503,7 +549,7 @@ def _cohort(table: dict, analytes: list[str], p: _Problems) -> CohortSettings:
         window = table["trough_window_h"]
         if (
             not isinstance(window, list) or len(window) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in window)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 24 * 365 for v in window)
             or window[0] >= window[1]
         ):
             p.append(f"{where}.trough_window_h: expected [earliest, latest] hours after the dose with earliest < latest, got {window!r}")
@@ -578,10 +624,14 @@ def _check_matrix_coverage(sets: list[CalibratorSet], p: _Problems) -> None:
 def read_calibrator_csv(path: Path | str) -> pd.DataFrame:
     """Read a `level,analyte,nominal` file (extra `matrix` column allowed); raise MethodError."""
     path = Path(path)
+    if (problem := not_a_file(path)) and not problem.startswith("does not exist"):
+        raise MethodError(path, [f"calibrator file {path} {problem}"])
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=True, encoding="utf-8-sig")
     except FileNotFoundError:
         raise MethodError(path, [f"calibrator file {path} does not exist"]) from None
+    except pd.errors.EmptyDataError:
+        raise MethodError(path, [f"calibrator file {path} is empty: it needs a header `level,analyte,nominal` and a line per level"]) from None
     except (OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
         raise MethodError(path, [f"cannot read calibrator file {path}: {err}"]) from None
     table.columns = [c.strip() for c in table.columns]
@@ -589,7 +639,7 @@ def read_calibrator_csv(path: Path | str) -> pd.DataFrame:
     if missing:
         raise MethodError(path, [f"{path.name}: missing column(s) {', '.join(sorted(missing))}"])
     problems = []
-    nominal = pd.to_numeric(table["nominal"].str.strip(), errors="coerce")
+    nominal = pd.Series([_decimal_or_nan(v) for v in table["nominal"]], index=table.index, dtype=float)
     for i, (value, num) in enumerate(zip(table["nominal"], nominal)):
         if pd.isna(num) or num <= 0:
             problems.append(f"{path.name} line {i + 2}: nominal {value!r} is not a positive number")
@@ -607,6 +657,13 @@ def read_calibrator_csv(path: Path | str) -> pd.DataFrame:
     if problems:
         raise MethodError(path, problems)
     return table
+
+
+def _decimal_or_nan(text: str) -> float:
+    try:
+        return parse_decimal(text)
+    except ValueError:
+        return math.nan
 
 
 def check_calibrator_set(s: CalibratorSet, method: Method, needs_qcs: bool = True) -> list[str]:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lcmsquant.files import InputError, read_csv_rows
+from lcmsquant.files import InputError, parse_decimal, read_csv_rows
 from lcmsquant.method import Method
 
 OVERRIDES = "overrides.csv"
@@ -111,6 +111,6 @@ def _targets(method: Method) -> dict[str, str]:
 
 def _number(text: str) -> float | None:
     try:
-        return float(text)
+        return parse_decimal(text)
     except ValueError:
         return None

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lcmsquant.files import atomic_write
+from lcmsquant.files import atomic_write, parse_decimal
 from lcmsquant.method import Identity, MethodError, load_method, parse_method
 
 GROUP_COLUMNS = ("transition_group_id", "ProteinName")  # the first one present names the compound
@@ -180,7 +180,7 @@ def _row(line: int, row: list[str], columns: dict, problems: list[str]) -> dict:
     def number(name: str, *, positive: bool) -> float:
         value = cell(name)
         try:
-            x = float(value)
+            x = parse_decimal(value)
         except ValueError:
             problems.append(f"line {line}, column {name}: {value!r} is not a number")
             return math.nan
