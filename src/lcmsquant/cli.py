@@ -26,7 +26,7 @@ app = typer.Typer(
 )
 # Logs and pipes get a fixed width so the summary table is not squeezed to 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 120)
-errors = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+errors = Console(stderr=True, soft_wrap=True)  # a message stays one line in logs; terminals wrap it themselves
 
 EXIT_BAD_INPUT = 2
 

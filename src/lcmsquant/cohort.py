@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from lcmsquant.files import InputError, atomic_write, sha256
+from lcmsquant.files import InputError, atomic_write, csv_text, sha256
 from lcmsquant.method import (
     CALIBRATOR_LEVEL,
     CohortSettings,
@@ -733,7 +733,7 @@ def write_penetration(db: Path | str, out_dir: Path | str) -> tuple[list[Path], 
 
 
 def write_table(table: pd.DataFrame, path: Path) -> Path:
-    return atomic_write(path, table.to_csv(index=False, lineterminator="\n"))
+    return atomic_write(path, csv_text(table))
 
 
 def _rounded(table: pd.DataFrame, digits: int = 4) -> pd.DataFrame:

@@ -24,7 +24,7 @@ from lcmsquant.cohort import (
     connect,
     load_runs,
 )
-from lcmsquant.files import atomic_write
+from lcmsquant.files import atomic_write, csv_text
 from lcmsquant.method import SDTM_TESTCD
 
 FORMATS = ("csv", "parquet", "sdtm")
@@ -93,14 +93,14 @@ def export_cohort(
         if problems:
             raise ExportError(db, problems)
         return [
-            atomic_write(out_dir / "pc.csv", pc.to_csv(index=False, lineterminator="\n")),
+            atomic_write(out_dir / "pc.csv", csv_text(pc)),
             atomic_write(out_dir / "pc.xpt", xpt_bytes(pc, PC_LABELS, "PC", "Pharmacokinetic Concentrations", _created(runs))),
         ]
     tables = {"cohort_results": reported, "cohort_analyses": analyses.drop(columns=["seq"], errors="ignore")}
     if study:
         tables = {k: v.assign(study_id=study)[["study_id", *v.columns]] for k, v in tables.items()}
     if fmt == "csv":
-        return [atomic_write(out_dir / f"{k}.csv", v.to_csv(index=False, lineterminator="\n")) for k, v in tables.items()]
+        return [atomic_write(out_dir / f"{k}.csv", csv_text(v)) for k, v in tables.items()]
     return [atomic_write(out_dir / f"{k}.parquet", parquet_bytes(v)) for k, v in tables.items()]
 
 
@@ -204,9 +204,17 @@ def check_sdtm(pc: pd.DataFrame) -> list[str]:
     for name in pc.columns:
         if name in NUMERIC:
             continue
-        too_long = pc[pc[name].astype(str).str.len() > XPT_CHAR]
+        text = pc[name].astype(str)
+        too_long = pc[text.str.len() > XPT_CHAR]
         for _, r in too_long.head(3).iterrows():
             problems.append(f"{r['USUBJID']} PCSEQ {int(r['PCSEQ'])}: {name} longer than {XPT_CHAR} characters")
+        not_ascii = pc[~text.map(lambda v: v.isascii() and v.isprintable())]
+        for _, r in not_ascii.head(3).iterrows():
+            problems.append(
+                f"{r['USUBJID']} PCSEQ {int(r['PCSEQ'])}: {name} {r[name]!r} holds characters SAS transport "
+                "version 5 cannot (printable ASCII only): correct it where it was typed (worklist, method or --lab), "
+                "or export --format csv/parquet"
+            )
     for code in sorted(set(pc["PCTESTCD"])):
         if not SDTM_TESTCD.match(code):
             problems.append(f"PCTESTCD {code!r}: at most 8 upper-case letters, digits or _, not starting with a digit")

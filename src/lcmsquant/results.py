@@ -11,12 +11,14 @@ that two runs never write into one folder at once.
 from __future__ import annotations
 
 import functools
+import errno
 import hashlib
 import io
 import json
 import os
 import platform
 import re
+import stat
 import sys
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -32,7 +34,9 @@ import pandas as pd
 
 from lcmsquant import __version__
 from lcmsquant.batch import CALIBRATORS, WORKLIST, Batch
-from lcmsquant.files import InputError, atomic_write, atomic_write_all, read_set, remove_stale_temporaries, sha256
+from lcmsquant.files import (
+    InputError, atomic_write, atomic_write_all, csv_text, not_a_file, read_set, remove_stale_temporaries, restore_text, sha256,
+)
 from lcmsquant.method import Acceptance
 from lcmsquant.overrides import OVERRIDES
 from lcmsquant.measure import AUDITED, PEAK_FIELDS
@@ -271,7 +275,7 @@ def write_outputs(batch: Batch, run: RunResult, out_dir: Path, command: list[str
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
     tables = output_tables(batch, run)
-    files = {out_dir / name: table.to_csv(index=False, lineterminator="\n").encode("utf-8") for name, table in tables.items()}
+    files = {out_dir / name: csv_text(table).encode("utf-8") for name, table in tables.items()}
     summary = run_summary(batch, run)
     summary["outputs"] = {path.name: hashlib.sha256(data).hexdigest() for path, data in files.items()}
     files[out_dir / "run.json"] = json.dumps(_jsonable(summary), indent=2) + "\n"
@@ -300,7 +304,15 @@ def output_tables(batch: Batch, run: RunResult) -> dict[str, pd.DataFrame]:
 
 
 LOCK_FILE = ".lcmsquant.lock"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _WINDOWS_LOCKED_BYTE = 1 << 30  # msvcrt locks are mandatory: lock a byte far beyond the holder's details
+
+
+class ResultsFolderError(InputError):
+    """A results folder that cannot be written safely."""
+
+    kind = "results folder"
 
 
 class ResultsFolderBusy(InputError):
@@ -347,7 +359,19 @@ def results_lock(out_dir: Path | str, command: list[str] | None = None) -> Itera
 def _acquire(path: Path, out_dir: Path) -> int | None:
     """The locked file's descriptor; None where the file system cannot lock (the run goes on)."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a link, and never blocking on a FIFO put in its place
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _NONBLOCK, 0o644)
+        except OSError as err:
+            if err.errno not in (errno.ELOOP, errno.EMLINK, errno.ENXIO, errno.EISDIR):
+                raise
+            fd = None
+        if fd is None or not stat.S_ISREG(os.fstat(fd).st_mode):
+            if fd is not None:
+                os.close(fd)
+            raise ResultsFolderError(out_dir, [
+                f"{LOCK_FILE} {'is a symbolic link' if path.is_symlink() else not_a_file(path)}: not a lock file "
+                f"lcmsquant made, so nothing was written; remove {path} and run again"
+            ])
         try:
             locked = _try_lock(fd)
         except OSError:
@@ -409,7 +433,7 @@ def _holder(fd: int) -> str:
 
 
 def write_csv(table: pd.DataFrame, path: Path) -> Path:
-    return atomic_write(path, table.to_csv(index=False, lineterminator="\n"))
+    return atomic_write(path, csv_text(table))
 
 
 def _rounded(table: pd.DataFrame) -> pd.DataFrame:
@@ -628,6 +652,9 @@ def _parse_table(name: str, data: bytes, types: dict, problems: list[str]) -> pd
     missing = [c for c in types if c not in table.columns]
     if missing:
         problems.append(f"{name}: missing column(s) {', '.join(missing)}: not written by `lcmsquant run` (or by an older one); {RERUN}")
+    for column in table.columns:
+        if types.get(column, TEXT) is TEXT:
+            table[column] = table[column].map(restore_text)
     return table
 
 

@@ -9,6 +9,7 @@ must see the batch folders at the same paths). Dask is imported only then.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lcmsquant.batch import load_batch, resolve_method_path
-from lcmsquant.files import InputError
+from lcmsquant.files import InputError, file_kind
 from lcmsquant.method import load_method
 from lcmsquant.measure import measure_batch, resolve_jobs
 from lcmsquant.results import peak_counts, results_lock, sample_counts, write_outputs
@@ -174,6 +175,9 @@ def output_folders(folders: Sequence[Path], out: Path | None) -> list[Path | Non
     for a single batch, or out/<batch folder name> for several (names must then differ)."""
     if out is None:
         return [None] * len(folders)
+    if os.path.lexists(out) and not Path(out).is_dir():
+        kind = "a broken symbolic link" if file_kind(out) == "nothing" else file_kind(out)
+        raise RunRequestError(out, [f"--out {out} is {kind}, not a folder: give a folder (it is created if missing)"])
     if len(folders) == 1:
         return [Path(out)]
     names: dict[str, Path] = {}

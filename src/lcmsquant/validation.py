@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from lcmsquant.calibration import calibrate, fit_curve
-from lcmsquant.files import InputError, atomic_write
+from lcmsquant.files import InputError, atomic_write, csv_text
 from lcmsquant.method import Acceptance
 from lcmsquant.results import read_results
 
@@ -467,9 +467,39 @@ def incurred_sample_reanalysis(
 def isr_runs(original: Sequence[RunResults], repeat: Sequence[RunResults], n_study_samples: int | None = None) -> Isr:
     """ISR of results folders; both sides must come from the same method (see read_runs)."""
     _check_one_method([*original, *repeat], "an incurred sample reanalysis repeats the samples with the same method")
+    _check_new_analysis(original, repeat)
     orig = pd.concat([r.results for r in original], ignore_index=True)
     rep = pd.concat([r.results for r in repeat], ignore_index=True)
     return incurred_sample_reanalysis(orig, rep, n_study_samples)
+
+
+def _check_new_analysis(original: Sequence[RunResults], repeat: Sequence[RunResults]) -> None:
+    """Refuse a repeat that is an original again (the same folder, or the same injection files):
+    it would agree with itself and pass ISR at 100 %."""
+    problems = []
+    for r in repeat:
+        for o in original:
+            if r.folder.resolve() == o.folder.resolve():
+                problems.append(f"{r.folder} is given as both original and repeat: give the results of the reanalysis run as REPEAT")
+                continue
+            mine = _injection_hashes(r)
+            shared = sorted(mine[h] for h in set(mine) & set(_injection_hashes(o)))
+            if shared:
+                files = ", ".join(shared[:3]) + (" ..." if len(shared) > 3 else "")
+                problems.append(
+                    f"{r.folder} measured {len(shared)} injection file(s) of the original {o.folder} ({files}): "
+                    "an ISR repeat is a new analysis of the samples; give the results of the reanalysis run"
+                )
+    if problems:
+        raise ResultsError(repeat[0].folder if repeat else Path("."), problems)
+
+
+def _injection_hashes(run: RunResults) -> dict[str, str]:
+    """SHA-256 -> file name of the study-sample mzML files a run measured (run.json's provenance);
+    blanks may well be byte-identical from run to run, a study sample's injection never is."""
+    samples = set(run.results.loc[run.results["sample_type"] == "unknown", "file"])
+    inputs = run.summary.get("provenance", {}).get("inputs", [])
+    return {i["sha256"]: i["file"] for i in inputs if i.get("file") in samples}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -572,7 +602,7 @@ def _score(calibrators: pd.DataFrame, model: str, weighting: str, acceptance: Ac
 
 def write_table(table: pd.DataFrame, path: Path) -> Path:
     """A table as CSV, numbers to 6 significant digits for stable, readable files, written atomically."""
-    return atomic_write(path, table.to_csv(index=False, lineterminator="\n", float_format="%.6g"))
+    return atomic_write(path, csv_text(table, float_format="%.6g"))
 
 
 def write_validation(validation: Validation, runs: Sequence[RunResults], out_dir: Path) -> list[Path]:
