@@ -368,3 +368,43 @@ def test_isr_cli_with_the_same_folder_twice_exits_2_and_writes_nothing(processed
     done = _cli("isr", processed, processed, "--out", tmp_path)
     assert done.returncode == 2 and "given as both original and repeat" in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Kinds that held before issue 14 and must stay held: markup and SQL in worklist text
+
+
+@pytest.fixture(scope="module")
+def hostile_run(small_batch, tmp_path_factory):
+    """The small batch with markup in one sample id and a formula and SQL in one subject id, run
+    by the CLI (report included) and added to a cohort."""
+    folder = Path(shutil.copytree(small_batch, tmp_path_factory.mktemp("hostile-run") / "batch"))
+    table = _worklist(folder)
+    subject = table.loc[_first_unknown(table), "subject_id"]
+    rows = table["subject_id"] == subject
+    table.loc[rows, "subject_id"] = "=1+1'); DROP TABLE analyses;--"
+    table.loc[_first_unknown(table), "sample_id"] = "<script>alert(1)</script>"
+    table.to_csv(folder / "worklist.csv", index=False)
+    assert _cli("run", folder).returncode == 0
+    db = folder.parent / "cohort.sqlite"
+    added = _cli("cohort", "add", folder / "results", "--db", db)
+    assert added.returncode == 0, added.stderr
+    exported = _cli("cohort", "export", "--db", db, "--format", "csv", "--out", folder.parent / "export")
+    assert exported.returncode == 0, exported.stderr
+    return folder, db
+
+
+def test_markup_in_a_sample_id_is_escaped_in_the_report(hostile_run):
+    folder, _ = hostile_run
+    html = (folder / "results" / "report.html").read_text(encoding="utf-8")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>alert(1)" not in html
+
+
+def test_sql_in_a_subject_id_is_stored_as_text_and_exported_inert(hostile_run):
+    folder, db = hostile_run
+    exported = folder.parent / "export" / "cohort_results.csv"
+    text = exported.read_text(encoding="utf-8")
+    assert "'=1+1'); DROP TABLE analyses;--" in text
+    assert "=1+1'); DROP TABLE analyses;--" in set(pd.read_csv(exported, dtype=str)["subject_id"].map(restore_text))
+    again = _cli("cohort", "export", "--db", db, "--format", "csv", "--out", folder.parent / "again")
+    assert again.returncode == 0 and (folder.parent / "again" / "cohort_results.csv").read_text(encoding="utf-8") == text
