@@ -146,6 +146,43 @@ def test_a_missing_folder_is_refused_not_created(processed_study, tmp_path):
     assert listing(tmp_path) == []
 
 
+def test_a_journal_name_that_is_a_symlink_is_refused_and_its_target_kept(cohort, processed_study, tmp_path):
+    """SQLite would take a file behind `DB-journal` for the journal of an interrupted write and
+    copy it into the database, or write its journal through the link."""
+    _, results = processed_study
+    db = tmp_path / "cohort.sqlite"
+    shutil.copy(cohort, db)
+    target = tmp_path / "precious.txt"
+    target.write_text("not a journal")
+    journal = tmp_path / "cohort.sqlite-journal"
+    journal.symlink_to(target)
+    before = db.read_bytes()
+    for call in (lambda: add_runs(db, [results[1]]), lambda: cohort_tables(db)):
+        with pytest.raises(CohortError, match=f"{journal} is a symbolic link; SQLite keeps the journal of cohort.sqlite"):
+            call()
+    assert db.read_bytes() == before and target.read_text() == "not a journal" and journal.is_symlink()
+
+
+def test_the_journal_of_an_interrupted_add_is_rolled_back_not_called_damage(logged, tmp_path):
+    db = tmp_path / "cohort.sqlite"
+    shutil.copy(logged, db)
+    interrupted = (
+        "import os, sqlite3\n"
+        f"con = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+        "con.execute('PRAGMA cache_size = 1'); con.execute('BEGIN')\n"
+        "con.execute('UPDATE analyses SET concentration = 0')\n"
+        "con.executemany('INSERT INTO history VALUES (99, ?, ?)', [('x', 'y' * 500)] * 2000)\n"
+        "os._exit(0)\n"  # killed before COMMIT: the journal stays beside the database
+    )
+    subprocess.run([sys.executable, "-c", interrupted], check=True, timeout=60)
+    assert (tmp_path / "cohort.sqlite-journal").stat().st_size > 0
+    check = verify_log(db)
+    assert check.intact and len(check.entries) == 4
+    _, analyses, _ = cohort_tables(db)
+    assert analyses["concentration"].max() > 0
+    assert listing(tmp_path) == ["cohort.sqlite"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Files that are not a usable cohort database: refused by add, export and penetration, unchanged
 

@@ -401,7 +401,7 @@ def check_database(db: Path | str, create: bool = False) -> int:
     opened, so a FIFO cannot block and a device is never touched.
     """
     db = Path(db)
-    problem = _path_problem(db, create)
+    problem = _path_problem(db, create) or _journal_problem(db)
     if problem:
         raise CohortError(db, [problem])
     if not db.exists():
@@ -411,17 +411,7 @@ def check_database(db: Path | str, create: bool = False) -> int:
         return 0
     if not head.startswith(SQLITE_HEADER):
         raise CohortError(db, [f"{db} is not an lcmsquant cohort database (not an SQLite file): {USE_A_COHORT}"])
-    try:
-        with closing(_read_only(db)) as con:
-            checked = [" ".join(r[0].split()) for r in con.execute("PRAGMA quick_check")]
-            version = con.execute("PRAGMA user_version").fetchone()[0]
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.OperationalError as err:
-        if "locked" in str(err):
-            raise CohortError(db, [f"{db} is in use by another process (SQLite says {err}): try again when it is done"]) from None
-        checked = [str(err)]
-    except sqlite3.DatabaseError as err:
-        checked = [str(err)]
+    checked, version, tables = _inspect(db)
     if checked != ["ok"]:
         said = "; ".join(checked[:3]) + (f" (and {len(checked) - 3} more)" if len(checked) > 3 else "")
         raise CohortError(db, [f"{db} is damaged: PRAGMA quick_check says {said}; restore it from a backup"])
@@ -429,6 +419,54 @@ def check_database(db: Path | str, create: bool = False) -> int:
 
 
 USE_A_COHORT = "give --db the cohort's database file, or the name of a new file to start a cohort"
+
+
+def _inspect(db: Path, rolled_back: bool = False) -> tuple[list[str], int, set[str]]:
+    """PRAGMA quick_check's findings (or SQLite's error), the schema version and the tables, read-only.
+
+    A journal left by an interrupted write is rolled back first, as SQLite does when it opens
+    the database for writing: the database is then as the last completed `cohort add` left it.
+    """
+    try:
+        with closing(_read_only(db)) as con:
+            checked = [" ".join(r[0].split()) for r in con.execute("PRAGMA quick_check")]
+            version = con.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as err:
+        if getattr(err, "sqlite_errorname", "") == "SQLITE_READONLY_ROLLBACK" and not rolled_back:
+            _roll_back_interrupted_write(db)
+            return _inspect(db, rolled_back=True)
+        if "locked" in str(err):
+            raise CohortError(db, [f"{db} is in use by another process (SQLite says {err}): try again when it is done"]) from None
+        return [str(err)], 0, set()
+    return checked, version, tables
+
+
+def _roll_back_interrupted_write(db: Path) -> None:
+    try:
+        with closing(sqlite3.connect(db)) as con:
+            con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as err:
+        raise CohortError(db, [
+            f"{db}: an interrupted write left its journal {db.name}-journal, which SQLite could not roll back ({err}): "
+            "run the command once with write access to the database and its folder"
+        ]) from None
+
+
+def _journal_problem(db: Path) -> str:
+    """A journal name beside the database that is not a plain file: SQLite would follow or open it."""
+    for base in dict.fromkeys([db.absolute(), Path(os.path.realpath(db))]):
+        for suffix in ("-journal", "-wal", "-shm"):
+            side = base.with_name(base.name + suffix)
+            try:
+                mode = os.lstat(side).st_mode
+            except OSError:
+                continue
+            if not stat.S_ISREG(mode):
+                kind = "a symbolic link" if stat.S_ISLNK(mode) else _file_kind(mode)
+                return (f"{side} is {kind}; SQLite keeps the journal of {db.name} under that name and would follow or "
+                        "open it: remove it (SQLite only ever writes a plain file there)")
+    return ""
 
 
 def _path_problem(db: Path, create: bool) -> str:
