@@ -396,9 +396,10 @@ def check_database(db: Path | str, create: bool = False) -> int:
     file, which only `create` accepts when missing).
 
     Refused, with nothing opened for writing: a path that is not a regular file (folder, FIFO,
-    device, socket, or a link to one), a missing folder, a file that is not SQLite, is damaged
-    (PRAGMA quick_check) or is another program's database. The file is stat-ed before it is
-    opened, so a FIFO cannot block and a device is never touched.
+    device, socket, or a link to one), a missing folder, a journal name beside it that is not a
+    plain file, a file that is not SQLite, is damaged (PRAGMA quick_check) or is another
+    program's database. The file is stat-ed before it is opened, so a FIFO cannot block and a
+    device is never touched; only the journal of an interrupted write is rolled back (_inspect).
     """
     db = Path(db)
     problem = _path_problem(db, create) or _journal_problem(db)
