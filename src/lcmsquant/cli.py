@@ -430,16 +430,61 @@ def cohort_add(
         Path | None, typer.Option("--method", help="Method file the runs were processed with (default: the batch's method.toml, else the shipped one).")
     ] = None,
 ) -> None:
-    """Add processed runs to the cohort (a run added again replaces itself)."""
-    from lcmsquant.cohort import add_runs, describe
+    """Add processed runs to the cohort (a run added again replaces itself; the log keeps what it replaced)."""
+    from lcmsquant.cohort import add_runs, check_database, describe
 
     try:
+        without_log = check_database(db, create=True) == 1
         additions = add_runs(db, results_dirs, method, command=["lcmsquant", *sys.argv[1:]])
     except InputError as err:
         _fail(err)
+    if without_log:
+        console.print(
+            f"note: {db} was made by an earlier lcmsquant without a log of additions; it now keeps one, starting with "
+            "an 'already held' entry for each run it held (see `lcmsquant cohort log`)",
+            markup=False, highlight=False,
+        )
     for line in describe(additions):
         console.print(line, markup=False, highlight=False)
     console.print(f"Cohort database: {db}", markup=False, highlight=False)
+
+
+@cohort_app.command("log")
+def cohort_log(db: DbOption) -> None:
+    """Every `cohort add` as logged, and whether the hash chain and the data agree with the log (exit 1 if not)."""
+    from lcmsquant.cohort import verify_log
+
+    try:
+        check = verify_log(db)
+    except InputError as err:
+        _fail(err)
+    if check.note:
+        console.print(check.note, markup=False, highlight=False)
+        return
+    table = Table(title=f"Log of {escape(str(db))}", title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("#", "recorded (UTC)", "action", "run", "run id", "analyses", "replaced", "by", "run.json", "entry"):
+        wraps = column in ("action", "run", "by")
+        table.add_column(column, justify="right" if column in ("#", "analyses", "replaced") else "left",
+                         no_wrap=not wraps, overflow="fold" if wraps else "ellipsis")
+    for e in check.entries.to_dict("records"):
+        cells = (
+            e["number"], str(e["recorded_at"]).replace("T", " ").removesuffix("+00:00"), e["action"], e["batch"],
+            str(e["run_id"])[:8], e["analyses_added"], e["analyses_replaced"], f"{e['os_user']}@{e['host']}",
+            str(e["run_json_sha256"])[:8] or "-", str(e["entry_sha256"])[:8],
+        )
+        table.add_row(*(escape(str(c)) for c in cells))
+    console.print(table)
+    if not check.intact:
+        errors.print(f"[bold red]log broken:[/] {escape(str(db))}: {len(check.problems)} problem(s):", highlight=False)
+        for problem in check.problems:
+            errors.print(f"  - {escape(problem)}", highlight=False)
+        raise typer.Exit(1)
+    last = check.entries["entry_sha256"].iloc[-1] if len(check.entries) else "-"
+    console.print(
+        f"Log intact: {len(check.entries)} entries, hash chain unbroken, every run's rows as logged; "
+        f"last entry SHA-256 {last} (note it outside the database to anchor the log)",
+        markup=False, highlight=False,
+    )
 
 
 @cohort_app.command("penetration")

@@ -6,18 +6,27 @@ even reprocessed, replaces it. The cohort holds one method: a run processed with
 file, or whose calibrators have other nominal concentrations, is refused. Every analysis of a
 study sample is kept (original and repeats); which one is reported follows the method's
 [cohort] `reanalysis` rule.
+
+The database is checked before it is opened (a regular file, SQLite, not damaged, a cohort
+database) and never written when the check fails. Every `cohort add` is kept in an append-only,
+hash-chained log with the rows it replaced (docs/security.md says what that does and does not
+prove).
 """
 
 from __future__ import annotations
 
+import getpass
 import gzip
 import hashlib
 import json
+import os
 import re
+import socket
 import sqlite3
+import stat
 from collections.abc import Iterable, Sequence
 from contextlib import closing
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,7 +34,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from lcmsquant.files import InputError, atomic_write, csv_text, sha256
+from lcmsquant import __version__
+from lcmsquant.files import InputError, atomic_write, csv_text, mode_kind, sha256
 from lcmsquant.method import (
     CALIBRATOR_LEVEL,
     CohortSettings,
@@ -35,7 +45,7 @@ from lcmsquant.method import (
 )
 from lcmsquant.results import read_results
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added the log; a schema 1 database gets it at its next `cohort add`
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS methods (
     sha256 TEXT PRIMARY KEY, name TEXT NOT NULL, version TEXT NOT NULL, file TEXT NOT NULL,
@@ -73,6 +83,35 @@ CREATE TABLE IF NOT EXISTS additions (
 );
 """
 DATA_TABLES = ("analyses", "verdicts", "nominals", "calibrator_sets", "runs")
+ROW_ORDER = {
+    "analyses": "injection, analyte", "verdicts": "analyte, calibrator_set", "nominals": "calibrator_set, level, analyte",
+    "calibrator_sets": "name", "runs": "run_id",
+}
+LOG_SCHEMA = (
+    """CREATE TABLE log (
+    number INTEGER PRIMARY KEY, recorded_at TEXT NOT NULL, action TEXT NOT NULL, run_id TEXT NOT NULL,
+    batch TEXT NOT NULL, results_dir TEXT NOT NULL, run_json_sha256 TEXT NOT NULL, tables_sha256 TEXT NOT NULL,
+    analyses_added INTEGER NOT NULL, analyses_replaced INTEGER NOT NULL, content_sha256 TEXT NOT NULL,
+    replaced_content_sha256 TEXT NOT NULL, os_user TEXT NOT NULL, host TEXT NOT NULL, command TEXT NOT NULL,
+    lcmsquant_version TEXT NOT NULL, previous_sha256 TEXT NOT NULL, entry_sha256 TEXT NOT NULL
+)""",
+    "CREATE TABLE history (log_number INTEGER NOT NULL REFERENCES log(number), table_name TEXT NOT NULL, row TEXT NOT NULL)",
+    *(
+        f"CREATE TRIGGER {table}_append_only_{event.lower()} BEFORE {event} ON {table} "
+        f"BEGIN SELECT RAISE(ABORT, 'the cohort {table} is append-only: its entries cannot be changed or removed'); END"
+        for table in ("log", "history") for event in ("UPDATE", "DELETE")
+    ),
+)
+LOG_COLUMNS = (
+    "number", "recorded_at", "action", "run_id", "batch", "results_dir", "run_json_sha256", "tables_sha256",
+    "analyses_added", "analyses_replaced", "content_sha256", "replaced_content_sha256", "os_user", "host", "command",
+    "lcmsquant_version", "previous_sha256", "entry_sha256",
+)
+LOG_TRIGGERS = {f"{t}_append_only_{e}" for t in ("log", "history") for e in ("update", "delete")}
+COHORT_TABLES = {"methods", "runs", "calibrator_sets", "nominals", "verdicts", "analyses", "additions"}
+LOG_TABLES = {"log", "history"}
+FIRST_PREVIOUS = "0" * 64  # previous_sha256 of the log's first entry
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 # Outcome of one analysis of a study sample. "value" and "BLQ" are valid results.
 VALID_OUTCOMES = ("value", "BLQ")
@@ -117,6 +156,8 @@ class RunRecord:
     nominals: pd.DataFrame  # calibrator_set, level, analyte, nominal (calibrator levels only)
     verdicts: pd.DataFrame  # analyte, calibrator_set, accepted, reasons, lloq, uloq
     analyses: pd.DataFrame  # one row per study sample x analyte
+    run_json_sha256: str = ""
+    tables_sha256: dict = field(default_factory=dict)  # file name -> SHA-256 of results.csv, calibration.csv, ... as read
 
 
 @dataclass(frozen=True)
@@ -126,6 +167,8 @@ class Addition:
     action: str  # "added" or "replaced"
     analyses: int
     reportable: int
+    replaced: int = 0  # analyses replaced, kept in the history table
+    log_entry: int = 0  # number of the log entry that records the addition
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,6 +234,8 @@ def read_run(results_dir: Path | str, method_path: Path | str | None = None) -> 
         nominals=nominals,
         verdicts=verdicts,
         analyses=analyses,
+        run_json_sha256=outputs.run_json_sha256,
+        tables_sha256=dict(outputs.sha256),
     )
 
 
@@ -334,53 +379,223 @@ def _acquired(path: Path, expected_sha256: str) -> str:
 # The database (edge)
 
 
-def connect(db: Path | str, create: bool = False) -> sqlite3.Connection:
-    """Open a cohort database; refuse a file that is not one, or a missing one unless `create`."""
+def connect(db: Path | str) -> sqlite3.Connection:
+    """Open a cohort database read-only, once check_database has found it usable and not empty."""
     db = Path(db)
-    if not create and not db.is_file():
-        raise CohortError(db, [f"no cohort database at {db}: create it with `lcmsquant cohort add RESULTS_DIR --db {db}`"])
-    con = sqlite3.connect(db)
+    if check_database(db) == 0:
+        raise CohortError(db, [f"{db} holds no run yet: add runs with `lcmsquant cohort add RESULTS_DIR --db {db}`"])
+    return _read_only(db)
+
+
+def _read_only(db: Path) -> sqlite3.Connection:
+    return sqlite3.connect(db.absolute().as_uri() + "?mode=ro", uri=True)
+
+
+def check_database(db: Path | str, create: bool = False) -> int:
+    """The cohort schema version of the database at `db`; 0 when it has none yet (a new or empty
+    file, which only `create` accepts when missing).
+
+    Refused, with nothing opened for writing: a path that is not a regular file (folder, FIFO,
+    device, socket, or a link to one), a missing folder, a journal name beside it that is not a
+    plain file, a file that is not SQLite, is damaged (PRAGMA quick_check) or is another
+    program's database. The file is stat-ed before it is opened, so a FIFO cannot block and a
+    device is never touched; only the journal of an interrupted write is rolled back (_inspect).
+    """
+    db = Path(db)
+    problem = _path_problem(db, create) or _journal_problem(db)
+    if problem:
+        raise CohortError(db, [problem])
+    if not db.exists():
+        return 0
+    head = _head(db)
+    if not head:
+        return 0
+    if not head.startswith(SQLITE_HEADER):
+        raise CohortError(db, [f"{db} is not an lcmsquant cohort database (not an SQLite file): {USE_A_COHORT}"])
+    checked, version, tables = _inspect(db)
+    if checked != ["ok"]:
+        said = "; ".join(checked[:3]) + (f" (and {len(checked) - 3} more)" if len(checked) > 3 else "")
+        raise CohortError(db, [f"{db} is damaged: PRAGMA quick_check says {said}; restore it from a backup"])
+    return _schema_version(db, version, tables - {"sqlite_sequence"})
+
+
+USE_A_COHORT = "give --db the cohort's database file, or the name of a new file to start a cohort"
+
+
+def _inspect(db: Path, rolled_back: bool = False) -> tuple[list[str], int, set[str]]:
+    """PRAGMA quick_check's findings (or SQLite's error), the schema version and the tables, read-only.
+
+    A journal left by an interrupted write is rolled back first, as SQLite does when it opens
+    the database for writing: the database is then as the last completed `cohort add` left it.
+    """
     try:
-        version = con.execute("PRAGMA user_version").fetchone()[0]
-        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.DatabaseError as err:
-        con.close()
-        raise CohortError(db, [f"{db.name} is not a cohort database ({err})"]) from None
-    if tables - {"sqlite_sequence"} and version != SCHEMA_VERSION:
-        con.close()
-        raise CohortError(db, [f"{db.name} is not a cohort database of this lcmsquant (schema {version}, expected {SCHEMA_VERSION})"])
+        with closing(_read_only(db)) as con:
+            checked = [" ".join(r[0].split()) for r in con.execute("PRAGMA quick_check")]
+            version = con.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as err:
+        if getattr(err, "sqlite_errorname", "") == "SQLITE_READONLY_ROLLBACK" and not rolled_back:
+            _roll_back_interrupted_write(db)
+            return _inspect(db, rolled_back=True)
+        if "locked" in str(err):
+            raise CohortError(db, [f"{db} is in use by another process (SQLite says {err}): try again when it is done"]) from None
+        return [str(err)], 0, set()
+    return checked, version, tables
+
+
+def _roll_back_interrupted_write(db: Path) -> None:
+    try:
+        with closing(sqlite3.connect(db)) as con:
+            con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as err:
+        raise CohortError(db, [
+            f"{db}: an interrupted write left its journal {db.name}-journal, which SQLite could not roll back ({err}): "
+            "run the command once with write access to the database and its folder"
+        ]) from None
+
+
+def _journal_problem(db: Path) -> str:
+    """A journal name beside the database that is not a plain file: SQLite would follow or open it."""
+    for base in dict.fromkeys([db.absolute(), Path(os.path.realpath(db))]):
+        for suffix in ("-journal", "-wal", "-shm"):
+            side = base.with_name(base.name + suffix)
+            try:
+                mode = os.lstat(side).st_mode
+            except OSError:
+                continue
+            if not stat.S_ISREG(mode):
+                kind = mode_kind(mode)
+                return (f"{side} is {kind}; SQLite keeps the journal of {db.name} under that name and would follow or "
+                        "open it: remove it (SQLite only ever writes a plain file there)")
+    return ""
+
+
+def _path_problem(db: Path, create: bool) -> str:
+    """Why `db` cannot be a cohort database file, judged from os.stat alone ("" when it can)."""
+    try:
+        info = os.stat(db)
+    except FileNotFoundError:
+        if db.is_symlink():
+            return f"{db} is a symbolic link to {os.readlink(db)}, which does not exist: give --db the database file itself"
+        if not create:
+            return f"no cohort database at {db}: create it with `lcmsquant cohort add RESULTS_DIR --db {db}`"
+        folder = db.absolute().parent
+        if not folder.exists():
+            return f"folder {folder} does not exist: create it first, or give --db a file in an existing folder"
+        if not folder.is_dir():
+            return f"{folder} is not a folder: give --db a file in an existing folder"
+        return ""
+    except NotADirectoryError:
+        return f"{db}: a part of the path is a file, not a folder: give --db a file in an existing folder"
+    except OSError as err:
+        return f"{db} cannot be looked at ({err.strerror}): check the path and its permissions"
+    if stat.S_ISREG(info.st_mode):
+        return ""
+    link = f" (a symbolic link to {os.readlink(db)})" if db.is_symlink() else ""
+    return f"{db}{link} is {mode_kind(info.st_mode)}, not a cohort database file, and was left untouched: {USE_A_COHORT}"
+
+
+def _head(db: Path) -> bytes:
+    """The first 100 bytes (the SQLite header) of a regular file, without blocking on a FIFO put in its place."""
+    try:
+        fd = os.open(db, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as err:
+        raise CohortError(db, [f"{db} cannot be read ({err.strerror}): check its permissions"]) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CohortError(db, [f"{db} was replaced by something that is not a regular file while it was checked: {USE_A_COHORT}"])
+        return os.read(fd, 100)
+    finally:
+        os.close(fd)
+
+
+def _schema_version(db: Path, version: int, tables: set[str]) -> int:
     if not tables:
-        con.executescript(SCHEMA)
-        con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        con.commit()
-    return con
+        return 0
+    if COHORT_TABLES <= tables and version > SCHEMA_VERSION:
+        raise CohortError(db, [f"{db} was made by a newer lcmsquant (cohort schema {version}; lcmsquant {__version__} "
+                               f"reads up to {SCHEMA_VERSION}): use that version"])
+    wanted = {1: COHORT_TABLES, 2: COHORT_TABLES | LOG_TABLES}.get(version)
+    if wanted is None or not wanted <= tables:
+        shown = ", ".join(sorted(tables)[:8]) + (", ..." if len(tables) > 8 else "")
+        raise CohortError(db, [f"{db} is not an lcmsquant cohort database (it holds the tables {shown}): {USE_A_COHORT}"])
+    return version
 
 
 def add_runs(
     db: Path | str, results_dirs: Sequence[Path | str], method_path: Path | str | None = None,
     command: Sequence[str] = (),
 ) -> list[Addition]:
-    """Add (or replace) processed runs in the cohort database, all or none.
+    """Add (or replace) processed runs in the cohort database, all or none, each logged.
 
     Refused, with both sides named: a run processed with another method file than the cohort's,
-    and a calibrator level whose nominal concentration differs from the cohort's.
+    and a calibrator level whose nominal concentration differs from the cohort's; a database
+    check_database refuses is refused before anything is read or written. A schema 1 database
+    (no log) gets the log first, with one "already held" entry per run it holds.
     """
     db = Path(db)
+    check_database(db, create=True)
     runs = [read_run(d, method_path) for d in results_dirs]
-    existed = db.is_file()
-    db.parent.mkdir(parents=True, exist_ok=True)
+    check_database(db, create=True)  # again: reading the runs took a while
+    created = not db.exists()
+    con = sqlite3.connect(db, timeout=30, isolation_level=None)
     try:
-        with closing(connect(db, create=True)) as con, con:
-            return [_add(con, run, command) for run in runs]
-    except BaseException:
-        if not existed:
+        con.execute("BEGIN IMMEDIATE")  # one writer at a time: each log entry follows the last one
+        who = _who(command)
+        _prepare(con, who)
+        additions = [_add(con, run, who) for run in runs]
+        con.execute("COMMIT")
+    except BaseException as err:
+        con.close()  # rolls back
+        if created:
             db.unlink(missing_ok=True)
+        if isinstance(err, sqlite3.Error):
+            raise CohortError(db, [f"{db} could not be written: SQLite says {err}; nothing was added"]) from None
         raise
+    con.close()
+    return additions
 
 
-def _add(con: sqlite3.Connection, run: RunRecord, command: Sequence[str]) -> Addition:
+def _prepare(con: sqlite3.Connection, who: dict) -> None:
+    """A new database gets every table and the log; a schema 1 database the log."""
+    version = con.execute("PRAGMA user_version").fetchone()[0]
+    if version == SCHEMA_VERSION:
+        return
+    if version == 0:
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                con.execute(statement)
+    for statement in LOG_SCHEMA:
+        con.execute(statement)
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    for run_id, batch, results_dir, results_sha in con.execute(
+        "SELECT run_id, batch, results_dir, results_sha256 FROM runs ORDER BY seq"
+    ).fetchall():
+        rows = _run_rows(con, run_id)
+        _append_log(con, {
+            **who, "action": "already held", "run_id": run_id, "batch": batch, "results_dir": results_dir,
+            "run_json_sha256": "", "tables_sha256": json.dumps({"results.csv": results_sha}),
+            "analyses_added": len(rows["analyses"]), "analyses_replaced": 0, "content_sha256": _digest(rows),
+            "replaced_content_sha256": "",
+        }, {})
+
+
+def _who(command: Sequence[str]) -> dict:
+    """When, by whom and with which command: the log's record of one `cohort add`."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError, ImportError):
+        user = f"uid {os.getuid()}" if hasattr(os, "getuid") else "unknown"
+    return {
+        "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "os_user": user,
+        "host": socket.gethostname(), "command": json.dumps(list(command)), "lcmsquant_version": __version__,
+    }
+
+
+def _add(con: sqlite3.Connection, run: RunRecord, who: dict) -> Addition:
     _check_conflicts(con, run)
     previous = con.execute("SELECT seq FROM runs WHERE run_id = ?", (run.run_id,)).fetchone()
+    replaced = _run_rows(con, run.run_id) if previous else {}
     for table in DATA_TABLES:
         con.execute(f"DELETE FROM {table} WHERE run_id = ?", (run.run_id,))
     seq = previous[0] if previous else (con.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM runs").fetchone()[0])
@@ -401,10 +616,18 @@ def _add(con: sqlite3.Connection, run: RunRecord, command: Sequence[str]) -> Add
     action = "replaced" if previous else "added"
     con.execute(
         "INSERT INTO additions (added_at, run_id, action, results_dir, command) VALUES (?, ?, ?, ?, ?)",
-        (datetime.now(timezone.utc).isoformat(timespec="seconds"), run.run_id, action, run.results_dir,
-         json.dumps(list(command))),
+        (who["recorded_at"], run.run_id, action, run.results_dir, who["command"]),
     )
-    return Addition(run.run_id, run.batch, action, len(run.analyses), int(run.analyses["reportable"].sum()))
+    number = _append_log(con, {
+        **who, "action": action, "run_id": run.run_id, "batch": run.batch, "results_dir": run.results_dir,
+        "run_json_sha256": run.run_json_sha256, "tables_sha256": json.dumps(run.tables_sha256, sort_keys=True),
+        "analyses_added": len(run.analyses), "analyses_replaced": len(replaced.get("analyses", ())),
+        "content_sha256": _digest(_run_rows(con, run.run_id)), "replaced_content_sha256": _digest(replaced) if replaced else "",
+    }, replaced)
+    return Addition(
+        run.run_id, run.batch, action, len(run.analyses), int(run.analyses["reportable"].sum()),
+        len(replaced.get("analyses", ())), number,
+    )
 
 
 def _insert(con: sqlite3.Connection, table: str, run_id: str, rows: pd.DataFrame) -> None:
@@ -501,6 +724,156 @@ def load_runs(con: sqlite3.Connection) -> pd.DataFrame:
         "ORDER BY r.acquired = '', r.acquired, r.seq",
         con,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# The log of additions (edge)
+
+
+def _run_rows(con: sqlite3.Connection, run_id: str) -> dict[str, list[dict]]:
+    """Every row the database holds for one run, table by table, in a fixed order."""
+    rows = {}
+    for table in DATA_TABLES:
+        cursor = con.execute(f"SELECT * FROM {table} WHERE run_id = ? ORDER BY {ROW_ORDER[table]}", (run_id,))
+        names = [d[0] for d in cursor.description]
+        rows[table] = [dict(zip(names, r)) for r in cursor]
+    return rows
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":"), default=repr).encode()).hexdigest()
+
+
+def _append_log(con: sqlite3.Connection, entry: dict, replaced: dict[str, list[dict]]) -> int:
+    """Append one entry, chained to the last by its SHA-256, and keep the rows it replaced."""
+    last = con.execute("SELECT number, entry_sha256 FROM log ORDER BY number DESC LIMIT 1").fetchone()
+    number, previous = (last[0] + 1, last[1]) if last else (1, FIRST_PREVIOUS)
+    entry = {**entry, "number": number, "previous_sha256": previous}
+    entry["entry_sha256"] = _digest(entry)
+    con.execute(f"INSERT INTO log ({', '.join(entry)}) VALUES ({', '.join('?' * len(entry))})", tuple(entry.values()))
+    con.executemany(
+        "INSERT INTO history (log_number, table_name, row) VALUES (?, ?, ?)",
+        [(number, table, json.dumps(row, sort_keys=True)) for table, rows in replaced.items() for row in rows],
+    )
+    return number
+
+
+@dataclass(frozen=True)
+class LogCheck:
+    """The cohort's log and what verify_log found: `problems` is empty when the chain is intact
+    and every run's rows are those its last entry records."""
+
+    db: Path
+    entries: pd.DataFrame
+    problems: tuple[str, ...]
+    note: str = ""  # e.g. a database made before the log existed
+
+    @property
+    def intact(self) -> bool:
+        return not self.problems
+
+
+def verify_log(db: Path | str) -> LogCheck:
+    """Check the log of a cohort database: each entry's SHA-256 over its content and the previous
+    entry's SHA-256, the rows kept for each replacement, the append-only triggers, and that each
+    run's rows are as its last entry records them.
+
+    An intact log shows that nothing was edited casually or by accident since it was written;
+    anyone who can write the file can rebuild a consistent one (docs/security.md).
+    """
+    db = Path(db)
+    if check_database(db) == 1:
+        return LogCheck(db, pd.DataFrame(), (), f"{db} has no log: it was made by an earlier lcmsquant; "
+                                                 f"the next `lcmsquant cohort add ... --db {db}` starts one")
+    with closing(connect(db)) as con:
+        try:
+            cursor = con.execute(f"SELECT {', '.join(LOG_COLUMNS)} FROM log ORDER BY number")
+            entries = [dict(zip(LOG_COLUMNS, r)) for r in cursor]
+            history: dict[int, list[tuple[str, str]]] = {}
+            for number, table, row in con.execute("SELECT log_number, table_name, row FROM history ORDER BY rowid"):
+                history.setdefault(number, []).append((table, row))
+            triggers = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+            current = {r[0]: _digest(_run_rows(con, r[0])) for r in con.execute("SELECT run_id FROM runs").fetchall()}
+        except sqlite3.Error as err:
+            return LogCheck(db, pd.DataFrame(columns=LOG_COLUMNS), (f"the log cannot be read (SQLite says {err}): its tables were altered",))
+    problems = [
+        *_chain_problems(entries),
+        *_history_problems(entries, history),
+        *(f"the trigger {t} that keeps the log append-only is missing: it was removed" for t in sorted(LOG_TRIGGERS - triggers)),
+        *_data_problems(entries, current),
+    ]
+    return LogCheck(db, pd.DataFrame(entries, columns=LOG_COLUMNS), tuple(problems))
+
+
+def _chain_problems(entries: list[dict]) -> list[str]:
+    problems = []
+    previous = FIRST_PREVIOUS
+    for position, entry in enumerate(entries, start=1):
+        number = entry["number"]
+        if number != position:
+            problems.append(f"log entry {number} comes where entry {position} should: entries were removed or renumbered")
+        if entry["previous_sha256"] != previous:
+            problems.append(f"log entry {number} does not follow the entry before it (previous_sha256 differs): "
+                            "an entry was removed, inserted or rewritten")
+        if _digest({k: v for k, v in entry.items() if k != "entry_sha256"}) != entry["entry_sha256"]:
+            problems.append(f"log entry {number} ({entry['action']} run '{entry['batch']}') does not match its SHA-256: "
+                            "it was edited after it was written")
+        previous = entry["entry_sha256"]
+    return problems
+
+
+def _history_problems(entries: list[dict], history: dict[int, list[tuple[str, str]]]) -> list[str]:
+    problems = []
+    kept = dict(history)
+    for entry in entries:
+        rows = kept.pop(entry["number"], [])
+        if not entry["replaced_content_sha256"]:
+            if rows:
+                problems.append(f"the history holds rows for log entry {entry['number']}, which replaced nothing")
+            continue
+        replaced = {t: [] for t in DATA_TABLES}
+        try:
+            for table, row in rows:
+                replaced.setdefault(table, []).append(json.loads(row))
+        except (TypeError, ValueError):
+            replaced = None
+        if replaced is None or _digest(replaced) != entry["replaced_content_sha256"]:
+            problems.append(f"the rows kept for log entry {entry['number']} ({entry['action']} run '{entry['batch']}') "
+                            "are not those it replaced: the history was edited")
+    problems += [f"the history holds rows for log entry {n}, which does not exist" for n in kept]
+    return problems
+
+
+def _data_problems(entries: list[dict], current: dict[str, str]) -> list[str]:
+    last = {e["run_id"]: e for e in entries}
+    problems = []
+    for run_id, digest in current.items():
+        entry = last.get(run_id)
+        if entry is None:
+            problems.append(f"run {run_id[:12]} is in the database but not in the log: it was added without lcmsquant")
+        elif entry["content_sha256"] != digest:
+            problems.append(f"run '{entry['batch']}' ({run_id[:12]}): its rows are not those log entry {entry['number']} "
+                            "recorded: they were edited in the database after they were added")
+    problems += [f"run '{e['batch']}' ({run_id[:12]}) of log entry {e['number']} is missing from the database: its rows were deleted"
+                 for run_id, e in last.items() if run_id not in current]
+    return problems
+
+
+def replaced_analyses(db: Path | str) -> pd.DataFrame:
+    """Every analysis a later `cohort add` replaced, as it was, with the log entry that replaced it
+    (log_number, replaced_at, batch and the run.json SHA-256 of the replacement)."""
+    db = Path(db)
+    if check_database(db) < SCHEMA_VERSION:
+        return pd.DataFrame()
+    with closing(connect(db)) as con:
+        kept = con.execute(
+            "SELECT h.log_number, l.recorded_at, l.batch, l.run_json_sha256, h.row FROM history h "
+            "JOIN log l ON l.number = h.log_number WHERE h.table_name = 'analyses' ORDER BY h.rowid"
+        ).fetchall()
+    return pd.DataFrame([
+        {"log_number": n, "replaced_at": at, "replaced_by_batch": batch, "replaced_by_run_json_sha256": run_json, **json.loads(row)}
+        for n, at, batch, run_json, row in kept
+    ])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -818,4 +1191,8 @@ def penetration_plot(pairs: pd.DataFrame, summary: pd.DataFrame, units: str = "n
 
 
 def describe(additions: Iterable[Addition]) -> list[str]:
-    return [f"{a.action} run '{a.batch}' ({a.run_id[:12]}): {a.analyses} results, {a.reportable} reportable" for a in additions]
+    return [
+        f"{a.action} run '{a.batch}' ({a.run_id[:12]}): {a.analyses} results, {a.reportable} reportable"
+        + (f"; the {a.replaced} results it replaced are kept in the history (log entry {a.log_entry})" if a.replaced else "")
+        for a in additions
+    ]

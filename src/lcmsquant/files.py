@@ -53,9 +53,15 @@ def file_kind(path: Path | str) -> str:
         return "nothing"
     except (OSError, ValueError) as err:
         return f"unreadable: {getattr(err, 'strerror', None) or err}"
+    return mode_kind(mode)
+
+
+def mode_kind(mode: int) -> str:
+    """The kind of file an st_mode describes, in words ("a regular file", "a FIFO (named pipe)", ...)."""
     kinds = (
         (stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
         (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISLNK, "a symbolic link"),
     )
     return next((word for test, word in kinds if test(mode)), "a special file")
 

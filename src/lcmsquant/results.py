@@ -527,6 +527,7 @@ class RunOutputs:
     summary: dict = field(repr=False)  # run.json
     session: dict = field(repr=False)  # session.json; {} when there is none
     sha256: dict = field(repr=False)  # file name -> SHA-256 of each table read
+    run_json_sha256: str = ""  # of the run.json read with the tables (one snapshot)
 
     @property
     def method(self) -> dict:
@@ -588,7 +589,7 @@ def read_results(results_dir: Path | str, error: type[InputError] = ResultsFolde
     return RunOutputs(
         folder=folder, results=tables["results.csv"], peaks=tables["peaks.csv"], calibration=tables["calibration.csv"],
         audit=tables.get("audit.csv"), reanalysis=tables.get("reanalysis.csv"), summary=summary, session=session,
-        sha256=digests,
+        sha256=digests, run_json_sha256=hashlib.sha256(data[RUN_JSON]).hexdigest(),
     )
 
 
