@@ -14,6 +14,7 @@ import functools
 import hashlib
 import io
 import json
+import math
 import os
 import platform
 import re
@@ -530,8 +531,9 @@ def read_results(results_dir: Path | str, error: type[InputError] = ResultsFolde
     """Read back what write_outputs wrote into results_dir, as it wrote it (the inverse of write_outputs).
 
     Refused with one `error` listing every problem: no such folder, a file missing or not
-    parsing, a run.json of a results format this version does not know, or a table whose SHA-256
-    is not the one run.json records (the folder was edited by hand or is incomplete).
+    parsing, a run.json of a results format this version does not know or with a field of the
+    wrong type, or a table whose SHA-256 is not the one run.json records (the folder was edited
+    by hand or is incomplete).
     """
     folder = Path(results_dir)
     if not folder.is_dir():
@@ -587,9 +589,10 @@ def _parse_json(name: str, data: dict[str, bytes]) -> tuple[dict, list[str]]:
 
 
 def _newer_format(summary: dict) -> str:
-    """The problem with a run.json of a results format this version cannot read ("" when none)."""
+    """The problem with a run.json of a results format this version cannot read ("" when none;
+    a results_format that is not a whole number is a wrong type, see _summary_problems)."""
     found = summary.get("results_format", RESULTS_FORMAT)
-    if isinstance(found, int) and found <= RESULTS_FORMAT:
+    if not _is_int(found) or found <= RESULTS_FORMAT:
         return ""
     return (
         f"{RUN_JSON}: results format {found!r} (lcmsquant {summary.get('lcmsquant', '?')}), but lcmsquant {__version__} "
@@ -598,18 +601,142 @@ def _newer_format(summary: dict) -> str:
 
 
 def _summary_problems(summary: dict) -> list[str]:
-    """What run.json lacks that every reader relies on."""
+    """What run.json lacks that every reader relies on, and every field of the wrong type."""
+    wrong = _wrong_types(summary)
+
+    def typed(path: str) -> bool:  # already named as a field of the wrong type (or inside one)
+        return any(path == p or path.startswith(p + ".") for p, _ in wrong)
+
     provenance = summary.get("provenance") if isinstance(summary.get("provenance"), dict) else {}
     method = provenance.get("method") if isinstance(provenance.get("method"), dict) else {}
     inputs = provenance.get("inputs")
     problems = [f"{RUN_JSON}: {key} is missing: not a run.json of `lcmsquant run`; {RERUN}"
                 for key, value in (("lcmsquant", summary.get("lcmsquant")), ("provenance.method.sha256", method.get("sha256")))
-                if not value]
-    if not isinstance(inputs, list) or not all(isinstance(i, dict) and "file" in i and "sha256" in i for i in inputs):
+                if not value and not typed(key)]
+    if not typed("provenance.inputs") and (
+        not isinstance(inputs, list) or not all(isinstance(i, dict) and "file" in i and "sha256" in i for i in inputs)
+    ):
         problems.append(f"{RUN_JSON}: provenance.inputs is not a list of files with their SHA-256; {RERUN}")
-    if not isinstance(summary.get("outputs", {}), dict):
-        problems.append(f"{RUN_JSON}: outputs is not a table of file names and SHA-256; {RERUN}")
-    return problems
+    outputs = summary.get("outputs")
+    if outputs is None and "results_format" in summary:  # every run.json with a results_format lists them
+        problems.append(f"{RUN_JSON}: outputs is missing: the tables cannot be checked against their SHA-256; {RERUN}")
+    elif isinstance(outputs, dict):
+        # A run.json without a results_format was written before reanalysis.csv was a table of the set.
+        tables = COLUMN_TYPES if "results_format" in summary else ("results.csv", "peaks.csv", "calibration.csv", "audit.csv")
+        unlisted = [name for name in tables if name not in outputs]
+        if unlisted:
+            problems.append(f"{RUN_JSON}: outputs does not list {', '.join(unlisted)}, so the tables cannot be checked "
+                            f"against their SHA-256; {RERUN}")
+    named = [f"{RUN_JSON}: {what}; {RERUN}" for _, what in wrong[:_MAX_TYPE_PROBLEMS]]
+    if len(wrong) > _MAX_TYPE_PROBLEMS:
+        named.append(f"{RUN_JSON}: {len(wrong) - _MAX_TYPE_PROBLEMS} more field(s) of the wrong type; {RERUN}")
+    return problems + named
+
+
+# What every field of run.json holds, as run_summary and write_outputs write it: a type, a
+# ("list", item), a ("map", value) (an object with names of the writer's choosing), a dict (an
+# object with these keys; others are ignored, as are those missing: _summary_problems requires
+# what every reader needs), or ("record", dict, keys it must have). Readers rely on these
+# types; a field of another type is refused by name rather than failing later with a traceback.
+_NUMBER = "number"
+_RULE = ("record", {
+    "analyte": str, "calibrator_set": str, "rule": str, "section": str, "measured": str, "limit": str,
+    "passed": bool, "critical": bool, "detail": str, "category": str,
+}, ("analyte", "calibrator_set", "rule", "section", "measured", "limit", "passed", "critical", "detail"))  # category came later
+_ACCEPTANCE = {
+    name: ("list", _NUMBER) if name == "is_response_band_pct" else _NUMBER for name in Acceptance.__dataclass_fields__
+}
+RUN_JSON_FIELDS = {
+    "lcmsquant": str, "results_format": int, "batch": str, "run_accepted": bool, "peaks_only": str,
+    "analytes": ("map", ("map", {"verdict": str, "reasons": ("list", str)})),
+    "sample_counts": ("map", ("map", int)),
+    "rules": ("list", _RULE),
+    "injection_errors": ("map", str),
+    "read_warnings": ("map", ("list", str)),
+    "provenance": {
+        "method": {"name": str, "version": str, "file": str, "sha256": str},
+        "units": str,
+        "acceptance": _ACCEPTANCE,
+        "calibrator_sets": ("list", ("record", {"name": str, "matrices": ("list", str), "file": str, "sha256": str},
+                                     ("name", "matrices", "file", "sha256"))),
+        "inputs": ("list", {"file": str, "sha256": str}),
+        "software": ("map", str),
+    },
+    "outputs": ("map", str),
+}
+_WORDS = {str: "text", int: "a whole number", bool: "true or false", _NUMBER: "a number", "list": "a list", "map": "an object"}
+_MAX_TYPE_PROBLEMS = 10
+
+
+def _wrong_types(summary: dict) -> list[tuple[str, str]]:
+    """(path, what is wrong) of every field of run.json whose value is not of the type
+    RUN_JSON_FIELDS gives it, and of the values readers read further (injection numbers, the
+    two ends of the IS response band)."""
+    found: list[tuple[str, str]] = []
+    _check_type(summary, RUN_JSON_FIELDS, "", found)
+    if not found:
+        for key in summary.get("injection_errors", {}):
+            if not re.fullmatch(r"[0-9]{1,9}", key):
+                found.append(("injection_errors", f"injection_errors names {key[:40]!r}, not an injection number"))
+        band = summary.get("provenance", {}).get("acceptance", {}).get("is_response_band_pct")
+        if band is not None and len(band) != 2:
+            found.append(("provenance.acceptance.is_response_band_pct",
+                          f"provenance.acceptance.is_response_band_pct holds {len(band)} number(s), not 2 (lowest and highest %)"))
+    return found
+
+
+def _check_type(value, spec, path: str, found: list[tuple[str, str]]) -> None:
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            found.append((path, f"{path} is {_json_type(value)}, not an object"))
+            return
+        for key, item_spec in spec.items():
+            if key in value:
+                _check_type(value[key], item_spec, f"{path}.{key}" if path else key, found)
+    elif isinstance(spec, tuple) and spec[0] == "record":
+        _, fields, required = spec
+        _check_type(value, fields, path, found)
+        if isinstance(value, dict):
+            found += [(f"{path}.{key}", f"{path} has no {key}") for key in required if key not in value]
+    elif isinstance(spec, tuple):
+        kind, item_spec = spec
+        if not isinstance(value, list if kind == "list" else dict):
+            found.append((path, f"{path} is {_json_type(value)}, not {_WORDS[kind]}"))
+            return
+        items = enumerate(value) if kind == "list" else value.items()
+        for key, item in items:
+            _check_type(item, item_spec, f"{path}[{key}]" if kind == "list" else f"{path}.{key}", found)
+    elif not _of_type(value, spec):
+        found.append((path, f"{path} is {_json_type(value)}, not {_WORDS[spec]}"))
+
+
+def _of_type(value, kind) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return _is_int(value)
+    if kind == _NUMBER:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, kind)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _json_type(value) -> str:
+    """A JSON value in words, for a message: the text '15', the number 15, a list, ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}[repr(value)]  # as JSON spells them
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the text {value[:40]!r}" + ("..." if len(value) > 40 else "")
+    return "a list" if isinstance(value, list) else "an object"
 
 
 def _parse_table(name: str, data: bytes, types: dict, problems: list[str]) -> pd.DataFrame | None:
