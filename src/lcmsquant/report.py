@@ -9,8 +9,10 @@ chromatograms, audit and provenance.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import shlex
+from collections.abc import Mapping
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
@@ -23,13 +25,13 @@ from markupsafe import Markup
 from lcmsquant import acceptance
 from lcmsquant import report_figures as figures
 from lcmsquant.chromatograms import ChromatogramReadError, read_traces
-from lcmsquant.files import InputError, atomic_write
+from lcmsquant.files import (
+    REPORT_HASH_META, REPORT_HTML, REPORT_PDF, InputError, atomic_write_all, read_set, report_run_json_sha256,
+)
 from lcmsquant.method import PEAKS_ONLY
 from lcmsquant.reanalysis import COLUMNS as REANALYSIS_COLUMNS
-from lcmsquant.results import RunOutputs, peak_counts, read_results, sample_counts
+from lcmsquant.results import RUN_JSON, RunOutputs, parse_results, peak_counts, read_results, sample_counts
 
-REPORT_HTML = "report.html"
-REPORT_PDF = "report.pdf"
 QC_LEVEL_ORDER = ("LLOQ", "LQC", "MQC", "HQC", "DQC")
 # Flags that mark the quantifier's own trace (as opposed to the IS or the run).
 PEAK_FLAGS = ("NO_DATA", "NO_PEAK", "RT_SHIFT", "EDGE", "SATURATED", "LOW_SN", "SPLIT", "SHOULDER")
@@ -592,6 +594,7 @@ def provenance_section(files: RunOutputs) -> dict:
         "finished_at": session.get("finished_at", "not recorded"),
         "command": shlex.join(command) if isinstance(command, list) else str(command),
         "host": session.get("host", ""), "batch_folder": session.get("batch_folder", ""),
+        "run_json_sha256": files.sha256[RUN_JSON],
     }
 
 
@@ -611,12 +614,25 @@ def _environment() -> Environment:
 def render_report(results_dir: Path | str, batch_dir: Path | str | None = None) -> str:
     """The report's HTML for a results folder (chromatograms from `batch_dir`, else the batch
     folder recorded in session.json)."""
-    files = read_run_files(results_dir)
+    return render_outputs(read_run_files(results_dir), batch_dir)
+
+
+def render_set(results_dir: Path | str, data: Mapping[str, bytes]) -> str:
+    """The report's HTML for a results set given as file name -> bytes: what `lcmsquant run`
+    is about to write into results_dir, drawn before any of it is renamed into place."""
+    return render_outputs(parse_results(Path(results_dir), data, ReportError), None)
+
+
+def render_outputs(files: RunOutputs, batch_dir: Path | str | None = None) -> str:
+    """The report's HTML for a results set read back; it names the SHA-256 of its run.json
+    (in a <meta> of its head and in the provenance section), which binds it to those results."""
     reanalysis = reanalysis_list(files)
     context = {
         "batch": files.summary.get("batch", files.folder.parent.name),
         "method": files.summary.get("provenance", {}).get("method", {}),
         "units": files.units,
+        "run_json_sha256": files.sha256[RUN_JSON],
+        "hash_meta": REPORT_HASH_META,
         "verdict": verdict_section(files),
         "calibration": calibration_section(files),
         "qc": qc_section(files),
@@ -629,16 +645,42 @@ def render_report(results_dir: Path | str, batch_dir: Path | str | None = None) 
 
 
 def write_report(results_dir: Path | str, batch_dir: Path | str | None = None) -> Path:
-    """Write RESULTS_DIR/report.html (atomically) and return its path."""
-    html = render_report(results_dir, batch_dir)
-    return atomic_write(Path(results_dir) / REPORT_HTML, html)
+    """Write RESULTS_DIR/report.html (atomically) from the results as they now are, and return its path.
+
+    A report.pdf is kept only beside the very report it was printed from: when report.html
+    changes, report.pdf is removed in the same step (re-print it with write_pdf).
+    """
+    folder = Path(results_dir)
+    html = render_report(folder, batch_dir).encode("utf-8")
+    path = folder / REPORT_HTML
+    try:
+        unchanged = path.read_bytes() == html
+    except OSError:
+        unchanged = False
+    atomic_write_all({path: html}, remove=() if unchanged else (folder / REPORT_PDF,))
+    return path
+
+
+def report_matches(results_dir: Path | str) -> bool:
+    """Whether RESULTS_DIR/report.html was drawn from the run.json now beside it (by the
+    SHA-256 it names); False when either is missing."""
+    data = read_set(Path(results_dir), (RUN_JSON, REPORT_HTML))
+    if RUN_JSON not in data or REPORT_HTML not in data:
+        return False
+    return report_run_json_sha256(data[REPORT_HTML]) == hashlib.sha256(data[RUN_JSON]).hexdigest()
 
 
 def write_pdf(results_dir: Path | str) -> Path:
-    """Print RESULTS_DIR/report.html to RESULTS_DIR/report.pdf with headless Chromium."""
+    """Print RESULTS_DIR/report.html to RESULTS_DIR/report.pdf with headless Chromium; refused
+    for a report.html drawn from another run.json than the one beside it."""
     from lcmsquant.browser import print_pdf
 
     html = Path(results_dir) / REPORT_HTML
     if not html.is_file():
         raise ReportError(results_dir, [f"{REPORT_HTML} is missing: write it first (`lcmsquant report RESULTS_DIR`)"])
+    if not report_matches(results_dir):
+        raise ReportError(results_dir, [
+            f"{REPORT_HTML} was not drawn from the {RUN_JSON} beside it (it names another SHA-256, or none): "
+            f"write it again first (`lcmsquant report {results_dir}`)"
+        ])
     return print_pdf(html, Path(results_dir) / REPORT_PDF)

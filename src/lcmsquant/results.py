@@ -20,7 +20,7 @@ import platform
 import re
 import sys
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -35,6 +35,7 @@ from lcmsquant import __version__
 from lcmsquant.batch import CALIBRATORS, WORKLIST, Batch
 from lcmsquant.files import InputError, atomic_write, atomic_write_all, read_set, remove_stale_temporaries, sha256
 from lcmsquant.method import Acceptance
+from lcmsquant.files import REPORT_HTML, REPORT_PDF
 from lcmsquant.overrides import OVERRIDES
 from lcmsquant.measure import AUDITED, PEAK_FIELDS
 from lcmsquant.reanalysis import COLUMNS as REANALYSIS_COLUMNS
@@ -263,11 +264,16 @@ def software_versions() -> dict:
     return versions
 
 
-def write_outputs(batch: Batch, run: RunResult, out_dir: Path, command: list[str] | None = None) -> list[Path]:
+def write_outputs(
+    batch: Batch, run: RunResult, out_dir: Path, command: list[str] | None = None, report: ReportRenderer | None = None,
+) -> list[Path]:
     """Write every output file as one set (see files.atomic_write_all); return their paths.
 
-    run.json records the SHA-256 of the four tables it goes with, so a reader can tell that a
+    run.json records the SHA-256 of the five tables it goes with, so a reader can tell that a
     set belongs together; temporary files a killed run left behind are removed first.
+    report: draws report.html from the set's bytes before anything is renamed, so that it is
+    written with the set (see _write_set); without it, or when it draws none, the previous
+    report.html and report.pdf are removed with the same step.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
@@ -284,7 +290,7 @@ def write_outputs(batch: Batch, run: RunResult, out_dir: Path, command: list[str
         "hashes": {"run.json": hashlib.sha256(files[out_dir / "run.json"].encode("utf-8")).hexdigest()},  # see files.read_set
     }
     files[out_dir / "session.json"] = json.dumps(session, indent=2) + "\n"
-    return atomic_write_all(files)
+    return _write_set(out_dir, files, report)
 
 
 def output_tables(batch: Batch, run: RunResult) -> dict[str, pd.DataFrame]:
@@ -298,6 +304,27 @@ def output_tables(batch: Batch, run: RunResult) -> dict[str, pd.DataFrame]:
         "reanalysis.csv": reanalysis_table(run),
     }
     return {name: _typed(table, COLUMN_TYPES[name]) for name, table in tables.items()}
+
+
+# Draws report.html from a results set given as file name -> bytes (before any of it is in
+# place), or returns None when it cannot; see runs.process_batch.
+ReportRenderer = Callable[[Mapping[str, bytes]], "str | bytes | None"]
+
+
+def _write_set(out_dir: Path, files: dict[Path, bytes | str], report: ReportRenderer | None) -> list[Path]:
+    """Write the set with report.html drawn from it, or with no report at all.
+
+    The previous report.html and report.pdf describe the previous set: both are removed once
+    the new files are staged and before they are renamed (files.atomic_write_all), so that no
+    report of other results stays beside the new tables, even for a run killed meanwhile. A
+    new report.html is renamed last and names the SHA-256 of the run.json it was drawn from.
+    """
+    html = None
+    if report is not None:
+        html = report({path.name: data.encode("utf-8") if isinstance(data, str) else data for path, data in files.items()})
+    if html is not None:
+        files = {**files, out_dir / REPORT_HTML: html}
+    return atomic_write_all(files, remove=(out_dir / REPORT_HTML, out_dir / REPORT_PDF))
 
 
 LOCK_FILE = ".lcmsquant.lock"
@@ -503,7 +530,7 @@ class RunOutputs:
     reanalysis: pd.DataFrame | None = field(repr=False)  # None: written before reanalysis.csv existed
     summary: dict = field(repr=False)  # run.json
     session: dict = field(repr=False)  # session.json; {} when there is none
-    sha256: dict = field(repr=False)  # file name -> SHA-256 of each table read
+    sha256: dict = field(repr=False)  # file name -> SHA-256 of each table read, and of run.json
 
     @property
     def method(self) -> dict:
@@ -539,6 +566,12 @@ def read_results(results_dir: Path | str, error: type[InputError] = ResultsFolde
     if not folder.is_dir():
         raise error(folder, [f"{folder} is not a folder: give the results folder of a run (BATCH_DIR/results)"])
     data = read_set(folder, (*COLUMN_TYPES, RUN_JSON, SESSION_JSON))  # of one run, even while a run replaces them
+    return parse_results(folder, data, error)
+
+
+def parse_results(folder: Path, data: Mapping[str, bytes], error: type[InputError] = ResultsFolderError) -> RunOutputs:
+    """A results set from its files' bytes (file name -> bytes), checked as read_results checks
+    a folder: what a run is about to write can so be read back before it is in place."""
     summary, summary_problems = _parse_json(RUN_JSON, data)
     too_new = _newer_format(summary)
     if too_new:
@@ -548,7 +581,7 @@ def read_results(results_dir: Path | str, error: type[InputError] = ResultsFolde
     outputs = summary.get("outputs")
     recorded = {name: digest for name, digest in outputs.items() if name in COLUMN_TYPES} if isinstance(outputs, dict) else {}
     problems = [_missing(name, recorded) for name in dict.fromkeys((*REQUIRED_FILES, *recorded)) if name not in data]
-    digests = {name: hashlib.sha256(data[name]).hexdigest() for name in COLUMN_TYPES if name in data}
+    digests = {name: hashlib.sha256(data[name]).hexdigest() for name in (*COLUMN_TYPES, RUN_JSON) if name in data}
     for name, expected in recorded.items():
         if name in digests and digests[name] != expected:
             problems.append(
