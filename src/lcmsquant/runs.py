@@ -48,6 +48,7 @@ class BatchOutcome:
     injection_errors: dict = field(default_factory=dict)  # injection order -> message (NO_DATA)
     read_warnings: int = 0  # injections whose reading changed or doubted something
     report_problem: str = ""  # why report.html could not be written; the results stand
+    report_warnings: tuple[str, ...] = ()  # what the report could not show (an mzML file changed since it was read)
     peaks_only: str = ""  # why the run has no calibration (pipeline.peaks_only_reason); "" when calibrated
     peak_counts: dict = field(default_factory=dict)  # a peaks-only run's summary (results.peak_counts)
 
@@ -133,7 +134,8 @@ def process_batch(
     warned = set(result.peaks.loc[result.peaks["read_warnings"] != "", "injection"]) if "read_warnings" in result.peaks else set()
     return BatchOutcome(
         folder, out, summary=summary_rows(result), injection_errors=dict(result.injection_errors),
-        read_warnings=len(warned), report_problem=drawn.problem if drawn else "", peaks_only=result.peaks_only,
+        read_warnings=len(warned), report_problem=drawn.problem if drawn else "",
+        report_warnings=tuple(drawn.warnings) if drawn else (), peaks_only=result.peaks_only,
         peak_counts=peak_counts(result.results) if result.peaks_only else {},
     )
 
@@ -161,13 +163,15 @@ class ReportDrawing:
     def __init__(self, out: Path) -> None:
         self.out = out
         self.problem = ""  # why there is no report.html; "" when it was drawn
+        self.warnings: list[str] = []  # what the report could not show
 
     def __call__(self, data: Mapping[str, bytes]) -> str | None:
         try:
             from lcmsquant.report import render_set  # matplotlib loads only when a report is made
 
-            return render_set(self.out, data)
+            return render_set(self.out, data, self.warnings)
         except Exception as err:  # noqa: BLE001  the tables are valid; the report can be re-rendered
+            self.warnings.clear()  # of a report that is not written
             self.problem = (f"{type(err).__name__}: {err} (the results are complete and the previous report was removed; "
                             f"write the report with `lcmsquant report {self.out}`)")
             return None
