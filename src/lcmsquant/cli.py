@@ -178,6 +178,7 @@ def _print_outcome(outcome, several: bool) -> None:
         console.print(table)
     if outcome.report_problem:
         errors.print(f"[yellow]warning:[/] report.html not written: {escape(outcome.report_problem)}", highlight=False)
+    _warn(f"report.html: {warning}" for warning in outcome.report_warnings)
     has_report = (outcome.out_dir / "report.html").is_file()
     console.print(
         f"Results written to {escape(str(outcome.out_dir))}" + (" (open report.html in a browser)" if has_report else ""),
@@ -250,10 +251,12 @@ def report(
 
     if batch is not None and not batch.is_dir():
         _fail(ValueError(f"--batch {batch}: not a folder; give the batch folder that holds the mzML files"))
+    warnings: list[str] = []
     try:
         # A run writing into the folder would replace the report; its lock refuses us meanwhile.
         with results_lock(results_dir, ["lcmsquant", *sys.argv[1:]]) if results_dir.is_dir() else nullcontext():
-            written = [write_report(results_dir, batch)]
+            written = [write_report(results_dir, batch, warnings)]
+            _warn(warnings)
             if pdf:
                 written.append(write_pdf(results_dir))
     except (InputError, BrowserError) as err:
