@@ -34,7 +34,7 @@ def test_run_writes_results_and_prints_the_summary(plasma_batch):
     assert done.returncode == 0, done.stderr
     for analyte in ("flumatinib", "M1", "M3"):
         assert analyte in done.stdout
-    assert "accepted" in done.stdout and "linear 1/x^2" in done.stdout
+    assert "accepted" in done.stdout and "lin 1/x²" in done.stdout
     out = plasma_batch / "results"
     results = pd.read_csv(out / "results.csv")
     assert set(REQUIRED_COLUMNS) <= set(results.columns)
@@ -46,6 +46,27 @@ def test_run_writes_results_and_prints_the_summary(plasma_batch):
     assert all(len(item["sha256"]) == 64 for item in summary["provenance"]["inputs"])
     assert not list(out.glob(".*tmp"))  # no temporary file left behind
     assert "Run accepted" in (out / "report.html").read_text()  # the reviewer's report comes with every run
+
+
+def test_the_run_summary_fits_an_80_column_terminal_without_cutting_a_cell(plasma_run):
+    from rich.console import Console
+
+    from lcmsquant.cli import summary_table
+
+    _, _, _, result = plasma_run
+    terminal = Console(width=80, record=True, color_system=None)
+    terminal.print(summary_table(result))
+    lines = terminal.export_text().splitlines()
+    assert "…" not in "".join(lines) and max(map(len, (line.rstrip() for line in lines))) <= 80
+    header = next(line for line in lines if line.startswith("analyte"))
+    assert header.split() == ["analyte", "set", "curve", "r²", "QCs", "ok", "verdict", "quant", "BLQ", "ALQ", "flag", "redo"]
+
+
+def test_help_shows_choices_and_flags_as_such():
+    simulate = lcmsquant_cli("simulate", "--help").stdout
+    assert "--matrix <plasma|csf>" in simulate and "--acquisition <instrument|smooth>" in simulate
+    assert "<bool>" not in simulate and "--matrix-peak  " in simulate
+    assert "--format <csv|parquet|sdtm>" in lcmsquant_cli("cohort", "export", "--help").stdout
 
 
 def test_rerun_gives_byte_identical_outputs(plasma_batch, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich import box
@@ -18,9 +18,12 @@ from lcmsquant import __version__
 from lcmsquant.files import InputError
 from lcmsquant.workers import PARALLEL_MIN_INJECTIONS
 
+# Plain (click) help: typer's rich help shows `<bool>` beside every flag.
+PLAIN_HELP = {"rich_markup_mode": None}
 app = typer.Typer(
     help="Triple-quadrupole LC-MS/MS quantitation judged by ICH M10.",
     no_args_is_help=True,
+    **PLAIN_HELP,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
@@ -169,11 +172,13 @@ def _print_outcome(outcome, several: bool) -> None:
         _print_peaks_only(outcome, several)
     else:
         table = summary_table(outcome.summary)
-        if several:
-            table.title = f"Run summary: {escape(str(outcome.folder))}"
+        if several:  # a line of its own: a long path would wrap inside the table's width
+            table.title = None
+            console.print(f"Run summary: {escape(str(outcome.folder))}", highlight=False, soft_wrap=True)
         console.print(table)
     if outcome.report_problem:
         errors.print(f"[yellow]warning:[/] report.html not written: {escape(outcome.report_problem)}", highlight=False)
+    _warn(f"report.html: {warning}" for warning in outcome.report_warnings)
     has_report = (outcome.out_dir / "report.html").is_file()
     console.print(
         f"Results written to {escape(str(outcome.out_dir))}" + (" (open report.html in a browser)" if has_report else ""),
@@ -195,18 +200,29 @@ def _print_peaks_only(outcome, several: bool) -> None:
     )
 
 
+SUMMARY_COLUMNS = (  # header, justification; the table fits 80 columns (see summary_table)
+    ("analyte", "left"), ("set", "left"), ("curve", "left"), ("r²", "right"), ("QCs ok", "right"),
+    ("verdict", "left"), ("quant", "right"), ("BLQ", "right"), ("ALQ", "right"), ("flag", "right"),
+    ("redo", "right"),
+)
+CURVE_WORDS = {"linear": "lin", "quadratic": "quad", "linear_through_zero": "lin/0"}
+
+
 def summary_table(rows) -> Table:
-    """Per analyte and calibrator set: the curve, QCs passed, and what became of the samples
-    (rows from lcmsquant.runs.summary_rows, or a RunResult)."""
+    """Per analyte and calibrator set: the curve, QCs passed, and what became of the study
+    samples (rows from lcmsquant.runs.summary_rows, or a RunResult). One space between columns,
+    short headers and curve names keep it within 80 columns: a terminal's default width."""
     if hasattr(rows, "calibration"):  # a RunResult
         from lcmsquant.runs import summary_rows
 
         rows = summary_rows(rows)
-    table = Table(title="Run summary", title_justify="left", box=box.SIMPLE_HEAD)
-    for column in ("analyte", "set", "curve", "r²", "QCs ok", "verdict", "quant.", "BLQ", "ALQ", "flagged", "reanalyse"):
-        table.add_column(column, justify="left" if column in ("analyte", "set", "curve", "verdict") else "right", no_wrap=True)
+    table = Table(title="Run summary", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0), show_edge=False,
+                  caption="study samples: quant = quantified, flag = flagged for review, redo = to reanalyse",
+                  caption_justify="left")
+    for header, justify in SUMMARY_COLUMNS:
+        table.add_column(header, justify=justify, no_wrap=True)
     for row in rows:
-        curve = f"{row['model'].replace('_through_zero', '/0')} {row['weighting']}" if row["model"] else "none"
+        curve = f"{CURVE_WORDS.get(row['model'], row['model'])} {row['weighting'].replace('^2', '²')}" if row["model"] else "none"
         verdict = "[green]accepted[/]" if row["accepted"] else "[bold red]rejected[/]"
         table.add_row(
             row["analyte"], row["calibrator_set"], curve,
@@ -220,7 +236,7 @@ def summary_table(rows) -> Table:
 
 @app.command()
 def report(
-    results_dir: Annotated[Path, typer.Argument(help="Results folder of a run (BATCH_DIR/results).")],
+    results_dir: Annotated[Path, typer.Argument(help="Results folder of a run (BATCH_DIR/results).", metavar="RESULTS_DIR")],
     pdf: Annotated[bool, typer.Option("--pdf", help="Also print report.pdf for signing (needs Chromium).")] = False,
     batch: Annotated[
         Path | None, typer.Option("--batch", help="Batch folder with the mzML files (default: the one the run recorded).")
@@ -235,10 +251,12 @@ def report(
 
     if batch is not None and not batch.is_dir():
         _fail(ValueError(f"--batch {batch}: not a folder; give the batch folder that holds the mzML files"))
+    warnings: list[str] = []
     try:
         # A run writing into the folder would replace the report; its lock refuses us meanwhile.
         with results_lock(results_dir, ["lcmsquant", *sys.argv[1:]]) if results_dir.is_dir() else nullcontext():
-            written = [write_report(results_dir, batch)]
+            written = [write_report(results_dir, batch, warnings)]
+            _warn(warnings)
             if pdf:
                 written.append(write_pdf(results_dir))
     except (InputError, BrowserError) as err:
@@ -247,13 +265,13 @@ def report(
         console.print(f"Report written to {path}", markup=False)
 
 
-method_app = typer.Typer(help="Method files: import a transition list.", no_args_is_help=True)
+method_app = typer.Typer(help="Method files: import a transition list.", no_args_is_help=True, **PLAIN_HELP)
 app.add_typer(method_app, name="method")
 
 
 @method_app.command("import")
 def method_import(
-    transition_list: Annotated[Path, typer.Argument(help="OpenMS/Skyline-style transition list (CSV or TSV).")],
+    transition_list: Annotated[Path, typer.Argument(help="OpenMS/Skyline-style transition list (CSV or TSV).", metavar="TRANSITION_LIST")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Method TOML to write, e.g. methods/NAME.toml.")],
     name: Annotated[str | None, typer.Option("--name", help="Method name (default: the output file's stem).")] = None,
 ) -> None:
@@ -272,9 +290,9 @@ def method_import(
 
 @app.command()
 def simulate(
-    out_dir: Annotated[Path, typer.Argument(help="Folder to write the simulated batch to.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the simulated batch to.", metavar="OUT_DIR")],
     seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same files.")] = 1,
-    matrix: Annotated[str, typer.Option("--matrix", help="Calibration matrix: plasma or csf.")] = "plasma",
+    matrix: Annotated[Literal["plasma", "csf"], typer.Option("--matrix", help="Matrix of the calibrators and QCs.")] = "plasma",
     unknowns: Annotated[int, typer.Option("--unknowns", help="Number of study samples.")] = 24,
     matrix_peak: Annotated[bool, typer.Option(
         "--matrix-peak", help="Add a baseline-resolved plasma peak 0.3-0.4 min after each analyte, in every sample.")] = False,
@@ -282,15 +300,12 @@ def simulate(
         "--neighbour-peak", help="Add a partly resolved neighbour 1.25-1.5 FWHM from each analyte.")] = False,
     rt_offset: Annotated[float, typer.Option(
         "--rt-offset", help="Minutes the whole run elutes from the method's RTs (windows widened to match).")] = 0.0,
-    acquisition: Annotated[str, typer.Option(
-        "--acquisition", help="instrument (counting noise, jagged tops, as measured on real files) or smooth.")] = "instrument",
+    acquisition: Annotated[Literal["instrument", "smooth"], typer.Option(
+        "--acquisition", help="instrument: counting noise and jagged tops, as measured on real files; smooth: ideal peaks.")] = "instrument",
 ) -> None:
     """Write a realistic simulated batch (and its true concentrations beside the folder)."""
-    from lcmsquant.method import MATRICES
     from lcmsquant.simulate import SimulationOptions, simulate_batch
 
-    if matrix not in ("plasma", "csf"):
-        _fail(ValueError(f"--matrix must be plasma or csf, got {matrix!r} (known matrices: {', '.join(MATRICES)})"))
     try:
         options = SimulationOptions(n_unknowns=unknowns, matrix_peak=matrix_peak, neighbour_peak=neighbour_peak,
                                     rt_offset_min=rt_offset, acquisition=acquisition)
@@ -303,7 +318,7 @@ def simulate(
 
 # --- Across runs: calibration model comparison, accuracy and precision, ISR (lcmsquant.validation) ---
 
-calibration_app = typer.Typer(help="Calibration across runs: choose the model and weighting once.", no_args_is_help=True)
+calibration_app = typer.Typer(help="Calibration across runs: choose the model and weighting once.", no_args_is_help=True, **PLAIN_HELP)
 app.add_typer(calibration_app, name="calibration")
 
 
@@ -327,7 +342,7 @@ def _warn(warnings) -> None:
 
 @calibration_app.command("compare")
 def calibration_compare(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Results folders of `lcmsquant run` (or batch folders holding results/).")],
+    run_dirs: Annotated[list[Path], typer.Argument(help="Results folders of `lcmsquant run` (or batch folders holding results/).", metavar="RUN_DIR...")],
     out: Annotated[Path | None, typer.Option("--out", help="Also write the table to this CSV file.")] = None,
 ) -> None:
     """Sum of |%RE| of the calibrators for every model x weighting, best first (ICH M10 3.2.4)."""
@@ -354,7 +369,7 @@ def calibration_compare(
 
 @app.command()
 def validate(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Results folders of the validation runs (or their batch folders).")],
+    run_dirs: Annotated[list[Path], typer.Argument(help="Results folders of the validation runs (or their batch folders).", metavar="RUN_DIR...")],
     out: Annotated[Path, typer.Option("--out", help="Folder for validation.csv, validation_runs.csv, validation.json.")] = Path("."),
 ) -> None:
     """Accuracy and precision over validation runs: per QC level, within- and between-run (ICH M10 3.2.5)."""
@@ -390,8 +405,8 @@ def validate(
 
 @app.command()
 def isr(
-    original: Annotated[Path, typer.Argument(help="Results folder of the original analysis.")],
-    repeat: Annotated[Path, typer.Argument(help="Results folder of the reanalysis.")],
+    original: Annotated[Path, typer.Argument(help="Results folder of the original analysis.", metavar="ORIGINAL")],
+    repeat: Annotated[Path, typer.Argument(help="Results folder of the reanalysis.", metavar="REPEAT")],
     out: Annotated[Path, typer.Option("--out", help="Folder for isr.csv and isr.json.")] = Path("."),
     study_samples: Annotated[
         int | None, typer.Option("--study-samples", min=0, help="Study samples in the whole study (default: those in ORIGINAL).")
@@ -417,14 +432,14 @@ def isr(
     _warn(result.warnings)
     console.print(f"ISR {'passed' if result.passed else 'FAILED'}; written to {out}")
 
-cohort_app = typer.Typer(help="Cohort: results of many runs in one database, penetration ratios, exports.", no_args_is_help=True)
+cohort_app = typer.Typer(help="Cohort: results of many runs in one database, penetration ratios, exports.", no_args_is_help=True, **PLAIN_HELP)
 app.add_typer(cohort_app, name="cohort")
 DbOption = Annotated[Path, typer.Option("--db", help="Cohort database file (SQLite).")]
 
 
 @cohort_app.command("add")
 def cohort_add(
-    results_dirs: Annotated[list[Path], typer.Argument(help="Results folders written by `lcmsquant run`.")],
+    results_dirs: Annotated[list[Path], typer.Argument(help="Results folders written by `lcmsquant run`.", metavar="RESULTS_DIR...")],
     db: DbOption,
     method: Annotated[
         Path | None, typer.Option("--method", help="Method file the runs were processed with (default: the batch's method.toml, else the shipped one).")
@@ -519,7 +534,8 @@ def cohort_penetration(
 @cohort_app.command("export")
 def cohort_export(
     db: DbOption,
-    fmt: Annotated[str, typer.Option("--format", help="csv | parquet | sdtm (PC domain as CSV and SAS XPT v5).")] = "csv",
+    fmt: Annotated[Literal["csv", "parquet", "sdtm"], typer.Option(
+        "--format", help="csv or parquet: every result and analysis; sdtm: the PC domain as CSV and SAS XPT v5.")] = "csv",
     study: Annotated[str | None, typer.Option("--study", help="Study identifier (STUDYID; required for sdtm).")] = None,
     lab: Annotated[str, typer.Option("--lab", help="Laboratory name for PCNAM (sdtm).")] = "",
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: the database's folder).")] = None,

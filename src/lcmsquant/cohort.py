@@ -235,7 +235,7 @@ def read_run(results_dir: Path | str, method_path: Path | str | None = None) -> 
         verdicts=verdicts,
         analyses=analyses,
         run_json_sha256=outputs.run_json_sha256,
-        tables_sha256=dict(outputs.sha256),
+        tables_sha256={name: digest for name, digest in outputs.sha256.items() if name != "run.json"},
     )
 
 

@@ -157,17 +157,21 @@ def atomic_write(path: Path, data: bytes | str) -> Path:
     return atomic_write_all({Path(path): data})[0]
 
 
-def atomic_write_all(files: Mapping[Path, bytes | str]) -> list[Path]:
+def atomic_write_all(files: Mapping[Path, bytes | str], remove: Iterable[Path] = ()) -> list[Path]:
     """Write several files as one set: each is written and flushed under a temporary name first,
     then all are renamed into place one after the other.
 
     A run killed while writing leaves the previous set whole; the renames take microseconds,
     so a reader sees old and new files mixed only if the process dies between two of them.
+    `remove`: files of the previous set that have no place in the new one (a report drawn from
+    other results), deleted once every new file is staged, just before the renames.
     """
     staged: list[tuple[str, Path]] = []
     try:
         for path, data in files.items():
             staged.append((_stage(Path(path), data), Path(path)))
+        for path in remove:
+            Path(path).unlink(missing_ok=True)
         for tmp, path in staged:
             os.replace(tmp, path)
     except BaseException:
@@ -209,16 +213,37 @@ def read_set(folder: Path, names: Iterable[str], attempts: int = 20, pause_s: fl
 
 
 def _set_agrees(snapshot: Mapping[str, bytes]) -> bool:
-    """Whether the files read agree with the hashes recorded in run.json and session.json."""
+    """Whether the files read agree with the hashes recorded in run.json and session.json, and
+    report.html (when read) with the run.json it names."""
     recorded = {}
     for manifest, key in (("run.json", "outputs"), ("session.json", "hashes")):
         try:
             recorded.update(json.loads(snapshot[manifest]).get(key) or {})
         except (KeyError, ValueError, AttributeError, TypeError):  # not read, or not a manifest
             continue
+    if REPORT_HTML in snapshot and "run.json" in snapshot:  # the report names run.json, not the other way round
+        if report_run_json_sha256(snapshot[REPORT_HTML]) != hashlib.sha256(snapshot["run.json"]).hexdigest():
+            return False
     return all(
         hashlib.sha256(snapshot[name]).hexdigest() == digest for name, digest in recorded.items() if name in snapshot
     )
+
+
+# report.html names the SHA-256 of the run.json it was drawn from in a <meta> of its head, so
+# that a report can be told apart from one of other results (see report_run_json_sha256).
+REPORT_HTML = "report.html"
+REPORT_PDF = "report.pdf"
+REPORT_HASH_META = "lcmsquant-run-json-sha256"
+_REPORT_HASH = re.compile(rb'<meta name="' + REPORT_HASH_META.encode() + rb'" content="([0-9a-f]{64})">')
+_REPORT_HEAD = 4096  # the <meta> comes right after the charset, at the top of the file
+
+
+def report_run_json_sha256(html: bytes | str) -> str:
+    """The SHA-256 of the run.json a report.html was drawn from, as the report names it ("" when
+    it names none: a report of an older lcmsquant, or not a report)."""
+    head = html[:_REPORT_HEAD]
+    match = _REPORT_HASH.search(head.encode("utf-8") if isinstance(head, str) else head)
+    return match.group(1).decode("ascii") if match else ""
 
 
 def _stage(path: Path, data: bytes | str) -> str:

@@ -9,8 +9,10 @@ chromatograms, audit and provenance.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import shlex
+from collections.abc import Mapping
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
@@ -22,14 +24,14 @@ from markupsafe import Markup
 
 from lcmsquant import acceptance
 from lcmsquant import report_figures as figures
-from lcmsquant.chromatograms import ChromatogramReadError, read_traces
-from lcmsquant.files import InputError, atomic_write
+from lcmsquant.chromatograms import EXACT_MZ, ChromatogramReadError, Trace, read_traces
+from lcmsquant.files import (
+    REPORT_HASH_META, REPORT_HTML, REPORT_PDF, InputError, atomic_write_all, read_set, report_run_json_sha256, sha256,
+)
 from lcmsquant.method import PEAKS_ONLY
 from lcmsquant.reanalysis import COLUMNS as REANALYSIS_COLUMNS
-from lcmsquant.results import RunOutputs, peak_counts, read_results, sample_counts
+from lcmsquant.results import RUN_JSON, RunOutputs, parse_results, peak_counts, read_results, sample_counts
 
-REPORT_HTML = "report.html"
-REPORT_PDF = "report.pdf"
 QC_LEVEL_ORDER = ("LLOQ", "LQC", "MQC", "HQC", "DQC")
 # Flags that mark the quantifier's own trace (as opposed to the IS or the run).
 PEAK_FLAGS = ("NO_DATA", "NO_PEAK", "RT_SHIFT", "EDGE", "SATURATED", "LOW_SN", "SPLIT", "SHOULDER")
@@ -482,9 +484,10 @@ def _is_manual(peak: dict | None) -> bool:
     return peak is not None and str(peak.get("manual", False)) == "True"
 
 
-def _panel(peak: dict | None, traces: dict, label: str, flags: list[str]) -> Markup:
-    """One thumbnail: the trace the run integrated (matched by its chromatogram id) and its peak."""
-    trace = traces.get(peak["native_id"]) if peak is not None else None
+def _panel(peak: dict | None, traces: list[Trace], label: str, flags: list[str], absent: str = "no data") -> Markup:
+    """One thumbnail: the trace the run integrated (see _trace_of) and its peak; `absent` is
+    written where there is no trace to draw."""
+    trace = _trace_of(peak, traces)
     manual = _is_manual(peak)
     state = " ".join(s for s, on in (("flagged", bool(flags)), ("manual", manual)) if on)
     note = []
@@ -497,21 +500,59 @@ def _panel(peak: dict | None, traces: dict, label: str, flags: list[str]) -> Mar
     note += flags
     title = label if peak is None else f"{label} {peak['q1']:g}>{peak['q3']:g}"
     time, intensity = (trace.time, trace.intensity) if trace is not None else (None, None)
-    return Markup(figures.chromatogram_thumbnail(title, time, intensity, _integration(peak), " · ".join(note), state))
+    return Markup(figures.chromatogram_thumbnail(title, time, intensity, _integration(peak), " · ".join(note), state, absent))
 
 
-def _injection_traces(path: Path) -> tuple[dict, str]:
+def _trace_of(peak: dict | None, traces: list[Trace]) -> Trace | None:
+    """The trace the run integrated for this peak: the one with the chromatogram id peaks.csv
+    records; where a file gives several traces that id, the one whose Q1/Q3 is nearest the
+    transition's, then, as chromatograms.match_transitions prefers, a usable one, one covering
+    the peak (else the expected RT), the one centred nearest it, and the first in the file."""
+    native_id = str(peak.get("native_id") or "") if peak is not None else ""
+    if not native_id:
+        return None  # the run found no trace for this transition
+    same = [t for t in traces if t.native_id == native_id]
+    if len(same) <= 1:
+        return next(iter(same), None)
+    q1, q3 = float(peak["q1"]), float(peak["q3"])
+    distance = {id(t): max(abs(t.q1 - q1), abs(t.q3 - q3)) for t in same}
+    nearest = min(distance.values())
+    same = [t for t in same if distance[id(t)] <= nearest + EXACT_MZ]
+    rt = float(peak["rt_min"]) if _finite(peak.get("rt_min")) else float(peak.get("expected_rt_min", float("nan")))
+    return min(same, key=lambda t: (
+        not t.usable, not t.covers(rt), abs((t.start + t.end) / 2 - rt) if len(t.time) and math.isfinite(rt) else math.inf,
+    ))
+
+
+def _injection_traces(path: Path) -> tuple[list[Trace], str]:
     if not path.is_file():
-        return {}, "file not found"
+        return [], "file not found"
     try:
-        return {t.native_id: t for t in read_traces(path)}, ""
+        return read_traces(path), ""
     except ChromatogramReadError as err:
-        return {}, str(err)
+        return [], str(err)
 
 
-def chromatogram_section(files: RunOutputs, batch_dir: Path | str | None = None) -> dict:
+def _recorded_files(files: RunOutputs) -> dict[str, tuple[str, str]]:
+    """Injection file as results.csv names it -> (path in the batch folder, SHA-256 the run
+    read), from run.json's provenance; a name two recorded files share is left out."""
+    inputs = files.summary.get("provenance", {}).get("inputs", [])
+    by_name: dict[str, list[tuple[str, str]]] = {}
+    for item in inputs:
+        by_name.setdefault(Path(item["file"]).name, []).append((item["file"], item["sha256"]))
+    recorded = {name: found[0] for name, found in by_name.items() if len(found) == 1}
+    recorded.update({item["file"]: (item["file"], item["sha256"]) for item in inputs})  # an exact name wins
+    return recorded
+
+
+def chromatogram_section(files: RunOutputs, batch_dir: Path | str | None = None, warnings: list[str] | None = None) -> dict:
     """Small multiples of quantifier, qualifier(s) and IS for every injection, read from the
-    batch folder's mzML files; a missing folder or file is said, not fatal."""
+    batch folder's mzML files; a missing folder or file is said, not fatal.
+
+    Each file is drawn only if it is the one the run integrated (its SHA-256 is the one run.json
+    records): a file replaced since would show other traces under the run's integration. Such
+    an injection is shown as not drawn, and named in `warnings` (when given).
+    """
     recorded = files.session.get("batch_folder")
     folder = Path(batch_dir) if batch_dir is not None else (Path(recorded) if recorded else None)
     if folder is None:
@@ -526,11 +567,15 @@ def chromatogram_section(files: RunOutputs, batch_dir: Path | str | None = None)
     by_injection: dict[int, list[dict]] = {}
     for row in files.results.sort_values(["injection"], kind="stable").to_dict("records"):
         by_injection.setdefault(int(row["injection"]), []).append(row)
-    injections, missing = [], 0
+    inputs = _recorded_files(files)
+    injections, missing, undrawn = [], 0, []
     for injection, rows in by_injection.items():
         first = rows[0]
-        traces, problem = _injection_traces(folder / first["file"])
+        traces, problem, why = _checked_traces(folder, first["file"], inputs.get(first["file"]))
         missing += problem == "file not found"
+        if why:
+            undrawn.append(f"{first['file']} (injection {injection}) {why}")
+        absent = "not drawn" if problem else "no data"
         quiet = first["sample_type"] in ("blank", "zero")  # no analyte peak is expected there
         lines, all_flags, manual = [], [], False
         for row in rows:
@@ -540,9 +585,9 @@ def chromatogram_section(files: RunOutputs, batch_dir: Path | str | None = None)
             quals = peaks.get((injection, row["analyte"], "qualifier"), [])
             istd = next(iter(peaks.get((injection, row["internal_standard"], "internal_standard"), [])), None)
             quant_flags = [f for f in flags if f in PEAK_FLAGS and not (quiet and f == "NO_PEAK")]
-            panels = [_panel(quant, traces, "quant", quant_flags)]
-            panels += [_panel(q, traces, "qual", [f for f in flags if f in ("ION_RATIO", "NO_QUALIFIER")]) for q in quals]
-            panels.append(_panel(istd, traces, "IS", [f for f in flags if f in ("IS_RESPONSE", "NO_IS")]))
+            panels = [_panel(quant, traces, "quant", quant_flags, absent)]
+            panels += [_panel(q, traces, "qual", [f for f in flags if f in ("ION_RATIO", "NO_QUALIFIER")], absent) for q in quals]
+            panels.append(_panel(istd, traces, "IS", [f for f in flags if f in ("IS_RESPONSE", "NO_IS")], absent))
             manual = manual or any(_is_manual(p) for p in [quant, *quals, istd])
             lines.append({"analyte": row["analyte"], "panels": panels})
         injections.append({
@@ -550,11 +595,39 @@ def chromatogram_section(files: RunOutputs, batch_dir: Path | str | None = None)
             "level": first["level"], "file": first["file"], "manual": manual, "problem": problem,
             "flags": list(dict.fromkeys(f for f in all_flags if not (quiet and f == "NO_PEAK"))), "lines": lines,
         })
+    if warnings is not None:
+        warnings.extend(f"{text}: its chromatograms are not drawn ({REDRAW})" for text in undrawn)
     if injections and missing == len(injections):
         return {"available": False, "message": f"None of the mzML files was found in {folder}: rerun "
                 "`lcmsquant report RESULTS_DIR --batch BATCH_DIR` with the folder that holds them.", "injections": []}
-    message = f"{missing} of {len(injections)} mzML files were not found in {folder}." if missing else ""
-    return {"available": True, "message": message, "injections": injections}
+    notes = []
+    if missing:
+        notes.append(f"{missing} of {len(injections)} mzML files were not found in {folder}.")
+    if undrawn:
+        notes.append(f"The chromatograms of {len(undrawn)} of {len(injections)} injections are not drawn, as their "
+                     "mzML files are not those the run integrated: " + "; ".join(undrawn) + f". To draw them, {REDRAW}.")
+    return {"available": True, "message": " ".join(notes), "injections": injections}
+
+
+REDRAW = "rerun `lcmsquant run` on the batch to integrate the files as they now are"
+
+
+def _checked_traces(folder: Path, name: str, recorded: tuple[str, str] | None) -> tuple[list[Trace], str, str]:
+    """The traces of an injection's file if it is the file the run read (its SHA-256 is the one
+    run.json records); else no trace, the injection's problem, and why it is not drawn."""
+    relative, expected = recorded if recorded is not None else (name, "")
+    path = folder / relative
+    if not path.is_file():
+        return [], "file not found", ""
+    if not expected:
+        return [], "not drawn: no SHA-256 in run.json", (
+            f"has no SHA-256 of its own in {RUN_JSON}, so it cannot be told to be the file the run read")
+    found = sha256(path)
+    if found != expected:
+        return [], "not drawn: the file changed since the run", (
+            f"changed since the run (SHA-256 {found[:12]}..., the run read {expected[:12]}...)")
+    traces, problem = _injection_traces(path)
+    return traces, problem, ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -592,6 +665,7 @@ def provenance_section(files: RunOutputs) -> dict:
         "finished_at": session.get("finished_at", "not recorded"),
         "command": shlex.join(command) if isinstance(command, list) else str(command),
         "host": session.get("host", ""), "batch_folder": session.get("batch_folder", ""),
+        "run_json_sha256": files.sha256[RUN_JSON],
     }
 
 
@@ -608,37 +682,77 @@ def _environment() -> Environment:
     return env
 
 
-def render_report(results_dir: Path | str, batch_dir: Path | str | None = None) -> str:
+def render_report(results_dir: Path | str, batch_dir: Path | str | None = None, warnings: list[str] | None = None) -> str:
     """The report's HTML for a results folder (chromatograms from `batch_dir`, else the batch
-    folder recorded in session.json)."""
-    files = read_run_files(results_dir)
+    folder recorded in session.json); what the reader should know (an mzML file changed since
+    the run) is added to `warnings`, when given."""
+    return render_outputs(read_run_files(results_dir), batch_dir, warnings)
+
+
+def render_set(results_dir: Path | str, data: Mapping[str, bytes], warnings: list[str] | None = None) -> str:
+    """The report's HTML for a results set given as file name -> bytes: what `lcmsquant run`
+    is about to write into results_dir, drawn before any of it is renamed into place."""
+    return render_outputs(parse_results(Path(results_dir), data, ReportError), None, warnings)
+
+
+def render_outputs(files: RunOutputs, batch_dir: Path | str | None = None, warnings: list[str] | None = None) -> str:
+    """The report's HTML for a results set read back; it names the SHA-256 of its run.json
+    (in a <meta> of its head and in the provenance section), which binds it to those results."""
     reanalysis = reanalysis_list(files)
     context = {
         "batch": files.summary.get("batch", files.folder.parent.name),
         "method": files.summary.get("provenance", {}).get("method", {}),
         "units": files.units,
+        "run_json_sha256": files.sha256[RUN_JSON],
+        "hash_meta": REPORT_HASH_META,
         "verdict": verdict_section(files),
         "calibration": calibration_section(files),
         "qc": qc_section(files),
         "checks": checks_section(files),
         "samples": samples_section(files, reanalysis),
-        "chromatograms": chromatogram_section(files, batch_dir),
+        "chromatograms": chromatogram_section(files, batch_dir, warnings),
         "provenance": provenance_section(files),
     }
     return _environment().get_template("report.html.j2").render(**context)
 
 
-def write_report(results_dir: Path | str, batch_dir: Path | str | None = None) -> Path:
-    """Write RESULTS_DIR/report.html (atomically) and return its path."""
-    html = render_report(results_dir, batch_dir)
-    return atomic_write(Path(results_dir) / REPORT_HTML, html)
+def write_report(results_dir: Path | str, batch_dir: Path | str | None = None, warnings: list[str] | None = None) -> Path:
+    """Write RESULTS_DIR/report.html (atomically) from the results as they now are, and return its path.
+
+    A report.pdf is kept only beside the very report it was printed from: when report.html
+    changes, report.pdf is removed in the same step (re-print it with write_pdf).
+    """
+    folder = Path(results_dir)
+    html = render_report(folder, batch_dir, warnings).encode("utf-8")
+    path = folder / REPORT_HTML
+    try:
+        unchanged = path.read_bytes() == html
+    except OSError:
+        unchanged = False
+    atomic_write_all({path: html}, remove=() if unchanged else (folder / REPORT_PDF,))
+    return path
+
+
+def report_matches(results_dir: Path | str) -> bool:
+    """Whether RESULTS_DIR/report.html was drawn from the run.json now beside it (by the
+    SHA-256 it names); False when either is missing."""
+    data = read_set(Path(results_dir), (RUN_JSON, REPORT_HTML))
+    if RUN_JSON not in data or REPORT_HTML not in data:
+        return False
+    return report_run_json_sha256(data[REPORT_HTML]) == hashlib.sha256(data[RUN_JSON]).hexdigest()
 
 
 def write_pdf(results_dir: Path | str) -> Path:
-    """Print RESULTS_DIR/report.html to RESULTS_DIR/report.pdf with headless Chromium."""
+    """Print RESULTS_DIR/report.html to RESULTS_DIR/report.pdf with headless Chromium; refused
+    for a report.html drawn from another run.json than the one beside it."""
     from lcmsquant.browser import print_pdf
 
     html = Path(results_dir) / REPORT_HTML
     if not html.is_file():
         raise ReportError(results_dir, [f"{REPORT_HTML} is missing: write it first (`lcmsquant report RESULTS_DIR`)"])
+    if not report_matches(results_dir):
+        raise ReportError(results_dir, [
+            f"{REPORT_HTML} was not drawn from the {RUN_JSON} beside it (it names another SHA-256, or none): "
+            f"write it again first (`lcmsquant report {results_dir}`)"
+        ])
     return print_pdf(html, Path(results_dir) / REPORT_PDF)

@@ -273,11 +273,12 @@ def _escape(text: str) -> str:
 
 def chromatogram_thumbnail(
     title: str, time: np.ndarray | None, intensity: np.ndarray | None, peak: Integration,
-    note: str = "", state: str = "",
+    note: str = "", state: str = "", absent: str = "no data",
 ) -> str:
     """One SRM trace as a small SVG: the trace, the integrated area shaded above its baseline,
     the boundaries, the baseline and the expected RT. `state` is "" / "flagged" / "manual"
-    (drawn as a coloured frame); `note` is printed under the title (area, flags)."""
+    (drawn as a coloured frame); `note` is printed under the title (area, flags); `absent` in
+    the middle when there is no trace."""
     w, h = THUMB_W, THUMB_H
     parts = [f'<svg class="thumb {state}" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
              f'viewBox="0 0 {w} {h}" role="img"><title>{_escape(title)}</title>']
@@ -285,7 +286,7 @@ def chromatogram_thumbnail(
     if note:
         parts.append(f'<text x="{w - PAD_R}" y="{h - 2}" class="tn" text-anchor="end">{_escape(note)}</text>')
     if time is None or intensity is None or len(time) < 2:
-        parts.append(f'<text x="{w / 2}" y="{h / 2}" class="tm" text-anchor="middle">no data</text></svg>')
+        parts.append(f'<text x="{w / 2}" y="{h / 2}" class="tm" text-anchor="middle">{_escape(absent)}</text></svg>')
         return "".join(parts)
     lo, hi = display_window(time, peak)
     inside = (time >= lo) & (time <= hi)

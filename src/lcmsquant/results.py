@@ -15,13 +15,14 @@ import errno
 import hashlib
 import io
 import json
+import math
 import os
 import platform
 import re
 import stat
 import sys
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -38,6 +39,7 @@ from lcmsquant.files import (
     InputError, atomic_write, atomic_write_all, csv_text, not_a_file, read_set, remove_stale_temporaries, restore_text, sha256,
 )
 from lcmsquant.method import Acceptance
+from lcmsquant.files import REPORT_HTML, REPORT_PDF
 from lcmsquant.overrides import OVERRIDES
 from lcmsquant.measure import AUDITED, PEAK_FIELDS
 from lcmsquant.reanalysis import COLUMNS as REANALYSIS_COLUMNS
@@ -266,11 +268,16 @@ def software_versions() -> dict:
     return versions
 
 
-def write_outputs(batch: Batch, run: RunResult, out_dir: Path, command: list[str] | None = None) -> list[Path]:
+def write_outputs(
+    batch: Batch, run: RunResult, out_dir: Path, command: list[str] | None = None, report: ReportRenderer | None = None,
+) -> list[Path]:
     """Write every output file as one set (see files.atomic_write_all); return their paths.
 
-    run.json records the SHA-256 of the four tables it goes with, so a reader can tell that a
+    run.json records the SHA-256 of the five tables it goes with, so a reader can tell that a
     set belongs together; temporary files a killed run left behind are removed first.
+    report: draws report.html from the set's bytes before anything is renamed, so that it is
+    written with the set (see _write_set); without it, or when it draws none, the previous
+    report.html and report.pdf are removed with the same step.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
@@ -287,7 +294,7 @@ def write_outputs(batch: Batch, run: RunResult, out_dir: Path, command: list[str
         "hashes": {"run.json": hashlib.sha256(files[out_dir / "run.json"].encode("utf-8")).hexdigest()},  # see files.read_set
     }
     files[out_dir / "session.json"] = json.dumps(session, indent=2) + "\n"
-    return atomic_write_all(files)
+    return _write_set(out_dir, files, report)
 
 
 def output_tables(batch: Batch, run: RunResult) -> dict[str, pd.DataFrame]:
@@ -303,16 +310,31 @@ def output_tables(batch: Batch, run: RunResult) -> dict[str, pd.DataFrame]:
     return {name: _typed(table, COLUMN_TYPES[name]) for name, table in tables.items()}
 
 
+# Draws report.html from a results set given as file name -> bytes (before any of it is in
+# place), or returns None when it cannot; see runs.process_batch.
+ReportRenderer = Callable[[Mapping[str, bytes]], "str | bytes | None"]
+
+
+def _write_set(out_dir: Path, files: dict[Path, bytes | str], report: ReportRenderer | None) -> list[Path]:
+    """Write the set with report.html drawn from it, or with no report at all.
+
+    The previous report.html and report.pdf describe the previous set: both are removed once
+    the new files are staged and before they are renamed (files.atomic_write_all), so that no
+    report of other results stays beside the new tables, even for a run killed meanwhile. A
+    new report.html is renamed last and names the SHA-256 of the run.json it was drawn from.
+    """
+    html = None
+    if report is not None:
+        html = report({path.name: data.encode("utf-8") if isinstance(data, str) else data for path, data in files.items()})
+    if html is not None:
+        files = {**files, out_dir / REPORT_HTML: html}
+    return atomic_write_all(files, remove=(out_dir / REPORT_HTML, out_dir / REPORT_PDF))
+
+
 LOCK_FILE = ".lcmsquant.lock"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _WINDOWS_LOCKED_BYTE = 1 << 30  # msvcrt locks are mandatory: lock a byte far beyond the holder's details
-
-
-class ResultsFolderError(InputError):
-    """A results folder that cannot be written safely."""
-
-    kind = "results folder"
 
 
 class ResultsFolderBusy(InputError):
@@ -509,7 +531,7 @@ TYPE_WORDS = {FLOAT: "a number", INT: "a whole number", BOOL: "True or False"}
 
 
 class ResultsFolderError(InputError):
-    """A results folder that cannot be read back."""
+    """A results folder that cannot be read back, or written safely."""
 
     kind = "results folder"
 
@@ -526,8 +548,12 @@ class RunOutputs:
     reanalysis: pd.DataFrame | None = field(repr=False)  # None: written before reanalysis.csv existed
     summary: dict = field(repr=False)  # run.json
     session: dict = field(repr=False)  # session.json; {} when there is none
-    sha256: dict = field(repr=False)  # file name -> SHA-256 of each table read
-    run_json_sha256: str = ""  # of the run.json read with the tables (one snapshot)
+    sha256: dict = field(repr=False)  # file name -> SHA-256 of each table read, and of run.json
+
+    @property
+    def run_json_sha256(self) -> str:
+        """The SHA-256 of the run.json read with the tables (one snapshot)."""
+        return self.sha256.get(RUN_JSON, "")
 
     @property
     def method(self) -> dict:
@@ -555,13 +581,20 @@ def read_results(results_dir: Path | str, error: type[InputError] = ResultsFolde
     """Read back what write_outputs wrote into results_dir, as it wrote it (the inverse of write_outputs).
 
     Refused with one `error` listing every problem: no such folder, a file missing or not
-    parsing, a run.json of a results format this version does not know, or a table whose SHA-256
-    is not the one run.json records (the folder was edited by hand or is incomplete).
+    parsing, a run.json of a results format this version does not know or with a field of the
+    wrong type, or a table whose SHA-256 is not the one run.json records (the folder was edited
+    by hand or is incomplete).
     """
     folder = Path(results_dir)
     if not folder.is_dir():
         raise error(folder, [f"{folder} is not a folder: give the results folder of a run (BATCH_DIR/results)"])
     data = read_set(folder, (*COLUMN_TYPES, RUN_JSON, SESSION_JSON))  # of one run, even while a run replaces them
+    return parse_results(folder, data, error)
+
+
+def parse_results(folder: Path, data: Mapping[str, bytes], error: type[InputError] = ResultsFolderError) -> RunOutputs:
+    """A results set from its files' bytes (file name -> bytes), checked as read_results checks
+    a folder: what a run is about to write can so be read back before it is in place."""
     summary, summary_problems = _parse_json(RUN_JSON, data)
     too_new = _newer_format(summary)
     if too_new:
@@ -571,7 +604,7 @@ def read_results(results_dir: Path | str, error: type[InputError] = ResultsFolde
     outputs = summary.get("outputs")
     recorded = {name: digest for name, digest in outputs.items() if name in COLUMN_TYPES} if isinstance(outputs, dict) else {}
     problems = [_missing(name, recorded) for name in dict.fromkeys((*REQUIRED_FILES, *recorded)) if name not in data]
-    digests = {name: hashlib.sha256(data[name]).hexdigest() for name in COLUMN_TYPES if name in data}
+    digests = {name: hashlib.sha256(data[name]).hexdigest() for name in (*COLUMN_TYPES, RUN_JSON) if name in data}
     for name, expected in recorded.items():
         if name in digests and digests[name] != expected:
             problems.append(
@@ -589,7 +622,7 @@ def read_results(results_dir: Path | str, error: type[InputError] = ResultsFolde
     return RunOutputs(
         folder=folder, results=tables["results.csv"], peaks=tables["peaks.csv"], calibration=tables["calibration.csv"],
         audit=tables.get("audit.csv"), reanalysis=tables.get("reanalysis.csv"), summary=summary, session=session,
-        sha256=digests, run_json_sha256=hashlib.sha256(data[RUN_JSON]).hexdigest(),
+        sha256=digests,
     )
 
 
@@ -612,9 +645,10 @@ def _parse_json(name: str, data: dict[str, bytes]) -> tuple[dict, list[str]]:
 
 
 def _newer_format(summary: dict) -> str:
-    """The problem with a run.json of a results format this version cannot read ("" when none)."""
+    """The problem with a run.json of a results format this version cannot read ("" when none;
+    a results_format that is not a whole number is a wrong type, see _summary_problems)."""
     found = summary.get("results_format", RESULTS_FORMAT)
-    if isinstance(found, int) and found <= RESULTS_FORMAT:
+    if not _is_int(found) or found <= RESULTS_FORMAT:
         return ""
     return (
         f"{RUN_JSON}: results format {found!r} (lcmsquant {summary.get('lcmsquant', '?')}), but lcmsquant {__version__} "
@@ -623,18 +657,142 @@ def _newer_format(summary: dict) -> str:
 
 
 def _summary_problems(summary: dict) -> list[str]:
-    """What run.json lacks that every reader relies on."""
+    """What run.json lacks that every reader relies on, and every field of the wrong type."""
+    wrong = _wrong_types(summary)
+
+    def typed(path: str) -> bool:  # already named as a field of the wrong type (or inside one)
+        return any(path == p or path.startswith(p + ".") for p, _ in wrong)
+
     provenance = summary.get("provenance") if isinstance(summary.get("provenance"), dict) else {}
     method = provenance.get("method") if isinstance(provenance.get("method"), dict) else {}
     inputs = provenance.get("inputs")
     problems = [f"{RUN_JSON}: {key} is missing: not a run.json of `lcmsquant run`; {RERUN}"
                 for key, value in (("lcmsquant", summary.get("lcmsquant")), ("provenance.method.sha256", method.get("sha256")))
-                if not value]
-    if not isinstance(inputs, list) or not all(isinstance(i, dict) and "file" in i and "sha256" in i for i in inputs):
+                if not value and not typed(key)]
+    if not typed("provenance.inputs") and (
+        not isinstance(inputs, list) or not all(isinstance(i, dict) and "file" in i and "sha256" in i for i in inputs)
+    ):
         problems.append(f"{RUN_JSON}: provenance.inputs is not a list of files with their SHA-256; {RERUN}")
-    if not isinstance(summary.get("outputs", {}), dict):
-        problems.append(f"{RUN_JSON}: outputs is not a table of file names and SHA-256; {RERUN}")
-    return problems
+    outputs = summary.get("outputs")
+    if outputs is None and "results_format" in summary:  # every run.json with a results_format lists them
+        problems.append(f"{RUN_JSON}: outputs is missing: the tables cannot be checked against their SHA-256; {RERUN}")
+    elif isinstance(outputs, dict):
+        # A run.json without a results_format was written before reanalysis.csv was a table of the set.
+        tables = COLUMN_TYPES if "results_format" in summary else ("results.csv", "peaks.csv", "calibration.csv", "audit.csv")
+        unlisted = [name for name in tables if name not in outputs]
+        if unlisted:
+            problems.append(f"{RUN_JSON}: outputs does not list {', '.join(unlisted)}, so the tables cannot be checked "
+                            f"against their SHA-256; {RERUN}")
+    named = [f"{RUN_JSON}: {what}; {RERUN}" for _, what in wrong[:_MAX_TYPE_PROBLEMS]]
+    if len(wrong) > _MAX_TYPE_PROBLEMS:
+        named.append(f"{RUN_JSON}: {len(wrong) - _MAX_TYPE_PROBLEMS} more field(s) of the wrong type; {RERUN}")
+    return problems + named
+
+
+# What every field of run.json holds, as run_summary and write_outputs write it: a type, a
+# ("list", item), a ("map", value) (an object with names of the writer's choosing), a dict (an
+# object with these keys; others are ignored, as are those missing: _summary_problems requires
+# what every reader needs), or ("record", dict, keys it must have). Readers rely on these
+# types; a field of another type is refused by name rather than failing later with a traceback.
+_NUMBER = "number"
+_RULE = ("record", {
+    "analyte": str, "calibrator_set": str, "rule": str, "section": str, "measured": str, "limit": str,
+    "passed": bool, "critical": bool, "detail": str, "category": str,
+}, ("analyte", "calibrator_set", "rule", "section", "measured", "limit", "passed", "critical", "detail"))  # category came later
+_ACCEPTANCE = {
+    name: ("list", _NUMBER) if name == "is_response_band_pct" else _NUMBER for name in Acceptance.__dataclass_fields__
+}
+RUN_JSON_FIELDS = {
+    "lcmsquant": str, "results_format": int, "batch": str, "run_accepted": bool, "peaks_only": str,
+    "analytes": ("map", ("map", {"verdict": str, "reasons": ("list", str)})),
+    "sample_counts": ("map", ("map", int)),
+    "rules": ("list", _RULE),
+    "injection_errors": ("map", str),
+    "read_warnings": ("map", ("list", str)),
+    "provenance": {
+        "method": {"name": str, "version": str, "file": str, "sha256": str},
+        "units": str,
+        "acceptance": _ACCEPTANCE,
+        "calibrator_sets": ("list", ("record", {"name": str, "matrices": ("list", str), "file": str, "sha256": str},
+                                     ("name", "matrices", "file", "sha256"))),
+        "inputs": ("list", {"file": str, "sha256": str}),
+        "software": ("map", str),
+    },
+    "outputs": ("map", str),
+}
+_WORDS = {str: "text", int: "a whole number", bool: "true or false", _NUMBER: "a number", "list": "a list", "map": "an object"}
+_MAX_TYPE_PROBLEMS = 10
+
+
+def _wrong_types(summary: dict) -> list[tuple[str, str]]:
+    """(path, what is wrong) of every field of run.json whose value is not of the type
+    RUN_JSON_FIELDS gives it, and of the values readers read further (injection numbers, the
+    two ends of the IS response band)."""
+    found: list[tuple[str, str]] = []
+    _check_type(summary, RUN_JSON_FIELDS, "", found)
+    if not found:
+        for key in summary.get("injection_errors", {}):
+            if not re.fullmatch(r"[0-9]{1,9}", key):
+                found.append(("injection_errors", f"injection_errors names {key[:40]!r}, not an injection number"))
+        band = summary.get("provenance", {}).get("acceptance", {}).get("is_response_band_pct")
+        if band is not None and len(band) != 2:
+            found.append(("provenance.acceptance.is_response_band_pct",
+                          f"provenance.acceptance.is_response_band_pct holds {len(band)} number(s), not 2 (lowest and highest %)"))
+    return found
+
+
+def _check_type(value, spec, path: str, found: list[tuple[str, str]]) -> None:
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            found.append((path, f"{path} is {_json_type(value)}, not an object"))
+            return
+        for key, item_spec in spec.items():
+            if key in value:
+                _check_type(value[key], item_spec, f"{path}.{key}" if path else key, found)
+    elif isinstance(spec, tuple) and spec[0] == "record":
+        _, fields, required = spec
+        _check_type(value, fields, path, found)
+        if isinstance(value, dict):
+            found += [(f"{path}.{key}", f"{path} has no {key}") for key in required if key not in value]
+    elif isinstance(spec, tuple):
+        kind, item_spec = spec
+        if not isinstance(value, list if kind == "list" else dict):
+            found.append((path, f"{path} is {_json_type(value)}, not {_WORDS[kind]}"))
+            return
+        items = enumerate(value) if kind == "list" else value.items()
+        for key, item in items:
+            _check_type(item, item_spec, f"{path}[{key}]" if kind == "list" else f"{path}.{key}", found)
+    elif not _of_type(value, spec):
+        found.append((path, f"{path} is {_json_type(value)}, not {_WORDS[spec]}"))
+
+
+def _of_type(value, kind) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return _is_int(value)
+    if kind == _NUMBER:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, kind)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _json_type(value) -> str:
+    """A JSON value in words, for a message: the text '15', the number 15, a list, ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}[repr(value)]  # as JSON spells them
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the text {value[:40]!r}" + ("..." if len(value) > 40 else "")
+    return "a list" if isinstance(value, list) else "an object"
 
 
 def _parse_table(name: str, data: bytes, types: dict, problems: list[str]) -> pd.DataFrame | None:

@@ -12,7 +12,7 @@ import importlib
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,6 +49,7 @@ class BatchOutcome:
     injection_errors: dict = field(default_factory=dict)  # injection order -> message (NO_DATA)
     read_warnings: int = 0  # injections whose reading changed or doubted something
     report_problem: str = ""  # why report.html could not be written; the results stand
+    report_warnings: tuple[str, ...] = ()  # what the report could not show (an mzML file changed since it was read)
     peaks_only: str = ""  # why the run has no calibration (pipeline.peaks_only_reason); "" when calibrated
     peak_counts: dict = field(default_factory=dict)  # a peaks-only run's summary (results.peak_counts)
 
@@ -95,8 +96,10 @@ def process_batch(
     (the last batch of a run): their memory is not needed to quantify and draw the report.
 
     progress(done, total) is called once the batch is loaded (done = 0) and after each injection.
-    report=False leaves out report.html (re-render it later with `lcmsquant report`). A results
-    folder that another process is writing into is refused at once (results.results_lock).
+    report.html is drawn from the new results before they are written and written with them;
+    report=False leaves it out (re-render it later with `lcmsquant report`). Either way a
+    previous report.html or report.pdf is removed with the same step (results.write_outputs).
+    A results folder that another process is writing into is refused at once (results.results_lock).
     """
     folder = Path(folder)
     try:
@@ -121,8 +124,8 @@ def process_batch(
             from lcmsquant.pipeline import quantify
 
             result = quantify(batch, peaks, errors)
-            write_outputs(batch, result, out, command=command)
-            report_problem = _write_report(out) if report else _remove_report(out)
+            drawn = ReportDrawing(out) if report else None
+            write_outputs(batch, result, out, command=command, report=drawn)
     except InputError as err:
         return BatchOutcome(folder, error=str(err), bad_input=True)
     except OSError as err:  # e.g. the results folder cannot be written
@@ -132,7 +135,8 @@ def process_batch(
     warned = set(result.peaks.loc[result.peaks["read_warnings"] != "", "injection"]) if "read_warnings" in result.peaks else set()
     return BatchOutcome(
         folder, out, summary=summary_rows(result), injection_errors=dict(result.injection_errors),
-        read_warnings=len(warned), report_problem=report_problem, peaks_only=result.peaks_only,
+        read_warnings=len(warned), report_problem=drawn.problem if drawn else "",
+        report_warnings=tuple(drawn.warnings) if drawn else (), peaks_only=result.peaks_only,
         peak_counts=peak_counts(result.results) if result.peaks_only else {},
     )
 
@@ -152,22 +156,26 @@ def _try_import(module: str) -> None:
         pass
 
 
-def _remove_report(out: Path) -> str:
-    """Without a new report, remove the old one: it would describe earlier results."""
-    for name in ("report.html", "report.pdf"):
-        (out / name).unlink(missing_ok=True)
-    return ""
+class ReportDrawing:
+    """Draws report.html from the set write_outputs is about to write (results.ReportRenderer),
+    and keeps why it could not: a failure never loses the results, and write_outputs then
+    removes the previous report, which would describe other results."""
 
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.problem = ""  # why there is no report.html; "" when it was drawn
+        self.warnings: list[str] = []  # what the report could not show
 
-def _write_report(out: Path) -> str:
-    """Write report.html beside the results; a failure is reported, never loses the results."""
-    from lcmsquant.report import write_report  # matplotlib loads only when a report is made
+    def __call__(self, data: Mapping[str, bytes]) -> str | None:
+        try:
+            from lcmsquant.report import render_set  # matplotlib loads only when a report is made
 
-    try:
-        write_report(out)
-    except Exception as err:  # the tables are written and valid; the report can be re-rendered
-        return f"{type(err).__name__}: {err} (the results are complete; retry with `lcmsquant report {out}`)"
-    return ""
+            return render_set(self.out, data, self.warnings)
+        except Exception as err:  # noqa: BLE001  the tables are valid; the report can be re-rendered
+            self.warnings.clear()  # of a report that is not written
+            self.problem = (f"{type(err).__name__}: {err} (the results are complete and the previous report was removed; "
+                            f"write the report with `lcmsquant report {self.out}`)")
+            return None
 
 
 def output_folders(folders: Sequence[Path], out: Path | None) -> list[Path | None]:
