@@ -9,6 +9,7 @@ from lcmsquant.calibration import calibrate
 from lcmsquant.method import Acceptance
 from lcmsquant.pipeline import run_batch
 from lcmsquant.simulate import SimulationOptions, simulate_batch
+from lcmsquant.vocabulary import RuleId
 
 ACC = Acceptance()
 
@@ -33,8 +34,8 @@ def test_exactly_two_thirds_of_qcs_passing_is_accepted():
 
 def test_each_level_needs_half_its_qcs():
     qcs = _qcs(["LQC", "LQC", "MQC", "MQC", "HQC", "HQC"], [100, 130, 100, 100, 130, 130])
-    outcome = {r.rule: r.passed for r in acceptance.qc_levels_passing("a", "s", qcs, ACC)}
-    assert outcome == {"LQC QCs within tolerance": True, "MQC QCs within tolerance": True, "HQC QCs within tolerance": False}
+    outcome = {r.id: r.passed for r in acceptance.qc_levels_passing("a", "s", qcs, ACC)}
+    assert outcome == {RuleId.LQC_PASSING: True, RuleId.MQC_PASSING: True, RuleId.HQC_PASSING: False}
 
 
 def test_dilution_qcs_do_not_count_towards_the_two_thirds():
@@ -75,8 +76,8 @@ def test_narrowed_range_must_still_hold_the_low_qc():
 
 def test_verdict_names_every_failing_critical_rule():
     rules = [
-        acceptance.Rule("a", "s", "QCs within tolerance", "3.3.2", "3/6 (50 %)", ">= 66.7 %", False),
-        acceptance.Rule("a", "s", "QC count", "3.3.1", "LQC 1", ">= 2", False, critical=False),
+        acceptance.Rule.of(RuleId.QCS_PASSING, "a", "s", "3/6 (50 %)", ">= 66.7 %", False),
+        acceptance.Rule.of(RuleId.QC_COUNT, "a", "s", "LQC 1", ">= 2", False, critical=False),
     ]
     accepted, reasons = acceptance.verdict(rules)
     assert not accepted
@@ -107,7 +108,7 @@ def test_carryover_at_exactly_20_percent_of_the_lloq_and_5_percent_is_passes():
     samples = _samples(RUN)
     blanks = (6,)
     rules = acceptance.carryover("a", "s", samples, blanks, 1.0, ACC)
-    assert [(r.rule, r.passed) for r in rules] == [("carry-over (analyte)", True), ("carry-over (IS)", True)]
+    assert [(r.id, r.passed) for r in rules] == [(RuleId.CARRYOVER_ANALYTE, True), (RuleId.CARRYOVER_IS, True)]
     assert rules[0].measured == "20.0 % of the LLOQ response (BLK-2)"
     assert rules[1].measured == "5.0 % of the mean IS response (BLK-2)"
     assert all(r.category == "carryover" and r.section == "3.2.6" for r in rules)
@@ -123,16 +124,16 @@ def test_carryover_not_assessed_without_a_blank_after_the_uloq_is_a_warning():
 def test_blank_after_the_uloq_calibrator_judges_carryover_the_others_selectivity():
     samples = _samples(RUN)
     assert acceptance.carryover_blanks(samples) == (6,)
-    rules = {r.rule: r for r in acceptance.selectivity("a", "s", samples, (6,), 1.0, ACC)}
-    assert rules["blank selectivity (analyte)"].measured == "0.0 % of the LLOQ response (BLK-1)"
+    rules = {r.id: r for r in acceptance.selectivity("a", "s", samples, (6,), 1.0, ACC)}
+    assert rules[RuleId.BLANK_SELECTIVITY_ANALYTE].measured == "0.0 % of the LLOQ response (BLK-1)"
     assert all(r.passed and r.category == "selectivity" for r in rules.values())
 
 
 def test_interference_in_the_zero_sample_above_20_percent_of_the_lloq_fails():
     rows = [*RUN]
     rows[1] = (2, "zero", "ZERO-1", np.nan, 250.0, 1e5, 100.0)
-    rules = {r.rule: r for r in acceptance.selectivity("a", "s", _samples(rows), (6,), 1.0, ACC)}
-    rule = rules["zero sample selectivity (analyte)"]
+    rules = {r.id: r for r in acceptance.selectivity("a", "s", _samples(rows), (6,), 1.0, ACC)}
+    rule = rules[RuleId.ZERO_SELECTIVITY_ANALYTE]
     assert not rule.passed and rule.critical and rule.measured == "25.0 % of the LLOQ response (ZERO-1)"
 
 
@@ -142,11 +143,11 @@ def test_is_drift_is_the_robust_trend_over_the_run():
     rows[5] = (6, "unknown", "S6", np.nan, 1.0, 1.0, 20.0)  # one outlier does not move a Theil-Sen line
     change, span = acceptance.is_trend(_samples(rows))
     assert span == 19 and np.isclose(change, -19.0)
-    rules = {r.rule: r for r in acceptance.is_response("a", "s", _samples(rows), ACC)}
-    assert rules["IS response drift"].passed and not rules["IS response drift"].critical
-    assert rules["IS response within the band"].detail == "S6"
+    rules = {r.id: r for r in acceptance.is_response("a", "s", _samples(rows), ACC)}
+    assert rules[RuleId.IS_RESPONSE_DRIFT].passed and not rules[RuleId.IS_RESPONSE_DRIFT].critical
+    assert rules[RuleId.IS_RESPONSE_BAND].detail == "S6"
     steeper = _samples([(i, "unknown", f"S{i}", np.nan, 1.0, 1.0, 120.0 - 2 * i) for i in order])
-    drift = {r.rule: r for r in acceptance.is_response("a", "s", steeper, ACC)}["IS response drift"]
+    drift = {r.id: r for r in acceptance.is_response("a", "s", steeper, ACC)}[RuleId.IS_RESPONSE_DRIFT]
     assert not drift.passed and drift.measured == "-38.0 % over 19 injections"
 
 
@@ -182,14 +183,13 @@ def carryover_run(tmp_path_factory):
 
 
 def _failing(run, analyte):
-    return {r.rule for r in run.rules if r.analyte == analyte and r.critical and not r.passed}
+    return {r.id for r in run.rules if r.analyte == analyte and r.critical and not r.passed}
 
 
 def test_biased_qcs_reject_that_analyte_only(spoiled_run):
     _, run = spoiled_run
     assert _failing(run, "M1") == {
-        "QCs within tolerance", "LLOQ QCs within tolerance", "LQC QCs within tolerance", "MQC QCs within tolerance",
-        "HQC QCs within tolerance",
+        RuleId.QCS_PASSING, RuleId.LLOQ_QCS_PASSING, RuleId.LQC_PASSING, RuleId.MQC_PASSING, RuleId.HQC_PASSING,
     }
     assert run.verdicts[("flumatinib", "plasma")]["accepted"] and run.verdicts[("M3", "plasma")]["accepted"]
     m1 = run.results[(run.results["analyte"] == "M1") & (run.results["sample_type"] == "unknown")]
@@ -211,7 +211,7 @@ def test_an_is_dropout_flags_the_sample_for_reanalysis_and_rejects_nothing(spoil
     assert dropped["flags"].str.contains("IS_RESPONSE").all() and not dropped["reportable"].any()
     listed = run.reanalysis[run.reanalysis["sample_id"] == "S002-C1D15-PL"]
     assert set(listed["analyte"]) == {"flumatinib", "M1", "M3"} and listed["reason"].str.contains("IS_RESPONSE").all()
-    band = [r for r in run.rules if r.rule == "IS response within the band" and r.analyte == "M3"][0]
+    band = [r for r in run.rules if r.id == RuleId.IS_RESPONSE_BAND and r.analyte == "M3"][0]
     assert not band.passed and not band.critical and "S002-C1D15-PL" in band.detail
 
 
@@ -220,7 +220,7 @@ def test_carryover_after_the_uloq_rejects_each_analyte_for_carryover(carryover_r
     for analyte in ("flumatinib", "M1", "M3"):
         # BLK-3 closes the run right after the last HQC, so the same carry-over shows there as
         # interference in a selectivity blank; QCs and calibrators are unaffected.
-        assert _failing(run, analyte) == {"carry-over (analyte)", "blank selectivity (analyte)"}, analyte
-        rule = [r for r in run.rules if r.analyte == analyte and r.rule == "carry-over (analyte)"][0]
+        assert _failing(run, analyte) == {RuleId.CARRYOVER_ANALYTE, RuleId.BLANK_SELECTIVITY_ANALYTE}, analyte
+        rule = [r for r in run.rules if r.analyte == analyte and r.id == RuleId.CARRYOVER_ANALYTE][0]
         assert rule.measured.endswith("of the LLOQ response (BLK-2)")
         assert float(rule.measured.split(" %")[0]) > 20.0

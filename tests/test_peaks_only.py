@@ -16,6 +16,7 @@ from lcmsquant.method import PEAKS_ONLY, default_method_path
 from lcmsquant.pipeline import BLOCKING_FLAGS, run_batch
 from lcmsquant.report import render_report, write_report
 from lcmsquant.results import read_results, write_outputs
+from lcmsquant.vocabulary import RuleId
 
 SACC = "170808_Jonathan_yeast_Sacc1_1x.mzML"
 RAW = "RawDataProcessor_mzML_1.mzML"
@@ -136,8 +137,8 @@ def test_a_batch_calibrators_csv_makes_a_peaks_only_method_quantify_without_qc_l
     unknowns = result.results[result.results["sample_type"] == "unknown"]
     assert unknowns["back_calculated"].notna().all()
     # A curve, but ICH M10 accepts no run without QCs: the verdict says so, rule by rule.
-    failing = {r.rule for r in result.rules if r.critical and not r.passed}
-    assert failing == {"QCs within tolerance"} and not any(v["accepted"] for v in result.verdicts.values())
+    failing = {r.id for r in result.rules if r.critical and not r.passed}
+    assert failing == {RuleId.QCS_PASSING} and not any(v["accepted"] for v in result.verdicts.values())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from lcmsquant.pipeline import run_batch
+from lcmsquant.vocabulary import RuleId
 
 
 def _unknowns(result, truth):
@@ -55,10 +56,10 @@ def test_a_sample_diluted_1_to_10_comes_back_within_15_percent(plasma_run):
 def test_clean_simulated_runs_are_accepted_with_every_rule_recorded(fixture, request):
     _, _, _, result = request.getfixturevalue(fixture)
     assert all(v["accepted"] for v in result.verdicts.values())
-    rules = {(r.analyte, r.rule) for r in result.rules}
+    rules = {(r.analyte, r.id) for r in result.rules}
     for analyte in ("flumatinib", "M1", "M3"):
-        for rule in ("calibration curve fitted", "calibrators within tolerance", "calibrator levels passing",
-                     "QCs within tolerance", "LQC QCs within tolerance", "range covers QCs"):
+        for rule in (RuleId.CURVE_FITTED, RuleId.CALIBRATORS_PASSING, RuleId.CALIBRATOR_LEVELS, RuleId.QCS_PASSING,
+                     RuleId.LQC_PASSING, RuleId.RANGE_COVERS_QCS):
             assert (analyte, rule) in rules
     calibrators = result.results[result.results["sample_type"] == "calibrator"]
     assert calibrators["accuracy_pct"].between(80, 120).all()

@@ -260,10 +260,11 @@ def test_reanalysis_csv_and_rule_categories_are_used_when_the_run_wrote_them(acc
     assert "3.1 % of LLOQ" not in _section(html, "calibration")
 
 
-def test_rule_category_falls_back_on_the_rule_name():
+def test_rule_category_comes_from_the_rule_id_or_the_title_of_older_results():
     assert rule_category({"rule": "anything", "category": "selectivity"}) == "selectivity"
+    assert rule_category({"rule": "reworded title", "id": "CARRYOVER_IS"}) == "carryover"
     assert rule_category({"rule": "carry-over (IS)"}) == "carryover"
-    assert rule_category({"rule": "zero selectivity"}) == "selectivity"
+    assert rule_category({"rule": "zero sample selectivity (analyte)"}) == "selectivity"
     assert rule_category({"rule": "IS response drift"}) == "is_response"
     assert rule_category({"rule": "LQC QCs within tolerance"}) == "qc"
     assert rule_category({"rule": "range covers QCs"}) == "calibration"

@@ -33,6 +33,7 @@ from lcmsquant.validation import (
     read_runs,
     validate_runs,
 )
+from lcmsquant.vocabulary import RuleId
 
 VALIDATION = SimulationOptions(n_unknowns=6, qc_replicates=5)
 
@@ -322,7 +323,7 @@ def test_a_run_whose_curve_failed_is_left_out_for_that_analyte(validation_runs):
     runs = list(read_runs([validation_runs[k] for k in ("day1-a", "day1-b", "day2")]))
     summary = json.loads(json.dumps(runs[2].summary))
     for rule in summary["rules"]:  # as run.json records an M3 curve with too few calibrators passing
-        if rule["analyte"] == "M3" and rule["rule"] == "calibrators within tolerance":
+        if rule["analyte"] == "M3" and rule["id"] == RuleId.CALIBRATORS_PASSING:
             rule.update(measured="5/8 (62 %)", passed=False)
     runs[2] = dataclasses.replace(runs[2], summary=summary)
     validation = validate_runs(runs)

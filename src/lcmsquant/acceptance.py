@@ -7,9 +7,8 @@ Section numbers refer to ICH M10 (2022), chapter 3 (chromatography).
 
 from __future__ import annotations
 
-import functools
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
@@ -17,14 +16,18 @@ from scipy import stats
 
 from lcmsquant.calibration import CalibrationResult
 from lcmsquant.method import Acceptance
+from lcmsquant.vocabulary import CORE_QC_LEVELS, QCLevel, RuleId, SampleType
 
-CORE_QC_LEVELS = ("LQC", "MQC", "HQC")
 EPSILON = 1e-9  # "at least 2/3" must accept exactly 4 of 6
 
 
 @dataclass(frozen=True)
 class Rule:
-    """One acceptance rule evaluated for one analyte and calibrator set."""
+    """One acceptance rule evaluated for one analyte and calibrator set.
+
+    `id` names the rule for good (vocabulary.RuleId); `rule` (its title), `section` (ICH M10)
+    and `category` (the report's section) come with the id.
+    """
 
     analyte: str
     calibrator_set: str
@@ -36,112 +39,96 @@ class Rule:
     critical: bool = True  # a failing critical rule rejects the analyte in this run
     detail: str = ""
     category: str = ""  # calibration, qc, carryover, selectivity or is_response
+    id: str = ""  # vocabulary.RuleId
+
+    @classmethod
+    def of(cls, rule_id: RuleId, analyte: str, cal_set: str, measured: str, limit: str, passed: bool, **more) -> Rule:
+        """The rule `rule_id` with its outcome for one analyte and calibrator set."""
+        return cls(analyte, cal_set, rule_id.title, rule_id.section, measured, limit, bool(passed),
+                   category=str(rule_id.category), id=str(rule_id), **more)
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def _category(name: str):
-    """Tag every Rule a rule function returns with the report section it belongs to."""
-
-    def wrap(func):
-        @functools.wraps(func)
-        def tagged(*args, **kwargs):
-            out = func(*args, **kwargs)
-            if out is None or isinstance(out, Rule):
-                return out if out is None else replace(out, category=name)
-            return [replace(r, category=name) for r in out]
-
-        return tagged
-
-    return wrap
 
 
 def _fraction(passed: int, total: int) -> str:
     return f"{passed}/{total} ({100.0 * passed / total:.0f} %)" if total else "0/0"
 
 
-@_category("calibration")
 def curve_fitted(analyte: str, cal_set: str, calibration: CalibrationResult) -> Rule:
     """A calibration curve could be fitted at all (ICH M10 3.2.4)."""
-    return Rule(
-        analyte, cal_set, "calibration curve fitted", "3.2.4",
+    return Rule.of(
+        RuleId.CURVE_FITTED, analyte, cal_set,
         "yes" if calibration.curve is not None else "no", "a curve", calibration.curve is not None,
         detail=calibration.problem,
     )
 
 
-@_category("calibration")
 def calibrators_passing(analyte: str, cal_set: str, calibration: CalibrationResult, acc: Acceptance) -> Rule:
     """At least 75 % of calibrators within +-15 % (+-20 % at the LLOQ) (ICH M10 3.2.4, 3.3.2)."""
     table = calibration.calibrators
     n, ok = len(table), int(table["passed"].sum())
     passed = n > 0 and ok / n >= acc.min_calibrator_fraction - EPSILON
-    return Rule(
-        analyte, cal_set, "calibrators within tolerance", "3.2.4",
+    return Rule.of(
+        RuleId.CALIBRATORS_PASSING, analyte, cal_set,
         _fraction(ok, n), f">= {100 * acc.min_calibrator_fraction:.0f} %", passed,
     )
 
 
-@_category("calibration")
 def calibrator_levels(analyte: str, cal_set: str, calibration: CalibrationResult, acc: Acceptance) -> Rule:
     """At least 6 calibrator levels pass, a level passing when >= 50 % of its replicates do (3.2.4)."""
     n = len(calibration.levels_used)
-    return Rule(
-        analyte, cal_set, "calibrator levels passing", "3.2.4",
+    return Rule.of(
+        RuleId.CALIBRATOR_LEVELS, analyte, cal_set,
         str(n), f">= {acc.min_calibrator_levels}", n >= acc.min_calibrator_levels,
         detail=("levels failing: " + ", ".join(calibration.levels_excluded)) if calibration.levels_excluded else "",
     )
 
 
-@_category("calibration")
 def range_covers_qcs(analyte: str, cal_set: str, calibration: CalibrationResult, qcs: pd.DataFrame) -> Rule:
     """A range narrowed by failing end calibrators must still hold the low, mid and high QCs (3.3.3)."""
     core = qcs[qcs["level"].isin(CORE_QC_LEVELS)]
     lloq, uloq = calibration.lloq, calibration.uloq
     if lloq is None or uloq is None:
-        return Rule(analyte, cal_set, "range covers QCs", "3.3.3", "no range", "LQC..HQC inside", False)
+        return Rule.of(RuleId.RANGE_COVERS_QCS, analyte, cal_set, "no range", "LQC..HQC inside", False)
     nominals = core.groupby("level")["nominal"].first()
     outside = [lvl for lvl, nom in nominals.items() if not (lloq - EPSILON <= nom <= uloq + EPSILON)]
-    return Rule(
-        analyte, cal_set, "range covers QCs", "3.3.3",
+    return Rule.of(
+        RuleId.RANGE_COVERS_QCS, analyte, cal_set,
         f"range {lloq:g}-{uloq:g}", "LQC, MQC, HQC inside the range", not outside,
         detail=("outside: " + ", ".join(outside)) if outside else "",
     )
 
 
-@_category("qc")
 def qc_passing(analyte: str, cal_set: str, qcs: pd.DataFrame, acc: Acceptance) -> Rule:
     """At least 2/3 of all QCs within +-15 % (+-20 % for an LLOQ QC) (ICH M10 3.3.2).
 
     Dilution QCs judge only the diluted samples and are left out here.
     """
-    judged = qcs[qcs["level"] != "DQC"]
+    judged = qcs[qcs["level"] != QCLevel.DQC]
     n, ok = len(judged), int(judged["qc_passed"].sum())
     passed = n > 0 and ok / n >= acc.min_qc_fraction - EPSILON
-    return Rule(
-        analyte, cal_set, "QCs within tolerance", "3.3.2",
+    return Rule.of(
+        RuleId.QCS_PASSING, analyte, cal_set,
         _fraction(ok, n), f">= {100 * acc.min_qc_fraction:.1f} %", passed,
         detail="" if n else "no QC injected",
     )
 
 
-@_category("qc")
 def qc_levels_passing(analyte: str, cal_set: str, qcs: pd.DataFrame, acc: Acceptance) -> list[Rule]:
     """At least 50 % of the QCs at each level within tolerance (ICH M10 3.3.2)."""
     rules = []
-    judged = qcs[qcs["level"] != "DQC"]
+    judged = qcs[qcs["level"] != QCLevel.DQC]
     for level, rows in judged.groupby("level", sort=False):
         n, ok = len(rows), int(rows["qc_passed"].sum())
-        rules.append(Rule(
-            analyte, cal_set, f"{level} QCs within tolerance", "3.3.2",
+        rules.append(Rule.of(
+            RuleId.for_qc_level(level), analyte, cal_set,
             _fraction(ok, n), f">= {100 * acc.min_qc_level_fraction:.0f} %",
             ok / n >= acc.min_qc_level_fraction - EPSILON,
         ))
     return rules
 
 
-@_category("qc")
 def qc_count(analyte: str, cal_set: str, qcs: pd.DataFrame, n_unknowns: int) -> Rule:
     """Low, mid and high QCs at least in duplicate, or 5 % of the study samples (ICH M10 3.3.1)."""
     counts = {lvl: int((qcs["level"] == lvl).sum()) for lvl in CORE_QC_LEVELS}
@@ -149,44 +136,42 @@ def qc_count(analyte: str, cal_set: str, qcs: pd.DataFrame, n_unknowns: int) -> 
     total = sum(counts.values())
     ok = all(c >= 2 for c in counts.values()) and total >= needed_total
     measured = ", ".join(f"{k} {v}" for k, v in counts.items())
-    return Rule(
-        analyte, cal_set, "QC count", "3.3.1", measured,
+    return Rule.of(
+        RuleId.QC_COUNT, analyte, cal_set, measured,
         f">= 2 per level and >= {needed_total} in all ({n_unknowns} study samples)", ok, critical=False,
     )
 
 
-@_category("qc")
 def dilution_qcs(analyte: str, cal_set: str, qcs: pd.DataFrame, acc: Acceptance) -> Rule | None:
     """Dilution QCs (>= 50 % within tolerance) judge the diluted study samples only (3.2.7, 3.3.2)."""
-    dqc = qcs[qcs["level"] == "DQC"]
+    dqc = qcs[qcs["level"] == QCLevel.DQC]
     if dqc.empty:
         return None
     n, ok = len(dqc), int(dqc["qc_passed"].sum())
-    return Rule(
-        analyte, cal_set, "dilution QCs within tolerance", "3.3.2",
+    return Rule.of(
+        RuleId.DILUTION_QCS_PASSING, analyte, cal_set,
         _fraction(ok, n), f">= {100 * acc.min_qc_level_fraction:.0f} %",
         ok / n >= acc.min_qc_level_fraction - EPSILON, critical=False,
         detail="judges only samples diluted like the DQCs",
     )
 
 
-@_category("qc")
 def qc_levels_in_study_range(analyte: str, cal_set: str, qcs: pd.DataFrame, samples: pd.DataFrame) -> Rule | None:
     """At least 2 QC levels should lie within the range of the study samples' concentrations (3.3.1).
 
     The study samples' range is that of their curve values (before dilution) inside the
     calibrated range; with no quantified study sample there is nothing to compare.
     """
-    unknowns = samples[(samples["sample_type"] == "unknown") & samples["back_calculated"].notna()]
+    unknowns = samples[(samples["sample_type"] == SampleType.UNKNOWN) & samples["back_calculated"].notna()]
     inside = unknowns["back_calculated"]
     inside = inside[(inside >= unknowns["lloq"]) & (inside <= unknowns["uloq"])]
     if inside.empty:
         return None
     low, high = float(inside.min()), float(inside.max())
-    levels = qcs[qcs["level"] != "DQC"].groupby("level", sort=False)["nominal"].first()
+    levels = qcs[qcs["level"] != QCLevel.DQC].groupby("level", sort=False)["nominal"].first()
     within = [lvl for lvl, nom in levels.items() if low - EPSILON <= nom <= high + EPSILON]
-    return Rule(
-        analyte, cal_set, "QC levels within the study samples' range", "3.3.1",
+    return Rule.of(
+        RuleId.QCS_IN_STUDY_RANGE, analyte, cal_set,
         f"{len(within)} ({', '.join(within) or 'none'}) in {low:.3g}-{high:.3g}", ">= 2 QC levels", len(within) >= 2,
         critical=False, detail="if the study samples cluster, add QCs at their concentrations" if len(within) < 2 else "",
     )
@@ -194,11 +179,11 @@ def qc_levels_in_study_range(analyte: str, cal_set: str, qcs: pd.DataFrame, samp
 
 def carryover_blanks(samples: pd.DataFrame) -> tuple[int, ...]:
     """Injection numbers of blanks injected right after a ULOQ (highest level) calibrator."""
-    cals = samples[samples["sample_type"] == "calibrator"]
+    cals = samples[samples["sample_type"] == SampleType.CALIBRATOR]
     if cals.empty or cals["nominal"].isna().all():
         return ()
     uloq_injections = set(cals.loc[np.isclose(cals["nominal"], cals["nominal"].max()), "injection"])
-    blanks = samples.loc[samples["sample_type"] == "blank", "injection"]
+    blanks = samples.loc[samples["sample_type"] == SampleType.BLANK, "injection"]
     return tuple(int(b) for b in sorted(set(blanks)) if b - 1 in uloq_injections)
 
 
@@ -206,7 +191,7 @@ def lloq_response(samples: pd.DataFrame, lloq: float | None) -> float:
     """Mean analyte peak area of the calibrators at the run's LLOQ (the reference of 3.2.6, 3.2.1)."""
     if lloq is None:
         return np.nan
-    cals = samples[(samples["sample_type"] == "calibrator") & np.isclose(samples["nominal"], lloq)]
+    cals = samples[(samples["sample_type"] == SampleType.CALIBRATOR) & np.isclose(samples["nominal"], lloq)]
     if "excluded" in cals:
         cals = cals[~cals["excluded"].astype(bool)]
     return float(cals["area"].mean()) if cals["area"].notna().any() else np.nan
@@ -214,7 +199,7 @@ def lloq_response(samples: pd.DataFrame, lloq: float | None) -> float:
 
 def mean_is_response(samples: pd.DataFrame) -> float:
     """Mean IS peak area of the calibrators and QCs, one value per injection (the IS reference)."""
-    ref = samples[samples["sample_type"].isin(["calibrator", "qc"])]
+    ref = samples[samples["sample_type"].isin([SampleType.CALIBRATOR, SampleType.QC])]
     areas = ref.groupby("injection")["is_area"].first().dropna()
     return float(areas.mean()) if len(areas) else np.nan
 
@@ -229,7 +214,6 @@ def _worst(rows: pd.DataFrame, pct: pd.Series) -> tuple[float, str]:
     return float(pct[i]), str(rows.loc[i, "sample_id"])
 
 
-@_category("carryover")
 def carryover(
     analyte: str, cal_set: str, samples: pd.DataFrame, carryover_injections, lloq: float | None, acc: Acceptance
 ) -> list[Rule]:
@@ -241,31 +225,29 @@ def carryover(
     """
     blanks = samples[samples["injection"].isin(list(carryover_injections))]
     if blanks.empty:
-        return [Rule(
-            analyte, cal_set, "carry-over (analyte)", "3.2.6", "no blank after the ULOQ calibrator",
+        return [Rule.of(
+            RuleId.CARRYOVER_ANALYTE, analyte, cal_set, "no blank after the ULOQ calibrator",
             "a blank injected after the ULOQ", False, critical=False, detail="carry-over not assessed in this run",
         )]
     reference = lloq_response(samples, lloq)
     is_reference = mean_is_response(samples)
     rules = []
-    for name, area, ref, limit in (
-        ("carry-over (analyte)", blanks["area"], reference, acc.carryover_pct_of_lloq),
-        ("carry-over (IS)", blanks["is_area"], is_reference, acc.carryover_is_pct),
+    for rule_id, area, ref, limit, of in (
+        (RuleId.CARRYOVER_ANALYTE, blanks["area"], reference, acc.carryover_pct_of_lloq, "of the LLOQ response"),
+        (RuleId.CARRYOVER_IS, blanks["is_area"], is_reference, acc.carryover_is_pct, "of the mean IS response"),
     ):
         if not np.isfinite(ref) or ref <= 0:
-            rules.append(Rule(analyte, cal_set, name, "3.2.6", "no reference response", f"<= {limit:g} %", False,
-                              detail="the LLOQ calibrator or the IS has no peak"))
+            rules.append(Rule.of(rule_id, analyte, cal_set, "no reference response", f"<= {limit:g} %", False,
+                                 detail="the LLOQ calibrator or the IS has no peak"))
             continue
         worst, where = _worst(blanks, _response_pct(area, ref))
-        of = "of the LLOQ response" if name.endswith("(analyte)") else "of the mean IS response"
-        rules.append(Rule(
-            analyte, cal_set, name, "3.2.6", f"{worst:.1f} % {of} ({where})", f"<= {limit:g} %",
+        rules.append(Rule.of(
+            rule_id, analyte, cal_set, f"{worst:.1f} % {of} ({where})", f"<= {limit:g} %",
             worst <= limit + EPSILON,
         ))
     return rules
 
 
-@_category("selectivity")
 def selectivity(
     analyte: str, cal_set: str, samples: pd.DataFrame, carryover_injections, lloq: float | None, acc: Acceptance
 ) -> list[Rule]:
@@ -276,27 +258,27 @@ def selectivity(
     """
     reference = lloq_response(samples, lloq)
     is_reference = mean_is_response(samples)
-    blanks = samples[(samples["sample_type"] == "blank") & ~samples["injection"].isin(list(carryover_injections))]
-    zeros = samples[samples["sample_type"] == "zero"]
+    blanks = samples[(samples["sample_type"] == SampleType.BLANK) & ~samples["injection"].isin(list(carryover_injections))]
+    zeros = samples[samples["sample_type"] == SampleType.ZERO]
     checks = (
-        ("blank selectivity (analyte)", blanks, "area", reference, acc.selectivity_pct_of_lloq, "of the LLOQ response"),
-        ("blank selectivity (IS)", blanks, "is_area", is_reference, acc.selectivity_is_pct, "of the mean IS response"),
-        ("zero sample selectivity (analyte)", zeros, "area", reference, acc.selectivity_pct_of_lloq, "of the LLOQ response"),
+        (RuleId.BLANK_SELECTIVITY_ANALYTE, blanks, "area", reference, acc.selectivity_pct_of_lloq, "of the LLOQ response"),
+        (RuleId.BLANK_SELECTIVITY_IS, blanks, "is_area", is_reference, acc.selectivity_is_pct, "of the mean IS response"),
+        (RuleId.ZERO_SELECTIVITY_ANALYTE, zeros, "area", reference, acc.selectivity_pct_of_lloq, "of the LLOQ response"),
     )
     rules = []
-    for name, rows, column, ref, limit, of in checks:
+    for rule_id, rows, column, ref, limit, of in checks:
         if rows.empty:
-            kind = "zero sample" if name.startswith("zero") else "blank"
-            rules.append(Rule(analyte, cal_set, name, "3.2.1", f"no {kind} injected", f"<= {limit:g} %", False,
-                              critical=False, detail="selectivity not checked in this run"))
+            kind = "zero sample" if rule_id is RuleId.ZERO_SELECTIVITY_ANALYTE else "blank"
+            rules.append(Rule.of(rule_id, analyte, cal_set, f"no {kind} injected", f"<= {limit:g} %", False,
+                                 critical=False, detail="selectivity not checked in this run"))
             continue
         if not np.isfinite(ref) or ref <= 0:
-            rules.append(Rule(analyte, cal_set, name, "3.2.1", "no reference response", f"<= {limit:g} %", False,
-                              detail="the LLOQ calibrator or the IS has no peak"))
+            rules.append(Rule.of(rule_id, analyte, cal_set, "no reference response", f"<= {limit:g} %", False,
+                                 detail="the LLOQ calibrator or the IS has no peak"))
             continue
         worst, where = _worst(rows, _response_pct(rows[column], ref))
-        rules.append(Rule(
-            analyte, cal_set, name, "3.2.1", f"{worst:.1f} % {of} ({where})", f"<= {limit:g} %", worst <= limit + EPSILON,
+        rules.append(Rule.of(
+            rule_id, analyte, cal_set, f"{worst:.1f} % {of} ({where})", f"<= {limit:g} %", worst <= limit + EPSILON,
         ))
     return rules
 
@@ -306,7 +288,7 @@ def is_trend(samples: pd.DataFrame) -> tuple[float, float]:
 
     Computed over every injection that should hold IS (not blanks), in injection order.
     """
-    rows = samples[(samples["sample_type"] != "blank") & samples["is_response_pct"].notna()]
+    rows = samples[(samples["sample_type"] != SampleType.BLANK) & samples["is_response_pct"].notna()]
     rows = rows.groupby("injection")["is_response_pct"].first()
     if len(rows) < 3:
         return np.nan, np.nan
@@ -316,7 +298,6 @@ def is_trend(samples: pd.DataFrame) -> tuple[float, float]:
     return float(slope * span), float(span)
 
 
-@_category("is_response")
 def is_response(analyte: str, cal_set: str, samples: pd.DataFrame, acc: Acceptance) -> list[Rule]:
     """IS response monitoring (ICH M10 3.3, lab SOP limits): outliers, drift and offset of study samples.
 
@@ -324,25 +305,25 @@ def is_response(analyte: str, cal_set: str, samples: pd.DataFrame, acc: Acceptan
     reanalysis.
     """
     low, high = acc.is_response_band_pct
-    rows = samples[samples["sample_type"] != "blank"].groupby("injection").first()
+    rows = samples[samples["sample_type"] != SampleType.BLANK].groupby("injection").first()
     pct = rows["is_response_pct"]
     outside = rows[pct.isna() | (pct < low) | (pct > high)]
-    rules = [Rule(
-        analyte, cal_set, "IS response within the band", "3.3", f"{len(outside)} of {len(rows)} injections outside",
+    rules = [Rule.of(
+        RuleId.IS_RESPONSE_BAND, analyte, cal_set, f"{len(outside)} of {len(rows)} injections outside",
         f"{low:g}-{high:g} % of the calibrator/QC mean", outside.empty, critical=False,
         detail=", ".join(map(str, outside["sample_id"])),
     )]
     change, span = is_trend(samples)
     if np.isfinite(change):
-        rules.append(Rule(
-            analyte, cal_set, "IS response drift", "3.3", f"{change:+.1f} % over {span:.0f} injections",
+        rules.append(Rule.of(
+            RuleId.IS_RESPONSE_DRIFT, analyte, cal_set, f"{change:+.1f} % over {span:.0f} injections",
             f"within +-{acc.is_drift_pct:g} %", abs(change) <= acc.is_drift_pct + EPSILON, critical=False,
         ))
-    unknown = pct[rows["sample_type"] == "unknown"].dropna()
+    unknown = pct[rows["sample_type"] == SampleType.UNKNOWN].dropna()
     if len(unknown):
         offset = float(unknown.median()) - 100.0
-        rules.append(Rule(
-            analyte, cal_set, "IS response of study samples", "3.3", f"median {offset + 100:.1f} % of the calibrator/QC mean",
+        rules.append(Rule.of(
+            RuleId.IS_RESPONSE_STUDY_SAMPLES, analyte, cal_set, f"median {offset + 100:.1f} % of the calibrator/QC mean",
             f"within +-{acc.is_drift_pct:g} % of it", abs(offset) <= acc.is_drift_pct + EPSILON, critical=False,
             detail="a consistent offset hints at a matrix effect the calibrators do not share" if abs(offset) > acc.is_drift_pct else "",
         ))
@@ -353,7 +334,7 @@ def qc_accuracy(qcs: pd.DataFrame, acc: Acceptance) -> pd.DataFrame:
     """Accuracy and pass/fail of each QC injection: +-15 %, +-20 % for the LLOQ QC (3.3.2)."""
     qcs = qcs.copy()
     qcs["accuracy_pct"] = 100.0 * qcs["concentration_found"] / qcs["nominal"]
-    limit = np.where(qcs["level"] == "LLOQ", acc.lloq_qc_tolerance_pct, acc.qc_tolerance_pct)
+    limit = np.where(qcs["level"] == QCLevel.LLOQ, acc.lloq_qc_tolerance_pct, acc.qc_tolerance_pct)
     qcs["qc_passed"] = (qcs["accuracy_pct"] - 100.0).abs() <= limit + EPSILON
     return qcs
 

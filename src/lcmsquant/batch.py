@@ -28,6 +28,7 @@ from lcmsquant.method import (
     load_method,
     read_calibrator_csv,
 )
+from lcmsquant.vocabulary import SAMPLE_TYPES, SampleType
 
 WORKLIST = "worklist.csv"
 CALIBRATORS = "calibrators.csv"
@@ -36,7 +37,6 @@ COLUMNS = (
     "file", "sample_id", "sample_type", "level", "matrix", "subject_id", "visit", "timepoint",
     "dilution_factor",
 )
-SAMPLE_TYPES = ("blank", "zero", "calibrator", "qc", "unknown")
 
 
 class BatchError(InputError):
@@ -114,7 +114,7 @@ def load_batch(folder: Path | str, method: Method | None = None) -> Batch:
     calibrators_path = folder / CALIBRATORS
     if calibrators_path.is_file():
         try:
-            qc_matrices = set(table.loc[table["sample_type"] == "qc", "matrix"])
+            qc_matrices = set(table.loc[table["sample_type"] == SampleType.QC, "matrix"])
             method = apply_batch_calibrators(method, calibrators_path, set(table.get("matrix", [])), qc_matrices)
         except MethodError as err:
             problems.extend(err.problems)

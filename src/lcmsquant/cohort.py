@@ -44,6 +44,7 @@ from lcmsquant.method import (
     load_method,
 )
 from lcmsquant.results import read_results
+from lcmsquant.vocabulary import Flag, Matrix, SampleType
 
 SCHEMA_VERSION = 2  # 2 added the log; a schema 1 database gets it at its next `cohort add`
 SCHEMA = """
@@ -116,10 +117,10 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 # Outcome of one analysis of a study sample. "value" and "BLQ" are valid results.
 VALID_OUTCOMES = ("value", "BLQ")
 # A BLQ is not a valid result when one of these says the measurement itself is in doubt.
-BLQ_INVALIDATING = ("REJECTED", "NO_DATA", "NO_IS", "IS_RESPONSE", "DILUTION_QC")
-REFERENCE_MATRICES = ("serum", "plasma")  # serum first; plasma stands in when there is no serum
-TARGET_MATRICES = ("csf", "marrow")
-RATIO_NAMES = {"csf": "CSF:serum", "marrow": "marrow:serum"}
+BLQ_INVALIDATING = (Flag.REJECTED, Flag.NO_DATA, Flag.NO_IS, Flag.IS_RESPONSE, Flag.DILUTION_QC)
+REFERENCE_MATRICES = (Matrix.SERUM, Matrix.PLASMA)  # serum first; plasma stands in when there is no serum
+TARGET_MATRICES = (Matrix.CSF, Matrix.MARROW)
+RATIO_NAMES = {Matrix.CSF: "CSF:serum", Matrix.MARROW: "marrow:serum"}
 START_TIME = re.compile(rb'<run\b[^>]*\bstartTimeStamp="([^"]+)"')
 
 
@@ -204,7 +205,7 @@ def read_run(results_dir: Path | str, method_path: Path | str | None = None) -> 
         ],
         columns=["name", "matrices", "file", "sha256"],
     )
-    cal_rows = results[(results["sample_type"] == "calibrator") & results["level"].str.match(CALIBRATOR_LEVEL)]
+    cal_rows = results[(results["sample_type"] == SampleType.CALIBRATOR) & results["level"].str.match(CALIBRATOR_LEVEL)]
     nominals = (
         cal_rows[["calibrator_set", "level", "analyte", "nominal"]].dropna()
         .drop_duplicates(["calibrator_set", "level", "analyte"]).reset_index(drop=True)
@@ -280,7 +281,7 @@ def _with_lines(results: pd.DataFrame) -> pd.DataFrame:
 
 def _analyses(results: pd.DataFrame, file_sha: dict[str, str], settings: CohortSettings, path: Path) -> pd.DataFrame:
     """Study-sample rows of results.csv with their outcome, bounds and time since the last dose."""
-    unknown = results[results["sample_type"] == "unknown"].copy()
+    unknown = results[results["sample_type"] == SampleType.UNKNOWN].copy()
     # results.csv puts the worklist's extra columns between dilution_factor and analyte
     columns = list(results.columns)
     worklist_extra = columns[columns.index("dilution_factor") + 1:columns.index("analyte")]
@@ -349,13 +350,13 @@ def _analyses(results: pd.DataFrame, file_sha: dict[str, str], settings: CohortS
 def analysis_outcome(flags: str, reportable: bool) -> str:
     """value | BLQ | ALQ | rejected | not_reportable: what one analysis of a study sample gave."""
     f = set(flags.split(";")) - {""}
-    if "REJECTED" in f:
+    if Flag.REJECTED in f:
         return "rejected"
     if reportable:
         return "value"
-    if "BLQ" in f and not f & set(BLQ_INVALIDATING):
+    if Flag.BLQ in f and not f & set(BLQ_INVALIDATING):
         return "BLQ"
-    if "ALQ" in f:
+    if Flag.ALQ in f:
         return "ALQ"
     return "not_reportable"
 
@@ -938,7 +939,7 @@ def reported_results(analyses: pd.DataFrame, settings: CohortSettings, analyte_o
     return _sorted(out, analyte_order)
 
 
-MATRIX_ORDER = ("serum", "plasma", "marrow", "csf")
+MATRIX_ORDER = (Matrix.SERUM, Matrix.PLASMA, Matrix.MARROW, Matrix.CSF)
 
 
 def _sorted(table: pd.DataFrame, analyte_order: Sequence[str], keys: Sequence[str] = ("subject_id", "visit", "timepoint")) -> pd.DataFrame:
@@ -1021,7 +1022,7 @@ def _ratio(target: str, side: pd.Series | None, ref: pd.Series | None, ref_matri
     problems = [f"{m} {r['status']}" for m, r in ((target, side), (ref_matrix, ref)) if r["status"] not in VALID_OUTCOMES]
     if problems:
         return out(note="; ".join(problems) + ": no ratio")
-    t_blq, r_blq = side["status"] == "BLQ", ref["status"] == "BLQ"
+    t_blq, r_blq = side["status"] == Flag.BLQ, ref["status"] == Flag.BLQ
     if policy == "half_lloq" and (t_blq or r_blq):
         t = side["lloq"] / 2 if t_blq else side["concentration"]
         r = ref["lloq"] / 2 if r_blq else ref["concentration"]
@@ -1063,7 +1064,7 @@ def penetration_summary(pairs: pd.DataFrame, settings: CohortSettings, analyte_o
             row = {
                 "analyte": analyte, "ratio": RATIO_NAMES[target], "n_paired": len(paired),
                 "n_censored": int(paired[f"{target}_censored"].astype(bool).sum()), "n_quantified": len(values),
-                "n_plasma_reference": int((paired["reference_matrix"] == "plasma").sum()),
+                "n_plasma_reference": int((paired["reference_matrix"] == Matrix.PLASMA).sum()),
                 "n_outside_trough": int((paired["trough"] != "").sum()),
                 **dict.fromkeys(SUMMARY_COLUMNS[7:15], np.nan), "blq_ratio_policy": settings.blq_ratio_policy,
             }
@@ -1146,7 +1147,7 @@ def penetration_plot(pairs: pd.DataFrame, summary: pd.DataFrame, units: str = "n
                 status = p[f"{side}_status"]
                 if status == "value":
                     xs.append(x), ys.append(p[f"{side}_concentration"]), blq.append(False)
-                elif status == "BLQ":
+                elif status == Flag.BLQ:
                     xs.append(x), ys.append(p[f"{side}_lloq"]), blq.append(True)
             colour = colours[p["subject_id"]]
             top.plot(xs, ys, "-", color=colour, alpha=0.6, lw=1)

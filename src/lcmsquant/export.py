@@ -25,10 +25,11 @@ from lcmsquant.cohort import (
     load_runs,
 )
 from lcmsquant.files import atomic_write, csv_text
+from lcmsquant.vocabulary import Flag, Matrix
 from lcmsquant.method import SDTM_TESTCD
 
 FORMATS = ("csv", "parquet", "sdtm")
-PCSPEC = {"plasma": "PLASMA", "serum": "SERUM", "csf": "CEREBROSPINAL FLUID", "marrow": "BONE MARROW"}
+PCSPEC = {Matrix.PLASMA: "PLASMA", Matrix.SERUM: "SERUM", Matrix.CSF: "CEREBROSPINAL FLUID", Matrix.MARROW: "BONE MARROW"}
 PC_LABELS = {
     "STUDYID": "Study Identifier",
     "DOMAIN": "Domain Abbreviation",
@@ -143,7 +144,7 @@ def sdtm_pc(reported: pd.DataFrame, method: MethodRecord, study: str, lab: str =
         if status == "value":
             text = _result_text(r["concentration"])
             orres, stresc, stresn, stat, reason = text, text, float(text), "", ""
-        elif status == "BLQ":
+        elif status == Flag.BLQ:
             orres, stresc, stresn, stat, reason = "BLQ", "BLQ", np.nan, "", ""
         else:
             flags = r["flags"].replace(";", ", ")

@@ -20,11 +20,10 @@ import numpy as np
 import pandas as pd
 
 from lcmsquant.files import InputError, not_a_file, parse_decimal
+from lcmsquant.vocabulary import MATRICES, QC_LEVELS
 
 MODELS = ("linear", "linear_through_zero", "quadratic")
 WEIGHTINGS = ("none", "1/x", "1/x^2", "1/y", "1/y^2")
-MATRICES = ("plasma", "serum", "marrow", "csf")
-QC_LEVELS = ("LLOQ", "LQC", "MQC", "HQC", "DQC")
 CALIBRATOR_LEVEL = re.compile(r"^CAL\d+$")
 
 # EU 2002/657: (relative abundance of the qualifier in %, lower bound) -> tolerance in % of the ratio.

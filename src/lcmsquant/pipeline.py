@@ -21,14 +21,8 @@ from lcmsquant.method import Analyte, CalibratorSet, Method, load_method
 from lcmsquant.results import CALIBRATION_COLUMNS
 from lcmsquant.reanalysis import COLUMNS as REANALYSIS_COLUMNS
 from lcmsquant.reanalysis import reanalysis_list
+from lcmsquant.vocabulary import BLOCKING_FLAGS, REVIEW_FLAGS, Flag, PeakStatus, QCLevel, SampleType
 
-# Flags that make a study sample's concentration not reportable at all.
-BLOCKING_FLAGS = ("NO_DATA", "NO_PEAK", "BLQ", "ALQ", "REJECTED", "NO_IS", "OFF_CURVE")
-# Flags that keep the value but send the sample for review or reanalysis.
-REVIEW_FLAGS = (
-    "IS_RESPONSE", "ION_RATIO", "NO_QUALIFIER", "RT_SHIFT", "DILUTION_QC", "EDGE", "SATURATED", "LOW_SN",
-    "SPLIT", "SHOULDER", "READ_WARNING",
-)
 
 
 @dataclass(frozen=True)
@@ -49,7 +43,7 @@ def _at_analyte_rt(rows: pd.DataFrame, rt_tolerance: float) -> pd.DataFrame:
     """The rows as selectivity and carry-over judge them: in a blank or zero sample, a peak off
     the analyte's RT (beyond the identity tolerance) is no interference at the analyte's RT
     (ICH M10 3.2.1) and counts as no response; the results keep it, flagged RT_SHIFT."""
-    blank_like = rows["sample_type"].isin(["blank", "zero"])
+    blank_like = rows["sample_type"].isin([SampleType.BLANK, SampleType.ZERO])
     elsewhere = blank_like & ((rows["rt_min"] - rows["expected_rt_min"]).abs() > rt_tolerance)
     if not elsewhere.any():
         return rows
@@ -76,20 +70,20 @@ def quantify(batch: Batch, peaks: pd.DataFrame, injection_errors: dict | None = 
     table["qc_passed"] = pd.Series(pd.NA, index=table.index, dtype="boolean")
     table["excluded"] = False
     table["exclusion_reason"] = ""
-    n_unknowns = int((batch.worklist["sample_type"] == "unknown").sum())
+    n_unknowns = int((batch.worklist["sample_type"] == SampleType.UNKNOWN).sum())
     # Every set that serves a calibrator, QC or study sample of the batch is judged; one without
     # a calibrator injection has no curve, and the analyte is rejected for it (ICH M10 3.2.4).
     calibrated_sets = []
     for cal_set in method.calibrator_sets:
         in_set = table["matrix"].isin(cal_set.matrices)
-        if (in_set & table["sample_type"].isin(["calibrator", "qc", "unknown"])).any():
+        if (in_set & table["sample_type"].isin([SampleType.CALIBRATOR, SampleType.QC, SampleType.UNKNOWN])).any():
             table.loc[in_set, "calibrator_set"] = cal_set.name
             calibrated_sets.append(cal_set)
     table = _add_is_response(table, method)
     exclusions = _manual_exclusions(batch)
     for cal_set in calibrated_sets:
         in_set = table["calibrator_set"] == cal_set.name
-        no_calibrators = not (in_set & (table["sample_type"] == "calibrator")).any()
+        no_calibrators = not (in_set & (table["sample_type"] == SampleType.CALIBRATOR)).any()
         for analyte in method.analytes:
             rows = in_set & (table["analyte"] == analyte.name)
             result = _calibrate_analyte(table, rows, analyte, method, exclusions)
@@ -105,7 +99,7 @@ def quantify(batch: Batch, peaks: pd.DataFrame, injection_errors: dict | None = 
             table.loc[cal_rows.index, "excluded"] = cal_rows["excluded"].astype(bool)
             table.loc[cal_rows.index, "exclusion_reason"] = cal_rows["exclusion_reason"]
             samples = _at_analyte_rt(table.loc[rows], method.identity.rt_tolerance)[JUDGED_COLUMNS]
-            qcs = acceptance.qc_accuracy(samples[samples["sample_type"] == "qc"], method.acceptance)
+            qcs = acceptance.qc_accuracy(samples[samples["sample_type"] == SampleType.QC], method.acceptance)
             table.loc[qcs.index, "qc_passed"] = qcs["qc_passed"].astype("boolean")
             analyte_rules = acceptance.judge(
                 analyte.name, cal_set.name, result, qcs, n_unknowns, method.acceptance,
@@ -163,7 +157,7 @@ def _no_calibrators(cal_set: CalibratorSet) -> str:
 
 def _failed_dilution_factors(qcs: pd.DataFrame, min_fraction: float) -> list[float]:
     """Dilution factors whose dilution QCs fail (fewer than min_fraction, 50 %, within tolerance; 3.3.2)."""
-    dqc = qcs[qcs["level"] == "DQC"]
+    dqc = qcs[qcs["level"] == QCLevel.DQC]
     passing = dqc.groupby("dilution_factor")["qc_passed"].mean()
     return [float(f) for f, fraction in passing.items() if fraction < min_fraction - 1e-9]
 
@@ -250,7 +244,7 @@ def analyte_table(batch: Batch, peaks: pd.DataFrame) -> pd.DataFrame:
 def _calibrate_analyte(
     table: pd.DataFrame, rows: pd.Series, analyte: Analyte, method: Method, exclusions: Mapping[tuple[int, str], str]
 ) -> CalibrationResult:
-    cals = table.loc[rows & (table["sample_type"] == "calibrator"), ["injection", "level", "nominal", "area_ratio"]]
+    cals = table.loc[rows & (table["sample_type"] == SampleType.CALIBRATOR), ["injection", "level", "nominal", "area_ratio"]]
     points = pd.DataFrame({
         "row": cals.index,
         "injection": cals["injection"],
@@ -297,7 +291,7 @@ def _add_ion_ratio_and_rt(table: pd.DataFrame, method: Method) -> pd.DataFrame:
     table["ion_ratio_flag"] = False
     for name, rows in table.groupby("analyte").groups.items():
         sub = table.loc[rows, ["sample_type", "excluded", "ion_ratio"]]
-        reference = sub.loc[(sub["sample_type"] == "calibrator") & ~sub["excluded"].astype(bool), "ion_ratio"].dropna()
+        reference = sub.loc[(sub["sample_type"] == SampleType.CALIBRATOR) & ~sub["excluded"].astype(bool), "ion_ratio"].dropna()
         if reference.empty:
             continue
         ref = float(reference.mean())
@@ -324,12 +318,12 @@ def _add_is_response(table: pd.DataFrame, method: Method) -> pd.DataFrame:
     table["is_response_pct"] = np.nan
     for (_, _), rows in table.groupby(["internal_standard", "calibrator_set"]).groups.items():
         sub = table.loc[rows, ["sample_type", "is_area", "injection"]]
-        reference = sub.loc[sub["sample_type"].isin(["calibrator", "qc"]), "is_area"].dropna()
+        reference = sub.loc[sub["sample_type"].isin([SampleType.CALIBRATOR, SampleType.QC]), "is_area"].dropna()
         reference = reference.groupby(sub["injection"]).first()  # one IS area per injection
         if reference.empty:
             continue
         table.loc[rows, "is_response_pct"] = 100.0 * sub["is_area"] / float(reference.mean())
-    expects_is = table["sample_type"] != "blank"
+    expects_is = table["sample_type"] != SampleType.BLANK
     pct = table["is_response_pct"]
     table["is_flag"] = expects_is & pct.notna() & ((pct < low) | (pct > high))
     return table
@@ -349,13 +343,13 @@ def _finish(table: pd.DataFrame, method: Method) -> pd.DataFrame:
     bc = table["back_calculated"]
     below = bc.notna() & table["lloq"].notna() & (bc < table["lloq"] - 1e-12)
     above = bc.notna() & table["uloq"].notna() & (bc > table["uloq"] + 1e-12)
-    calibrated = table["sample_type"].isin(["calibrator", "qc"])
+    calibrated = table["sample_type"].isin([SampleType.CALIBRATOR, SampleType.QC])
     table["accuracy_pct"] = np.where(calibrated, 100.0 * table["concentration_found"] / table["nominal"], np.nan)
 
     # A response the fitted curve never reaches (a quadratic's vertex) has no concentration.
     off_curve = (
-        (table["quant_status"] == "OK") & table["lloq"].notna() & bc.isna()
-        & np.isfinite(table["area_ratio"]) & (table["area_ratio"] > 0) & (table["sample_type"] != "blank")
+        (table["quant_status"] == PeakStatus.OK) & table["lloq"].notna() & bc.isna()
+        & np.isfinite(table["area_ratio"]) & (table["area_ratio"] > 0) & (table["sample_type"] != SampleType.BLANK)
     )
     qc_failed = table["qc_passed"].fillna(True).astype(bool).eq(False)
     dilution_failed = table["dilution_qc_failed"].fillna(False).astype(bool)
@@ -364,56 +358,56 @@ def _finish(table: pd.DataFrame, method: Method) -> pd.DataFrame:
     flags = []
     for i, row in enumerate(table[FLAG_INPUTS].to_dict("records")):
         f = []
-        if row["quant_status"] == "NO_DATA" or row["is_status"] == "NO_DATA":
-            f.append("NO_DATA")
-        elif row["quant_status"] == "NO_PEAK":
-            f.append("NO_PEAK")
-            if no_peak_as_blq and not peaks_only and row["sample_type"] == "unknown" and row["is_status"] == "OK":
-                f.append("BLQ")
-        if row["sample_type"] != "blank" and row["is_status"] == "NO_PEAK":
-            f.append("NO_IS")
-        if row["sample_type"] == "unknown" and below[i] and row["quant_status"] == "OK":
-            f.append("BLQ")
-        if row["sample_type"] == "unknown" and above[i]:
-            f.append("ALQ")
+        if row["quant_status"] == PeakStatus.NO_DATA or row["is_status"] == PeakStatus.NO_DATA:
+            f.append(Flag.NO_DATA)
+        elif row["quant_status"] == PeakStatus.NO_PEAK:
+            f.append(Flag.NO_PEAK)
+            if no_peak_as_blq and not peaks_only and row["sample_type"] == SampleType.UNKNOWN and row["is_status"] == PeakStatus.OK:
+                f.append(Flag.BLQ)
+        if row["sample_type"] != SampleType.BLANK and row["is_status"] == PeakStatus.NO_PEAK:
+            f.append(Flag.NO_IS)
+        if row["sample_type"] == SampleType.UNKNOWN and below[i] and row["quant_status"] == PeakStatus.OK:
+            f.append(Flag.BLQ)
+        if row["sample_type"] == SampleType.UNKNOWN and above[i]:
+            f.append(Flag.ALQ)
         if off_curve[i]:
-            f.append("OFF_CURVE")
+            f.append(Flag.OFF_CURVE)
         if row["is_flag"]:
-            f.append("IS_RESPONSE")
+            f.append(Flag.IS_RESPONSE)
         if row["ion_ratio_flag"]:
-            f.append("ION_RATIO")
-        if row["qualifier_status"] == "NO_DATA" and row["quant_status"] == "OK":
-            f.append("NO_QUALIFIER")
+            f.append(Flag.ION_RATIO)
+        if row["qualifier_status"] == PeakStatus.NO_DATA and row["quant_status"] == PeakStatus.OK:
+            f.append(Flag.NO_QUALIFIER)
         if row["rt_flag"]:
-            f.append("RT_SHIFT")
+            f.append(Flag.RT_SHIFT)
         if row["edge"]:
-            f.append("EDGE")
+            f.append(Flag.EDGE)
         if row["saturated"]:
-            f.append("SATURATED")
+            f.append(Flag.SATURATED)
         if row["split"]:
-            f.append("SPLIT")
+            f.append(Flag.SPLIT)
         if row["shoulder"]:
-            f.append("SHOULDER")
-        if row["quant_status"] == "OK" and row["sn"] < min_sn and row["sample_type"] != "blank":
-            f.append("LOW_SN")
+            f.append(Flag.SHOULDER)
+        if row["quant_status"] == PeakStatus.OK and row["sn"] < min_sn and row["sample_type"] != SampleType.BLANK:
+            f.append(Flag.LOW_SN)
         if row["read_warning"]:
-            f.append("READ_WARNING")
+            f.append(Flag.READ_WARNING)
         if row["manual"]:
-            f.append("MANUAL")
-        if row["sample_type"] == "calibrator" and row["excluded"]:
-            f.append("EXCLUDED")
+            f.append(Flag.MANUAL)
+        if row["sample_type"] == SampleType.CALIBRATOR and row["excluded"]:
+            f.append(Flag.EXCLUDED)
         if qc_failed[i]:
-            f.append("QC_FAIL")
-        if row["sample_type"] == "unknown" and dilution_failed[i]:
-            f.append("DILUTION_QC")
-        if row["sample_type"] == "unknown" and not row["analyte_accepted"]:
-            f.append("REJECTED")
+            f.append(Flag.QC_FAIL)
+        if row["sample_type"] == SampleType.UNKNOWN and dilution_failed[i]:
+            f.append(Flag.DILUTION_QC)
+        if row["sample_type"] == SampleType.UNKNOWN and not row["analyte_accepted"]:
+            f.append(Flag.REJECTED)
         flags.append(f)
     table["flags"] = [";".join(f) for f in flags]
-    reportable_value = table["sample_type"].isin(["unknown", "qc", "calibrator"]) & bc.notna()
+    reportable_value = table["sample_type"].isin([SampleType.UNKNOWN, SampleType.QC, SampleType.CALIBRATOR]) & bc.notna()
     blocked = pd.Series([any(x in BLOCKING_FLAGS for x in f) for f in flags], index=table.index)
     review = pd.Series([any(x in REVIEW_FLAGS for x in f) for f in flags], index=table.index)
-    unknown = table["sample_type"] == "unknown"
+    unknown = table["sample_type"] == SampleType.UNKNOWN
     table["concentration"] = np.where(reportable_value & ~(unknown & blocked), table["concentration_found"], np.nan)
     table["reportable"] = unknown & reportable_value & ~blocked & ~review
     return table

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from lcmsquant.method import CALIBRATOR_LEVEL, Method
+from lcmsquant.vocabulary import PEAK_REVIEW_FLAGS, Flag, SampleType
 
 # Reason code -> what the lab does about it.
 ACTIONS = {
@@ -33,7 +34,6 @@ ACTIONS = {
     "NO_PEAK": "review the chromatogram (no peak detected; not reported as zero)",
     "PEAK_REVIEW": "review the integration",
 }
-PEAK_REVIEW_FLAGS = ("EDGE", "SPLIT", "SHOULDER", "LOW_SN", "READ_WARNING")
 # The dilutions a lab pipettes; the one suggested brings an ALQ sample to at most half the ULOQ,
 # so that an extrapolated (or saturation-compressed) estimate up to 2x too low still lands in range.
 DILUTION_STEPS = (2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
@@ -65,20 +65,20 @@ def method_lloq(method: Method) -> dict[tuple[str, str], float]:
 def reasons(row: pd.Series, flags: list[str], lowest: float | None) -> list[str]:
     """Reason codes for one study-sample row, most decisive first."""
     out = []
-    if "REJECTED" in flags:
+    if Flag.REJECTED in flags:
         out.append("RUN_REJECTED")
     for code in ("NO_DATA", "NO_IS", "IS_RESPONSE", "ALQ", "SATURATED", "OFF_CURVE"):
         if code in flags:
             out.append(code)
-    if "BLQ" in flags and lowest is not None and np.isfinite(row["lloq"]) and row["lloq"] > lowest + 1e-12:
+    if Flag.BLQ in flags and lowest is not None and np.isfinite(row["lloq"]) and row["lloq"] > lowest + 1e-12:
         if np.isfinite(row["back_calculated"]) and row["back_calculated"] >= lowest - 1e-12:
             out.append("BLQ_LLOQ_REVISED")
     for code in ("DILUTION_QC", "ION_RATIO", "NO_QUALIFIER", "RT_SHIFT"):
         if code in flags:
             out.append(code)
-    if "NO_PEAK" in flags and "BLQ" not in flags and "NO_DATA" not in flags:
-        out.append("NO_PEAK")
-    if any(f in flags for f in PEAK_REVIEW_FLAGS) and "MANUAL" not in flags:
+    if Flag.NO_PEAK in flags and Flag.BLQ not in flags and Flag.NO_DATA not in flags:
+        out.append(Flag.NO_PEAK)
+    if any(f in flags for f in PEAK_REVIEW_FLAGS) and Flag.MANUAL not in flags:
         out.append("PEAK_REVIEW")
     return out
 
@@ -94,7 +94,7 @@ def reanalysis_list(results: pd.DataFrame, method: Method) -> pd.DataFrame:
     lowest = method_lloq(method)
     read = [c for c in (*IDENTITY, "flags", "calibrator_set", "back_calculated", "dilution_factor", "lloq", "uloq",
                         "is_response_pct") if c in results]
-    unknown = results.loc[results["sample_type"] == "unknown", read]
+    unknown = results.loc[results["sample_type"] == SampleType.UNKNOWN, read]
     rows = []
     for row in unknown.to_dict("records"):
         flags = [f for f in str(row["flags"]).split(";") if f]
@@ -103,15 +103,15 @@ def reanalysis_list(results: pd.DataFrame, method: Method) -> pd.DataFrame:
             continue
         detail = []
         dilution = float("nan")
-        if "ALQ" in codes or "SATURATED" in codes:
+        if Flag.ALQ in codes or Flag.SATURATED in codes:
             dilution = suggested_dilution(row["back_calculated"], row["dilution_factor"], row["uloq"])
-            if "SATURATED" in codes:
+            if Flag.SATURATED in codes:
                 detail.append("response saturated: the estimate is a lower bound; dilute at least as suggested")
             elif np.isfinite(dilution):
                 detail.append(f"about {row['back_calculated'] * row['dilution_factor']:.4g} {method.units} (extrapolated)")
         if "BLQ_LLOQ_REVISED" in codes:
             detail.append(f"run LLOQ raised to {row['lloq']:g} {method.units}")
-        if "IS_RESPONSE" in codes and np.isfinite(row["is_response_pct"]):
+        if Flag.IS_RESPONSE in codes and np.isfinite(row["is_response_pct"]):
             detail.append(f"IS response {row['is_response_pct']:.0f} % of the calibrator/QC mean")
         review = [f for f in PEAK_REVIEW_FLAGS if f in flags]
         if "PEAK_REVIEW" in codes:

@@ -31,11 +31,10 @@ from lcmsquant.files import (
 from lcmsquant.method import PEAKS_ONLY
 from lcmsquant.reanalysis import COLUMNS as REANALYSIS_COLUMNS
 from lcmsquant.results import RUN_JSON, RunOutputs, parse_results, peak_counts, read_results, sample_counts
+from lcmsquant.vocabulary import PEAK_FLAGS, Flag, QCLevel, RuleCategory, RuleId, SampleType, flag_list
 
 QC_LEVEL_ORDER = ("LLOQ", "LQC", "MQC", "HQC", "DQC")
 # Flags that mark the quantifier's own trace (as opposed to the IS or the run).
-PEAK_FLAGS = ("NO_DATA", "NO_PEAK", "RT_SHIFT", "EDGE", "SATURATED", "LOW_SN", "SPLIT", "SHOULDER")
-DILUTION_STEPS = (2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
 class ReportError(InputError):
@@ -53,28 +52,16 @@ def read_run_files(results_dir: Path | str) -> RunOutputs:
 # Small helpers
 
 
-def flag_list(flags: str) -> list[str]:
-    return [f for f in str(flags).split(";") if f]
-
-
 def has_flag(table: pd.DataFrame, flag: str) -> pd.Series:
     return table["flags"].map(lambda f: flag in flag_list(f))
 
 
 def rule_category(rule: dict) -> str:
-    """The rule's category from run.json, or guessed from its name in older results."""
+    """The report section of a rule as run.json records it (by its id, or its title in older results)."""
     if rule.get("category"):
         return str(rule["category"])
-    name = str(rule.get("rule", "")).lower()
-    if "carry-over" in name or "carryover" in name:
-        return "carryover"
-    if "selectivity" in name:
-        return "selectivity"
-    if "is response" in name:
-        return "is_response"
-    if "qc" in name and "range" not in name:
-        return "qc"
-    return "calibration"
+    rule_id = RuleId.of_record(rule)
+    return str(rule_id.category) if rule_id is not None else str(RuleCategory.CALIBRATION)
 
 
 def _finite(value) -> bool:
@@ -273,10 +260,10 @@ def qc_table(files: RunOutputs) -> pd.DataFrame:
     """Every QC injection x analyte: found, accuracy and pass/fail against its limit."""
     acc = files.acceptance
     results = files.results
-    qcs = results[results["sample_type"] == "qc"].copy()
+    qcs = results[results["sample_type"] == SampleType.QC].copy()
     qcs["found"] = qcs["back_calculated"] * qcs["dilution_factor"]
     qcs["passed"] = ~has_flag(qcs, "QC_FAIL") & qcs["accuracy_pct"].notna() if len(qcs) else pd.Series(dtype=bool)
-    qcs["tolerance_pct"] = np.where(qcs["level"] == "LLOQ", acc.lloq_qc_tolerance_pct, acc.qc_tolerance_pct)
+    qcs["tolerance_pct"] = np.where(qcs["level"] == QCLevel.LLOQ, acc.lloq_qc_tolerance_pct, acc.qc_tolerance_pct)
     qcs["level_rank"] = qcs["level"].map({lvl: i for i, lvl in enumerate(QC_LEVEL_ORDER)}).fillna(len(QC_LEVEL_ORDER))
     return qcs.sort_values(["level_rank", "injection"], kind="stable")
 
@@ -305,7 +292,7 @@ def qc_section(files: RunOutputs) -> list[dict]:
                     ],
                     "count": f"{ok}/{n}", "fraction_ok": n > 0 and ok / n >= acc.min_qc_level_fraction - 1e-9,
                 })
-            judged = rows[rows["level"] != "DQC"]
+            judged = rows[rows["level"] != QCLevel.DQC]
             n, ok = len(judged), int(judged["passed"].sum())
             tables.append({
                 "analyte": analyte, "levels": levels, "total": f"{ok}/{n}",
@@ -342,7 +329,7 @@ def blank_checks(files: RunOutputs) -> pd.DataFrame:
         lloq_area = acceptance.lloq_response(table, float(lloq.iloc[0]) if len(lloq) else None)
         reference = acceptance.mean_is_response(table)
         carryover = set(acceptance.carryover_blanks(table))
-        for _, row in table[table["sample_type"].isin(["blank", "zero"])].iterrows():
+        for _, row in table[table["sample_type"].isin([SampleType.BLANK, SampleType.ZERO])].iterrows():
             previous = order.loc[row["injection"] - 1] if row["injection"] - 1 in order.index else None
             role = "carry-over" if row["injection"] in carryover else "selectivity"
             analyte_limit, is_limit = (
@@ -352,7 +339,7 @@ def blank_checks(files: RunOutputs) -> pd.DataFrame:
             area = row["area"] if _finite(row["area"]) else 0.0
             analyte_pct = 100.0 * area / lloq_area if _finite(lloq_area) and lloq_area > 0 else np.nan
             is_area = row["is_area"] if _finite(row["is_area"]) else 0.0
-            is_pct = 100.0 * is_area / reference if row["sample_type"] == "blank" and _finite(reference) and reference > 0 else np.nan
+            is_pct = 100.0 * is_area / reference if row["sample_type"] == SampleType.BLANK and _finite(reference) and reference > 0 else np.nan
             analyte_ok = not _finite(analyte_pct) or analyte_pct <= analyte_limit + 1e-9
             is_ok = not _finite(is_pct) or is_pct <= is_limit + 1e-9
             rows.append({
@@ -376,7 +363,7 @@ def is_response_table(files: RunOutputs) -> list[dict]:
         per_injection = table.sort_values("injection").groupby("injection", sort=True).agg(
             sample_id=("sample_id", "first"), sample_type=("sample_type", "first"), is_area=("is_area", "first"),
             is_response_pct=("is_response_pct", "first"),
-            flagged=("flags", lambda f: any("IS_RESPONSE" in flag_list(x) for x in f)),
+            flagged=("flags", lambda f: any(Flag.IS_RESPONSE in flag_list(x) for x in f)),
         ).reset_index()
         with np.errstate(divide="ignore", invalid="ignore"):
             implied = per_injection["is_area"] * 100.0 / per_injection["is_response_pct"]
@@ -416,7 +403,7 @@ def checks_section(files: RunOutputs) -> dict:
         "blanks": [
             {**r, "analyte_area": fmt(r["analyte_area"]) if _finite(r["analyte_area"]) else "not detected",
              "analyte_pct_lloq": fmt_pct(r["analyte_pct_lloq"]), "is_area_text": fmt(r["is_area"]) if _finite(r["is_area"]) else "not detected",
-             "is_pct": fmt_pct(r["is_pct"]) if r["sample_type"] == "blank" else "IS added"}
+             "is_pct": fmt_pct(r["is_pct"]) if r["sample_type"] == SampleType.BLANK else "IS added"}
             for r in blanks.to_dict("records")
         ],
         "analyte_limit": f"{acc.carryover_pct_of_lloq:g}", "is_limit": f"{acc.carryover_is_pct:g}",
@@ -434,18 +421,18 @@ def samples_section(files: RunOutputs, reanalysis: pd.DataFrame) -> dict:
     results = files.results
     only_peaks = bool(peaks_only(files))
     # A peaks-only run has no study-sample result: every injection is listed with its peak.
-    unknown = results if only_peaks else results[results["sample_type"] == "unknown"]
+    unknown = results if only_peaks else results[results["sample_type"] == SampleType.UNKNOWN]
     unknown = unknown.sort_values(["injection", "analyte"], kind="stable")
     rows = []
     for _, r in unknown.iterrows():
         flags = flag_list(r["flags"])
         if _finite(r["concentration"]):
             shown, key = fmt(r["concentration"]), sort_key(r["concentration"])
-        elif "BLQ" in flags:
+        elif Flag.BLQ in flags:
             shown, key = f"BLQ (< {fmt(r['lloq'])})", "-1"
-        elif "ALQ" in flags:
+        elif Flag.ALQ in flags:
             shown, key = f"ALQ (> {fmt(r['uloq'])})", sort_key(r["back_calculated"] * r["dilution_factor"])
-        elif "NO_PEAK" in flags:
+        elif Flag.NO_PEAK in flags:
             shown, key = "not detected", "-2"
         else:
             shown, key = "–", ""
@@ -496,7 +483,7 @@ def _panel(peak: dict | None, traces: list[Trace], label: str, flags: list[str],
     elif peak is not None:
         note.append(str(peak["status"]).replace("_", " ").lower())
     if manual:
-        note.append("MANUAL")
+        note.append(Flag.MANUAL)
     note += flags
     title = label if peak is None else f"{label} {peak['q1']:g}>{peak['q3']:g}"
     time, intensity = (trace.time, trace.intensity) if trace is not None else (None, None)
@@ -584,7 +571,7 @@ def chromatogram_section(files: RunOutputs, batch_dir: Path | str | None = None,
             quant = next(iter(peaks.get((injection, row["analyte"], "quantifier"), [])), None)
             quals = peaks.get((injection, row["analyte"], "qualifier"), [])
             istd = next(iter(peaks.get((injection, row["internal_standard"], "internal_standard"), [])), None)
-            quant_flags = [f for f in flags if f in PEAK_FLAGS and not (quiet and f == "NO_PEAK")]
+            quant_flags = [f for f in flags if f in PEAK_FLAGS and not (quiet and f == Flag.NO_PEAK)]
             panels = [_panel(quant, traces, "quant", quant_flags, absent)]
             panels += [_panel(q, traces, "qual", [f for f in flags if f in ("ION_RATIO", "NO_QUALIFIER")], absent) for q in quals]
             panels.append(_panel(istd, traces, "IS", [f for f in flags if f in ("IS_RESPONSE", "NO_IS")], absent))
@@ -593,7 +580,7 @@ def chromatogram_section(files: RunOutputs, batch_dir: Path | str | None = None,
         injections.append({
             "injection": injection, "sample_id": first["sample_id"], "sample_type": first["sample_type"],
             "level": first["level"], "file": first["file"], "manual": manual, "problem": problem,
-            "flags": list(dict.fromkeys(f for f in all_flags if not (quiet and f == "NO_PEAK"))), "lines": lines,
+            "flags": list(dict.fromkeys(f for f in all_flags if not (quiet and f == Flag.NO_PEAK))), "lines": lines,
         })
     if warnings is not None:
         warnings.extend(f"{text}: its chromatograms are not drawn ({REDRAW})" for text in undrawn)
@@ -645,7 +632,7 @@ def provenance_section(files: RunOutputs) -> dict:
         except metadata.PackageNotFoundError:
             software[f"{name} (report)"] = "unknown"
     results = files.results
-    excluded = results[(results["sample_type"] == "calibrator") & has_flag(results, "EXCLUDED")]
+    excluded = results[(results["sample_type"] == SampleType.CALIBRATOR) & has_flag(results, "EXCLUDED")]
     acceptance = {
         name: (f"{value:g}" if isinstance(value, float) else "-".join(f"{v:g}" for v in value) if isinstance(value, list) else value)
         for name, value in (prov.get("acceptance") or asdict(files.acceptance)).items()

@@ -43,6 +43,7 @@ from lcmsquant.files import REPORT_HTML, REPORT_PDF
 from lcmsquant.overrides import OVERRIDES
 from lcmsquant.measure import AUDITED, PEAK_FIELDS
 from lcmsquant.reanalysis import COLUMNS as REANALYSIS_COLUMNS
+from lcmsquant.vocabulary import Flag, SampleType
 
 if TYPE_CHECKING:  # lcmsquant.pipeline imports statsmodels: see runs.process_batch
     from lcmsquant.pipeline import RunResult
@@ -170,7 +171,7 @@ def run_summary(batch: Batch, run: RunResult) -> dict:
             "reasons": v["reasons"],
         }
     results = run.results
-    unknown = results[results["sample_type"] == "unknown"]
+    unknown = results[results["sample_type"] == SampleType.UNKNOWN]
     counts = {analyte: sample_counts(rows) for analyte, rows in unknown.groupby("analyte")}
     summary = {
         "lcmsquant": __version__,
@@ -211,8 +212,8 @@ def sample_counts(unknown: pd.DataFrame) -> dict[str, int]:
         "unknowns": int(len(unknown)),
         "reportable": int(unknown["reportable"].sum()),
         "quantified": int(unknown["concentration"].notna().sum()),
-        "blq": int(flags.map(lambda f: "BLQ" in f).sum()),
-        "alq": int(flags.map(lambda f: "ALQ" in f).sum()),
+        "blq": int(flags.map(lambda f: Flag.BLQ in f).sum()),
+        "alq": int(flags.map(lambda f: Flag.ALQ in f).sum()),
         "flagged": int((unknown["flags"] != "").sum()),
         "reanalyse": int((unknown["reanalysis"] != "").sum()) if "reanalysis" in unknown else 0,
     }
@@ -227,9 +228,9 @@ def peak_counts(rows: pd.DataFrame) -> dict[str, int]:
         "injections": int(rows["injection"].nunique()),
         "analytes": int(rows["analyte"].nunique()),
         "found": int(rows["area"].notna().sum()),
-        "no_peak": int(flags.map(lambda f: "NO_PEAK" in f).sum()),
-        "no_data": int(flags.map(lambda f: "NO_DATA" in f).sum()),
-        "no_is": int(flags.map(lambda f: "NO_IS" in f).sum()),
+        "no_peak": int(flags.map(lambda f: Flag.NO_PEAK in f).sum()),
+        "no_data": int(flags.map(lambda f: Flag.NO_DATA in f).sum()),
+        "no_is": int(flags.map(lambda f: Flag.NO_IS in f).sum()),
         "flagged": int((rows["flags"] != "").sum()),
     }
 
@@ -697,8 +698,8 @@ def _summary_problems(summary: dict) -> list[str]:
 _NUMBER = "number"
 _RULE = ("record", {
     "analyte": str, "calibrator_set": str, "rule": str, "section": str, "measured": str, "limit": str,
-    "passed": bool, "critical": bool, "detail": str, "category": str,
-}, ("analyte", "calibrator_set", "rule", "section", "measured", "limit", "passed", "critical", "detail"))  # category came later
+    "passed": bool, "critical": bool, "detail": str, "category": str, "id": str,
+}, ("analyte", "calibrator_set", "rule", "section", "measured", "limit", "passed", "critical", "detail"))  # category, id came later
 _ACCEPTANCE = {
     name: ("list", _NUMBER) if name == "is_response_band_pct" else _NUMBER for name in Acceptance.__dataclass_fields__
 }

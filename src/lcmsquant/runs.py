@@ -23,6 +23,7 @@ from lcmsquant.method import load_method
 from lcmsquant.measure import measure_batch, resolve_jobs
 from lcmsquant.results import peak_counts, results_lock, sample_counts, write_outputs
 from lcmsquant.workers import release_server
+from lcmsquant.vocabulary import QCLevel, SampleType
 
 if TYPE_CHECKING:
     from lcmsquant.pipeline import RunResult
@@ -64,7 +65,7 @@ def summary_rows(result: RunResult) -> tuple[dict, ...]:
     results = result.results
     for _, cal in result.calibration.iterrows():
         mine = results[(results["analyte"] == cal["analyte"]) & (results["calibrator_set"] == cal["calibrator_set"])]
-        qcs = mine[(mine["sample_type"] == "qc") & (mine["level"] != "DQC")]
+        qcs = mine[(mine["sample_type"] == SampleType.QC) & (mine["level"] != QCLevel.DQC)]
         rows.append({
             "analyte": cal["analyte"],
             "calibrator_set": cal["calibrator_set"],
@@ -74,7 +75,7 @@ def summary_rows(result: RunResult) -> tuple[dict, ...]:
             "qcs_passed": int(qcs["qc_passed"].fillna(False).sum()),
             "qcs": len(qcs),
             "accepted": bool(cal["accepted"]),
-            **sample_counts(mine[mine["sample_type"] == "unknown"]),
+            **sample_counts(mine[mine["sample_type"] == SampleType.UNKNOWN]),
         })
     return tuple(rows)
 

@@ -123,9 +123,10 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import exponnorm
 
-from .method import CALIBRATOR_LEVEL, CalibratorSet, Method, Transition, default_method_path, load_method
-from .files import atomic_write
-from .mzml_writer import Chromatogram, srm_native_id, write_chromatogram_mzml
+from lcmsquant.files import atomic_write
+from lcmsquant.method import CALIBRATOR_LEVEL, CalibratorSet, Method, Transition, default_method_path, load_method
+from lcmsquant.mzml_writer import Chromatogram, srm_native_id, write_chromatogram_mzml
+from lcmsquant.vocabulary import Matrix
 
 __all__ = [
     "SimulationOptions", "simulate_batch", "WORKLIST_COLUMNS", "TRUTH_COLUMNS", "truth_path_for", "simulate_study",
@@ -140,7 +141,7 @@ TRUTH_COLUMNS = (
     "sample_id", "sample_type", "level", "matrix", "analyte", "true_concentration",
     "dilution_factor", "interference",
 )
-BATCH_MATRICES = ("plasma", "csf")
+BATCH_MATRICES = (Matrix.PLASMA, Matrix.CSF)
 
 # --- acquisition (as measured on the real SCIEX QTRAP 5500 files: benchmarks/trace_statistics.py) -
 CYCLE_RANGE_S = (0.4, 1.0)  # scheduled-SRM cycle time = sampling interval, drawn per batch ...

@@ -31,15 +31,14 @@ import pandas as pd
 
 from lcmsquant.calibration import calibrate, fit_curve
 from lcmsquant.files import InputError, atomic_write, csv_text
-from lcmsquant.method import Acceptance
+from lcmsquant.method import MODELS, WEIGHTINGS, Acceptance
 from lcmsquant.results import read_results
+from lcmsquant.vocabulary import QCLevel, RuleId, SampleType
 
 RESULTS_CSV = "results.csv"
 DAY_COLUMN = "run_date"  # optional worklist column carried into results.csv: the day of the run
-CALIBRATION_RULES = ("calibration curve fitted", "calibrators within tolerance", "calibrator levels passing")
-
-MODELS = ("linear", "linear_through_zero", "quadratic")
-WEIGHTINGS = ("none", "1/x", "1/x^2", "1/y", "1/y^2")
+# The rules that judge the curve itself (ICH M10 3.2.4).
+CALIBRATION_RULES = (RuleId.CURVE_FITTED, RuleId.CALIBRATORS_PASSING, RuleId.CALIBRATOR_LEVELS)
 
 MIN_REPLICATES = 5  # per QC level per run (ICH M10 3.2.5.2)
 MIN_RUNS = 3
@@ -76,7 +75,8 @@ class RunResults:
     def calibration_accepted(self, analyte: str, calibrator_set: str) -> bool:
         """The run's curve for this analyte met ICH M10 3.2.4 (fitted, >= 75 % and >= 6 levels passing)."""
         rules = [r for r in self.summary.get("rules", [])
-                 if r.get("analyte") == analyte and r.get("calibrator_set") == calibrator_set and r.get("rule") in CALIBRATION_RULES]
+                 if r.get("analyte") == analyte and r.get("calibrator_set") == calibrator_set
+                 and RuleId.of_record(r) in CALIBRATION_RULES]
         return bool(rules) and all(r.get("passed") for r in rules)
 
     @property
@@ -204,7 +204,7 @@ def one_way_anova(runs: Sequence[Sequence[float]]) -> OneWayAnova:
 
 def accuracy_limit_pct(level: str, acceptance: Acceptance = Acceptance()) -> float:
     """+-20 % (accuracy) and 20 % (CV) at the LLOQ, 15 % at the other levels (ICH M10 3.2.5.2)."""
-    return acceptance.lloq_qc_tolerance_pct if level == "LLOQ" else acceptance.qc_tolerance_pct
+    return acceptance.lloq_qc_tolerance_pct if level == QCLevel.LLOQ else acceptance.qc_tolerance_pct
 
 
 def within_limit(accuracy_pct: float, limit_pct: float) -> bool:
@@ -317,7 +317,7 @@ def qc_table(runs: Sequence[RunResults]) -> tuple[pd.DataFrame, list[str]]:
     """
     frames, warnings = [], []
     for run in runs:
-        qcs = run.results[run.results["sample_type"] == "qc"]
+        qcs = run.results[run.results["sample_type"] == SampleType.QC]
         for (analyte, cal_set), sub in qcs.groupby(["analyte", "calibrator_set"], sort=False):
             if not run.calibration_accepted(analyte, cal_set):
                 warnings.append(f"run {run.label}: the {analyte} curve ({cal_set}) failed ICH M10 3.2.4: its QCs are left out")
@@ -415,8 +415,8 @@ def incurred_sample_reanalysis(
     when at least 2/3 of its pairs are. `original` and `repeat` are results.csv tables;
     `n_study_samples` (default: the study samples in `original`) sets how many repeats are needed.
     """
-    orig = original[original["sample_type"] == "unknown"].drop_duplicates(["sample_id", "analyte"], keep="last")
-    rep = repeat[repeat["sample_type"] == "unknown"].drop_duplicates(["sample_id", "analyte"], keep="last")
+    orig = original[original["sample_type"] == SampleType.UNKNOWN].drop_duplicates(["sample_id", "analyte"], keep="last")
+    rep = repeat[repeat["sample_type"] == SampleType.UNKNOWN].drop_duplicates(["sample_id", "analyte"], keep="last")
     by_key = orig.set_index(["sample_id", "analyte"])
     rows = []
     for r in rep.itertuples():
@@ -497,7 +497,7 @@ def _check_new_analysis(original: Sequence[RunResults], repeat: Sequence[RunResu
 def _injection_hashes(run: RunResults) -> dict[str, str]:
     """SHA-256 -> file name of the study-sample mzML files a run measured (run.json's provenance);
     blanks may well be byte-identical from run to run, a study sample's injection never is."""
-    samples = set(run.results.loc[run.results["sample_type"] == "unknown", "file"])
+    samples = set(run.results.loc[run.results["sample_type"] == SampleType.UNKNOWN, "file"])
     inputs = run.summary.get("provenance", {}).get("inputs", [])
     return {i["sha256"]: i["file"] for i in inputs if i.get("file") in samples}
 
@@ -514,7 +514,7 @@ def calibrator_table(runs: Sequence[RunResults]) -> pd.DataFrame:
     """Calibrator injections of every run: run, analyte, calibrator_set, level, nominal, area_ratio."""
     frames = []
     for run in runs:
-        cals = run.results[run.results["sample_type"] == "calibrator"]
+        cals = run.results[run.results["sample_type"] == SampleType.CALIBRATOR]
         frames.append(pd.DataFrame({"run": run.label, "analyte": cals["analyte"], "calibrator_set": cals["calibrator_set"],
                                     "level": cals["level"], "nominal": cals["nominal"], "area_ratio": cals["area_ratio"]}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
