@@ -43,7 +43,7 @@ def test_the_outputs_page_explains_blq_and_alq():
 
 
 def test_every_rule_id_is_unique_and_titled_once():
-    titles = [r.title for r in RuleId]
+    titles = [r.label for r in RuleId]
     assert len(set(titles)) == len(titles)
     assert {RuleId.for_qc_level(level) for level in (QCLevel.LLOQ, QCLevel.LQC, QCLevel.MQC, QCLevel.HQC)} == {
         RuleId.LLOQ_QCS_PASSING, RuleId.LQC_PASSING, RuleId.MQC_PASSING, RuleId.HQC_PASSING}

@@ -44,7 +44,7 @@ class Rule:
     @classmethod
     def of(cls, rule_id: RuleId, analyte: str, cal_set: str, measured: str, limit: str, passed: bool, **more) -> Rule:
         """The rule `rule_id` with its outcome for one analyte and calibrator set."""
-        return cls(analyte, cal_set, rule_id.title, rule_id.section, measured, limit, bool(passed),
+        return cls(analyte, cal_set, rule_id.label, rule_id.section, measured, limit, bool(passed),
                    category=str(rule_id.category), id=str(rule_id), **more)
 
     def as_dict(self) -> dict:

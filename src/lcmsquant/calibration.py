@@ -170,7 +170,7 @@ def _worst_left_out(table: pd.DataFrame, active: pd.Index, model: str, weighting
         found = curve.back_calculate([table.loc[i, "area_ratio"]])[0]
         re = 100.0 * (found - table.loc[i, "nominal"]) / table.loc[i, "nominal"]
         badness[i] = abs(re) / table.loc[i, "tolerance_pct"] if np.isfinite(re) else np.inf
-    return max(badness, key=badness.get)
+    return max(badness, key=lambda i: badness[i])
 
 
 def _result(curve: Curve | None, table: pd.DataFrame, acceptance: Acceptance, problem: str) -> CalibrationResult:

@@ -37,7 +37,7 @@ import pyopenms as oms  # noqa: E402  (after the thread setting, which it reads 
 # terminal when the process exits, long after any capture: it is silenced. The reasons lcmsquant
 # reports come from the parser's errors, which still reach file descriptor 2 and are captured.
 _log = oms.LogConfigHandler.getInstance()
-_log.configure(_log.parse([b"WARNING remove cerr"]))
+_log.configure(_log.parse([b"WARNING remove cerr"]))  # type: ignore[list-item]  # pyopenms takes bytes
 
 from lcmsquant.files import not_a_file
 from lcmsquant.method import Method, Transition

@@ -832,10 +832,10 @@ def _history_problems(entries: list[dict], history: dict[int, list[tuple[str, st
             if rows:
                 problems.append(f"the history holds rows for log entry {entry['number']}, which replaced nothing")
             continue
-        replaced = {t: [] for t in DATA_TABLES}
+        replaced: dict[str, list] | None = {t: [] for t in DATA_TABLES}
         try:
             for table, row in rows:
-                replaced.setdefault(table, []).append(json.loads(row))
+                replaced.setdefault(table, []).append(json.loads(row))  # type: ignore[union-attr]
         except (TypeError, ValueError):
             replaced = None
         if replaced is None or _digest(replaced) != entry["replaced_content_sha256"]:
@@ -1145,10 +1145,10 @@ def penetration_plot(pairs: pd.DataFrame, summary: pd.DataFrame, units: str = "n
             xs, ys, blq = [], [], []
             for x, side in enumerate(("reference", "marrow", "csf")):
                 status = p[f"{side}_status"]
-                if status == "value":
-                    xs.append(x), ys.append(p[f"{side}_concentration"]), blq.append(False)
-                elif status == Flag.BLQ:
-                    xs.append(x), ys.append(p[f"{side}_lloq"]), blq.append(True)
+                if status in ("value", Flag.BLQ):
+                    xs.append(x)
+                    ys.append(p[f"{side}_concentration"] if status == "value" else p[f"{side}_lloq"])
+                    blq.append(status == Flag.BLQ)
             colour = colours[p["subject_id"]]
             top.plot(xs, ys, "-", color=colour, alpha=0.6, lw=1)
             for x, y, b in zip(xs, ys, blq):

@@ -89,7 +89,7 @@ def export_cohort(
     if fmt == "sdtm":
         with closing(connect(db)) as con:
             runs = load_runs(con)
-        pc = sdtm_pc(reported, method, study, lab)
+        pc = sdtm_pc(reported, method, study or "", lab)
         problems = check_sdtm(pc)
         if problems:
             raise ExportError(db, problems)

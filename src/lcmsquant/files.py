@@ -215,7 +215,7 @@ def read_set(folder: Path, names: Iterable[str], attempts: int = 20, pause_s: fl
 def _set_agrees(snapshot: Mapping[str, bytes]) -> bool:
     """Whether the files read agree with the hashes recorded in run.json and session.json, and
     report.html (when read) with the run.json it names."""
-    recorded = {}
+    recorded: dict[str, str] = {}
     for manifest, key in (("run.json", "outputs"), ("session.json", "hashes")):
         try:
             recorded.update(json.loads(snapshot[manifest]).get(key) or {})
@@ -287,7 +287,7 @@ STALE_AFTER_S = 24 * 3600
 def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Delete the temporary files a killed write left in `folder`: those of a process of this
     host that no longer runs, and any more than a day old. Returns what was removed."""
-    removed = []
+    removed: list[Path] = []
     if not Path(folder).is_dir():
         return removed
     for path in Path(folder).iterdir():

@@ -27,7 +27,7 @@ WEIGHTINGS = ("none", "1/x", "1/x^2", "1/y", "1/y^2")
 CALIBRATOR_LEVEL = re.compile(r"^CAL\d+$")
 
 # EU 2002/657: (relative abundance of the qualifier in %, lower bound) -> tolerance in % of the ratio.
-DEFAULT_ION_RATIO_TIERS = ((50.0, 20.0), (20.0, 25.0), (10.0, 30.0), (0.0, 50.0))
+DEFAULT_ION_RATIO_TIERS: tuple[tuple[float, float], ...] = ((50.0, 20.0), (20.0, 25.0), (10.0, 30.0), (0.0, 50.0))
 
 
 # What a run with a peaks-only method (see Method.peaks_only) says it is, in the run summary,
@@ -334,7 +334,9 @@ def parse_method(doc: dict[str, Any], base_dir: Path, source: str = "method") ->
     """Build a Method from a parsed TOML document (see load_method)."""
     p = _Problems()
     p.unknown_keys(doc, _TOP_KEYS, "top level")
-    name = str(doc.get("name", "")) or p.append("top level: missing required key 'name'") or ""
+    name = str(doc.get("name", ""))
+    if not name:
+        p.append("top level: missing required key 'name'")
     version = str(doc.get("version", "1"))
     units = str(doc.get("units", "ng/mL"))
     mz_tol = p.number(doc, "mz_tolerance", "top level", default=0.5)
@@ -397,7 +399,7 @@ def parse_method(doc: dict[str, Any], base_dir: Path, source: str = "method") ->
         weighting = _choice(table, "weighting", WEIGHTINGS, where, p, default_weighting)
         if quant is not None and rt is not None and None not in quals:
             analytes.append(
-                Analyte(a_name, quant, tuple(quals), str(is_name or ""), rt, model, weighting)
+                Analyte(a_name, quant, tuple(q for q in quals if q is not None), str(is_name or ""), rt, model, weighting)
             )
     used_is = {a.internal_standard for a in analytes}
     for i in internal_standards:

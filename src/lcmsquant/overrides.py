@@ -54,7 +54,9 @@ def read_overrides(path: Path, method: Method, worklist_files: Mapping[str, str]
     if missing:
         raise OverrideError(path, [f"{path.name}: missing column(s) {', '.join(missing)} (needs {', '.join(COLUMNS)})"])
     targets = _targets(method)
-    problems, overrides, seen = [], [], {}
+    problems: list[str] = []
+    overrides: list[Override] = []
+    seen: dict[tuple, int] = {}
     for number, values in rows:
         row = dict(zip(header, values))
         where = f"{path.name} line {number}"

@@ -115,8 +115,8 @@ def quantify(batch: Batch, peaks: pd.DataFrame, injection_errors: dict | None = 
     table = _add_ion_ratio_and_rt(table, method)
     table = _finish(table, method)
     reanalysis = reanalysis_list(table, method)
-    reasons = dict(zip(zip(reanalysis["injection"], reanalysis["analyte"]), reanalysis["reason"]))
-    table["reanalysis"] = [reasons.get(key, "") for key in zip(table["injection"], table["analyte"])]
+    reason_of = dict(zip(zip(reanalysis["injection"], reanalysis["analyte"]), reanalysis["reason"]))
+    table["reanalysis"] = [reason_of.get(key, "") for key in zip(table["injection"], table["analyte"])]
     return RunResult(
         results=table,
         peaks=peaks,

@@ -22,7 +22,7 @@ import re
 import stat
 import sys
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -51,7 +51,7 @@ if TYPE_CHECKING:  # lcmsquant.pipeline imports statsmodels: see runs.process_ba
 try:
     import fcntl
 except ImportError:  # Windows
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
     import msvcrt
 
 RESULT_COLUMNS = (
@@ -164,7 +164,7 @@ def calibration_table(run: RunResult) -> pd.DataFrame:
 def run_summary(batch: Batch, run: RunResult) -> dict:
     """run.json: verdicts, every rule with its measured value and limit, and provenance; for a
     run without calibration, `peaks_only` says why (see pipeline.peaks_only_reason)."""
-    analytes = {}
+    analytes: dict[str, dict] = {}
     for (analyte, cal_set), v in run.verdicts.items():
         analytes.setdefault(analyte, {})[cal_set] = {
             "verdict": "accepted" if v["accepted"] else "rejected",
@@ -283,16 +283,17 @@ def write_outputs(
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
     tables = output_tables(batch, run)
-    files = {out_dir / name: csv_text(table).encode("utf-8") for name, table in tables.items()}
+    table_bytes = {out_dir / name: csv_text(table).encode("utf-8") for name, table in tables.items()}
     summary = run_summary(batch, run)
-    summary["outputs"] = {path.name: hashlib.sha256(data).hexdigest() for path, data in files.items()}
-    files[out_dir / "run.json"] = json.dumps(_jsonable(summary), indent=2) + "\n"
+    summary["outputs"] = {path.name: hashlib.sha256(data).hexdigest() for path, data in table_bytes.items()}
+    run_json = json.dumps(_jsonable(summary), indent=2) + "\n"
+    files: dict[Path, bytes | str] = {**table_bytes, out_dir / "run.json": run_json}
     session = {
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command if command is not None else sys.argv,
         "host": platform.node(),
         "batch_folder": str(batch.folder.resolve()),  # where the report finds the mzML files
-        "hashes": {"run.json": hashlib.sha256(files[out_dir / "run.json"].encode("utf-8")).hexdigest()},  # see files.read_set
+        "hashes": {"run.json": hashlib.sha256(run_json.encode("utf-8")).hexdigest()},  # see files.read_set
     }
     files[out_dir / "session.json"] = json.dumps(session, indent=2) + "\n"
     return _write_set(out_dir, files, report)
@@ -633,7 +634,7 @@ def _missing(name: str, recorded: dict) -> str:
     return f"{name} is missing: {RERUN}"
 
 
-def _parse_json(name: str, data: dict[str, bytes]) -> tuple[dict, list[str]]:
+def _parse_json(name: str, data: Mapping[str, bytes]) -> tuple[dict, list[str]]:
     if name not in data:
         return {}, []
     try:
@@ -664,8 +665,8 @@ def _summary_problems(summary: dict) -> list[str]:
     def typed(path: str) -> bool:  # already named as a field of the wrong type (or inside one)
         return any(path == p or path.startswith(p + ".") for p, _ in wrong)
 
-    provenance = summary.get("provenance") if isinstance(summary.get("provenance"), dict) else {}
-    method = provenance.get("method") if isinstance(provenance.get("method"), dict) else {}
+    provenance: dict = summary["provenance"] if isinstance(summary.get("provenance"), dict) else {}
+    method: dict = provenance["method"] if isinstance(provenance.get("method"), dict) else {}
     inputs = provenance.get("inputs")
     problems = [f"{RUN_JSON}: {key} is missing: not a run.json of `lcmsquant run`; {RERUN}"
                 for key, value in (("lcmsquant", summary.get("lcmsquant")), ("provenance.method.sha256", method.get("sha256")))
@@ -760,7 +761,7 @@ def _check_type(value, spec, path: str, found: list[tuple[str, str]]) -> None:
         if not isinstance(value, list if kind == "list" else dict):
             found.append((path, f"{path} is {_json_type(value)}, not {_WORDS[kind]}"))
             return
-        items = enumerate(value) if kind == "list" else value.items()
+        items: Iterable[tuple[object, object]] = enumerate(value) if isinstance(value, list) else value.items()
         for key, item in items:
             _check_type(item, item_spec, f"{path}[{key}]" if kind == "list" else f"{path}.{key}", found)
     elif not _of_type(value, spec):

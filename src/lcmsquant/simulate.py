@@ -407,8 +407,7 @@ def _calibrator_levels(cal_set: CalibratorSet) -> list[str]:
 def _ranges(method: Method, cal_set: CalibratorSet) -> dict[str, _Range]:
     out = {}
     for a in method.analytes:
-        values = [cal_set.nominal(lv, a.name) for lv in _calibrator_levels(cal_set)]
-        values = [v for v in values if v is not None]
+        values = [v for lv in _calibrator_levels(cal_set) if (v := cal_set.nominal(lv, a.name)) is not None]
         if not values:
             raise ValueError(f"calibrator set {cal_set.name!r} has no calibrator for analyte {a.name!r}")
         out[a.name] = _Range(min(values), max(values))
@@ -449,8 +448,9 @@ def _design(
     qc_counter: dict[str, int] = {}
 
     def qc(level: str) -> _Injection | None:
-        nominals = {a: cal_set.nominal(level, a) for a in analytes}
-        if any(v is None for v in nominals.values()):
+        found = {a: cal_set.nominal(level, a) for a in analytes}
+        nominals = {a: v for a, v in found.items() if v is not None}
+        if len(nominals) < len(found):
             return None
         qc_counter[level] = qc_counter.get(level, 0) + 1
         n = qc_counter[level]
@@ -566,11 +566,11 @@ def _unknowns(
     with_qualifiers = [a for a in method.analytes if a.qualifiers]
     normal = [i for i, kind in enumerate(designs) if kind == "normal"]
     n_hit = max(1, round(n / 30))
-    hits = rng.choice(np.array(normal), size=min(n_hit, len(normal)), replace=False) if normal else []
+    hits = rng.choice(np.array(normal), size=min(n_hit, len(normal)), replace=False) if normal else np.array([], int)
     for idx in sorted(int(i) for i in hits):
         if with_qualifiers:
-            a = with_qualifiers[int(rng.integers(len(with_qualifiers)))]
-            out[idx].interference[a.name] = a.qualifiers[0].name
+            hit = with_qualifiers[int(rng.integers(len(with_qualifiers)))]
+            out[idx].interference[hit.name] = hit.qualifiers[0].name
 
     return [out[int(i)] for i in rng.permutation(n)]
 
@@ -703,6 +703,8 @@ class _Physics:
         self.volume = INJECTION_VOLUME[matrix]
         h = emg_height_per_area(NOMINAL_SIGMA_S, NOMINAL_TAU_S)
         reference = method.calibrator_set_for("plasma") or method.calibrator_set_for(matrix)
+        if reference is None:
+            raise ValueError(f"the method has no calibrator set for plasma or {matrix}: nothing to scale the responses by")
         ref_ranges = _ranges(method, reference)
         # k: area (counts*s) per ng/mL injected at V = 1
         self.k = {

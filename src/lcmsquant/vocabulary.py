@@ -131,14 +131,14 @@ class RuleId(StrEnum):
     """A stable id for each ICH M10 acceptance rule (run.json's `id`), with its title, section
     and report category. Titles may be reworded; ids stay."""
 
-    title: str
+    label: str  # the title run.json and the report show
     section: str
     category: RuleCategory
 
     def __new__(cls, value: str, title: str, section: str, category: RuleCategory):
         member = str.__new__(cls, value)
         member._value_ = value
-        member.title, member.section, member.category = title, section, category
+        member.label, member.section, member.category = title, section, category
         return member
 
     CURVE_FITTED = "CURVE_FITTED", "calibration curve fitted", "3.2.4", RuleCategory.CALIBRATION
@@ -175,4 +175,4 @@ class RuleId(StrEnum):
         """The id of a rule as run.json records it; by its title for results written before ids."""
         if record.get("id") in cls.__members__:
             return cls[record["id"]]
-        return next((r for r in cls if r.title == record.get("rule")), None)
+        return next((r for r in cls if r.label == record.get("rule")), None)
