@@ -81,7 +81,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from lcmsquant.peaks import PeakSearch, find_peak
 from lcmsquant.simulate import (
-    COUNT_DISPERSION, DWELL_RANGE_S, TOP_SCATTER_RANGE, CycleProfile, acquire, emg_height_per_area, emg_shape,
+    COUNT_DISPERSION,
+    DWELL_RANGE_S,
+    TOP_SCATTER_RANGE,
+    CycleProfile,
+    acquire,
+    emg_height_per_area,
+    emg_shape,
     sample_times,
 )
 
@@ -117,9 +123,19 @@ class Stratum:
 
     @property
     def label(self) -> str:
-        extra = (" drift" if self.drift else f" shoulder {self.shoulder:g}" if self.shoulder else
-                 " matrix peak" if self.matrix else " neighbour" if self.neighbour else
-                 " RT offset" if self.rt_offset else "")
+        extra = (
+            " drift"
+            if self.drift
+            else f" shoulder {self.shoulder:g}"
+            if self.shoulder
+            else " matrix peak"
+            if self.matrix
+            else " neighbour"
+            if self.neighbour
+            else " RT offset"
+            if self.rt_offset
+            else ""
+        )
         return f"{'inst ' if self.noise == 'instrument' else ''}S/N {self.sn:g} tail {self.tail:g}{extra}"
 
     @property
@@ -136,8 +152,11 @@ WHITE_STRATA = (
 STRATA = (
     WHITE_STRATA  # first, so each keeps its random stream (and its numbers) as before
     + [Stratum(st.sn, st.tail, st.drift, st.shoulder, noise="instrument") for st in WHITE_STRATA]
-    + [Stratum(sn, 1.5, noise="instrument", **{what: True})
-       for what in ("matrix", "neighbour", "rt_offset") for sn in (30, 100)]
+    + [
+        Stratum(sn, 1.5, noise="instrument", **{what: True})
+        for what in ("matrix", "neighbour", "rt_offset")
+        for sn in (30, 100)
+    ]
 )
 
 
@@ -172,8 +191,16 @@ def make_trace(st: Stratum, rng: np.random.Generator):
     return t_s / 60.0, y, area, area - seen_area(t_s, apex, sigma, tau, area)
 
 
-def drift_and_shoulder(st: Stratum, t_s: np.ndarray, apex: float, sigma: float, tau: float, height: float,
-                       area: float, rng: np.random.Generator) -> np.ndarray:
+def drift_and_shoulder(
+    st: Stratum,
+    t_s: np.ndarray,
+    apex: float,
+    sigma: float,
+    tau: float,
+    height: float,
+    area: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """The stratum's baseline drift (rising or falling by 0.5 x the height over the trace) and
     shoulder (30-50 % of the main peak, st.shoulder FWHM after it), in both noise models."""
     extra = np.zeros(len(t_s))
@@ -213,7 +240,9 @@ def make_instrument_trace(st: Stratum, rng: np.random.Generator):
     scatter = rng.uniform(*TOP_SCATTER_RANGE)
     height = st.sn * instrument_noise_sd(dwell)
     area = height / height_per_area(sigma, tau)
-    rate = OFFSET + area * shape(t_s - apex, sigma, tau) + drift_and_shoulder(st, t_s, apex, sigma, tau, height, area, rng)
+    rate = (
+        OFFSET + area * shape(t_s - apex, sigma, tau) + drift_and_shoulder(st, t_s, apex, sigma, tau, height, area, rng)
+    )
     if st.matrix:  # comparable height (0.3-3 x), baseline-resolved, its own shape
         m_sigma, m_tau = rng.uniform(1.2, 2.1), rng.uniform(1.0, 3.5)
         m_height = height * np.exp(rng.uniform(np.log(0.3), np.log(3.0)))
@@ -299,8 +328,10 @@ def run_stratum(index: int, st: Stratum, n: int, seed: int, integrators, picker)
     return {
         "n": int(common.sum()),
         "missing": {m: int(np.isnan(a).sum()) for m, a in areas.items()},
-        "stats": {m: (np.median(e[common]), np.percentile(e[common], 95)) if common.any()
-                  else (np.nan, np.nan) for m, e in errors.items()},
+        "stats": {
+            m: (np.median(e[common]), np.percentile(e[common], 95)) if common.any() else (np.nan, np.nan)
+            for m, e in errors.items()
+        },
         "split": 100.0 * split / max(n - int(np.isnan(areas["lcmsquant"]).sum()), 1),
         "shoulder": 100.0 * shoulder / max(n - int(np.isnan(areas["lcmsquant"]).sum()), 1),
         "lost": 100.0 * float(np.mean(lost / truth)),
@@ -316,8 +347,9 @@ def time_calls(n_reps: int, seed: int, integrators, picker) -> dict[str, tuple[f
     peaks = [find_peak(t, y, search) for t, y in traces]
     jobs = {
         "lcmsquant find_peak": lambda t, y, p: find_peak(t, y, search),
-        "PeakIntegrator b2b (chromatogram + integrate + background)":
-            lambda t, y, p: pi_area(integrators["PI b2b"], t, y, p),
+        "PeakIntegrator b2b (chromatogram + integrate + background)": lambda t, y, p: pi_area(
+            integrators["PI b2b"], t, y, p
+        ),
         "MRMTransitionGroupPicker (group + pick)": lambda t, y, p: mtgp_area(picker, t, y),
     }
     out = {}
@@ -345,16 +377,21 @@ def stratum_targets(st: Stratum, r: dict) -> str:
 
 
 def report(results: list[tuple[Stratum, dict]]) -> None:
-    head = (f"{'stratum':<36}{'n':>4}" + "".join(f"{m + ' med|p95':>18}" for m in METHODS)
-            + f"{'missing L/PI/MT':>17}{'split%':>8}{'shoulder%':>10}  targets")
+    head = (
+        f"{'stratum':<36}{'n':>4}"
+        + "".join(f"{m + ' med|p95':>18}" for m in METHODS)
+        + f"{'missing L/PI/MT':>17}{'split%':>8}{'shoulder%':>10}  targets"
+    )
     print(head)
     print("-" * (len(head) + 28))
     for st, r in results:
         cells = "".join(f"{r['stats'][m][0]:>10.2f}|{r['stats'][m][1]:<7.2f}" for m in METHODS)
         miss = r["missing"]
         missing = f"{miss['lcmsquant']}/{miss['PI b2b']}/{miss['MRMTGP']}"
-        print(f"{st.label:<36}{r['n']:>4}{cells}{missing:>17}{r['split']:>8.0f}{r['shoulder']:>10.0f}  "
-              f"{stratum_targets(st, r)}")
+        print(
+            f"{st.label:<36}{r['n']:>4}{cells}{missing:>17}{r['split']:>8.0f}{r['shoulder']:>10.0f}  "
+            f"{stratum_targets(st, r)}"
+        )
     lost = [f"{st.label}: {r['lost']:.2f} %" for st, r in results if r["lost"] > 0.05]
     if lost:
         print("Mean share of the true area beyond the end of the trace (no method can see it):")
@@ -372,16 +409,31 @@ def targets(results: list[tuple[Stratum, dict]]) -> None:
         group = [(st, r) for st, r in results if st.noise == model]
         clean = [(st, r) for st, r in group if not st.main_only]
         print(f" {model} noise ({len(group)} strata):")
-        line("median error <= 1 % at S/N >= 100 (strata without shoulder or neighbour)",
-             [f"{st.label} ({r['stats']['lcmsquant'][0]:.2f} %)" for st, r in clean
-              if st.sn >= 100 and not r["stats"]["lcmsquant"][0] <= 1.0])
-        line("median error <= 5 % at S/N 10",
-             [f"{st.label} ({r['stats']['lcmsquant'][0]:.2f} %)" for st, r in clean
-              if st.sn == 10 and not r["stats"]["lcmsquant"][0] <= 5.0])
+        line(
+            "median error <= 1 % at S/N >= 100 (strata without shoulder or neighbour)",
+            [
+                f"{st.label} ({r['stats']['lcmsquant'][0]:.2f} %)"
+                for st, r in clean
+                if st.sn >= 100 and not r["stats"]["lcmsquant"][0] <= 1.0
+            ],
+        )
+        line(
+            "median error <= 5 % at S/N 10",
+            [
+                f"{st.label} ({r['stats']['lcmsquant'][0]:.2f} %)"
+                for st, r in clean
+                if st.sn == 10 and not r["stats"]["lcmsquant"][0] <= 5.0
+            ],
+        )
         for other in METHODS[1:]:
-            line(f"median error lower than {other} in every stratum",
-                 [f"{st.label} ({r['stats']['lcmsquant'][0]:.2f} vs {r['stats'][other][0]:.2f})"
-                  for st, r in group if not r["stats"]["lcmsquant"][0] < r["stats"][other][0]])
+            line(
+                f"median error lower than {other} in every stratum",
+                [
+                    f"{st.label} ({r['stats']['lcmsquant'][0]:.2f} vs {r['stats'][other][0]:.2f})"
+                    for st, r in group
+                    if not r["stats"]["lcmsquant"][0] < r["stats"][other][0]
+                ],
+            )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -392,17 +444,21 @@ def main(argv: list[str] | None = None) -> None:
     oms.LogConfigHandler.getInstance().setLogLevel("ERROR")  # OpenMS' resampling-spacing warnings
     integrators, picker = make_integrators(), make_picker()
     start = time.perf_counter()
-    results = [(st, run_stratum(i, st, args.n, args.seed, integrators, picker))
-               for i, st in enumerate(STRATA)]
-    print(f"Area error |area - true| / true (%), {args.n} traces per stratum, seed {args.seed}; "
-          "med|p95 over the traces all methods found.\ntail = tau/sigma; drift = strong linear drift; "
-          "shoulder = a second peak that many FWHM after the main apex.\nmissing = no peak (lcmsquant / "
-          "PeakIntegrator on its boundaries / MRMTransitionGroupPicker); split%, shoulder% = lcmsquant's `split`\n"
-          "and `shoulder` flags; targets: see below.\n")
+    results = [(st, run_stratum(i, st, args.n, args.seed, integrators, picker)) for i, st in enumerate(STRATA)]
+    print(
+        f"Area error |area - true| / true (%), {args.n} traces per stratum, seed {args.seed}; "
+        "med|p95 over the traces all methods found.\ntail = tau/sigma; drift = strong linear drift; "
+        "shoulder = a second peak that many FWHM after the main apex.\nmissing = no peak (lcmsquant / "
+        "PeakIntegrator on its boundaries / MRMTransitionGroupPicker); split%, shoulder% = lcmsquant's `split`\n"
+        "and `shoulder` flags; targets: see below.\n"
+    )
     report(results)
     targets(results)
-    print("\nMRMTransitionGroupPicker settings: "
-          + ", ".join(f"{k}={v}" for k, v in MTGP_SETTINGS.items()) + " (others at their defaults)")
+    print(
+        "\nMRMTransitionGroupPicker settings: "
+        + ", ".join(f"{k}={v}" for k, v in MTGP_SETTINGS.items())
+        + " (others at their defaults)"
+    )
     print("\nTimings (fastest of 50 repeats of one injection of 8 traces at S/N 100, tau/sigma 1.5; ms):")
     for name, (per_trace, per_injection) in time_calls(50, args.seed, integrators, picker).items():
         print(f"  {name:<60}{per_trace:>8.3f} per trace{per_injection:>9.2f} per injection")

@@ -27,7 +27,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -47,8 +46,13 @@ def clean_in_range(truth: pd.DataFrame, method) -> pd.DataFrame:
         levels = [v for v in (cal_set.nominal(lv, a.name) for lv in cal_set.levels if lv.startswith("CAL")) if v]
         lloq, uloq = min(levels), max(levels)
         t = truth[(truth["analyte"] == a.name) & (truth["sample_type"] == "unknown")]
-        rows.append(t[(t["true_concentration"] >= lloq) & (t["true_concentration"] <= uloq)
-                      & (t["interference"].fillna("") == "")])
+        rows.append(
+            t[
+                (t["true_concentration"] >= lloq)
+                & (t["true_concentration"] <= uloq)
+                & (t["interference"].fillna("") == "")
+            ]
+        )
     return pd.concat(rows)
 
 
@@ -57,7 +61,8 @@ def one_batch(folder: Path, seed: int, options: SimulationOptions, method) -> tu
     _, result = run_batch(folder, jobs=1)
     clean = clean_in_range(truth, method)
     table = clean[["sample_id", "analyte"]].merge(
-        result.results[["sample_id", "analyte", "reportable", "flags"]], on=["sample_id", "analyte"], how="left")
+        result.results[["sample_id", "analyte", "reportable", "flags"]], on=["sample_id", "analyte"], how="left"
+    )
     table["reportable"] = table["reportable"].fillna(False).astype(bool)
     table["flags"] = table["flags"].fillna("")
     verdict = result.results.groupby("analyte")["analyte_accepted"].first().to_dict()
@@ -78,15 +83,18 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seed, args.seed + args.batches):
             for label, matrix_peak in (("matrix peak", True), ("no matrix peak", False)):
-                options = SimulationOptions(n_unknowns=args.unknowns, matrix_peak=matrix_peak,
-                                            acquisition=args.acquisition)
+                options = SimulationOptions(
+                    n_unknowns=args.unknowns, matrix_peak=matrix_peak, acquisition=args.acquisition
+                )
                 table, verdict = one_batch(Path(tmp) / f"{seed}-{matrix_peak}" / "batch", seed, options, method)
                 tables[label].append(table.assign(seed=seed))
                 verdicts[label].append(" ".join(f"{a}:{'ok' if ok else 'REJECTED'}" for a, ok in verdict.items()))
 
-    print(f"Clean in-range study samples reportable, {args.batches} simulated plasma batches (seeds "
-          f"{args.seed}-{args.seed + args.batches - 1}, {args.unknowns} study samples each, acquisition "
-          f"{args.acquisition}); aim with the matrix peak >= {AIM:g} %.\n")
+    print(
+        f"Clean in-range study samples reportable, {args.batches} simulated plasma batches (seeds "
+        f"{args.seed}-{args.seed + args.batches - 1}, {args.unknowns} study samples each, acquisition "
+        f"{args.acquisition}); aim with the matrix peak >= {AIM:g} %.\n"
+    )
     rows = []
     for label, parts in tables.items():
         t = pd.concat(parts)
@@ -95,12 +103,16 @@ def main(argv: list[str] | None = None) -> None:
             n, ok = len(sel), int(sel["reportable"].sum())
             per_batch = sel.groupby("seed")["reportable"].mean() * 100
             flags = Counter(f for fl in sel.loc[~sel["reportable"], "flags"] for f in fl.split(";") if f)
-            rows.append({
-                "batches": label, "analyte": analyte, "reportable": f"{100 * ok / max(n, 1):.1f} % ({ok}/{n})",
-                "per batch %": " ".join(f"{v:.0f}" for v in per_batch),
-                "flags of the others": ", ".join(f"{k} {v}" for k, v in flags.most_common(5)) or "-",
-                "aim": ("PASS" if 100 * ok / max(n, 1) >= AIM else "MISS") if label == "matrix peak" else "",
-            })
+            rows.append(
+                {
+                    "batches": label,
+                    "analyte": analyte,
+                    "reportable": f"{100 * ok / max(n, 1):.1f} % ({ok}/{n})",
+                    "per batch %": " ".join(f"{v:.0f}" for v in per_batch),
+                    "flags of the others": ", ".join(f"{k} {v}" for k, v in flags.most_common(5)) or "-",
+                    "aim": ("PASS" if 100 * ok / max(n, 1) >= AIM else "MISS") if label == "matrix peak" else "",
+                }
+            )
     pd.set_option("display.width", 250)
     pd.set_option("display.max_colwidth", 80)
     print(pd.DataFrame(rows).to_string(index=False))

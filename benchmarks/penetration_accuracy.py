@@ -52,7 +52,11 @@ def main() -> None:
             method, _, reported = cohort_tables(db)
             pairs = penetration(reported, method.settings, method.analytes)
             timing["pair"] += time.perf_counter() - t
-            truth = pd.read_csv(study.truth).drop(columns="reference_matrix").rename(columns={"csf_lloq": "nominal_csf_lloq"})
+            truth = (
+                pd.read_csv(study.truth)
+                .drop(columns="reference_matrix")
+                .rename(columns={"csf_lloq": "nominal_csf_lloq"})
+            )
             table = pairs.merge(truth, on=["subject_id", "visit", "timepoint", "analyte"])
             for target in errors:
                 both = table[(table["reference_status"] == "value") & (table[f"{target}_status"] == "value")]

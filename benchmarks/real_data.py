@@ -60,21 +60,33 @@ SAME_PEAK_S = 3.0
 
 def traml(data: Path) -> pd.DataFrame:
     table = pd.read_csv(data / "traML.csv")
-    return pd.DataFrame({
-        "name": table["transition_name"], "q1": table["PrecursorMz"].astype(float),
-        "q3": table["ProductMz"].astype(float), "listed_rt": table["RetentionTime"].astype(float) / 60.0,
-    })
+    return pd.DataFrame(
+        {
+            "name": table["transition_name"],
+            "q1": table["PrecursorMz"].astype(float),
+            "q3": table["ProductMz"].astype(float),
+            "listed_rt": table["RetentionTime"].astype(float) / 60.0,
+        }
+    )
 
 
 def vendor_reference(data: Path) -> pd.DataFrame:
     table = pd.read_csv(data / f"{VENDOR_FILE}.vendor_integration.csv")
     mz = table["mass_info"].str.split("/", expand=True).astype(float)
-    return pd.DataFrame({
-        "name": table["component_name"], "q1": mz[0], "q3": mz[1], "rt": table["retention_time"],
-        "start": table["start_time"], "end": table["end_time"], "area": table["area"],
-        "sn": table["signal_2_noise"], "kind": table["integration_type"],
-        "modified": table["modified_"].astype(str).str.upper().eq("TRUE"),
-    })
+    return pd.DataFrame(
+        {
+            "name": table["component_name"],
+            "q1": mz[0],
+            "q3": mz[1],
+            "rt": table["retention_time"],
+            "start": table["start_time"],
+            "end": table["end_time"],
+            "area": table["area"],
+            "sn": table["signal_2_noise"],
+            "kind": table["integration_type"],
+            "modified": table["modified_"].astype(str).str.upper().eq("TRUE"),
+        }
+    )
 
 
 def feature_reference(path: Path, seconds: bool, best_only: bool) -> pd.DataFrame:
@@ -85,16 +97,27 @@ def feature_reference(path: Path, seconds: bool, best_only: bool) -> pd.DataFram
     scale = 1 / 60.0 if seconds else 1.0
     rows = []
     for feature in features:
-        score = feature.getMetaValue("main_var_xx_lda_prelim_score") if feature.metaValueExists(
-            "main_var_xx_lda_prelim_score") else 0.0
+        score = (
+            feature.getMetaValue("main_var_xx_lda_prelim_score")
+            if feature.metaValueExists("main_var_xx_lda_prelim_score")
+            else 0.0
+        )
         for sub in feature.getSubordinates():
             log_sn = sub.getMetaValue("logSN") if sub.metaValueExists("logSN") else np.nan
-            rows.append({
-                "group": feature.getMetaValue("PeptideRef"), "score": float(score),
-                "name": sub.getMetaValue("native_id"), "rt": feature.getRT() * scale,
-                "start": feature.getMetaValue("leftWidth") * scale, "end": feature.getMetaValue("rightWidth") * scale,
-                "area": np.nan, "sn": float(np.exp(log_sn)), "kind": "", "modified": False,
-            })
+            rows.append(
+                {
+                    "group": feature.getMetaValue("PeptideRef"),
+                    "score": float(score),
+                    "name": sub.getMetaValue("native_id"),
+                    "rt": feature.getRT() * scale,
+                    "start": feature.getMetaValue("leftWidth") * scale,
+                    "end": feature.getMetaValue("rightWidth") * scale,
+                    "area": np.nan,
+                    "sn": float(np.exp(log_sn)),
+                    "kind": "",
+                    "modified": False,
+                }
+            )
     table = pd.DataFrame(rows)
     if best_only:
         best = table.groupby("group")["score"].transform("max")
@@ -125,10 +148,19 @@ def lcmsquant_peaks(mzml: Path, method, listed: pd.DataFrame) -> tuple[pd.DataFr
     for row in measured.itertuples():
         same = listed[(listed["q1"] == row.q1) & (listed["q3"] == row.q3)]
         same = same.iloc[(same["listed_rt"] - row.method_rt).abs().argsort()]
-        names.append(same["name"].iloc[0] if len(same) and abs(same["listed_rt"].iloc[0] - row.method_rt) < 0.01 else "")
+        names.append(
+            same["name"].iloc[0] if len(same) and abs(same["listed_rt"].iloc[0] - row.method_rt) < 0.01 else ""
+        )
     measured["name"] = names
-    columns = {"status": "status_lq", "rt_min": "rt_lq", "start_min": "start_lq", "end_min": "end_lq",
-               "area": "area_lq", "split": "split_lq", "shoulder": "shoulder_lq"}
+    columns = {
+        "status": "status_lq",
+        "rt_min": "rt_lq",
+        "start_min": "start_lq",
+        "end_min": "end_lq",
+        "area": "area_lq",
+        "split": "split_lq",
+        "shoulder": "shoulder_lq",
+    }
     return measured[measured["name"] != ""].rename(columns=columns)[["name", *columns.values()]], seconds
 
 
@@ -138,7 +170,7 @@ def rule_area(time_min: np.ndarray, intensity: np.ndarray, start: float, end: fl
     hi = int(np.argmin(np.abs(time_min - end)))
     if hi - lo < 1:
         return np.nan
-    t, y = time_min[lo: hi + 1], intensity[lo: hi + 1]
+    t, y = time_min[lo : hi + 1], intensity[lo : hi + 1]
     base = y[0] + (y[-1] - y[0]) * (t - t[0]) / (t[-1] - t[0])
     return float(np.trapezoid(y - base, t) * 60.0)
 
@@ -161,26 +193,49 @@ def compare(reference: pd.DataFrame, peaks: pd.DataFrame, traces, listed: pd.Dat
         trace = trace_for(traces, mz.at[row.name, "q1"], mz.at[row.name, "q3"], row.rt)
         found = row.status_lq == "OK"
         ref_rule = rule_area(trace.time, trace.intensity, row.start, row.end) if trace is not None else np.nan
-        lq_rule = (rule_area(trace.time, trace.intensity, row.start_lq, row.end_lq)
-                   if trace is not None and found else np.nan)
-        out.append({
-            "name": row.name, "kind": row.kind, "modified": row.modified, "ref_sn": row.sn,
-            "ref_rt": row.rt, "ref_start": row.start, "ref_end": row.end, "ref_area": row.area,
-            "found": found, "rt": row.rt_lq, "start": row.start_lq, "end": row.end_lq, "area": row.area_lq,
-            "split": bool(row.split_lq) and found, "shoulder": bool(row.shoulder_lq) and found,
-            "same": found and abs(row.rt_lq - row.rt) * 60 <= SAME_PEAK_S,
-            "width_fraction": (row.end_lq - row.start_lq) / (row.end - row.start) if found else np.nan,
-            "ref_rule": ref_rule, "rule": lq_rule,
-        })
+        lq_rule = (
+            rule_area(trace.time, trace.intensity, row.start_lq, row.end_lq) if trace is not None and found else np.nan
+        )
+        out.append(
+            {
+                "name": row.name,
+                "kind": row.kind,
+                "modified": row.modified,
+                "ref_sn": row.sn,
+                "ref_rt": row.rt,
+                "ref_start": row.start,
+                "ref_end": row.end,
+                "ref_area": row.area,
+                "found": found,
+                "rt": row.rt_lq,
+                "start": row.start_lq,
+                "end": row.end_lq,
+                "area": row.area_lq,
+                "split": bool(row.split_lq) and found,
+                "shoulder": bool(row.shoulder_lq) and found,
+                "same": found and abs(row.rt_lq - row.rt) * 60 <= SAME_PEAK_S,
+                "width_fraction": (row.end_lq - row.start_lq) / (row.end - row.start) if found else np.nan,
+                "ref_rule": ref_rule,
+                "rule": lq_rule,
+            }
+        )
     return pd.DataFrame(out)
 
 
 def openms_as_peaks(candidates: pd.DataFrame) -> pd.DataFrame:
     """OpenMS' chosen features in the shape of lcmsquant's peak rows."""
-    return pd.DataFrame({
-        "name": candidates["name"], "status_lq": "OK", "rt_lq": candidates["rt"], "start_lq": candidates["start"],
-        "end_lq": candidates["end"], "area_lq": np.nan, "split_lq": False, "shoulder_lq": False,
-    })
+    return pd.DataFrame(
+        {
+            "name": candidates["name"],
+            "status_lq": "OK",
+            "rt_lq": candidates["rt"],
+            "start_lq": candidates["start"],
+            "end_lq": candidates["end"],
+            "area_lq": np.nan,
+            "split_lq": False,
+            "shoulder_lq": False,
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,16 +249,20 @@ def _pct(mask: pd.Series, of: pd.Series) -> str:
 
 def summarise(label: str, c: pd.DataFrame, flags: bool = True, own_area: bool = True) -> dict:
     found, same = c["found"], c["same"]
-    within = lambda a, b, tol: (np.abs(a - b) / np.abs(b) <= tol)  # noqa: E731
+    within = lambda a, b, tol: np.abs(a - b) / np.abs(b) <= tol  # noqa: E731
     high = c["ref_sn"] > 20
     row = {
-        "comparison": label, "n": len(c), "found": _pct(found, pd.Series(True, index=c.index)),
+        "comparison": label,
+        "n": len(c),
+        "found": _pct(found, pd.Series(True, index=c.index)),
         "same peak": _pct(same, pd.Series(True, index=c.index)),
         "same, ref S/N>=10": _pct(same, c["ref_sn"] >= 10),
         "SPLIT": _pct(c["split"], found) if flags else "-",
         "SHOULDER": _pct(c["shoulder"], found) if flags else "-",
         "narrow": _pct(c["width_fraction"] < 0.5, same),
-        "area 25% S/N>20": _pct(within(c["area"], c["ref_area"], 0.25), same & high & c["ref_area"].notna()) if own_area else "-",
+        "area 25% S/N>20": _pct(within(c["area"], c["ref_area"], 0.25), same & high & c["ref_area"].notna())
+        if own_area
+        else "-",
         "area 10%": _pct(within(c["area"], c["ref_area"], 0.10), same & c["ref_area"].notna()) if own_area else "-",
         "rule 25% S/N>20": _pct(within(c["rule"], c["ref_rule"], 0.25), same & high),
         "rule 10%": _pct(within(c["rule"], c["ref_rule"], 0.10), same),
@@ -247,13 +306,20 @@ def main(argv: list[str] | None = None) -> None:
     pd.set_option("display.max_columns", 20)
     print(pd.DataFrame(rows).to_string(index=False))
     both = pd.concat([lq_vendor.assign(file=VENDOR_FILE), lq_sacc.assign(file=SACC_FILE)])
-    print(f"\nBoth files: SPLIT {_pct(both['split'], both['found'])}, SHOULDER {_pct(both['shoulder'], both['found'])}, "
-          f"narrow {_pct(both['width_fraction'] < 0.5, both['same'])}")
+    print(
+        f"\nBoth files: SPLIT {_pct(both['split'], both['found'])}, SHOULDER {_pct(both['shoulder'], both['found'])}, "
+        f"narrow {_pct(both['width_fraction'] < 0.5, both['same'])}"
+    )
     for name, seconds, n in timings:
         print(f"measure_injection {name}: {seconds:.3f} s for {n} transitions (first call, includes reading)")
     if args.details:
-        details = pd.concat([lq_vendor.assign(reference="vendor"), om_vendor.assign(reference="openms_vs_vendor"),
-                             lq_sacc.assign(reference="smartpeak")])
+        details = pd.concat(
+            [
+                lq_vendor.assign(reference="vendor"),
+                om_vendor.assign(reference="openms_vs_vendor"),
+                lq_sacc.assign(reference="smartpeak"),
+            ]
+        )
         details.to_csv(args.details, index=False)
 
 

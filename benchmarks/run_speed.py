@@ -44,8 +44,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SRC))
 
 from lcmsquant.batch import load_batch, resolve_method_path
-from lcmsquant.method import load_method
 from lcmsquant.measure import measure_batch
+from lcmsquant.method import load_method
 from lcmsquant.pipeline import quantify
 from lcmsquant.results import write_outputs
 from lcmsquant.simulate import MIN_UNKNOWNS, SimulationOptions, simulate_batch
@@ -97,8 +97,16 @@ def in_process(folder: Path, files: list[Path], out: Path, repeat: int) -> dict[
         t3 = time.perf_counter()
         write_outputs(batch, result, out)
         t4 = time.perf_counter()
-        runs.append({"bare pyopenms load": t0 - start, "load_batch": t1 - t0, "measure_batch": t2 - t1,
-                     "quantify": t3 - t2, "write_outputs": t4 - t3, "whole run (in-process)": t4 - t0})
+        runs.append(
+            {
+                "bare pyopenms load": t0 - start,
+                "load_batch": t1 - t0,
+                "measure_batch": t2 - t1,
+                "quantify": t3 - t2,
+                "write_outputs": t4 - t3,
+                "whole run (in-process)": t4 - t0,
+            }
+        )
     return {stage: min(r[stage] for r in runs) for stage in runs[0]}
 
 
@@ -109,8 +117,9 @@ def subprocess_env() -> dict:
 
 def subprocess_run(code: str, *args: str) -> str:
     """`python -c code args...` in a fresh process; its standard output (exits if it fails)."""
-    proc = subprocess.run([sys.executable, "-c", code, *args], env=subprocess_env(), capture_output=True, text=True,
-                          check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], env=subprocess_env(), capture_output=True, text=True, check=False
+    )
     if proc.returncode != 0:
         sys.exit(f"subprocess failed ({proc.returncode}):\n{proc.stderr}")
     return proc.stdout
@@ -140,9 +149,11 @@ def main() -> None:
         stages["lcmsquant run (CLI subprocess)"] = best(lambda: subprocess_run(CLI, *cli_args), repeat)
         stages["bare load, subprocess (floor of CLI)"] = best(lambda: subprocess_run(BARE, *map(str, files)), repeat)
 
-    print(f"machine: {os.cpu_count()} CPUs, {platform.machine()}, load avg {os.getloadavg()[0]:.2f}, "
-          f"Python {platform.python_version()}, pyopenms {oms.__version__}, OMP_NUM_THREADS="
-          f"{os.environ['OMP_NUM_THREADS']} | batch: {n} injections, {len(files)} mzML files | best of {repeat}")
+    print(
+        f"machine: {os.cpu_count()} CPUs, {platform.machine()}, load avg {os.getloadavg()[0]:.2f}, "
+        f"Python {platform.python_version()}, pyopenms {oms.__version__}, OMP_NUM_THREADS="
+        f"{os.environ['OMP_NUM_THREADS']} | batch: {n} injections, {len(files)} mzML files | best of {repeat}"
+    )
     rows = list(stages.items())
     width = max(len(name) for name, _ in rows)
     print(f"{'stage':<{width}}  {'seconds':>8}  {'ms/inj':>8}  {'x bare':>7}")
@@ -150,8 +161,10 @@ def main() -> None:
     for name, seconds in rows:
         print(f"{name:<{width}}  {seconds:8.3f}  {1000 * seconds / n:8.1f}  {seconds / bare:7.2f}")
     whole, full = stages["whole run (in-process)"] / bare, stages["lcmsquant run (CLI subprocess)"] / bare
-    print(f"aim: whole run within {AIM:g}x of the bare pyopenms load: in-process {whole:.1f}x "
-          f"{'PASS' if whole <= AIM else 'MISS'}, CLI {full:.1f}x {'PASS' if full <= AIM else 'MISS'}")
+    print(
+        f"aim: whole run within {AIM:g}x of the bare pyopenms load: in-process {whole:.1f}x "
+        f"{'PASS' if whole <= AIM else 'MISS'}, CLI {full:.1f}x {'PASS' if full <= AIM else 'MISS'}"
+    )
 
 
 if __name__ == "__main__":

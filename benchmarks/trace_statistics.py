@@ -110,9 +110,9 @@ def local_poly(t: np.ndarray, y: np.ndarray, half_width: float, degree: int = 2)
         if hi[i] - lo[i] < degree + 2:
             out[i] = y[i]
             continue
-        x = (t[lo[i]:hi[i]] - t[i]) / half_width
+        x = (t[lo[i] : hi[i]] - t[i]) / half_width
         design = np.vander(x, degree + 1, increasing=True)
-        out[i] = np.linalg.lstsq(design, y[lo[i]:hi[i]], rcond=None)[0][0]
+        out[i] = np.linalg.lstsq(design, y[lo[i] : hi[i]], rcond=None)[0][0]
     return out
 
 
@@ -131,7 +131,7 @@ def neighbour_residuals(t: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.nd
             if a != b:
                 weights[a] *= (t[i] - t[nodes[b]]) / (t[nodes[a]] - t[nodes[b]])
     level[i] = np.sum(weights * y[nodes], axis=0)
-    res[i] = (y[i] - level[i]) / np.sqrt(1.0 + np.sum(weights ** 2, axis=0))
+    res[i] = (y[i] - level[i]) / np.sqrt(1.0 + np.sum(weights**2, axis=0))
     return res, level
 
 
@@ -272,13 +272,14 @@ def jaggedness(y: np.ndarray, p: Peak) -> tuple[int, float]:
     """Local maxima of the raw points above half height, and the deepest dip between two of them
     (fraction of the height)."""
     lo, hi = p.left, p.right
-    seg = y[max(lo - 1, 0): hi + 2]
+    seg = y[max(lo - 1, 0) : hi + 2]
     inner = np.arange(1, len(seg) - 1)
-    maxima = inner[(seg[inner] > seg[inner - 1]) & (seg[inner] >= seg[inner + 1])
-                   & (seg[inner] - p.base >= p.height / 2)]
+    maxima = inner[
+        (seg[inner] > seg[inner - 1]) & (seg[inner] >= seg[inner + 1]) & (seg[inner] - p.base >= p.height / 2)
+    ]
     dip = 0.0
     for a, b in zip(maxima[:-1], maxima[1:]):
-        dip = max(dip, (min(seg[a], seg[b]) - seg[a:b + 1].min()) / p.height)
+        dip = max(dip, (min(seg[a], seg[b]) - seg[a : b + 1].min()) / p.height)
     return len(maxima), dip
 
 
@@ -286,16 +287,20 @@ def fit_counting_model(level: np.ndarray, sd: np.ndarray) -> tuple[float, float,
     """var = v0 + F * n + (r * n)^2 on binned (level, robust SD) in counts, relative residuals."""
     from scipy.optimize import nnls
 
-    var = sd ** 2
-    design = np.stack([np.ones_like(level), level, level ** 2], axis=1) / var[:, None]
+    var = sd**2
+    design = np.stack([np.ones_like(level), level, level**2], axis=1) / var[:, None]
     coef, _ = nnls(design, np.ones_like(var))
     v0, f, r2 = coef
     return float(np.sqrt(v0)), float(f), float(np.sqrt(r2))
 
 
 def binned_sd(level: np.ndarray, res: np.ndarray, per_decade: int = 4, min_n: int = 20):
-    edges = 10 ** (np.arange(np.floor(np.log10(max(level.min(), 1e-3)) * per_decade),
-                             np.ceil(np.log10(level.max()) * per_decade) + 1) / per_decade)
+    edges = 10 ** (
+        np.arange(
+            np.floor(np.log10(max(level.min(), 1e-3)) * per_decade), np.ceil(np.log10(level.max()) * per_decade) + 1
+        )
+        / per_decade
+    )
     centre, sd, count = [], [], []
     for a, b in zip(edges[:-1], edges[1:]):
         sel = (level >= a) & (level < b)
@@ -361,11 +366,11 @@ def statistics(src: Source) -> dict[str, str]:
     out["  max/min interval within a trace"] = _q(ratios, 1)
     out["points per trace"] = _q(npts, 0)
     out["quantised traces (1/dwell steps)"] = f"{100 * quantised / max(resolvable, 1):.0f} %"
-    out["  step, cps | dwell, ms"] = (
-        "-" if not quantised else f"{_q(steps, 0)} | {1000 / np.nanmedian(steps):.0f}")
+    out["  step, cps | dwell, ms"] = "-" if not quantised else f"{_q(steps, 0)} | {1000 / np.nanmedian(steps):.0f}"
     z = np.concatenate(zeros)
     out["zero points: pooled | median per trace"] = (
-        f"{100 * z.mean():.1f} % | {100 * np.median([x.mean() for x in zeros]):.1f} %")
+        f"{100 * z.mean():.1f} % | {100 * np.median([x.mean() for x in zeros]):.1f} %"
+    )
     out["baseline level, cps [IQR]"] = _q(levels, 0, (25, 75))
     out["baseline noise SD, cps [IQR]"] = _q(sds, 0, (25, 75))
     spike_n = np.array(spike_n)
@@ -431,7 +436,8 @@ def statistics(src: Source) -> dict[str, str]:
     if pairs:
         off = np.abs(np.array([b - a for a, b in pairs]))
         out["RT offset |run - method|, min"] = (
-            f"{np.median(off):.3f} (p90 {np.percentile(off, 90):.3f}, max {off.max():.3f})")
+            f"{np.median(off):.3f} (p90 {np.percentile(off, 90):.3f}, max {off.max():.3f})"
+        )
         out["  offsets > 0.1 | > 0.25 min"] = f"{100 * np.mean(off > 0.1):.0f} % | {100 * np.mean(off > 0.25):.0f} %"
     return out
 
@@ -447,8 +453,11 @@ def real_source(data: Path, name: str) -> Source:
     src = Source(name, traces)
     if name == VENDOR_FILE:
         vendor = pd.read_csv(data / f"{VENDOR_FILE}.vendor_integration.csv")
-        src.rt_pairs = [(listed_rt[c], float(rt)) for c, rt in zip(vendor["component_name"], vendor["retention_time"])
-                        if c in listed_rt]
+        src.rt_pairs = [
+            (listed_rt[c], float(rt))
+            for c, rt in zip(vendor["component_name"], vendor["retention_time"])
+            if c in listed_rt
+        ]
         src.vendor_fwhm_s = vendor["width_at_50"].to_numpy(dtype=float) * 60.0
     else:
         import pyopenms as oms
@@ -535,8 +544,7 @@ def main(argv: list[str] | None = None) -> None:
     builders: list[Callable[[], list[Source]]] = [
         lambda: [real_source(args.data, VENDOR_FILE)],
         lambda: [real_source(args.data, SACC_FILE)],
-        lambda: [simulated_source(seeds, _parse_options(args.options), acquisition)
-                 for acquisition in acquisitions],
+        lambda: [simulated_source(seeds, _parse_options(args.options), acquisition) for acquisition in acquisitions],
         lambda: accuracy_sources(args.seed),
     ]
     columns = {}
@@ -547,8 +555,10 @@ def main(argv: list[str] | None = None) -> None:
     table = pd.DataFrame(columns).fillna("-")
     pd.set_option("display.width", 250)
     pd.set_option("display.max_colwidth", 40)
-    print(f"Trace statistics, real (first two columns) vs simulated; median (5th-95th percentile) unless "
-          f"the row says otherwise; seed {args.seed}{', options ' + ' '.join(args.options) if args.options else ''}.\n")
+    print(
+        f"Trace statistics, real (first two columns) vs simulated; median (5th-95th percentile) unless "
+        f"the row says otherwise; seed {args.seed}{', options ' + ' '.join(args.options) if args.options else ''}.\n"
+    )
     print(table.to_string())
     print(f"\n{time.perf_counter() - began:.0f} s")
 

@@ -27,8 +27,8 @@ sys.path.insert(0, str(HERE))
 from run_speed import simulate  # noqa: E402  (same batch design and seed as run_speed.py)
 
 from lcmsquant.batch import load_batch, resolve_method_path  # noqa: E402
-from lcmsquant.method import load_method  # noqa: E402
 from lcmsquant.measure import measure_batch  # noqa: E402
+from lcmsquant.method import load_method  # noqa: E402
 
 
 def workers() -> list[psutil.Process]:
@@ -80,8 +80,10 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name, runs in rows.items():
         seconds = min(r[0] for r in runs)
-        print(f"| {name} | {seconds:.2f} | {1000 * seconds / n:.1f} | {sum(r[1] for r in runs)}/{len(runs)} | "
-              f"{'yes' if all(r[2] for r in runs) else 'NO'} |")
+        print(
+            f"| {name} | {seconds:.2f} | {1000 * seconds / n:.1f} | {sum(r[1] for r in runs)}/{len(runs)} | "
+            f"{'yes' if all(r[2] for r in runs) else 'NO'} |"
+        )
 
 
 if __name__ == "__main__":

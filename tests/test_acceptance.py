@@ -15,7 +15,9 @@ ACC = Acceptance()
 
 
 def _qcs(levels, accuracies, nominal=100.0):
-    table = pd.DataFrame({"level": levels, "nominal": nominal, "concentration_found": np.array(accuracies) * nominal / 100})
+    table = pd.DataFrame(
+        {"level": levels, "nominal": nominal, "concentration_found": np.array(accuracies) * nominal / 100}
+    )
     return acceptance.qc_accuracy(table, ACC)
 
 
@@ -50,7 +52,9 @@ def _calibration(failing_fraction: int):
     ratio = 0.01 * nominal
     for i in range(failing_fraction):
         ratio[2 + i] *= 1.5 if i % 2 else 0.6
-    points = pd.DataFrame({"injection": range(8), "level": [f"CAL{i + 1}" for i in range(8)], "nominal": nominal, "area_ratio": ratio})
+    points = pd.DataFrame(
+        {"injection": range(8), "level": [f"CAL{i + 1}" for i in range(8)], "nominal": nominal, "area_ratio": ratio}
+    )
     return calibrate(points, "linear", "1/x^2", ACC)
 
 
@@ -67,7 +71,9 @@ def test_narrowed_range_must_still_hold_the_low_qc():
     ratio = 0.01 * nominal
     ratio[0] *= 1.5
     ratio[1] *= 1.5  # LLOQ moves to 5, above the LQC at 3
-    points = pd.DataFrame({"injection": range(8), "level": [f"CAL{i + 1}" for i in range(8)], "nominal": nominal, "area_ratio": ratio})
+    points = pd.DataFrame(
+        {"injection": range(8), "level": [f"CAL{i + 1}" for i in range(8)], "nominal": nominal, "area_ratio": ratio}
+    )
     calibration = calibrate(points, "linear", "1/x^2", ACC)
     qcs = pd.DataFrame({"level": ["LQC", "MQC", "HQC"], "nominal": [3.0, 400.0, 800.0]})
     rule = acceptance.range_covers_qcs("a", "s", calibration, qcs)
@@ -153,9 +159,14 @@ def test_is_drift_is_the_robust_trend_over_the_run():
 
 def test_fewer_than_two_qc_levels_inside_the_study_samples_range_is_a_warning():
     qcs = pd.DataFrame({"level": ["LQC", "MQC", "HQC"], "nominal": [3.0, 400.0, 800.0]})
-    samples = pd.DataFrame({
-        "sample_type": ["unknown"] * 3, "back_calculated": [5.0, 50.0, 500.0], "lloq": 1.0, "uloq": 1000.0,
-    })
+    samples = pd.DataFrame(
+        {
+            "sample_type": ["unknown"] * 3,
+            "back_calculated": [5.0, 50.0, 500.0],
+            "lloq": 1.0,
+            "uloq": 1000.0,
+        }
+    )
     rule = acceptance.qc_levels_in_study_range("a", "s", qcs, samples)
     assert not rule.passed and not rule.critical and rule.measured == "1 (MQC) in 5-500"
     samples["back_calculated"] = [2.0, 50.0, 500.0]
@@ -169,7 +180,10 @@ def test_fewer_than_two_qc_levels_inside_the_study_samples_range_is_a_warning():
 def spoiled_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("spoiled") / "batch"
     options = SimulationOptions(
-        n_unknowns=12, qc_bias_pct={"M1": 30.0}, spoil_calibrator=("M3", "CAL4"), is_dropout=("S002-C1D15-PL",),
+        n_unknowns=12,
+        qc_bias_pct={"M1": 30.0},
+        spoil_calibrator=("M3", "CAL4"),
+        is_dropout=("S002-C1D15-PL",),
     )
     simulate_batch(folder, seed=31, options=options)
     return run_batch(folder)
@@ -189,7 +203,11 @@ def _failing(run, analyte):
 def test_biased_qcs_reject_that_analyte_only(spoiled_run):
     _, run = spoiled_run
     assert _failing(run, "M1") == {
-        RuleId.QCS_PASSING, RuleId.LLOQ_QCS_PASSING, RuleId.LQC_PASSING, RuleId.MQC_PASSING, RuleId.HQC_PASSING,
+        RuleId.QCS_PASSING,
+        RuleId.LLOQ_QCS_PASSING,
+        RuleId.LQC_PASSING,
+        RuleId.MQC_PASSING,
+        RuleId.HQC_PASSING,
     }
     assert run.verdicts[("flumatinib", "plasma")]["accepted"] and run.verdicts[("M3", "plasma")]["accepted"]
     m1 = run.results[(run.results["analyte"] == "M1") & (run.results["sample_type"] == "unknown")]

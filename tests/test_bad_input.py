@@ -26,14 +26,18 @@ from hypothesis.extra.numpy import arrays
 
 from lcmsquant.batch import BatchError, load_batch
 from lcmsquant.chromatograms import MIN_POINTS, clean_trace, read_traces
+from lcmsquant.measure import measure_injection
 from lcmsquant.method import MethodError, default_method_path, load_method, parse_method
 from lcmsquant.mzml_writer import Chromatogram, write_chromatogram_mzml
-from lcmsquant.measure import measure_injection
 from lcmsquant.pipeline import run_batch
 from lcmsquant.simulate import SimulationOptions, simulate_batch
 
-PROPERTY = settings(max_examples=40, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+PROPERTY = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 STATUSES = {"OK", "NO_PEAK", "NO_DATA"}
 
 
@@ -61,7 +65,10 @@ def _calibrator(folder: Path) -> Path:
 
 def _rewrite(source: Path, target: Path, edit) -> Path:
     """Write `target` with the chromatograms of `source` after `edit(list of Chromatogram)`."""
-    chroms = [Chromatogram(t.native_id, t.q1, t.q3, t.time.copy(), t.intensity.astype(np.float32)) for t in read_traces(source)]
+    chroms = [
+        Chromatogram(t.native_id, t.q1, t.q3, t.time.copy(), t.intensity.astype(np.float32))
+        for t in read_traces(source)
+    ]
     write_chromatogram_mzml(target, edit(chroms))
     return target
 
@@ -93,7 +100,9 @@ def _bad_base64(data: bytes) -> bytes:
 
 
 def _no_compression_flag(data: bytes) -> bytes:
-    return data.replace(b'accession="MS:1000574" name="zlib compression"', b'accession="MS:1000576" name="no compression"')
+    return data.replace(
+        b'accession="MS:1000574" name="zlib compression"', b'accession="MS:1000576" name="no compression"'
+    )
 
 
 def _wrong_precision(data: bytes) -> bytes:
@@ -132,8 +141,11 @@ def test_a_gzip_file_cut_short_is_no_data(small_batch, method, tmp_path):
 
 
 def test_a_file_without_srm_chromatograms_is_no_data(small_batch, method, tmp_path):
-    only_tic = _rewrite(_calibrator(small_batch), tmp_path / "tic.mzML", lambda chroms: [
-        Chromatogram("TIC", None, None, chroms[0].time_min, chroms[0].intensity)])
+    only_tic = _rewrite(
+        _calibrator(small_batch),
+        tmp_path / "tic.mzML",
+        lambda chroms: [Chromatogram("TIC", None, None, chroms[0].time_min, chroms[0].intensity)],
+    )
     rows, error = measure_injection(only_tic, method)
     assert {r["status"] for r in rows} == {"NO_DATA"}
     assert "no SRM chromatogram" in error
@@ -212,7 +224,9 @@ def test_repeated_time_points_are_merged_and_reported(small_batch, method, tmp_p
     def repeat_points(chroms):
         quant = _quantifier(chroms)
         index = np.sort(np.r_[np.arange(len(quant.time_min)), [5, 6, 7]])
-        chroms[chroms.index(quant)] = Chromatogram(quant.native_id, quant.q1, quant.q3, quant.time_min[index], quant.intensity[index])
+        chroms[chroms.index(quant)] = Chromatogram(
+            quant.native_id, quant.q1, quant.q3, quant.time_min[index], quant.intensity[index]
+        )
         return chroms
 
     rows, _ = measure_injection(_rewrite(_calibrator(small_batch), tmp_path / "repeats.mzML", repeat_points), method)
@@ -224,6 +238,7 @@ def test_repeated_time_points_are_merged_and_reported(small_batch, method, tmp_p
 @pytest.mark.parametrize("points", [0, 1, MIN_POINTS - 1])
 def test_an_empty_or_too_short_trace_is_no_data_never_no_peak(points, small_batch, method, tmp_path):
     """NO_PEAK would let `no_peak_as_blq` report the sample BLQ; a trace without data says nothing."""
+
     def shorten(chroms):
         for q1, q3 in ((563.3, 463.2), (566.3, 463.2)):  # the flumatinib quantifier and its IS
             c = _quantifier(chroms, q1, q3)
@@ -248,7 +263,9 @@ def test_two_traces_for_one_transition_are_reported_and_the_first_is_used(small_
     clean, _ = measure_injection(_calibrator(small_batch), method)
     rows, _ = measure_injection(_rewrite(_calibrator(small_batch), tmp_path / "twins.mzML", duplicate), method)
     row = _by_transition(rows)["flumatinib quantifier"]
-    assert "1 other trace(s) with the same Q1/Q3 also cover" in row["read_warnings"] and "(copy)" in row["read_warnings"]
+    assert (
+        "1 other trace(s) with the same Q1/Q3 also cover" in row["read_warnings"] and "(copy)" in row["read_warnings"]
+    )
     assert row["area"] == _by_transition(clean)["flumatinib quantifier"]["area"]
 
 
@@ -266,7 +283,7 @@ def test_any_cut_or_overwritten_bytes_give_a_measurement_or_no_data(data, small_
             break
         at = data.draw(st.integers(0, len(content) - 1))
         patch = data.draw(st.binary(min_size=1, max_size=16))
-        content[at: at + len(patch)] = patch
+        content[at : at + len(patch)] = patch
     victim = tmp_path_factory.mktemp("fuzz") / "injection.mzML"
     victim.write_bytes(bytes(content))
     rows, error = measure_injection(victim, method)
@@ -296,8 +313,11 @@ def test_a_cleaned_trace_is_finite_ordered_and_says_what_changed(time, intensity
     assert trace.usable == (len(trace.time) >= MIN_POINTS)
     n = min(len(time), len(intensity))
     untouched = (
-        len(time) == len(intensity) and np.all(np.isfinite(time[:n]) & np.isfinite(intensity[:n]))
-        and np.all(np.diff(time) > 0) and np.all(intensity >= 0) and n >= MIN_POINTS
+        len(time) == len(intensity)
+        and np.all(np.isfinite(time[:n]) & np.isfinite(intensity[:n]))
+        and np.all(np.diff(time) > 0)
+        and np.all(intensity >= 0)
+        and n >= MIN_POINTS
     )
     assert (trace.warnings == ()) == bool(untouched)
     if untouched:
@@ -356,7 +376,9 @@ COLUMNS = ["file", "sample_id", "sample_type", "level", "matrix", "dilution_fact
 
 @PROPERTY
 @given(line=st.integers(2, 34), column=st.sampled_from(COLUMNS), value=st.text(max_size=300))
-def test_any_cell_content_gives_a_batch_or_a_message_naming_the_line(line, column, value, small_batch, method, tmp_path_factory):
+def test_any_cell_content_gives_a_batch_or_a_message_naming_the_line(
+    line, column, value, small_batch, method, tmp_path_factory
+):
     folder = Path(shutil.copytree(small_batch, tmp_path_factory.mktemp("cell") / "batch"))
     _set_cell(folder, line, column, value)
     try:
@@ -380,10 +402,16 @@ def _shipped_doc() -> dict:
 WRONG_TYPES = {
     "mz_tolerance": (lambda d: d.update(mz_tolerance="0.5"), "top level.mz_tolerance: expected a number"),
     "rt_window": (lambda d: d["integration"].update(rt_window=[0.3]), "[integration].rt_window"),
-    "analyte rt": (lambda d: d["analytes"]["flumatinib"].update(rt="2.60"), "[analytes.flumatinib].rt: expected a number"),
+    "analyte rt": (
+        lambda d: d["analytes"]["flumatinib"].update(rt="2.60"),
+        "[analytes.flumatinib].rt: expected a number",
+    ),
     "quantifier": (lambda d: d["analytes"]["flumatinib"].update(quantifier=563.3), "[analytes.flumatinib].quantifier"),
     "qualifiers": (lambda d: d["analytes"]["M1"].update(qualifiers="549.3/271.1"), "[analytes.M1].qualifiers"),
-    "internal standard": (lambda d: d["analytes"]["M3"].update(internal_standard=["M3-d4"]), "[analytes.M3].internal_standard"),
+    "internal standard": (
+        lambda d: d["analytes"]["M3"].update(internal_standard=["M3-d4"]),
+        "[analytes.M3].internal_standard",
+    ),
     "model": (lambda d: d["calibration"].update(model=1), "[calibration].model"),
     "matrices": (lambda d: d["calibrator_sets"]["csf"].update(matrices="csf"), "[calibrator_sets.csf].matrices"),
     "a table that is a number": (lambda d: d.update(identity=3), "[identity]"),
@@ -411,7 +439,7 @@ def _leaves(doc, path=()):
 
 
 toml_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=True) | st.text(max_size=12),
+    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.floats(allow_nan=True) | st.text(max_size=12),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=6,
 ).filter(lambda v: v is not None)
@@ -437,7 +465,9 @@ def test_any_value_anywhere_in_a_method_gives_a_method_or_a_method_error(where, 
 
 
 def lcmsquant_cli(*args):
-    return subprocess.run([sys.executable, "-m", "lcmsquant", *map(str, args)], capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "lcmsquant", *map(str, args)], capture_output=True, text=True, timeout=600
+    )
 
 
 def test_unicode_and_spaces_in_folder_and_file_names_work_end_to_end(small_batch, tmp_path):

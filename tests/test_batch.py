@@ -1,6 +1,5 @@
 """The batch folder contract: worklist.csv, the files it names, optional calibrators.csv."""
 
-
 import pytest
 
 from lcmsquant.batch import BatchError, load_batch, read_worklist
@@ -31,7 +30,7 @@ def test_simulated_batch_loads_in_injection_order(plasma_batch):
 def test_every_bad_row_is_reported_at_once_with_its_line(plasma_batch):
     def spoil(lines):
         header = lines[0].split(",")
-        rows = [l.split(",") for l in lines[1:]]
+        rows = [line.split(",") for line in lines[1:]]
         col = {name: i for i, name in enumerate(header)}
         rows[2][col["file"]] = "missing.mzML"  # line 4
         rows[3][col["sample_id"]] = rows[4][col["sample_id"]]  # line 5 duplicates line 6
@@ -53,7 +52,10 @@ def test_missing_worklist_and_missing_columns_are_clear(tmp_path, plasma_batch):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert "worklist.csv not found" in _problems(empty)
-    _rewrite(plasma_batch, lambda lines: [lines[0].replace(",dilution_factor", "")] + [l.rsplit(",", 1)[0] for l in lines[1:]])
+    _rewrite(
+        plasma_batch,
+        lambda lines: [lines[0].replace(",dilution_factor", "")] + [line.rsplit(",", 1)[0] for line in lines[1:]],
+    )
     assert "missing column(s) dilution_factor" in _problems(plasma_batch)
 
 
@@ -67,7 +69,10 @@ def test_worklist_with_bom_semicolons_and_blank_lines_is_read(plasma_batch):
 
 
 def test_extra_columns_are_carried_through(plasma_batch):
-    _rewrite(plasma_batch, lambda lines: [lines[0] + ",tray_position"] + [l + f",A{i}" for i, l in enumerate(lines[1:])])
+    _rewrite(
+        plasma_batch,
+        lambda lines: [lines[0] + ",tray_position"] + [line + f",A{i}" for i, line in enumerate(lines[1:])],
+    )
     batch = load_batch(plasma_batch)
     assert batch.extra_columns == ("tray_position",)
     assert batch.worklist["tray_position"].iloc[2] == "A2"
@@ -116,8 +121,10 @@ def _calibrators_without_qc_levels(folder):
 def test_batch_calibrators_csv_needs_qc_levels_only_when_the_batch_has_qcs(plasma_batch):
     _calibrators_without_qc_levels(plasma_batch)
     problems = _problems(plasma_batch)  # the batch has QCs: ICH M10 needs low, mid and high ones
-    assert ("calibrator set 'plasma' (calibrators.csv): flumatinib has no LQC, MQC, HQC level: ICH M10 3.3.1 needs low, "
-            "mid and high QCs; add the missing levels to calibrators.csv") in problems
+    assert (
+        "calibrator set 'plasma' (calibrators.csv): flumatinib has no LQC, MQC, HQC level: ICH M10 3.3.1 needs low, "
+        "mid and high QCs; add the missing levels to calibrators.csv"
+    ) in problems
     _rewrite(plasma_batch, lambda lines: [line for line in lines if ",qc," not in line])
     batch = load_batch(plasma_batch)
     assert batch.method.calibrator_set_for("plasma").levels == tuple(f"CAL{i}" for i in range(1, 9))

@@ -55,7 +55,9 @@ def test_ratios_of_quantifiable_pairs_are_within_20_percent_and_blq_csf_is_censo
     assert "CSF:serum" in done.stdout and "marrow:serum" in done.stdout
 
     pairs = pd.read_csv(tmp_path / "out" / "penetration.csv", keep_default_na=False, na_values=[""])
-    truth = pd.read_csv(study.truth).rename(columns={"reference_matrix": "true_reference_matrix", "csf_lloq": "nominal_csf_lloq"})
+    truth = pd.read_csv(study.truth).rename(
+        columns={"reference_matrix": "true_reference_matrix", "csf_lloq": "nominal_csf_lloq"}
+    )
     table = pairs.merge(truth, on=["subject_id", "visit", "timepoint", "analyte"], validate="one_to_one")
     assert len(table) == len(truth) == 6 * 3
     assert (table["reference_matrix"] == table["true_reference_matrix"]).all()
@@ -65,7 +67,9 @@ def test_ratios_of_quantifiable_pairs_are_within_20_percent_and_blq_csf_is_censo
     for target in ("csf", "marrow"):
         both = table[(table["reference_status"] == "value") & (table[f"{target}_status"] == "value")]
         error = both[f"{target}_serum_ratio"] / both[f"true_{target}_ratio"] - 1
-        assert error.abs().max() <= 0.20, both[["subject_id", "analyte", f"{target}_serum_ratio", f"true_{target}_ratio"]]
+        assert error.abs().max() <= 0.20, both[
+            ["subject_id", "analyte", f"{target}_serum_ratio", f"true_{target}_ratio"]
+        ]
         checked += len(both)
     assert checked >= 30
 
@@ -112,7 +116,9 @@ def test_adding_a_run_twice_replaces_it(cohort, processed_study):
     assert {t: count(cohort, t) for t in before} == before
     with sqlite3.connect(cohort) as con:
         actions = [r[0] for r in con.execute("SELECT action FROM additions ORDER BY number")]
-        hashes = con.execute("SELECT COUNT(*) FROM analyses WHERE length(file_sha256) = 64 AND length(run_id) = 64").fetchone()[0]
+        hashes = con.execute(
+            "SELECT COUNT(*) FROM analyses WHERE length(file_sha256) = 64 AND length(run_id) = 64"
+        ).fetchone()[0]
     assert actions[-1] == "replaced" and actions.count("added") == 3
     assert hashes == before["analyses"]  # every row keeps its run and file hashes
 
@@ -122,7 +128,9 @@ def test_a_run_processed_with_another_method_file_is_refused(cohort, processed_s
     method = tmp_path / "methods" / "flumatinib-v2.toml"
     method.parent.mkdir()
     shutil.copytree(SHIPPED.parents[1] / "calibrators", tmp_path / "calibrators")
-    method.write_text(SHIPPED.read_text().replace('version = "1"', 'version = "2"').replace("min_sn = 5.0 ", "min_sn = 4.0 "))
+    method.write_text(
+        SHIPPED.read_text().replace('version = "1"', 'version = "2"').replace("min_sn = 5.0 ", "min_sn = 4.0 ")
+    )
     results = _process(study.runs[1], tmp_path / "csf-results-v2", method)
     before = count(cohort, "analyses")
 
@@ -242,12 +250,25 @@ def test_unreadable_dose_times_are_refused_with_their_line(processed_study, tmp_
 
 def _reported(rows: list[tuple[str, str, float, float]]) -> pd.DataFrame:
     """Reported results of one subject's draw: (matrix, status, concentration, lloq) for M1."""
-    return pd.DataFrame([
-        {"subject_id": "S101", "visit": "C1D15", "timepoint": "trough", "matrix": m, "analyte": "M1",
-         "sample_id": f"S101-{m}", "status": st, "concentration": c, "lloq": lloq, "flags": "BLQ" if st == "BLQ" else "",
-         "hours_since_dose": 24.0, "trough": "in window"}
-        for m, st, c, lloq in rows
-    ])
+    return pd.DataFrame(
+        [
+            {
+                "subject_id": "S101",
+                "visit": "C1D15",
+                "timepoint": "trough",
+                "matrix": m,
+                "analyte": "M1",
+                "sample_id": f"S101-{m}",
+                "status": st,
+                "concentration": c,
+                "lloq": lloq,
+                "flags": "BLQ" if st == "BLQ" else "",
+                "hours_since_dose": 24.0,
+                "trough": "in window",
+            }
+            for m, st, c, lloq in rows
+        ]
+    )
 
 
 def test_blq_ratio_policies():
@@ -275,7 +296,10 @@ def test_the_cohort_table_of_the_method_is_validated_like_the_others():
 
     doc = tomllib.loads(SHIPPED.read_text())
     doc["cohort"].update(
-        reanalysis="latest", blq_ratio_policy="zero", trough_window_h=[28, 20], sdtm_testcd={"M1": "1M"},
+        reanalysis="latest",
+        blq_ratio_policy="zero",
+        trough_window_h=[28, 20],
+        sdtm_testcd={"M1": "1M"},
         colour="red",
     )
     with pytest.raises(MethodError) as err:

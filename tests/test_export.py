@@ -22,9 +22,26 @@ STUDY = "FLU-201"
 def sdtm(cohort, tmp_path_factory):
     out = tmp_path_factory.mktemp("sdtm")
     done = subprocess.run(
-        [sys.executable, "-m", "lcmsquant", "cohort", "export", "--db", str(cohort), "--format", "sdtm",
-         "--study", STUDY, "--lab", "Example Bioanalytical Laboratory", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "lcmsquant",
+            "cohort",
+            "export",
+            "--db",
+            str(cohort),
+            "--format",
+            "sdtm",
+            "--study",
+            STUDY,
+            "--lab",
+            "Example Bioanalytical Laboratory",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     pc_csv = pd.read_csv(out / "pc.csv", dtype=str, keep_default_na=False)
@@ -98,7 +115,7 @@ def test_every_export_is_byte_identical_on_rerun(cohort, processed_study, tmp_pa
     latest = sorted(study.runs[2].glob("*.mzML"))[0].read_text()
     started = datetime.fromisoformat(re.search(r'startTimeStamp="([^"]+)"', latest).group(1).rstrip("Z"))
     data = (tmp_path / "a" / "pc.xpt").read_bytes()
-    header = data[:data.index(b"HEADER RECORD*******OBS")]
+    header = data[: data.index(b"HEADER RECORD*******OBS")]
     stamps = re.findall(rb"\d\d[A-Z]{3}\d\d:\d\d:\d\d:\d\d", header)
     assert stamps == [started.strftime("%d%b%y:%H:%M:%S").upper().encode()] * 4
 
@@ -120,8 +137,22 @@ def test_parquet_and_csv_hold_the_same_tables(cohort, tmp_path):
 
 def test_sdtm_needs_a_study_identifier(cohort, tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "lcmsquant", "cohort", "export", "--db", str(cohort), "--format", "sdtm", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "lcmsquant",
+            "cohort",
+            "export",
+            "--db",
+            str(cohort),
+            "--format",
+            "sdtm",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 2 and "--study STUDYID" in done.stderr and "Traceback" not in done.stderr
     assert not list(tmp_path.iterdir())

@@ -158,7 +158,9 @@ def test_a_journal_name_that_is_a_symlink_is_refused_and_its_target_kept(cohort,
     journal.symlink_to(target)
     before = db.read_bytes()
     for call in (lambda: add_runs(db, [results[1]]), lambda: cohort_tables(db)):
-        with pytest.raises(CohortError, match=f"{journal} is a symbolic link; SQLite keeps the journal of cohort.sqlite"):
+        with pytest.raises(
+            CohortError, match=f"{journal} is a symbolic link; SQLite keeps the journal of cohort.sqlite"
+        ):
             call()
     assert db.read_bytes() == before and target.read_text() == "not a journal" and journal.is_symlink()
 
@@ -196,7 +198,7 @@ def _damage(db: Path, kind: str) -> None:
         db.write_bytes(bytes(data[: len(data) // 2]))
     elif kind == "corrupt pages":
         page = int.from_bytes(data[16:18], "big")
-        data[2 * page:5 * page] = b"\xa5" * (3 * page)
+        data[2 * page : 5 * page] = b"\xa5" * (3 * page)
         db.write_bytes(bytes(data))
     elif kind == "foreign":
         db.unlink()
@@ -292,8 +294,9 @@ def test_each_addition_and_replacement_is_logged_in_an_intact_chain(logged, coho
     kept = replaced_analyses(logged)
     assert len(kept) == 18 and set(kept["log_number"]) == {4} and set(kept["replaced_by_batch"]) == {"csf-run"}
     with opened(cohort) as con:
-        first = pd.read_sql_query("SELECT * FROM analyses WHERE run_id = ? ORDER BY injection, analyte", con,
-                                  params=(replaced["run_id"],))
+        first = pd.read_sql_query(
+            "SELECT * FROM analyses WHERE run_id = ? ORDER BY injection, analyte", con, params=(replaced["run_id"],)
+        )
     pd.testing.assert_frame_equal(kept[first.columns], first, check_dtype=False)
 
 
@@ -301,9 +304,15 @@ def test_the_log_and_history_refuse_update_and_delete(logged, tmp_path):
     db = tmp_path / "cohort.sqlite"
     shutil.copy(logged, db)
     with opened(db) as con:
-        for statement in ("UPDATE log SET batch = 'other' WHERE number = 2", "DELETE FROM log WHERE number = 4",
-                          "UPDATE history SET row = '{}'", "DELETE FROM history"):
-            with pytest.raises(sqlite3.IntegrityError, match="is append-only: its entries cannot be changed or removed"):
+        for statement in (
+            "UPDATE log SET batch = 'other' WHERE number = 2",
+            "DELETE FROM log WHERE number = 4",
+            "UPDATE history SET row = '{}'",
+            "DELETE FROM history",
+        ):
+            with pytest.raises(
+                sqlite3.IntegrityError, match="is append-only: its entries cannot be changed or removed"
+            ):
                 con.execute(statement)
     assert verify_log(db).intact and db.read_bytes() == logged.read_bytes()
 
@@ -312,26 +321,34 @@ REANALYSIS = "(SELECT run_id FROM runs WHERE batch = 'reanalysis-run')"
 TAMPERING = {
     "entry edited": (
         "DROP TRIGGER log_append_only_update; UPDATE log SET analyses_added = 99 WHERE number = 2",
-        ["log entry 2 (added run 'csf-run') does not match its SHA-256: it was edited after it was written",
-         "the trigger log_append_only_update that keeps the log append-only is missing: it was removed"],
+        [
+            "log entry 2 (added run 'csf-run') does not match its SHA-256: it was edited after it was written",
+            "the trigger log_append_only_update that keeps the log append-only is missing: it was removed",
+        ],
     ),
     "entry removed": (
         "DROP TRIGGER log_append_only_delete; DELETE FROM log WHERE number = 3; CREATE TRIGGER log_append_only_delete "
         "BEFORE DELETE ON log BEGIN SELECT RAISE(ABORT, 'append-only'); END",
-        ["log entry 4 comes where entry 3 should: entries were removed or renumbered",
-         "log entry 4 does not follow the entry before it (previous_sha256 differs): an entry was removed, inserted or rewritten",
-         "run {reanalysis} is in the database but not in the log: it was added without lcmsquant"],
+        [
+            "log entry 4 comes where entry 3 should: entries were removed or renumbered",
+            "log entry 4 does not follow the entry before it (previous_sha256 differs): an entry was removed, inserted or rewritten",
+            "run {reanalysis} is in the database but not in the log: it was added without lcmsquant",
+        ],
     ),
     "history edited": (
         "DROP TRIGGER history_append_only_update; UPDATE history SET row = replace(row, '\"concentration\":', "
         "'\"concentration\":1') WHERE table_name = 'analyses'",
-        ["the rows kept for log entry 4 (replaced run 'csf-run') are not those it replaced: the history was edited",
-         "the trigger history_append_only_update that keeps the log append-only is missing: it was removed"],
+        [
+            "the rows kept for log entry 4 (replaced run 'csf-run') are not those it replaced: the history was edited",
+            "the trigger history_append_only_update that keeps the log append-only is missing: it was removed",
+        ],
     ),
     "result edited": (
         "UPDATE analyses SET concentration = concentration * 2 WHERE sample_id = 'S001-C1D15-CSF' AND analyte = 'flumatinib'",
-        ["run 'csf-run' ({csf}): its rows are not those log entry 4 recorded: they were edited in the database after "
-         "they were added"],
+        [
+            "run 'csf-run' ({csf}): its rows are not those log entry 4 recorded: they were edited in the database after "
+            "they were added"
+        ],
     ),
     "run deleted": (
         f"DELETE FROM analyses WHERE run_id = {REANALYSIS}; DELETE FROM runs WHERE run_id = {REANALYSIS}",
@@ -376,8 +393,11 @@ def test_a_run_edited_with_recomputed_hashes_is_added_but_what_it_replaced_is_ke
     with open(edited / "results.csv", newline="") as handle:
         rows = list(csv.reader(handle))
     header = rows[0]
-    target = next(r for r in rows[1:] if r[header.index("sample_id")] == "S001-C1D15-CSF"
-                  and r[header.index("analyte")] == "flumatinib")
+    target = next(
+        r
+        for r in rows[1:]
+        if r[header.index("sample_id")] == "S001-C1D15-CSF" and r[header.index("analyte")] == "flumatinib"
+    )
     original = float(target[header.index("concentration")])
     target[header.index("concentration")] = repr(original * 2)
     with open(edited / "results.csv", "w", newline="") as handle:

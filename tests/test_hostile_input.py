@@ -8,7 +8,6 @@ test_bad_input.py. docs/hostile-input.md lists every kind with its outcome.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -19,10 +18,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lcmsquant.batch import BatchError, load_batch
-from lcmsquant.files import csv_text, not_a_file, read_csv_rows, restore_text, spreadsheet_safe, InputError
+from lcmsquant.batch import load_batch
+from lcmsquant.files import InputError, csv_text, not_a_file, read_csv_rows, restore_text, spreadsheet_safe
 from lcmsquant.measure import measure_injection
-from lcmsquant.method import MethodError, default_method_path, load_method
+from lcmsquant.method import default_method_path, load_method
 from lcmsquant.pipeline import run_batch
 from lcmsquant.results import LOCK_FILE, read_results, write_outputs
 from lcmsquant.runs import process_batch
@@ -51,8 +50,13 @@ def method():
 
 
 def _cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "lcmsquant", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "COLUMNS": "400"})
+    return subprocess.run(
+        [sys.executable, "-m", "lcmsquant", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "400"},
+    )
 
 
 def _problems(call) -> str:
@@ -84,7 +88,11 @@ def _with_doctype(source: Path, target: Path, doctype: str) -> Path:
 def test_an_external_entity_is_refused_and_its_file_never_read(small_batch, method, tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text(SECRET)
-    victim = _with_doctype(small_batch / "007_CAL5.mzML", tmp_path / "inj.mzML", f'<!DOCTYPE mzML [<!ENTITY leak SYSTEM "file://{secret}">]>')
+    victim = _with_doctype(
+        small_batch / "007_CAL5.mzML",
+        tmp_path / "inj.mzML",
+        f'<!DOCTYPE mzML [<!ENTITY leak SYSTEM "file://{secret}">]>',
+    )
     rows, error = measure_injection(victim, method)
     assert {r["status"] for r in rows} == {"NO_DATA"}
     assert error.startswith("inj.mzML: not a readable mzML file (a DOCTYPE declaration at line 2")
@@ -101,7 +109,9 @@ def test_a_dtd_beside_the_file_is_not_read(small_batch, method, tmp_path):
 def test_an_entity_naming_a_fifo_does_not_hang(small_batch, method, tmp_path):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
-    victim = _with_doctype(small_batch / "007_CAL5.mzML", tmp_path / "inj.mzML", f'<!DOCTYPE mzML [<!ENTITY leak SYSTEM "{fifo}">]>')
+    victim = _with_doctype(
+        small_batch / "007_CAL5.mzML", tmp_path / "inj.mzML", f'<!DOCTYPE mzML [<!ENTITY leak SYSTEM "{fifo}">]>'
+    )
     done: list = []
     worker = threading.Thread(target=lambda: done.append(measure_injection(victim, method)), daemon=True)
     worker.start()
@@ -115,8 +125,10 @@ def test_an_entity_naming_a_fifo_does_not_hang(small_batch, method, tmp_path):
 
 
 def test_an_entity_bomb_is_refused(small_batch, method, tmp_path):
-    laughs = "".join(f'<!ENTITY l{i} "{"&l%d;" % (i - 1) * 10 if i else "lol"}">' for i in range(10))
-    victim = _with_doctype(small_batch / "007_CAL5.mzML", tmp_path / "inj.mzML", f"<!DOCTYPE mzML [{laughs}<!ENTITY leak \"&l9;\">]>")
+    laughs = "".join(f'<!ENTITY l{i} "{f"&l{i - 1};" * 10 if i else "lol"}">' for i in range(10))
+    victim = _with_doctype(
+        small_batch / "007_CAL5.mzML", tmp_path / "inj.mzML", f'<!DOCTYPE mzML [{laughs}<!ENTITY leak "&l9;">]>'
+    )
     rows, error = measure_injection(victim, method)
     assert {r["status"] for r in rows} == {"NO_DATA"} and "DOCTYPE" in error
 
@@ -124,7 +136,11 @@ def test_an_entity_bomb_is_refused(small_batch, method, tmp_path):
 def test_a_doctype_injection_leaves_the_rest_of_the_batch_measured(batch_copy, tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text(SECRET)
-    _with_doctype(batch_copy / "007_CAL5.mzML", tmp_path / "evil.mzML", f'<!DOCTYPE mzML [<!ENTITY leak SYSTEM "file://{secret}">]>')
+    _with_doctype(
+        batch_copy / "007_CAL5.mzML",
+        tmp_path / "evil.mzML",
+        f'<!DOCTYPE mzML [<!ENTITY leak SYSTEM "file://{secret}">]>',
+    )
     shutil.move(tmp_path / "evil.mzML", batch_copy / "007_CAL5.mzML")
     outcome = process_batch(batch_copy, report=False)
     assert outcome.ok and len(outcome.injection_errors) == 1
@@ -209,9 +225,16 @@ def test_a_lock_file_that_is_a_fifo_is_refused_without_hanging(batch_copy):
     [
         ("integration", "rt_window = nan", "[integration].rt_window: expected a finite number, got nan"),
         ("integration", "rt_window = inf", "[integration].rt_window: expected a finite number, got inf"),
-        ("acceptance", "calibrator_tolerance_pct = 1e9",
-         "[acceptance].calibrator_tolerance_pct: 1000000000.0 is outside the plausible range 0.1 to 100 %"),
-        ("acceptance", "min_calibrator_levels = 6.5", "[acceptance].min_calibrator_levels: expected a whole number, got 6.5"),
+        (
+            "acceptance",
+            "calibrator_tolerance_pct = 1e9",
+            "[acceptance].calibrator_tolerance_pct: 1000000000.0 is outside the plausible range 0.1 to 100 %",
+        ),
+        (
+            "acceptance",
+            "min_calibrator_levels = 6.5",
+            "[acceptance].min_calibrator_levels: expected a whole number, got 6.5",
+        ),
         ("identity", "rt_tolerance = 30", "[identity].rt_tolerance: 30 is outside the plausible range 0.001 to 10 min"),
     ],
 )
@@ -221,12 +244,14 @@ def test_nan_inf_and_absurd_method_values_are_refused_naming_the_key(table, sett
     lines = [line for line in text.splitlines() if not line.startswith(f"{key} =")]
     at = next(i for i, line in enumerate(lines) if line.split("#")[0].strip() == f"[{table}]")
     path = tmp_path / "method.toml"
-    path.write_text("\n".join([*lines[: at + 1], setting, *lines[at + 1:]]) + "\n", encoding="utf-8")
+    path.write_text("\n".join([*lines[: at + 1], setting, *lines[at + 1 :]]) + "\n", encoding="utf-8")
     assert problem in _problems(lambda: load_method(path))
 
 
 def test_a_nan_nominal_or_an_underscore_number_in_calibrators_csv_is_refused(batch_copy, method):
-    (batch_copy / "calibrators.csv").write_text("level,analyte,nominal\nCAL1,flumatinib,nan\nCAL2,flumatinib,1_000\nCAL3,flumatinib,inf\n")
+    (batch_copy / "calibrators.csv").write_text(
+        "level,analyte,nominal\nCAL1,flumatinib,nan\nCAL2,flumatinib,1_000\nCAL3,flumatinib,inf\n"
+    )
     problems = _problems(lambda: load_batch(batch_copy, method))
     for line, value in ((2, "nan"), (3, "1_000"), (4, "inf")):
         assert f"calibrators.csv line {line}: nominal '{value}' is not a positive number" in problems
@@ -276,7 +301,7 @@ def test_record_line_numbers_count_the_lines_of_a_multi_line_record(tmp_path):
     with pytest.raises(InputError) as caught:
         read_csv_rows(path, InputError)
     assert caught.value.problems == ["overrides.csv line 3, field 2: a line break inside the value: remove it"]
-    path.write_text('file,reason\n\na.mzML,one\n\nb.mzML,ok\n')
+    path.write_text("file,reason\n\na.mzML,one\n\nb.mzML,ok\n")
     assert read_csv_rows(path, InputError)[1] == [(3, ["a.mzML", "one"]), (5, ["b.mzML", "ok"])]
 
 
@@ -287,7 +312,8 @@ def test_nul_and_control_characters_in_the_worklist_are_refused(char, words, bat
     table.to_csv(batch_copy / "worklist.csv", index=False)
     line = _first_unknown(table) + 2
     assert f"worklist.csv line {line}, field 6: the control character {words} inside the value: remove it" in _problems(
-        lambda: load_batch(batch_copy, method))
+        lambda: load_batch(batch_copy, method)
+    )
 
 
 @pytest.mark.parametrize("value", ["1_000", "nan", "inf", "0x10", "10 000"])
@@ -317,7 +343,9 @@ def test_a_batch_file_that_is_a_fifo_is_refused_without_reading_it(name, batch_c
 
 def test_a_method_file_that_is_a_fifo_is_refused_without_reading_it(tmp_path):
     os.mkfifo(tmp_path / "method.toml")
-    assert "the method file is a FIFO (named pipe), not a regular file" in _problems(lambda: load_method(tmp_path / "method.toml"))
+    assert "the method file is a FIFO (named pipe), not a regular file" in _problems(
+        lambda: load_method(tmp_path / "method.toml")
+    )
 
 
 def test_not_a_file_says_what_is_there(tmp_path):
@@ -360,7 +388,9 @@ def test_isr_of_a_run_against_itself_is_refused(processed):
 
 def test_isr_of_a_copy_of_the_original_run_is_refused_naming_its_files(processed, tmp_path):
     copy = Path(shutil.copytree(processed, tmp_path / "copy"))
-    with pytest.raises(ResultsError, match=r"measured \d+ injection file\(s\) of the original .*an ISR repeat is a new analysis"):
+    with pytest.raises(
+        ResultsError, match=r"measured \d+ injection file\(s\) of the original .*an ISR repeat is a new analysis"
+    ):
         isr_runs([read_run(processed)], [read_run(copy)])
 
 
@@ -407,4 +437,6 @@ def test_sql_in_a_subject_id_is_stored_as_text_and_exported_inert(hostile_run):
     assert "'=1+1'); DROP TABLE analyses;--" in text
     assert "=1+1'); DROP TABLE analyses;--" in set(pd.read_csv(exported, dtype=str)["subject_id"].map(restore_text))
     again = _cli("cohort", "export", "--db", db, "--format", "csv", "--out", folder.parent / "again")
-    assert again.returncode == 0 and (folder.parent / "again" / "cohort_results.csv").read_text(encoding="utf-8") == text
+    assert (
+        again.returncode == 0 and (folder.parent / "again" / "cohort_results.csv").read_text(encoding="utf-8") == text
+    )

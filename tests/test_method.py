@@ -25,7 +25,10 @@ def test_shipped_method_describes_the_flumatinib_assay():
 def test_plasma_serum_and_marrow_share_the_plasma_set_and_csf_has_its_own():
     method = load_method(default_method_path())
     assert {m: method.calibrator_set_for(m).name for m in ("plasma", "serum", "marrow", "csf")} == {
-        "plasma": "plasma", "serum": "plasma", "marrow": "plasma", "csf": "csf",
+        "plasma": "plasma",
+        "serum": "plasma",
+        "marrow": "plasma",
+        "csf": "csf",
     }
     plasma, csf = method.calibrator_set_for("plasma"), method.calibrator_set_for("csf")
     assert (plasma.nominal("CAL1", "flumatinib"), plasma.nominal("CAL8", "flumatinib")) == (1.0, 1000.0)
@@ -41,9 +44,7 @@ def test_defaults_are_the_ich_m10_numbers():
     assert acc.min_qc_fraction == pytest.approx(2 / 3) and acc.min_qc_level_fraction == 0.5
 
 
-@pytest.mark.parametrize(
-    "reference, tolerance", [(0.6, 20), (0.45, 25), (0.15, 30), (0.05, 50)]
-)
+@pytest.mark.parametrize("reference, tolerance", [(0.6, 20), (0.45, 25), (0.15, 30), (0.05, 50)])
 def test_ion_ratio_tolerance_follows_the_relative_abundance_tiers(reference, tolerance):
     assert load_method(default_method_path()).identity.ion_ratio_tolerance_pct(reference) == tolerance
 
@@ -70,7 +71,7 @@ def _problems(path) -> str:
 
 
 def test_unknown_key_is_named(tmp_path):
-    path = _edited(tmp_path, {'rt = 2.60\n': 'rt = 2.60\nretention = 2.6\n'})
+    path = _edited(tmp_path, {"rt = 2.60\n": "rt = 2.60\nretention = 2.6\n"})
     assert "[analytes.flumatinib]: unknown key 'retention'" in _problems(path)
 
 
@@ -118,7 +119,7 @@ def test_qc_level_outside_the_calibrated_range_is_refused(tmp_path):
 def test_too_few_calibrator_levels_are_refused(tmp_path):
     path = _edited(tmp_path, {})
     csv = tmp_path / "calibrators" / "flumatinib_plasma.csv"
-    lines = [l for l in csv.read_text().splitlines() if not l.startswith(("CAL7,M3", "CAL8,M3", "CAL6,M3"))]
+    lines = [line for line in csv.read_text().splitlines() if not line.startswith(("CAL7,M3", "CAL8,M3", "CAL6,M3"))]
     csv.write_text("\n".join(lines) + "\n")
     assert "M3 has 5 calibrator levels, ICH M10 needs at least 6" in _problems(path)
 

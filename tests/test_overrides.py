@@ -19,14 +19,19 @@ def _unknown(folder, n=0):
 def test_manual_boundaries_replace_the_automatic_peak_and_are_audited(plasma_batch, tmp_path):
     sample = _unknown(plasma_batch, 3)
     _, before = run_batch(plasma_batch)
-    auto = before.peaks[(before.peaks["injection"] == int(sample.name) + 1) & (before.peaks["transition"] == "flumatinib quantifier")].iloc[0]
+    auto = before.peaks[
+        (before.peaks["injection"] == int(sample.name) + 1) & (before.peaks["transition"] == "flumatinib quantifier")
+    ].iloc[0]
     # The analyst cuts the tail: integrate from the start to just after the apex.
     end = auto["rt_min"] + 0.02
     (plasma_batch / "overrides.csv").write_text(
-        HEADER + f"{sample['file']},flumatinib,integrate,{auto['start_min']:.4f},{end:.4f},tail cut by co-eluting peak,JD,2026-11-24\n"
+        HEADER
+        + f"{sample['file']},flumatinib,integrate,{auto['start_min']:.4f},{end:.4f},tail cut by co-eluting peak,JD,2026-11-24\n"
     )
     batch, after = run_batch(plasma_batch)
-    row = after.results[(after.results["sample_id"] == sample["sample_id"]) & (after.results["analyte"] == "flumatinib")].iloc[0]
+    row = after.results[
+        (after.results["sample_id"] == sample["sample_id"]) & (after.results["analyte"] == "flumatinib")
+    ].iloc[0]
     assert "MANUAL" in row["flags"].split(";")
     assert row["area"] < 0.95 * auto["area"]
     others = after.results[after.results["sample_id"] != sample["sample_id"]]
@@ -36,7 +41,12 @@ def test_manual_boundaries_replace_the_automatic_peak_and_are_audited(plasma_bat
     audit = pd.read_csv(tmp_path / "audit.csv")
     assert len(audit) == 1
     entry = audit.iloc[0]
-    assert (entry["transition"], entry["action"], entry["analyst"], entry["date"]) == ("flumatinib quantifier", "integrate", "JD", "2026-11-24")
+    assert (entry["transition"], entry["action"], entry["analyst"], entry["date"]) == (
+        "flumatinib quantifier",
+        "integrate",
+        "JD",
+        "2026-11-24",
+    )
     assert entry["auto_area"] == pytest.approx(auto["area"], rel=1e-6)
     assert entry["manual_area"] == pytest.approx(row["area"], rel=1e-6)
 
@@ -45,7 +55,9 @@ def test_no_peak_override_empties_the_result(plasma_batch):
     sample = _unknown(plasma_batch, 5)
     (plasma_batch / "overrides.csv").write_text(HEADER + f"{sample['file']},M1 quantifier,no peak,,,interference,JD,\n")
     _, result = run_batch(plasma_batch)
-    row = result.results[(result.results["sample_id"] == sample["sample_id"]) & (result.results["analyte"] == "M1")].iloc[0]
+    row = result.results[
+        (result.results["sample_id"] == sample["sample_id"]) & (result.results["analyte"] == "M1")
+    ].iloc[0]
     assert {"NO_PEAK", "MANUAL"} <= set(row["flags"].split(";"))
     assert pd.isna(row["concentration"])
 
@@ -93,10 +105,15 @@ def test_override_window_without_data_is_an_error_not_ignored(plasma_batch):
 def test_an_excluded_calibrator_leaves_that_curve_and_is_audited(plasma_batch, tmp_path):
     worklist = pd.read_csv(plasma_batch / "worklist.csv", dtype=str, keep_default_na=False)
     cal3 = worklist[worklist["sample_id"] == "CAL3"].iloc[0]
-    (plasma_batch / "overrides.csv").write_text(HEADER + f"{cal3['file']},M1,exclude,,,spiking error in the prep log,JD,2026-11-25\n")
+    (plasma_batch / "overrides.csv").write_text(
+        HEADER + f"{cal3['file']},M1,exclude,,,spiking error in the prep log,JD,2026-11-25\n"
+    )
     batch, run = run_batch(plasma_batch)
     cals = run.results[run.results["sample_id"] == "CAL3"].set_index("analyte")
-    assert "EXCLUDED" in cals.loc["M1", "flags"] and cals.loc["M1", "exclusion_reason"] == "excluded by JD: spiking error in the prep log"
+    assert (
+        "EXCLUDED" in cals.loc["M1", "flags"]
+        and cals.loc["M1", "exclusion_reason"] == "excluded by JD: spiking error in the prep log"
+    )
     assert "EXCLUDED" not in cals.loc["flumatinib", "flags"] and "EXCLUDED" not in cals.loc["M3", "flags"]
     calibration = run.calibration.set_index("analyte")
     assert calibration.loc["M1", "n_used"] == calibration.loc["flumatinib", "n_used"] - 1
@@ -111,9 +128,7 @@ def test_only_a_calibrator_can_be_excluded_and_only_for_an_analyte(plasma_batch)
     worklist = pd.read_csv(plasma_batch / "worklist.csv", dtype=str, keep_default_na=False)
     cal1 = worklist[worklist["sample_id"] == "CAL1"].iloc[0]
     (plasma_batch / "overrides.csv").write_text(
-        HEADER
-        + f"{sample['file']},M1,exclude,,,outlier,JD,\n"
-        + f"{cal1['file']},M3-d4,exclude,,,bad IS,JD,\n"
+        HEADER + f"{sample['file']},M1,exclude,,,outlier,JD,\n" + f"{cal1['file']},M3-d4,exclude,,,bad IS,JD,\n"
     )
     with pytest.raises(BatchError) as err:
         load_batch(plasma_batch)

@@ -43,11 +43,13 @@ def _flags(table: pd.DataFrame) -> set[str]:
 
 def _section(html: str, section_id: str) -> str:
     start = html.index(f'<section id="{section_id}">')
-    return html[start:html.index("</section>", start)]
+    return html[start : html.index("</section>", start)]
 
 
 def lcmsquant_cli(*args):
-    return subprocess.run([sys.executable, "-m", "lcmsquant", *map(str, args)], capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "lcmsquant", *map(str, args)], capture_output=True, text=True, timeout=600
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,7 +132,8 @@ def test_a_batch_calibrators_csv_makes_a_peaks_only_method_quantify_without_qc_l
     shipped[shipped["level"].str.startswith("CAL")].to_csv(plasma_batch / "calibrators.csv", index=False)
     worklist = pd.read_csv(plasma_batch / "worklist.csv", dtype=str, keep_default_na=False)
     worklist[(worklist["sample_type"] != "qc") & (worklist["matrix"] == "plasma")].to_csv(
-        plasma_batch / "worklist.csv", index=False)
+        plasma_batch / "worklist.csv", index=False
+    )
 
     batch, result = run_batch(plasma_batch, _peaks_only_method(tmp_path))
     assert not result.peaks_only and set(result.calibration["model"]) == {"linear"}
@@ -182,7 +185,11 @@ def test_the_real_peaks_only_results_hold_areas_ratios_rts_and_flags(sciex_peaks
     assert found["rt_min"].notna().all() and (found["area"] > 0).all()
     assert found["area_ratio"].notna().any() and (results["flags"] != "").any()
     assert results["concentration"].isna().all() and not results["reportable"].any()
-    assert not _flags(results) & CALIBRATION_FLAGS and _flags(results) & set(BLOCKING_FLAGS) <= {"NO_DATA", "NO_PEAK", "NO_IS"}
+    assert not _flags(results) & CALIBRATION_FLAGS and _flags(results) & set(BLOCKING_FLAGS) <= {
+        "NO_DATA",
+        "NO_PEAK",
+        "NO_IS",
+    }
     assert files.calibration.empty and json.loads((out / "run.json").read_text())["peaks_only"]
     # dgmp (Q1 346.002 -> 79) is read from its own trace, not from amp's (346 -> 79)
     peaks = files.peaks[files.peaks["injection"] == 1].set_index("transition")

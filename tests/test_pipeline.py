@@ -8,9 +8,7 @@ from lcmsquant.vocabulary import RuleId
 
 
 def _unknowns(result, truth):
-    table = result.results.merge(
-        truth[["sample_id", "analyte", "true_concentration"]], on=["sample_id", "analyte"]
-    )
+    table = result.results.merge(truth[["sample_id", "analyte", "true_concentration"]], on=["sample_id", "analyte"])
     table = table[table["sample_type"] == "unknown"].copy()
     table["in_range"] = table["true_concentration"] / table["dilution_factor"]
     table["error_pct"] = 100 * (table["concentration"] / table["true_concentration"] - 1)
@@ -58,8 +56,14 @@ def test_clean_simulated_runs_are_accepted_with_every_rule_recorded(fixture, req
     assert all(v["accepted"] for v in result.verdicts.values())
     rules = {(r.analyte, r.id) for r in result.rules}
     for analyte in ("flumatinib", "M1", "M3"):
-        for rule in (RuleId.CURVE_FITTED, RuleId.CALIBRATORS_PASSING, RuleId.CALIBRATOR_LEVELS, RuleId.QCS_PASSING,
-                     RuleId.LQC_PASSING, RuleId.RANGE_COVERS_QCS):
+        for rule in (
+            RuleId.CURVE_FITTED,
+            RuleId.CALIBRATORS_PASSING,
+            RuleId.CALIBRATOR_LEVELS,
+            RuleId.QCS_PASSING,
+            RuleId.LQC_PASSING,
+            RuleId.RANGE_COVERS_QCS,
+        ):
             assert (analyte, rule) in rules
     calibrators = result.results[result.results["sample_type"] == "calibrator"]
     assert calibrators["accuracy_pct"].between(80, 120).all()
@@ -94,7 +98,9 @@ def test_corrupt_injection_is_flagged_and_the_rest_of_the_batch_finishes(plasma_
     rows = result.results[result.results["sample_id"] == victim["sample_id"]]
     assert (rows["flags"].str.contains("NO_DATA")).all() and rows["concentration"].isna().all()
     assert "not a readable mzML file" in next(iter(result.injection_errors.values()))
-    others = result.results[(result.results["sample_type"] == "unknown") & (result.results["sample_id"] != victim["sample_id"])]
+    others = result.results[
+        (result.results["sample_type"] == "unknown") & (result.results["sample_id"] != victim["sample_id"])
+    ]
     assert others["concentration"].notna().sum() > 30
     assert all(v["accepted"] for v in result.verdicts.values())
 

@@ -45,11 +45,14 @@ def _row(measured, name, transition):
     return measured[name].loc[transition]
 
 
-@pytest.mark.parametrize("transition, component", [
-    ("g6p quantifier", "g6p.g6p_1.Light"),  # jagged top, long tail: was cut to 12 % of its width
-    ("dhap-IS internal standard", "dhap.dhap_1.Heavy"),  # jagged top: was cut to 17 %
-    ("23dpg-IS internal standard", "23dpg.23dpg_1.Heavy"),  # the data README's reference peak
-])
+@pytest.mark.parametrize(
+    "transition, component",
+    [
+        ("g6p quantifier", "g6p.g6p_1.Light"),  # jagged top, long tail: was cut to 12 % of its width
+        ("dhap-IS internal standard", "dhap.dhap_1.Heavy"),  # jagged top: was cut to 17 %
+        ("23dpg-IS internal standard", "23dpg.23dpg_1.Heavy"),  # the data README's reference peak
+    ],
+)
 def test_a_jagged_real_peak_is_one_peak_with_the_vendors_area(measured, vendor, transition, component):
     row, ref = _row(measured, VENDOR_MZML, transition), vendor.loc[component]
     assert row["status"] == "OK"
@@ -67,7 +70,7 @@ def test_on_the_vendor_file_noise_neither_splits_nor_shoulders_nor_narrows_peaks
     baseline = vendor[vendor["integration_type"] == "Baseline"]
     q = rows.reset_index().set_index(["q1", "q3"])
     found = []
-    for component, ref in baseline.iterrows():
+    for _, ref in baseline.iterrows():
         q1, q3 = (float(x) for x in ref["mass_info"].split("/"))
         if (q1, q3) not in q.index:
             continue
@@ -78,7 +81,9 @@ def test_on_the_vendor_file_noise_neither_splits_nor_shoulders_nor_narrows_peaks
     assert len(found) >= 80
     assert sum(bool(row["split"]) for row, _ in found) == 0
     assert sum(bool(row["shoulder"]) for row, _ in found) <= 0.05 * len(found)
-    narrow = [(r, ref) for r, ref in found if r["end_min"] - r["start_min"] < 0.5 * (ref["end_time"] - ref["start_time"])]
+    narrow = [
+        (r, ref) for r, ref in found if r["end_min"] - r["start_min"] < 0.5 * (ref["end_time"] - ref["start_time"])
+    ]
     # where the vendor ran far into a flat tail, a narrower integration still holds the whole peak
     cut_short = [ref.name for r, ref in narrow if r["area"] < 0.95 * ref["area"]]
     assert cut_short == []

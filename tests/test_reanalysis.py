@@ -39,7 +39,9 @@ def test_every_alq_sample_of_a_run_is_listed_with_a_dilution_that_fits(plasma_ru
     for _, row in alq.iterrows():
         entry = listed[(listed["injection"] == row["injection"]) & (listed["analyte"] == row["analyte"])].iloc[0]
         assert entry["reason"].split(";")[0] in ("ALQ", "SATURATED")
-        true = truth[(truth["sample_id"] == row["sample_id"]) & (truth["analyte"] == row["analyte"])]["true_concentration"].iloc[0]
+        true = truth[(truth["sample_id"] == row["sample_id"]) & (truth["analyte"] == row["analyte"])][
+            "true_concentration"
+        ].iloc[0]
         assert row["lloq"] <= true / entry["suggested_dilution_factor"] <= row["uloq"]
 
 

@@ -63,8 +63,12 @@ def test_a_run_into_a_held_folder_stops_at_once_naming_the_holder_and_the_other_
     before = _files(plate_a / "results")
     holder = _holder(plate_a / "results")
     try:
-        done = subprocess.run([sys.executable, "-m", "lcmsquant", "run", plate_a, plate_b, "--jobs", "1", "--no-report"],
-                              capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            [sys.executable, "-m", "lcmsquant", "run", plate_a, plate_b, "--jobs", "1", "--no-report"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     finally:
         holder.kill()
         holder.wait()

@@ -17,7 +17,14 @@ import pytest
 from lcmsquant import __version__, cohort, report, validation
 from lcmsquant.files import InputError
 from lcmsquant.pipeline import run_batch
-from lcmsquant.results import COLUMN_TYPES, RESULTS_FORMAT, ResultsFolderError, output_tables, read_results, write_outputs
+from lcmsquant.results import (
+    COLUMN_TYPES,
+    RESULTS_FORMAT,
+    ResultsFolderError,
+    output_tables,
+    read_results,
+    write_outputs,
+)
 from lcmsquant.simulate import SimulationOptions, simulate_batch
 
 RERUN = "rerun `lcmsquant run` on the batch to write the folder again"
@@ -64,8 +71,13 @@ def _refused(folder: Path) -> list[str]:
 def test_every_table_comes_back_as_written_with_its_types(written):
     folder, tables = written
     outputs = read_results(folder)
-    for name, attribute in (("results.csv", "results"), ("peaks.csv", "peaks"), ("calibration.csv", "calibration"),
-                            ("audit.csv", "audit"), ("reanalysis.csv", "reanalysis")):
+    for name, attribute in (
+        ("results.csv", "results"),
+        ("peaks.csv", "peaks"),
+        ("calibration.csv", "calibration"),
+        ("audit.csv", "audit"),
+        ("reanalysis.csv", "reanalysis"),
+    ):
         pd.testing.assert_frame_equal(getattr(outputs, attribute), tables[name], check_exact=True, obj=name)
     assert outputs.summary == json.loads((folder / "run.json").read_text())
     assert outputs.session["command"] == ["lcmsquant", "run", str(folder.parent)]
@@ -176,11 +188,15 @@ def test_a_run_json_without_provenance_is_not_a_run_summary(copy):
 # One reader behind validate, isr, cohort add and report
 
 
-@pytest.mark.parametrize("read, error", [
-    (validation.read_run, validation.ResultsError),
-    (cohort.read_run, cohort.CohortError),
-    (report.read_run_files, report.ReportError),
-], ids=["validation", "cohort", "report"])
+@pytest.mark.parametrize(
+    "read, error",
+    [
+        (validation.read_run, validation.ResultsError),
+        (cohort.read_run, cohort.CohortError),
+        (report.read_run_files, report.ReportError),
+    ],
+    ids=["validation", "cohort", "report"],
+)
 def test_every_command_refuses_an_edited_folder_with_the_same_words(read, error, copy):
     (copy / "reanalysis.csv").write_text((copy / "reanalysis.csv").read_text() + "\n")
     with pytest.raises(error) as err:
@@ -192,8 +208,12 @@ def test_every_command_refuses_an_edited_folder_with_the_same_words(read, error,
 
 def test_the_validate_command_says_so_without_a_traceback(copy):
     (copy / "audit.csv").unlink()
-    done = subprocess.run([sys.executable, "-m", "lcmsquant", "validate", str(copy), "--out", str(copy.parent / "v")],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "lcmsquant", "validate", str(copy), "--out", str(copy.parent / "v")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "audit.csv is missing, though run.json lists it" in " ".join(done.stderr.split())
     assert not (copy.parent / "v").exists()

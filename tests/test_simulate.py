@@ -19,10 +19,27 @@ from lcmsquant.method import default_method_path, load_method
 from lcmsquant.mzml_writer import Chromatogram, srm_native_id, write_chromatogram_mzml
 from lcmsquant.simulate import SimulationOptions, simulate_batch
 
-WORKLIST_COLUMNS = ["file", "sample_id", "sample_type", "level", "matrix", "subject_id", "visit", "timepoint",
-                    "dilution_factor"]
-TRUTH_COLUMNS = ["sample_id", "sample_type", "level", "matrix", "analyte", "true_concentration",
-                 "dilution_factor", "interference"]
+WORKLIST_COLUMNS = [
+    "file",
+    "sample_id",
+    "sample_type",
+    "level",
+    "matrix",
+    "subject_id",
+    "visit",
+    "timepoint",
+    "dilution_factor",
+]
+TRUTH_COLUMNS = [
+    "sample_id",
+    "sample_type",
+    "level",
+    "matrix",
+    "analyte",
+    "true_concentration",
+    "dilution_factor",
+    "interference",
+]
 N_UNKNOWNS = 8
 SEED = 11
 INSTRUMENT = "instrument"  # the module's batch is acquired as a real QTRAP would (not the library default yet)
@@ -162,8 +179,8 @@ def test_index_offsets_checksum_and_binary_lengths(plasma_batch):
     chrom_tags = re.findall(rb'<chromatogram index="(\d+)" id="([^"]+)"', data)
     assert [o[0] for o in offsets] == [c[1] for c in chrom_tags]
     for native_id, offset in offsets:
-        assert data[int(offset):].startswith(b'<chromatogram index="'), native_id
-        assert data[int(offset):int(offset) + 300].split(b'id="')[1].startswith(native_id + b'"')
+        assert data[int(offset) :].startswith(b'<chromatogram index="'), native_id
+        assert data[int(offset) : int(offset) + 300].split(b'id="')[1].startswith(native_id + b'"')
 
     for length, body in re.findall(rb'defaultArrayLength="(\d+)">(.*?)</chromatogram>', data, re.S):
         arrays = re.findall(rb'<binaryDataArray encodedLength="(\d+)">(.*?)<binary>([^<]*)</binary>', body, re.S)
@@ -174,7 +191,10 @@ def test_index_offsets_checksum_and_binary_lengths(plasma_batch):
             raw = zlib.decompress(base64.b64decode(b64))
             width = 8 if b"MS:1000523" in params else 4
             assert len(raw) == int(length) * width
-        assert b'MS:1000595" name="time array" value="" unitCvRef="UO" unitAccession="UO:0000031" unitName="minute"' in body
+        assert (
+            b'MS:1000595" name="time array" value="" unitCvRef="UO" unitAccession="UO:0000031" unitName="minute"'
+            in body
+        )
 
     # the indexed reader of OpenMS uses the offsets
     on_disc = oms.OnDiscMSExperiment()
@@ -187,8 +207,14 @@ def test_writer_round_trip_uncompressed_and_gzip(tmp_path):
     time = np.linspace(1.0, 2.0, 50)
     chroms = [
         Chromatogram("TIC", None, None, time, np.full(50, 7.0, dtype=np.float32)),
-        Chromatogram(srm_native_id(563.3, 463.2, 0), 563.3, 463.2, time,
-                     np.arange(50, dtype=np.float32) * 1.5, collision_energy=37.0),
+        Chromatogram(
+            srm_native_id(563.3, 463.2, 0),
+            563.3,
+            463.2,
+            time,
+            np.arange(50, dtype=np.float32) * 1.5,
+            collision_energy=37.0,
+        ),
         Chromatogram(srm_native_id(279.0, 184.1, 1), 279.0, 184.1, time, np.ones(50, dtype=np.float32)),
     ]
     plain = write_chromatogram_mzml(tmp_path / "a.mzML", chroms, compress=False)
@@ -226,10 +252,12 @@ def test_gzip_batch_loads_and_matches_plain_content(tmp_path, method):
 
 def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path, plasma_batch):
     folder, truth = plasma_batch
-    again = simulate_batch(tmp_path / "plasma_run", seed=SEED,
-                           options=SimulationOptions(n_unknowns=N_UNKNOWNS, acquisition=INSTRUMENT))
-    other = simulate_batch(tmp_path / "other", seed=SEED + 1,
-                           options=SimulationOptions(n_unknowns=N_UNKNOWNS, acquisition=INSTRUMENT))
+    again = simulate_batch(
+        tmp_path / "plasma_run", seed=SEED, options=SimulationOptions(n_unknowns=N_UNKNOWNS, acquisition=INSTRUMENT)
+    )
+    other = simulate_batch(
+        tmp_path / "other", seed=SEED + 1, options=SimulationOptions(n_unknowns=N_UNKNOWNS, acquisition=INSTRUMENT)
+    )
     assert again.read_bytes() == truth.read_bytes()
     assert (tmp_path / "plasma_run" / "worklist.csv").read_bytes() == (folder / "worklist.csv").read_bytes()
     for name in read_worklist(folder).file:
@@ -252,9 +280,13 @@ def test_worklist_order_and_columns(plasma_batch):
     kinds = ["U" if t == "unknown" else (lv or sid) for t, lv, sid in zip(wl.sample_type, wl.level, wl.sample_id)]
     first = (N_UNKNOWNS + 1) // 2
     expected = (
-        ["BLK-1", "ZERO-1"] + [f"CAL{i}" for i in range(1, 9)] + ["BLK-2"]
-        + ["LLOQ", "LQC", "MQC", "HQC"] + ["U"] * first
-        + ["LQC", "MQC", "HQC", "DQC", "DQC"] + ["U"] * (N_UNKNOWNS - first)
+        ["BLK-1", "ZERO-1"]
+        + [f"CAL{i}" for i in range(1, 9)]
+        + ["BLK-2"]
+        + ["LLOQ", "LQC", "MQC", "HQC"]
+        + ["U"] * first
+        + ["LQC", "MQC", "HQC", "DQC", "DQC"]
+        + ["U"] * (N_UNKNOWNS - first)
         + ["LLOQ", "LQC", "MQC", "HQC", "BLK-3"]
     )
     assert kinds == expected
@@ -292,7 +324,7 @@ def test_truth_file_holds_the_designed_samples(plasma_batch, method):
             assert r.true_concentration == pytest.approx(cal_set.nominal(r.level, a.name))
         unk = rows[rows.sample_type == "unknown"]
         c, df = unk.true_concentration, unk.dilution_factor
-        assert ((c == 0)).sum() == 1
+        assert (c == 0).sum() == 1
         assert ((c >= 0.3 * lloq) & (c <= 0.7 * lloq)).sum() == 2
         assert ((c >= 1.5 * uloq) & (c <= 3 * uloq) & (df == 1)).sum() == 1
         assert ((c >= 2 * uloq) & (c <= 8 * uloq) & (df == 10)).sum() == 1
@@ -312,8 +344,9 @@ def test_calibrators_are_proportional_and_blanks_clean(plasma_batch, method):
     truth = read_truth(truth_path)
     cal = m[m.sample_type == "calibrator"]
     for a in method.analytes:
-        nominal = [truth[(truth.sample_id == s) & (truth.analyte == a.name)].true_concentration.iloc[0]
-                   for s in cal.sample_id]
+        nominal = [
+            truth[(truth.sample_id == s) & (truth.analyte == a.name)].true_concentration.iloc[0] for s in cal.sample_id
+        ]
         ratio = (cal[a.name] / cal[a.internal_standard]).to_numpy()
         x, y = np.log(nominal), np.log(ratio)
         assert np.corrcoef(x, y)[0, 1] > 0.99
@@ -354,11 +387,18 @@ def test_analyte_and_is_coelute_with_batch_drift(plasma_batch, method):
 def test_options_spoil_bias_dropout_and_carryover(tmp_path, plasma_batch, method):
     folder, truth_path = plasma_batch
     opts = SimulationOptions(
-        n_unknowns=N_UNKNOWNS, qc_bias_pct={"M1": 25.0}, spoil_calibrator=("flumatinib", "CAL5"),
-        is_dropout=("QC-MQC-1",), carryover_fraction=2e-3, acquisition=INSTRUMENT,
+        n_unknowns=N_UNKNOWNS,
+        qc_bias_pct={"M1": 25.0},
+        spoil_calibrator=("flumatinib", "CAL5"),
+        is_dropout=("QC-MQC-1",),
+        carryover_fraction=2e-3,
+        acquisition=INSTRUMENT,
     )
     spoiled_truth = simulate_batch(tmp_path / "plasma_run", seed=SEED, options=opts)
-    base, spoiled = measure(folder, method).set_index("sample_id"), measure(tmp_path / "plasma_run", method).set_index("sample_id")
+    base, spoiled = (
+        measure(folder, method).set_index("sample_id"),
+        measure(tmp_path / "plasma_run", method).set_index("sample_id"),
+    )
     # per-injection random streams: the same seed gives the same noise, so areas compare directly
     assert spoiled.loc["CAL5", "flumatinib"] / base.loc["CAL5", "flumatinib"] == pytest.approx(1.5, rel=0.03)
     assert spoiled.loc["CAL5", "M1"] / base.loc["CAL5", "M1"] == pytest.approx(1.0, rel=0.03)
@@ -375,8 +415,9 @@ def test_options_spoil_bias_dropout_and_carryover(tmp_path, plasma_batch, method
 
 
 def test_csf_batch_and_input_errors(tmp_path, method):
-    truth_path = simulate_batch(tmp_path / "csf_run", seed=2, matrix="csf",
-                                options=SimulationOptions(n_unknowns=6, acquisition=INSTRUMENT))
+    truth_path = simulate_batch(
+        tmp_path / "csf_run", seed=2, matrix="csf", options=SimulationOptions(n_unknowns=6, acquisition=INSTRUMENT)
+    )
     folder = tmp_path / "csf_run"
     wl = read_worklist(folder)
     assert (wl.matrix == "csf").all() and wl.sample_id.str.endswith("-CSF").sum() == 6
@@ -424,7 +465,9 @@ def test_a_simulated_study_pairs_the_same_draws_across_runs_with_known_ratios(tm
     plasma, csf, repeat = (read_worklist(r) for r in study.runs)
     for wl in (plasma, csf, repeat):
         assert list(wl.columns) == WORKLIST_COLUMNS + ["last_dose_time", "sampling_time"]
-    unknown = {name: wl[wl.sample_type == "unknown"] for name, wl in (("plasma", plasma), ("csf", csf), ("repeat", repeat))}
+    unknown = {
+        name: wl[wl.sample_type == "unknown"] for name, wl in (("plasma", plasma), ("csf", csf), ("repeat", repeat))
+    }
     draws = lambda u: set(zip(u.subject_id, u.visit, u.timepoint))  # noqa: E731
     assert draws(unknown["plasma"]) == draws(unknown["csf"]) and len(draws(unknown["csf"])) == 4
     assert set(unknown["plasma"].matrix) == {"serum", "plasma", "marrow"} and set(unknown["csf"].matrix) == {"csf"}
@@ -472,7 +515,7 @@ def top_residuals(time_s: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.nda
             if a != b:
                 w[a] *= (time_s[i] - time_s[nodes[b]]) / (time_s[nodes[a]] - time_s[nodes[b]])
     level = np.sum(w * y[nodes], axis=0)
-    return (y[i] - level) / np.sqrt(1 + np.sum(w ** 2, axis=0)), level
+    return (y[i] - level) / np.sqrt(1 + np.sum(w**2, axis=0)), level
 
 
 def top_noise(folder: Path, method, names: tuple[str, ...]) -> tuple[list[float], float, list[int]]:
@@ -536,8 +579,13 @@ def test_instrument_peak_tops_scatter_with_the_signal_as_on_the_real_files(plasm
     above half height. Band asserted here: scatter 3-13 %, exponent 0.6-1.1, at least 15 % of
     peaks jagged; the former smooth acquisition is far outside it."""
     folder, _ = plasma_batch
-    names = ("flumatinib-d3 internal standard", "M3-d4 internal standard", "flumatinib quantifier",
-             "M1 quantifier", "M3 quantifier")
+    names = (
+        "flumatinib-d3 internal standard",
+        "M3-d4 internal standard",
+        "flumatinib quantifier",
+        "M1 quantifier",
+        "M3 quantifier",
+    )
     rel, exponent, maxima = top_noise(folder, method, names)
     assert 0.03 <= np.median(rel) <= 0.13
     assert 0.6 <= exponent <= 1.1
@@ -566,9 +614,12 @@ def _smoothed(t: np.ndarray, y: np.ndarray, seconds: float = 2.0) -> np.ndarray:
 
 
 def test_matrix_peak_is_resolved_after_each_analyte_in_every_sample(tmp_path, method):
-    base_truth = simulate_batch(tmp_path / "base", seed=3, options=SimulationOptions(n_unknowns=6, acquisition=INSTRUMENT))
-    truth = simulate_batch(tmp_path / "mp", seed=3,
-                           options=SimulationOptions(n_unknowns=6, matrix_peak=True, acquisition=INSTRUMENT))
+    base_truth = simulate_batch(
+        tmp_path / "base", seed=3, options=SimulationOptions(n_unknowns=6, acquisition=INSTRUMENT)
+    )
+    truth = simulate_batch(
+        tmp_path / "mp", seed=3, options=SimulationOptions(n_unknowns=6, matrix_peak=True, acquisition=INSTRUMENT)
+    )
     assert truth.read_bytes() == base_truth.read_bytes()  # the design and the truth do not change
     wl = read_worklist(tmp_path / "mp")
     for _, inj in wl.iterrows():
@@ -591,8 +642,9 @@ def test_matrix_peak_is_resolved_after_each_analyte_in_every_sample(tmp_path, me
 
 
 def test_neighbour_peak_is_partly_resolved_with_a_valley(tmp_path, method):
-    simulate_batch(tmp_path / "nb", seed=3,
-                   options=SimulationOptions(n_unknowns=6, neighbour_peak=True, acquisition=INSTRUMENT))
+    simulate_batch(
+        tmp_path / "nb", seed=3, options=SimulationOptions(n_unknowns=6, neighbour_peak=True, acquisition=INSTRUMENT)
+    )
     simulate_batch(tmp_path / "base", seed=3, options=SimulationOptions(n_unknowns=6, acquisition=INSTRUMENT))
     wl = read_worklist(tmp_path / "nb")
     for level in ("CAL6", "CAL7", "QC-HQC-1"):
@@ -601,7 +653,7 @@ def test_neighbour_peak_is_partly_resolved_with_a_valley(tmp_path, method):
         for a in method.analytes:
             t, y = tr[a.quantifier.name]
             s, b = _smoothed(t, y, 1.0), _smoothed(t, base[a.quantifier.name][1], 1.0)
-            fwhm_min = (t[b >= b.max() / 2][-1] - t[b >= b.max() / 2][0])
+            fwhm_min = t[b >= b.max() / 2][-1] - t[b >= b.max() / 2][0]
             apex = t[np.argmax(b)]
             other = s - b
             where = t[np.argmax(other)]
@@ -618,8 +670,9 @@ def test_neighbour_peak_is_partly_resolved_with_a_valley(tmp_path, method):
 
 @pytest.mark.parametrize("offset", [0.45, -0.3])
 def test_rt_offset_moves_the_run_and_widens_the_windows(tmp_path, method, offset):
-    simulate_batch(tmp_path / "off", seed=3,
-                   options=SimulationOptions(n_unknowns=6, rt_offset_min=offset, acquisition=INSTRUMENT))
+    simulate_batch(
+        tmp_path / "off", seed=3, options=SimulationOptions(n_unknowns=6, rt_offset_min=offset, acquisition=INSTRUMENT)
+    )
     wl = read_worklist(tmp_path / "off")
     tr = traces(tmp_path / "off" / wl.loc[wl.sample_id == "CAL6", "file"].iloc[0], method)
     for t in method.transitions():
@@ -636,7 +689,9 @@ def test_rt_offset_moves_the_run_and_widens_the_windows(tmp_path, method, offset
 
 
 def test_situations_are_deterministic(tmp_path):
-    opts = SimulationOptions(n_unknowns=6, matrix_peak=True, neighbour_peak=True, rt_offset_min=0.3, acquisition=INSTRUMENT)
+    opts = SimulationOptions(
+        n_unknowns=6, matrix_peak=True, neighbour_peak=True, rt_offset_min=0.3, acquisition=INSTRUMENT
+    )
     simulate_batch(tmp_path / "a", seed=9, options=opts)
     simulate_batch(tmp_path / "b", seed=9, options=opts)
     names = read_worklist(tmp_path / "a").file

@@ -8,8 +8,8 @@ import tomllib
 import pandas as pd
 import pytest
 
-from lcmsquant.method import MethodError, load_method
 from lcmsquant.measure import measure_injection
+from lcmsquant.method import MethodError, load_method
 from lcmsquant.transition_list import (
     import_transition_list,
     method_from_transition_list,
@@ -78,7 +78,9 @@ def test_every_group_is_accounted_for_and_every_analyte_is_as_the_list_says(impo
         quant = light[light["quantifying_transition"]].iloc[0]
         assert (a.quantifier.q1, a.quantifier.q3) == (float(quant.PrecursorMz), float(quant.ProductMz)), a.name
         assert a.rt == pytest.approx(quant.RetentionTime / 60, abs=1e-4), a.name
-        quals = [(float(r.PrecursorMz), float(r.ProductMz)) for r in light[~light["quantifying_transition"]].itertuples()]
+        quals = [
+            (float(r.PrecursorMz), float(r.ProductMz)) for r in light[~light["quantifying_transition"]].itertuples()
+        ]
         kept = [(q.q1, q.q3) for q in a.qualifiers]
         assert kept == [q for q in quals if q not in dropped.get(a.name, set())], a.name
         istd = method.internal_standard(a.internal_standard)
@@ -184,15 +186,18 @@ def test_missing_column_is_named_on_the_header_line(sciex_dir, tmp_path):
     def drop_label_type(lines):
         rows = [line.split(",") for line in lines]
         i = rows[0].index("LabelType")
-        return [",".join(r[:i] + r[i + 1:]) for r in rows]
+        return [",".join(r[:i] + r[i + 1 :]) for r in rows]
 
     problems = _problems(_edited_list(sciex_dir, tmp_path, drop_label_type))
     assert problems == "line 1 (header): missing required column LabelType"
 
 
 def test_list_without_any_compound_column_is_refused(sciex_dir, tmp_path):
-    path = _edited_list(sciex_dir, tmp_path, lambda lines: [lines[0].replace("ProteinName", "Protein")
-                                                            .replace("transition_group_id", "group")] + lines[1:])
+    path = _edited_list(
+        sciex_dir,
+        tmp_path,
+        lambda lines: [lines[0].replace("ProteinName", "Protein").replace("transition_group_id", "group")] + lines[1:],
+    )
     assert "line 1 (header): missing required column transition_group_id (or ProteinName)" in _problems(path)
 
 
@@ -245,7 +250,9 @@ def test_tab_separated_list_reads_the_same(sciex_dir, tmp_path):
 def test_group_without_heavy_uses_the_nearest_internal_standard(sciex_dir, tmp_path):
     """Without cit's own Heavy transition, the heavy-only citrate/isocitrate pool, listed 0.2 s
     from cit, becomes its surrogate internal standard."""
-    path = _edited_list(sciex_dir, tmp_path, lambda lines: [x for x in lines if not x.startswith("cit,,cit,cit.cit_1.Heavy")])
+    path = _edited_list(
+        sciex_dir, tmp_path, lambda lines: [x for x in lines if not x.startswith("cit,,cit,cit.cit_1.Heavy")]
+    )
     text = method_from_transition_list(read_transition_list(path), "yeast")
     doc = tomllib.loads(text)
     assert doc["analytes"]["cit"]["internal_standard"] == "Pool_cit_icit-IS"
@@ -255,6 +262,7 @@ def test_group_without_heavy_uses_the_nearest_internal_standard(sciex_dir, tmp_p
 def test_window_narrows_to_keep_isomers_apart(sciex_dir, tmp_path):
     """Isocitrate listed 0.39 min after citrate (both 191 -> 111): the window shrinks to 0.19 min
     so that both stay, instead of leaving isocitrate out."""
+
     def move_icit(lines):
         return [x.replace("894.7886952", "911") if x.startswith("icit,") else x for x in lines]
 

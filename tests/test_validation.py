@@ -39,7 +39,9 @@ VALIDATION = SimulationOptions(n_unknowns=6, qc_replicates=5)
 
 
 def lcmsquant_cli(*args):
-    return subprocess.run([sys.executable, "-m", "lcmsquant", *map(str, args)], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "lcmsquant", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
 
 
 def add_run_date(batch: Path, day: str) -> None:
@@ -70,11 +72,15 @@ def validation_runs(tmp_path_factory):
         "day1-a": simulate_and_run(root / "day1-a", 101, VALIDATION, "2024-05-06"),
         "day1-b": simulate_and_run(root / "day1-b", 102, VALIDATION, "2024-05-06"),
         "day2": simulate_and_run(root / "day2", 103, VALIDATION, "2024-05-07"),
-        "biased": simulate_and_run(root / "biased", 104, dataclasses.replace(VALIDATION, qc_bias_pct={"M1": 25}), "2024-05-07"),
+        "biased": simulate_and_run(
+            root / "biased", 104, dataclasses.replace(VALIDATION, qc_bias_pct={"M1": 25}), "2024-05-07"
+        ),
     }
     method = root / "flumatinib-v2.toml"
     text = default_method_path().read_text().replace('version = "1"', 'version = "2"')
-    method.write_text(text.replace('file = "../calibrators/', f'file = "{default_method_path().parents[1]}/calibrators/'))
+    method.write_text(
+        text.replace('file = "../calibrators/', f'file = "{default_method_path().parents[1]}/calibrators/')
+    )
     batch, result = run_batch(root / "day1-a", method)
     write_outputs(batch, result, root / "day1-a-v2", command=["test"])
     runs["other-method"] = root / "day1-a-v2"
@@ -91,10 +97,22 @@ def study_and_reanalysis(tmp_path_factory):
     return original, repeat
 
 
-def qc_frame(values_by_run: dict[str, list[float]], nominal: float, level: str = "LQC", analyte: str = "M1") -> pd.DataFrame:
+def qc_frame(
+    values_by_run: dict[str, list[float]], nominal: float, level: str = "LQC", analyte: str = "M1"
+) -> pd.DataFrame:
     return pd.DataFrame(
-        [{"run": run, "analyte": analyte, "calibrator_set": "plasma", "level": level, "nominal": nominal, "concentration": v}
-         for run, values in values_by_run.items() for v in values]
+        [
+            {
+                "run": run,
+                "analyte": analyte,
+                "calibrator_set": "plasma",
+                "level": level,
+                "nominal": nominal,
+                "concentration": v,
+            }
+            for run, values in values_by_run.items()
+            for v in values
+        ]
     )
 
 
@@ -113,7 +131,7 @@ def test_balanced_anova_matches_the_hand_computation():
     assert anova.ss_within == pytest.approx(24.0) and anova.ms_within == pytest.approx(4.0)
     # balanced: n0 = n = 3; s_b^2 = (75 - 4) / 3 = 23.667
     assert anova.n0 == pytest.approx(3.0)
-    assert anova.s_between ** 2 == pytest.approx(71 / 3)
+    assert anova.s_between**2 == pytest.approx(71 / 3)
     # within-run CV = sqrt(4) / 100 = 2 %; between-run CV = sqrt(4 + 23.667) / 100 = 5.260 %
     assert anova.within_run_cv_pct == pytest.approx(2.0)
     assert anova.between_run_cv_pct == pytest.approx(math.sqrt(4 + 71 / 3))
@@ -131,7 +149,7 @@ def test_unbalanced_anova_uses_n0():
     # n0 = (10 - (9 + 4 + 25) / 10) / 2 = 3.1 (not the mean n of 3.33)
     assert anova.n0 == pytest.approx(3.1)
     # s_b^2 = (60 - 20/7) / 3.1 = 18.433; between-run CV = sqrt(20/7 + 18.433) / 99 = 4.661 %
-    assert anova.s_between ** 2 == pytest.approx((60 - 20 / 7) / 3.1)
+    assert anova.s_between**2 == pytest.approx((60 - 20 / 7) / 3.1)
     assert anova.between_run_cv_pct == pytest.approx(100 * math.sqrt(20 / 7 + (60 - 20 / 7) / 3.1) / 99)
     assert anova.between_run_cv_pct == pytest.approx(4.6608, abs=1e-4)
     assert anova.within_run_cv_pct == pytest.approx(100 * math.sqrt(20 / 7) / 99)
@@ -167,7 +185,9 @@ def test_mean_accuracy_exactly_on_the_limit_passes_and_just_beyond_fails(level, 
 
 def test_one_run_off_fails_within_run_accuracy_even_when_the_mean_passes():
     # runs at 100 %, 100 % and 125 %: the mean (108.3 %) passes, the third run does not
-    table = accuracy_and_precision(qc_frame({"A": spread(200, 4), "B": spread(200, 4), "C": spread(250, 5)}, 200.0, "MQC"))
+    table = accuracy_and_precision(
+        qc_frame({"A": spread(200, 4), "B": spread(200, 4), "C": spread(250, 5)}, 200.0, "MQC")
+    )
     row = table.iloc[0]
     assert row["mean_accuracy_pct"] == pytest.approx(325 / 3)
     assert row["worst_run_accuracy_pct"] == pytest.approx(125.0)
@@ -195,11 +215,19 @@ def test_one_run_cannot_show_between_run_precision():
 
 def results_rows(values: dict[str, float | None]) -> pd.DataFrame:
     """Study-sample rows of a results.csv: None = not reportable (BLQ)."""
-    return pd.DataFrame([
-        {"sample_id": sid, "sample_type": "unknown", "analyte": "M1", "concentration": v if v is not None else np.nan,
-         "reportable": v is not None, "flags": "" if v is not None else "BLQ"}
-        for sid, v in values.items()
-    ])
+    return pd.DataFrame(
+        [
+            {
+                "sample_id": sid,
+                "sample_type": "unknown",
+                "analyte": "M1",
+                "concentration": v if v is not None else np.nan,
+                "reportable": v is not None,
+                "flags": "" if v is not None else "BLQ",
+            }
+            for sid, v in values.items()
+        ]
+    )
 
 
 def test_isr_samples_needed_is_10_percent_of_the_first_1000_and_5_percent_of_the_rest():
@@ -239,8 +267,16 @@ def test_isr_exactly_two_thirds_within_20_percent_passes():
 
 def test_compare_on_exactly_linear_calibrators_gives_zero_error_for_linear_models():
     nominal = np.array([1, 2.5, 5, 25, 100, 250, 750, 1000.0])
-    cals = pd.DataFrame({"run": "A", "analyte": "flumatinib", "calibrator_set": "plasma",
-                         "level": [f"CAL{i}" for i in range(1, 9)], "nominal": nominal, "area_ratio": 0.002 + 0.01 * nominal})
+    cals = pd.DataFrame(
+        {
+            "run": "A",
+            "analyte": "flumatinib",
+            "calibrator_set": "plasma",
+            "level": [f"CAL{i}" for i in range(1, 9)],
+            "nominal": nominal,
+            "area_ratio": 0.002 + 0.01 * nominal,
+        }
+    )
     table = compare_curves(cals, {("flumatinib", "plasma"): ("linear", "1/x^2")})
     assert len(table) == 15 and list(table["rank"]) == list(range(1, 16))
     linear = table[table["model"] == "linear"]
@@ -255,7 +291,7 @@ def test_compare_on_validation_runs_ranks_every_model_and_marks_the_methods_choi
     runs = read_runs([validation_runs[k] for k in ("day1-a", "day1-b", "day2")])
     table = compare_curves(calibrator_table(runs), current_choice(runs))
     assert list(dict.fromkeys(table["analyte"])) == ["flumatinib", "M1", "M3"]
-    for analyte, rows in table.groupby("analyte"):
+    for _, rows in table.groupby("analyte"):
         assert len(rows) == 15 and rows["current"].sum() == 1
         assert rows["sum_abs_re_pct"].is_monotonic_increasing
         assert (rows["n_runs"] == 3).all() and (rows["n_calibrators"] == 24).all()
@@ -362,8 +398,10 @@ def test_reanalysed_study_samples_agree(study_and_reanalysis):
     original, repeat = study_and_reanalysis
     truth = pd.read_csv(truth_path_for(original.parent)).query("sample_type == 'unknown'")
     truth_repeat = pd.read_csv(truth_path_for(repeat.parent)).query("sample_type == 'unknown'")
-    assert truth[["sample_id", "analyte", "true_concentration"]].values.tolist() == \
-        truth_repeat[["sample_id", "analyte", "true_concentration"]].values.tolist()
+    assert (
+        truth[["sample_id", "analyte", "true_concentration"]].values.tolist()
+        == truth_repeat[["sample_id", "analyte", "true_concentration"]].values.tolist()
+    )
     first, second = read_run(original), read_run(repeat)
     injected = {r.sample_id: r.injection for r in first.results.itertuples()}
     assert all(injected[r.sample_id] != r.injection for r in second.results.itertuples() if r.sample_type == "unknown")
@@ -389,7 +427,11 @@ def test_validate_command_writes_its_tables_and_reruns_identically(validation_ru
     assert "Accuracy and precision: 3 run(s)" in done.stdout and "Validation FAILED" in done.stdout
     assert "M1 LQC fails: run biased accuracy" in done.stdout
     table = pd.read_csv(tmp_path / "first" / "validation.csv")
-    assert list(table.groupby("analyte", sort=False)["passed"].all().items()) == [("flumatinib", True), ("M1", False), ("M3", True)]
+    assert list(table.groupby("analyte", sort=False)["passed"].all().items()) == [
+        ("flumatinib", True),
+        ("M1", False),
+        ("M3", True),
+    ]
     assert lcmsquant_cli("validate", *runs, "--out", tmp_path / "second").returncode == 0
     for name in ("validation.csv", "validation_runs.csv", "validation.json"):
         assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes(), name

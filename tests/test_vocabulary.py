@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 
 import pytest
+from conftest import REPO
 
 from lcmsquant.vocabulary import BLOCKING_FLAGS, REVIEW_FLAGS, Flag, QCLevel, RuleId, flag_list
-from conftest import REPO
 
 DOCS = REPO / "docs"
 
@@ -46,7 +46,11 @@ def test_every_rule_id_is_unique_and_titled_once():
     titles = [r.label for r in RuleId]
     assert len(set(titles)) == len(titles)
     assert {RuleId.for_qc_level(level) for level in (QCLevel.LLOQ, QCLevel.LQC, QCLevel.MQC, QCLevel.HQC)} == {
-        RuleId.LLOQ_QCS_PASSING, RuleId.LQC_PASSING, RuleId.MQC_PASSING, RuleId.HQC_PASSING}
+        RuleId.LLOQ_QCS_PASSING,
+        RuleId.LQC_PASSING,
+        RuleId.MQC_PASSING,
+        RuleId.HQC_PASSING,
+    }
 
 
 def test_a_rule_of_older_results_is_known_by_its_title():

@@ -54,7 +54,14 @@ def peak_figures(data: Path, out: Path) -> None:
         inside = (t >= peak.start) & (t <= peak.end)
         base = np.interp(t[inside], [peak.start, peak.end], [peak.baseline_start, peak.baseline_end])
         ax.fill_between(t[inside], base, y[inside], color="tab:orange", alpha=0.35, label="integrated area")
-        ax.plot([peak.start, peak.end], [peak.baseline_start, peak.baseline_end], "-", color="tab:red", lw=1.5, label="baseline")
+        ax.plot(
+            [peak.start, peak.end],
+            [peak.baseline_start, peak.baseline_end],
+            "-",
+            color="tab:red",
+            lw=1.5,
+            label="baseline",
+        )
         for x in (peak.start, peak.end):
             ax.axvline(x, color="tab:red", lw=0.8, ls="--")
         ax.set_title(f"{title}\nRT {peak.rt:.3f} min, S/N {peak.sn:.0f}, area {peak.area:.3g} counts", fontsize=10)
@@ -87,10 +94,18 @@ def calibration_figures(out: Path) -> None:
         label = f"linear, {'1/x²' if weighting == '1/x^2' else 'unweighted'}"
         top.plot(grid, curve.response(grid), style, color="tab:blue" if weighting == "1/x^2" else "0.4", label=label)
         shown = np.clip(re, -38, 38)  # a point beyond the axis is drawn at its edge with its value
-        bottom.plot(x, shown, "o" if weighting == "1/x^2" else "x", color="tab:blue" if weighting == "1/x^2" else "0.4", label=label)
+        bottom.plot(
+            x,
+            shown,
+            "o" if weighting == "1/x^2" else "x",
+            color="tab:blue" if weighting == "1/x^2" else "0.4",
+            label=label,
+        )
         for xi, r, s in zip(x, re, shown):
             if r != s:
-                bottom.annotate(f"{r:+.0f} %", (xi, s), textcoords="offset points", xytext=(6, -4), fontsize=8, color="0.3")
+                bottom.annotate(
+                    f"{r:+.0f} %", (xi, s), textcoords="offset points", xytext=(6, -4), fontsize=8, color="0.3"
+                )
     top.plot(x, y, "o", color="black", ms=4, label="calibrators")
     top.set_xscale("log")
     top.set_yscale("log")

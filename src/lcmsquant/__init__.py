@@ -21,23 +21,46 @@ __version__ = "0.1.0"
 # name -> module that defines it
 _API = {
     # the method and the batch
-    "load_method": "method", "Method": "method", "import_transition_list": "transition_list",
-    "load_batch": "batch", "Batch": "batch",
+    "load_method": "method",
+    "Method": "method",
+    "import_transition_list": "transition_list",
+    "load_batch": "batch",
+    "Batch": "batch",
     # measuring and quantifying one batch
-    "measure_injection": "measure", "measure_batch": "measure",
-    "run_batch": "pipeline", "quantify": "pipeline", "RunResult": "pipeline",
+    "measure_injection": "measure",
+    "measure_batch": "measure",
+    "run_batch": "pipeline",
+    "quantify": "pipeline",
+    "RunResult": "pipeline",
     # a results folder: written, read back, reported; many batches
-    "write_outputs": "results", "read_results": "results", "RunOutputs": "results",
-    "write_report": "report", "write_pdf": "report",
-    "process_batch": "runs", "run_batches": "runs",
+    "write_outputs": "results",
+    "read_results": "results",
+    "RunOutputs": "results",
+    "write_report": "report",
+    "write_pdf": "report",
+    "process_batch": "runs",
+    "run_batches": "runs",
     # across runs and the study
-    "read_runs": "validation", "validate_runs": "validation", "isr_runs": "validation", "compare_curves": "validation",
-    "add_runs": "cohort", "cohort_tables": "cohort", "write_penetration": "cohort", "export_cohort": "export",
+    "read_runs": "validation",
+    "validate_runs": "validation",
+    "isr_runs": "validation",
+    "compare_curves": "validation",
+    "add_runs": "cohort",
+    "cohort_tables": "cohort",
+    "write_penetration": "cohort",
+    "export_cohort": "export",
     # test data
-    "simulate_batch": "simulate", "simulate_study": "simulate", "SimulationOptions": "simulate",
+    "simulate_batch": "simulate",
+    "simulate_study": "simulate",
+    "SimulationOptions": "simulate",
     # the project's words and its one error type
-    "Flag": "vocabulary", "RuleId": "vocabulary", "SampleType": "vocabulary", "QCLevel": "vocabulary",
-    "Matrix": "vocabulary", "PeakStatus": "vocabulary", "InputError": "files",
+    "Flag": "vocabulary",
+    "RuleId": "vocabulary",
+    "SampleType": "vocabulary",
+    "QCLevel": "vocabulary",
+    "Matrix": "vocabulary",
+    "PeakStatus": "vocabulary",
+    "InputError": "files",
 }
 
 __all__ = ["__version__", *_API]

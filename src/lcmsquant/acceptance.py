@@ -44,8 +44,18 @@ class Rule:
     @classmethod
     def of(cls, rule_id: RuleId, analyte: str, cal_set: str, measured: str, limit: str, passed: bool, **more) -> Rule:
         """The rule `rule_id` with its outcome for one analyte and calibrator set."""
-        return cls(analyte, cal_set, rule_id.label, rule_id.section, measured, limit, bool(passed),
-                   category=str(rule_id.category), id=str(rule_id), **more)
+        return cls(
+            analyte,
+            cal_set,
+            rule_id.label,
+            rule_id.section,
+            measured,
+            limit,
+            bool(passed),
+            category=str(rule_id.category),
+            id=str(rule_id),
+            **more,
+        )
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -58,8 +68,12 @@ def _fraction(passed: int, total: int) -> str:
 def curve_fitted(analyte: str, cal_set: str, calibration: CalibrationResult) -> Rule:
     """A calibration curve could be fitted at all (ICH M10 3.2.4)."""
     return Rule.of(
-        RuleId.CURVE_FITTED, analyte, cal_set,
-        "yes" if calibration.curve is not None else "no", "a curve", calibration.curve is not None,
+        RuleId.CURVE_FITTED,
+        analyte,
+        cal_set,
+        "yes" if calibration.curve is not None else "no",
+        "a curve",
+        calibration.curve is not None,
         detail=calibration.problem,
     )
 
@@ -70,8 +84,12 @@ def calibrators_passing(analyte: str, cal_set: str, calibration: CalibrationResu
     n, ok = len(table), int(table["passed"].sum())
     passed = n > 0 and ok / n >= acc.min_calibrator_fraction - EPSILON
     return Rule.of(
-        RuleId.CALIBRATORS_PASSING, analyte, cal_set,
-        _fraction(ok, n), f">= {100 * acc.min_calibrator_fraction:.0f} %", passed,
+        RuleId.CALIBRATORS_PASSING,
+        analyte,
+        cal_set,
+        _fraction(ok, n),
+        f">= {100 * acc.min_calibrator_fraction:.0f} %",
+        passed,
     )
 
 
@@ -79,8 +97,12 @@ def calibrator_levels(analyte: str, cal_set: str, calibration: CalibrationResult
     """At least 6 calibrator levels pass, a level passing when >= 50 % of its replicates do (3.2.4)."""
     n = len(calibration.levels_used)
     return Rule.of(
-        RuleId.CALIBRATOR_LEVELS, analyte, cal_set,
-        str(n), f">= {acc.min_calibrator_levels}", n >= acc.min_calibrator_levels,
+        RuleId.CALIBRATOR_LEVELS,
+        analyte,
+        cal_set,
+        str(n),
+        f">= {acc.min_calibrator_levels}",
+        n >= acc.min_calibrator_levels,
         detail=("levels failing: " + ", ".join(calibration.levels_excluded)) if calibration.levels_excluded else "",
     )
 
@@ -94,8 +116,12 @@ def range_covers_qcs(analyte: str, cal_set: str, calibration: CalibrationResult,
     nominals = core.groupby("level")["nominal"].first()
     outside = [lvl for lvl, nom in nominals.items() if not (lloq - EPSILON <= nom <= uloq + EPSILON)]
     return Rule.of(
-        RuleId.RANGE_COVERS_QCS, analyte, cal_set,
-        f"range {lloq:g}-{uloq:g}", "LQC, MQC, HQC inside the range", not outside,
+        RuleId.RANGE_COVERS_QCS,
+        analyte,
+        cal_set,
+        f"range {lloq:g}-{uloq:g}",
+        "LQC, MQC, HQC inside the range",
+        not outside,
         detail=("outside: " + ", ".join(outside)) if outside else "",
     )
 
@@ -109,8 +135,12 @@ def qc_passing(analyte: str, cal_set: str, qcs: pd.DataFrame, acc: Acceptance) -
     n, ok = len(judged), int(judged["qc_passed"].sum())
     passed = n > 0 and ok / n >= acc.min_qc_fraction - EPSILON
     return Rule.of(
-        RuleId.QCS_PASSING, analyte, cal_set,
-        _fraction(ok, n), f">= {100 * acc.min_qc_fraction:.1f} %", passed,
+        RuleId.QCS_PASSING,
+        analyte,
+        cal_set,
+        _fraction(ok, n),
+        f">= {100 * acc.min_qc_fraction:.1f} %",
+        passed,
         detail="" if n else "no QC injected",
     )
 
@@ -121,11 +151,16 @@ def qc_levels_passing(analyte: str, cal_set: str, qcs: pd.DataFrame, acc: Accept
     judged = qcs[qcs["level"] != QCLevel.DQC]
     for level, rows in judged.groupby("level", sort=False):
         n, ok = len(rows), int(rows["qc_passed"].sum())
-        rules.append(Rule.of(
-            RuleId.for_qc_level(level), analyte, cal_set,
-            _fraction(ok, n), f">= {100 * acc.min_qc_level_fraction:.0f} %",
-            ok / n >= acc.min_qc_level_fraction - EPSILON,
-        ))
+        rules.append(
+            Rule.of(
+                RuleId.for_qc_level(level),
+                analyte,
+                cal_set,
+                _fraction(ok, n),
+                f">= {100 * acc.min_qc_level_fraction:.0f} %",
+                ok / n >= acc.min_qc_level_fraction - EPSILON,
+            )
+        )
     return rules
 
 
@@ -137,8 +172,13 @@ def qc_count(analyte: str, cal_set: str, qcs: pd.DataFrame, n_unknowns: int) -> 
     ok = all(c >= 2 for c in counts.values()) and total >= needed_total
     measured = ", ".join(f"{k} {v}" for k, v in counts.items())
     return Rule.of(
-        RuleId.QC_COUNT, analyte, cal_set, measured,
-        f">= 2 per level and >= {needed_total} in all ({n_unknowns} study samples)", ok, critical=False,
+        RuleId.QC_COUNT,
+        analyte,
+        cal_set,
+        measured,
+        f">= 2 per level and >= {needed_total} in all ({n_unknowns} study samples)",
+        ok,
+        critical=False,
     )
 
 
@@ -149,9 +189,13 @@ def dilution_qcs(analyte: str, cal_set: str, qcs: pd.DataFrame, acc: Acceptance)
         return None
     n, ok = len(dqc), int(dqc["qc_passed"].sum())
     return Rule.of(
-        RuleId.DILUTION_QCS_PASSING, analyte, cal_set,
-        _fraction(ok, n), f">= {100 * acc.min_qc_level_fraction:.0f} %",
-        ok / n >= acc.min_qc_level_fraction - EPSILON, critical=False,
+        RuleId.DILUTION_QCS_PASSING,
+        analyte,
+        cal_set,
+        _fraction(ok, n),
+        f">= {100 * acc.min_qc_level_fraction:.0f} %",
+        ok / n >= acc.min_qc_level_fraction - EPSILON,
+        critical=False,
         detail="judges only samples diluted like the DQCs",
     )
 
@@ -171,9 +215,14 @@ def qc_levels_in_study_range(analyte: str, cal_set: str, qcs: pd.DataFrame, samp
     levels = qcs[qcs["level"] != QCLevel.DQC].groupby("level", sort=False)["nominal"].first()
     within = [lvl for lvl, nom in levels.items() if low - EPSILON <= nom <= high + EPSILON]
     return Rule.of(
-        RuleId.QCS_IN_STUDY_RANGE, analyte, cal_set,
-        f"{len(within)} ({', '.join(within) or 'none'}) in {low:.3g}-{high:.3g}", ">= 2 QC levels", len(within) >= 2,
-        critical=False, detail="if the study samples cluster, add QCs at their concentrations" if len(within) < 2 else "",
+        RuleId.QCS_IN_STUDY_RANGE,
+        analyte,
+        cal_set,
+        f"{len(within)} ({', '.join(within) or 'none'}) in {low:.3g}-{high:.3g}",
+        ">= 2 QC levels",
+        len(within) >= 2,
+        critical=False,
+        detail="if the study samples cluster, add QCs at their concentrations" if len(within) < 2 else "",
     )
 
 
@@ -225,10 +274,18 @@ def carryover(
     """
     blanks = samples[samples["injection"].isin(list(carryover_injections))]
     if blanks.empty:
-        return [Rule.of(
-            RuleId.CARRYOVER_ANALYTE, analyte, cal_set, "no blank after the ULOQ calibrator",
-            "a blank injected after the ULOQ", False, critical=False, detail="carry-over not assessed in this run",
-        )]
+        return [
+            Rule.of(
+                RuleId.CARRYOVER_ANALYTE,
+                analyte,
+                cal_set,
+                "no blank after the ULOQ calibrator",
+                "a blank injected after the ULOQ",
+                False,
+                critical=False,
+                detail="carry-over not assessed in this run",
+            )
+        ]
     reference = lloq_response(samples, lloq)
     is_reference = mean_is_response(samples)
     rules = []
@@ -237,14 +294,29 @@ def carryover(
         (RuleId.CARRYOVER_IS, blanks["is_area"], is_reference, acc.carryover_is_pct, "of the mean IS response"),
     ):
         if not np.isfinite(ref) or ref <= 0:
-            rules.append(Rule.of(rule_id, analyte, cal_set, "no reference response", f"<= {limit:g} %", False,
-                                 detail="the LLOQ calibrator or the IS has no peak"))
+            rules.append(
+                Rule.of(
+                    rule_id,
+                    analyte,
+                    cal_set,
+                    "no reference response",
+                    f"<= {limit:g} %",
+                    False,
+                    detail="the LLOQ calibrator or the IS has no peak",
+                )
+            )
             continue
         worst, where = _worst(blanks, _response_pct(area, ref))
-        rules.append(Rule.of(
-            rule_id, analyte, cal_set, f"{worst:.1f} % {of} ({where})", f"<= {limit:g} %",
-            worst <= limit + EPSILON,
-        ))
+        rules.append(
+            Rule.of(
+                rule_id,
+                analyte,
+                cal_set,
+                f"{worst:.1f} % {of} ({where})",
+                f"<= {limit:g} %",
+                worst <= limit + EPSILON,
+            )
+        )
     return rules
 
 
@@ -258,28 +330,77 @@ def selectivity(
     """
     reference = lloq_response(samples, lloq)
     is_reference = mean_is_response(samples)
-    blanks = samples[(samples["sample_type"] == SampleType.BLANK) & ~samples["injection"].isin(list(carryover_injections))]
+    blanks = samples[
+        (samples["sample_type"] == SampleType.BLANK) & ~samples["injection"].isin(list(carryover_injections))
+    ]
     zeros = samples[samples["sample_type"] == SampleType.ZERO]
     checks = (
-        (RuleId.BLANK_SELECTIVITY_ANALYTE, blanks, "area", reference, acc.selectivity_pct_of_lloq, "of the LLOQ response"),
-        (RuleId.BLANK_SELECTIVITY_IS, blanks, "is_area", is_reference, acc.selectivity_is_pct, "of the mean IS response"),
-        (RuleId.ZERO_SELECTIVITY_ANALYTE, zeros, "area", reference, acc.selectivity_pct_of_lloq, "of the LLOQ response"),
+        (
+            RuleId.BLANK_SELECTIVITY_ANALYTE,
+            blanks,
+            "area",
+            reference,
+            acc.selectivity_pct_of_lloq,
+            "of the LLOQ response",
+        ),
+        (
+            RuleId.BLANK_SELECTIVITY_IS,
+            blanks,
+            "is_area",
+            is_reference,
+            acc.selectivity_is_pct,
+            "of the mean IS response",
+        ),
+        (
+            RuleId.ZERO_SELECTIVITY_ANALYTE,
+            zeros,
+            "area",
+            reference,
+            acc.selectivity_pct_of_lloq,
+            "of the LLOQ response",
+        ),
     )
     rules = []
     for rule_id, rows, column, ref, limit, of in checks:
         if rows.empty:
             kind = "zero sample" if rule_id is RuleId.ZERO_SELECTIVITY_ANALYTE else "blank"
-            rules.append(Rule.of(rule_id, analyte, cal_set, f"no {kind} injected", f"<= {limit:g} %", False,
-                                 critical=False, detail="selectivity not checked in this run"))
+            rules.append(
+                Rule.of(
+                    rule_id,
+                    analyte,
+                    cal_set,
+                    f"no {kind} injected",
+                    f"<= {limit:g} %",
+                    False,
+                    critical=False,
+                    detail="selectivity not checked in this run",
+                )
+            )
             continue
         if not np.isfinite(ref) or ref <= 0:
-            rules.append(Rule.of(rule_id, analyte, cal_set, "no reference response", f"<= {limit:g} %", False,
-                                 detail="the LLOQ calibrator or the IS has no peak"))
+            rules.append(
+                Rule.of(
+                    rule_id,
+                    analyte,
+                    cal_set,
+                    "no reference response",
+                    f"<= {limit:g} %",
+                    False,
+                    detail="the LLOQ calibrator or the IS has no peak",
+                )
+            )
             continue
         worst, where = _worst(rows, _response_pct(rows[column], ref))
-        rules.append(Rule.of(
-            rule_id, analyte, cal_set, f"{worst:.1f} % {of} ({where})", f"<= {limit:g} %", worst <= limit + EPSILON,
-        ))
+        rules.append(
+            Rule.of(
+                rule_id,
+                analyte,
+                cal_set,
+                f"{worst:.1f} % {of} ({where})",
+                f"<= {limit:g} %",
+                worst <= limit + EPSILON,
+            )
+        )
     return rules
 
 
@@ -308,25 +429,48 @@ def is_response(analyte: str, cal_set: str, samples: pd.DataFrame, acc: Acceptan
     rows = samples[samples["sample_type"] != SampleType.BLANK].groupby("injection").first()
     pct = rows["is_response_pct"]
     outside = rows[pct.isna() | (pct < low) | (pct > high)]
-    rules = [Rule.of(
-        RuleId.IS_RESPONSE_BAND, analyte, cal_set, f"{len(outside)} of {len(rows)} injections outside",
-        f"{low:g}-{high:g} % of the calibrator/QC mean", outside.empty, critical=False,
-        detail=", ".join(map(str, outside["sample_id"])),
-    )]
+    rules = [
+        Rule.of(
+            RuleId.IS_RESPONSE_BAND,
+            analyte,
+            cal_set,
+            f"{len(outside)} of {len(rows)} injections outside",
+            f"{low:g}-{high:g} % of the calibrator/QC mean",
+            outside.empty,
+            critical=False,
+            detail=", ".join(map(str, outside["sample_id"])),
+        )
+    ]
     change, span = is_trend(samples)
     if np.isfinite(change):
-        rules.append(Rule.of(
-            RuleId.IS_RESPONSE_DRIFT, analyte, cal_set, f"{change:+.1f} % over {span:.0f} injections",
-            f"within +-{acc.is_drift_pct:g} %", abs(change) <= acc.is_drift_pct + EPSILON, critical=False,
-        ))
+        rules.append(
+            Rule.of(
+                RuleId.IS_RESPONSE_DRIFT,
+                analyte,
+                cal_set,
+                f"{change:+.1f} % over {span:.0f} injections",
+                f"within +-{acc.is_drift_pct:g} %",
+                abs(change) <= acc.is_drift_pct + EPSILON,
+                critical=False,
+            )
+        )
     unknown = pct[rows["sample_type"] == SampleType.UNKNOWN].dropna()
     if len(unknown):
         offset = float(unknown.median()) - 100.0
-        rules.append(Rule.of(
-            RuleId.IS_RESPONSE_STUDY_SAMPLES, analyte, cal_set, f"median {offset + 100:.1f} % of the calibrator/QC mean",
-            f"within +-{acc.is_drift_pct:g} % of it", abs(offset) <= acc.is_drift_pct + EPSILON, critical=False,
-            detail="a consistent offset hints at a matrix effect the calibrators do not share" if abs(offset) > acc.is_drift_pct else "",
-        ))
+        rules.append(
+            Rule.of(
+                RuleId.IS_RESPONSE_STUDY_SAMPLES,
+                analyte,
+                cal_set,
+                f"median {offset + 100:.1f} % of the calibrator/QC mean",
+                f"within +-{acc.is_drift_pct:g} % of it",
+                abs(offset) <= acc.is_drift_pct + EPSILON,
+                critical=False,
+                detail="a consistent offset hints at a matrix effect the calibrators do not share"
+                if abs(offset) > acc.is_drift_pct
+                else "",
+            )
+        )
     return rules
 
 

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 
 from lcmsquant.files import InputError, not_a_file, parse_decimal, read_csv_rows
-from lcmsquant.overrides import OVERRIDES, Override, OverrideError, read_overrides
 from lcmsquant.method import (
     CALIBRATOR_LEVEL,
     MATRICES,
@@ -28,13 +27,21 @@ from lcmsquant.method import (
     load_method,
     read_calibrator_csv,
 )
+from lcmsquant.overrides import OVERRIDES, Override, OverrideError, read_overrides
 from lcmsquant.vocabulary import SAMPLE_TYPES, SampleType
 
 WORKLIST = "worklist.csv"
 CALIBRATORS = "calibrators.csv"
 BATCH_METHOD = "method.toml"
 COLUMNS = (
-    "file", "sample_id", "sample_type", "level", "matrix", "subject_id", "visit", "timepoint",
+    "file",
+    "sample_id",
+    "sample_type",
+    "level",
+    "matrix",
+    "subject_id",
+    "visit",
+    "timepoint",
     "dilution_factor",
 )
 
@@ -202,7 +209,12 @@ def check_worklist(table: pd.DataFrame, folder: Path, method: Method) -> list[st
             problems.append(f"{where}: unknown matrix '{matrix}' (use one of {', '.join(MATRICES)})")
         cal_set = method.calibrator_set_for(matrix) if matrix in MATRICES else None
         # A peaks-only method serves every matrix alike: nothing is quantified.
-        if matrix in MATRICES and cal_set is None and stype in ("calibrator", "qc", "unknown") and not method.peaks_only:
+        if (
+            matrix in MATRICES
+            and cal_set is None
+            and stype in ("calibrator", "qc", "unknown")
+            and not method.peaks_only
+        ):
             problems.append(f"{where}: the method has no calibrator set for matrix '{matrix}'")
         level = row["level"]
         if stype in ("calibrator", "qc"):

@@ -17,9 +17,17 @@ from lcmsquant.files import atomic_write
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-quic", "--disable-dev-shm-usage",
-    "--hide-scrollbars", "--mute-audio",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--mute-audio",
 )
 TIMEOUT_S = 300
 
@@ -65,8 +73,12 @@ def print_pdf(html: Path, pdf: Path) -> Path:
     html, pdf = Path(html), Path(pdf)
     with tempfile.TemporaryDirectory(prefix="lcmsquant-pdf-") as tmp:
         target = Path(tmp) / "print.pdf"
-        _run(html.resolve().as_uri() + "#print", f"--print-to-pdf={target}", "--no-pdf-header-footer",
-             "--virtual-time-budget=10000")
+        _run(
+            html.resolve().as_uri() + "#print",
+            f"--print-to-pdf={target}",
+            "--no-pdf-header-footer",
+            "--virtual-time-budget=10000",
+        )
         if not target.is_file() or target.stat().st_size == 0:
             raise BrowserError(f"Chromium wrote no PDF for {html}")
         return atomic_write(pdf, target.read_bytes())

@@ -91,8 +91,14 @@ def fit_curve(x, y, model: str = "linear", weighting: str = "1/x^2") -> Curve:
     if model == "linear_through_zero":
         params, errors = [0.0, *params], [0.0, *errors]
     return Curve(
-        model, weighting, tuple(map(float, params)), tuple(map(float, errors)), float(result.rsquared),
-        len(x), float(x.min()), float(x.max()),
+        model,
+        weighting,
+        tuple(map(float, params)),
+        tuple(map(float, errors)),
+        float(result.rsquared),
+        len(x),
+        float(x.min()),
+        float(x.max()),
     )
 
 
@@ -135,7 +141,11 @@ def calibrate(points: pd.DataFrame, model: str, weighting: str, acceptance: Acce
     table["tolerance_pct"] = [tolerance_pct(n, lowest, acceptance) for n in table["nominal"]]
     ratio = table["area_ratio"].to_numpy(float)
     usable = np.isfinite(ratio) & (ratio > 0)
-    manual = table["manual_exclusion"].fillna("").astype(str) if "manual_exclusion" in table else pd.Series("", index=table.index)
+    manual = (
+        table["manual_exclusion"].fillna("").astype(str)
+        if "manual_exclusion" in table
+        else pd.Series("", index=table.index)
+    )
     table["excluded"] = ~usable | (manual != "")
     table["exclusion_reason"] = np.where(manual != "", manual, np.where(usable, "", "no response"))
     table["back_calculated"] = np.nan
@@ -150,7 +160,9 @@ def calibrate(points: pd.DataFrame, model: str, weighting: str, acceptance: Acce
         curve = fit_curve(table.loc[active, "nominal"], table.loc[active, "area_ratio"], model, weighting)
         table["back_calculated"] = curve.back_calculate(table["area_ratio"])
         table["re_pct"] = 100.0 * (table["back_calculated"] - table["nominal"]) / table["nominal"]
-        failing = (table.loc[active, "re_pct"].abs() > table.loc[active, "tolerance_pct"]) | table.loc[active, "re_pct"].isna()
+        failing = (table.loc[active, "re_pct"].abs() > table.loc[active, "tolerance_pct"]) | table.loc[
+            active, "re_pct"
+        ].isna()
         if not failing.any():
             return _result(curve, table, acceptance, "")
         if len(active) == minimum_points:
@@ -177,7 +189,9 @@ def _result(curve: Curve | None, table: pd.DataFrame, acceptance: Acceptance, pr
     """Level verdicts (at least 50 % of a level's replicates pass) and the run's LLOQ/ULOQ."""
     refitted = table["exclusion_reason"] == "failing; excluded and the curve refitted"
     table.loc[refitted, "exclusion_reason"] = [
-        f"back-calculated {re:+.1f} % from nominal (limit +-{tol:g} %)" if np.isfinite(re) else "no concentration on the curve"
+        f"back-calculated {re:+.1f} % from nominal (limit +-{tol:g} %)"
+        if np.isfinite(re)
+        else "no concentration on the curve"
         for re, tol in zip(table.loc[refitted, "re_pct"], table.loc[refitted, "tolerance_pct"])
     ]
     table["accuracy_pct"] = 100.0 + table["re_pct"]

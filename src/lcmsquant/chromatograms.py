@@ -42,7 +42,6 @@ _log.configure(_log.parse([b"WARNING remove cerr"]))  # type: ignore[list-item] 
 from lcmsquant.files import not_a_file
 from lcmsquant.method import Method, Transition
 
-
 # Fewest points a trace needs to hold a peak (peak finding smooths over 5 points).
 MIN_POINTS = 5
 
@@ -138,8 +137,12 @@ def clean_trace(native_id: str, q1: float, q3: float, time, intensity) -> Trace:
     intensity = np.asarray(intensity, dtype=np.float64).ravel()
     with np.errstate(over="ignore"):  # finite values summing past 1.8e308 only take the slow path
         all_finite = bool(np.isfinite(time.sum() + intensity.sum()))
-    if (len(time) == len(intensity) >= MIN_POINTS and all_finite
-            and (time[1:] > time[:-1]).all() and intensity.min() >= 0):
+    if (
+        len(time) == len(intensity) >= MIN_POINTS
+        and all_finite
+        and (time[1:] > time[:-1]).all()
+        and intensity.min() >= 0
+    ):
         return Trace(native_id, q1, q3, time, intensity)  # the usual case: nothing to change
     notes = []
     if len(time) != len(intensity):
@@ -161,7 +164,9 @@ def clean_trace(native_id: str, q1: float, q3: float, time, intensity) -> Trace:
         time = unique
     negative = intensity < 0
     if negative.any():
-        notes.append(f"{int(negative.sum())} negative intensit{'y' if negative.sum() == 1 else 'ies'} (lowest {intensity.min():.4g}) kept as read")
+        notes.append(
+            f"{int(negative.sum())} negative intensit{'y' if negative.sum() == 1 else 'ies'} (lowest {intensity.min():.4g}) kept as read"
+        )
     if len(time) < MIN_POINTS:
         notes.append(f"only {len(time)} usable point(s): too few to look for a peak")
     return Trace(native_id, q1, q3, time, intensity, tuple(f"{native_id}: {n}" for n in notes))
@@ -170,7 +175,11 @@ def clean_trace(native_id: str, q1: float, q3: float, time, intensity) -> Trace:
 # expat's errors for a document that stops in the middle
 _CUT_SHORT = {
     expat.errors.codes[m]
-    for m in (expat.errors.XML_ERROR_NO_ELEMENTS, expat.errors.XML_ERROR_UNCLOSED_TOKEN, expat.errors.XML_ERROR_PARTIAL_CHAR)
+    for m in (
+        expat.errors.XML_ERROR_NO_ELEMENTS,
+        expat.errors.XML_ERROR_UNCLOSED_TOKEN,
+        expat.errors.XML_ERROR_PARTIAL_CHAR,
+    )
 }
 
 
@@ -214,7 +223,9 @@ def check_well_formed(path: Path) -> None:
             reason = f"input ended before all started tags were ended, at {where}: the file was cut short"
         else:
             reason = f"not well-formed XML ({expat.errors.messages[err.code]}) at {where}: the file is damaged"
-        raise ChromatogramReadError(f"{path.name}: not a readable mzML file ({reason}; convert or copy it again)") from None
+        raise ChromatogramReadError(
+            f"{path.name}: not a readable mzML file ({reason}; convert or copy it again)"
+        ) from None
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
         raise ChromatogramReadError(
             f"{path.name}: not a readable mzML file (damaged gzip data: {err}; compress or convert it again)"
@@ -262,15 +273,13 @@ def match_transitions(
     traces = list(traces)
     matched: dict[Transition, Trace | None] = {}
     for t in transitions:
-        candidates = [
-            tr for tr in traces if abs(tr.q1 - t.q1) <= mz_tolerance and abs(tr.q3 - t.q3) <= mz_tolerance
-        ]
+        candidates = [tr for tr in traces if abs(tr.q1 - t.q1) <= mz_tolerance and abs(tr.q3 - t.q3) <= mz_tolerance]
         if not candidates:
             matched[t] = None
             continue
         rt = expected_rt[t]
 
-        def preference(tr: Trace):
+        def preference(tr: Trace, t: Transition = t, rt: float = rt):
             return (
                 not exact_mz_match(tr, t),
                 not tr.usable,
@@ -280,13 +289,21 @@ def match_transitions(
             )
 
         best = min(candidates, key=preference)
-        twins = [tr for tr in candidates if tr is not best and preference(tr)[:3] == preference(best)[:3] and best.usable
-                 and tr.covers(rt)]
+        twins = [
+            tr
+            for tr in candidates
+            if tr is not best and preference(tr)[:3] == preference(best)[:3] and best.usable and tr.covers(rt)
+        ]
         if twins:
             same = "the same Q1/Q3" if exact_mz_match(best, t) else f"Q1/Q3 within {mz_tolerance:g} of the method's"
-            best = replace(best, warnings=best.warnings + (
-                f"{best.native_id}: {len(twins)} other trace(s) with {same} also cover "
-                f"{rt:.2f} min ({', '.join(tr.native_id for tr in twins)}); this one was used",))
+            best = replace(
+                best,
+                warnings=best.warnings
+                + (
+                    f"{best.native_id}: {len(twins)} other trace(s) with {same} also cover "
+                    f"{rt:.2f} min ({', '.join(tr.native_id for tr in twins)}); this one was used",
+                ),
+            )
         matched[t] = best
     return matched
 
@@ -330,7 +347,11 @@ def _parser_reason(stderr_text: str, err: Exception) -> str:
         match = re.search(pattern, text)
         if match:
             reason = re.sub(r">? occurred \d+ times$", "", match.group(1).strip())
-            return re.sub(r"^zlib::inflate failed with code (-?\d+) \.?$", r"binary data cannot be decompressed (zlib error \1)", reason)[:300]
+            return re.sub(
+                r"^zlib::inflate failed with code (-?\d+) \.?$",
+                r"binary data cannot be decompressed (zlib error \1)",
+                reason,
+            )[:300]
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return re.sub(r"\s*in: /\S+.*$", "", first)[:300]
 
@@ -338,4 +359,6 @@ def _parser_reason(stderr_text: str, err: Exception) -> str:
 def _skipped_chromatograms(stderr_text: str) -> list[str]:
     """The chromatograms OpenMS left out of a file it otherwise read, as warnings."""
     found = re.findall(r"chromatogram '([^']*)' differ \(([^!]*)! Not reading chromatogram", stderr_text)
-    return [f"{native_id}: not read, its time and intensity arrays differ in length ({sizes})" for native_id, sizes in found]
+    return [
+        f"{native_id}: not read, its time and intensity arrays differ in length ({sizes})" for native_id, sizes in found
+    ]

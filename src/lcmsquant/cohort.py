@@ -27,7 +27,7 @@ import stat
 from collections.abc import Iterable, Sequence
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -85,8 +85,11 @@ CREATE TABLE IF NOT EXISTS additions (
 """
 DATA_TABLES = ("analyses", "verdicts", "nominals", "calibrator_sets", "runs")
 ROW_ORDER = {
-    "analyses": "injection, analyte", "verdicts": "analyte, calibrator_set", "nominals": "calibrator_set, level, analyte",
-    "calibrator_sets": "name", "runs": "run_id",
+    "analyses": "injection, analyte",
+    "verdicts": "analyte, calibrator_set",
+    "nominals": "calibrator_set, level, analyte",
+    "calibrator_sets": "name",
+    "runs": "run_id",
 }
 LOG_SCHEMA = (
     """CREATE TABLE log (
@@ -100,13 +103,29 @@ LOG_SCHEMA = (
     *(
         f"CREATE TRIGGER {table}_append_only_{event.lower()} BEFORE {event} ON {table} "
         f"BEGIN SELECT RAISE(ABORT, 'the cohort {table} is append-only: its entries cannot be changed or removed'); END"
-        for table in ("log", "history") for event in ("UPDATE", "DELETE")
+        for table in ("log", "history")
+        for event in ("UPDATE", "DELETE")
     ),
 )
 LOG_COLUMNS = (
-    "number", "recorded_at", "action", "run_id", "batch", "results_dir", "run_json_sha256", "tables_sha256",
-    "analyses_added", "analyses_replaced", "content_sha256", "replaced_content_sha256", "os_user", "host", "command",
-    "lcmsquant_version", "previous_sha256", "entry_sha256",
+    "number",
+    "recorded_at",
+    "action",
+    "run_id",
+    "batch",
+    "results_dir",
+    "run_json_sha256",
+    "tables_sha256",
+    "analyses_added",
+    "analyses_replaced",
+    "content_sha256",
+    "replaced_content_sha256",
+    "os_user",
+    "host",
+    "command",
+    "lcmsquant_version",
+    "previous_sha256",
+    "entry_sha256",
 )
 LOG_TRIGGERS = {f"{t}_append_only_{e}" for t in ("log", "history") for e in ("update", "delete")}
 COHORT_TABLES = {"methods", "runs", "calibrator_sets", "nominals", "verdicts", "analyses", "additions"}
@@ -158,7 +177,9 @@ class RunRecord:
     verdicts: pd.DataFrame  # analyte, calibrator_set, accepted, reasons, lloq, uloq
     analyses: pd.DataFrame  # one row per study sample x analyte
     run_json_sha256: str = ""
-    tables_sha256: dict = field(default_factory=dict)  # file name -> SHA-256 of results.csv, calibration.csv, ... as read
+    tables_sha256: dict = field(
+        default_factory=dict
+    )  # file name -> SHA-256 of results.csv, calibration.csv, ... as read
 
 
 @dataclass(frozen=True)
@@ -199,28 +220,36 @@ def read_run(results_dir: Path | str, method_path: Path | str | None = None) -> 
 
     sets = pd.DataFrame(
         [
-            {"name": s["name"], "matrices": ";".join(s.get("matrices", [])), "file": s.get("file", ""),
-             "sha256": s.get("sha256", "")}
+            {
+                "name": s["name"],
+                "matrices": ";".join(s.get("matrices", [])),
+                "file": s.get("file", ""),
+                "sha256": s.get("sha256", ""),
+            }
             for s in provenance.get("calibrator_sets", [])
         ],
         columns=["name", "matrices", "file", "sha256"],
     )
     cal_rows = results[(results["sample_type"] == SampleType.CALIBRATOR) & results["level"].str.match(CALIBRATOR_LEVEL)]
     nominals = (
-        cal_rows[["calibrator_set", "level", "analyte", "nominal"]].dropna()
-        .drop_duplicates(["calibrator_set", "level", "analyte"]).reset_index(drop=True)
+        cal_rows[["calibrator_set", "level", "analyte", "nominal"]]
+        .dropna()
+        .drop_duplicates(["calibrator_set", "level", "analyte"])
+        .reset_index(drop=True)
     )
-    verdicts = pd.DataFrame({
-        "analyte": calibration["analyte"],
-        "calibrator_set": calibration["calibrator_set"],
-        "accepted": calibration["accepted"],
-        "reasons": [
-            json.dumps(summary.get("analytes", {}).get(a, {}).get(s, {}).get("reasons", []))
-            for a, s in zip(calibration["analyte"], calibration["calibrator_set"])
-        ],
-        "lloq": calibration["lloq"],
-        "uloq": calibration["uloq"],
-    })
+    verdicts = pd.DataFrame(
+        {
+            "analyte": calibration["analyte"],
+            "calibrator_set": calibration["calibrator_set"],
+            "accepted": calibration["accepted"],
+            "reasons": [
+                json.dumps(summary.get("analytes", {}).get(a, {}).get(s, {}).get("reasons", []))
+                for a, s in zip(calibration["analyte"], calibration["calibrator_set"])
+            ],
+            "lloq": calibration["lloq"],
+            "uloq": calibration["uloq"],
+        }
+    )
     analyses = _analyses(results, inputs, method.settings, folder / "results.csv")
     return RunRecord(
         run_id=run_id,
@@ -260,15 +289,23 @@ def _method_for(folder: Path, info: dict, method_path: Path | str | None) -> Met
             continue
         if method.sha256 == wanted:
             return MethodRecord(
-                method.name, method.version, path.name, method.sha256, method.units,
-                tuple(a.name for a in method.analytes), method.cohort,
+                method.name,
+                method.version,
+                path.name,
+                method.sha256,
+                method.units,
+                tuple(a.name for a in method.analytes),
+                method.cohort,
             )
         seen.append(f"{path} (sha256 {method.sha256[:12]})")
-    raise CohortError(folder, [
-        f"run.json: the run was processed with {described}, but "
-        + (f"{', '.join(seen)} is another file" if seen else "that file was not found")
-        + ": give the method file the run was processed with (--method)"
-    ])
+    raise CohortError(
+        folder,
+        [
+            f"run.json: the run was processed with {described}, but "
+            + (f"{', '.join(seen)} is another file" if seen else "that file was not found")
+            + ": give the method file the run was processed with (--method)"
+        ],
+    )
 
 
 def _with_lines(results: pd.DataFrame) -> pd.DataFrame:
@@ -284,7 +321,7 @@ def _analyses(results: pd.DataFrame, file_sha: dict[str, str], settings: CohortS
     unknown = results[results["sample_type"] == SampleType.UNKNOWN].copy()
     # results.csv puts the worklist's extra columns between dilution_factor and analyte
     columns = list(results.columns)
-    worklist_extra = columns[columns.index("dilution_factor") + 1:columns.index("analyte")]
+    worklist_extra = columns[columns.index("dilution_factor") + 1 : columns.index("analyte")]
     extra_columns = [c for c in worklist_extra if c not in (settings.last_dose_column, settings.sampling_column)]
     problems = []
     hours, dose_text, sample_text = [], [], []
@@ -308,7 +345,9 @@ def _analyses(results: pd.DataFrame, file_sha: dict[str, str], settings: CohortS
             try:
                 h = (parsed[settings.sampling_column] - parsed[settings.last_dose_column]).total_seconds() / 3600
             except TypeError:
-                problems.append(f"{path.name} line {row['line']} ({row['sample_id']}): one date-time has a time zone and the other not")
+                problems.append(
+                    f"{path.name} line {row['line']} ({row['sample_id']}): one date-time has a time zone and the other not"
+                )
             else:
                 if h < 0:
                     problems.append(
@@ -319,31 +358,33 @@ def _analyses(results: pd.DataFrame, file_sha: dict[str, str], settings: CohortS
     if problems:
         raise CohortError(path, sorted(set(problems), key=problems.index))
     df = unknown["dilution_factor"]
-    out = pd.DataFrame({
-        "injection": unknown["injection"].astype(int),
-        "file": unknown["file"],
-        "file_sha256": unknown["file"].map(file_sha),
-        "sample_id": unknown["sample_id"],
-        "subject_id": unknown["subject_id"],
-        "visit": unknown["visit"],
-        "timepoint": unknown["timepoint"],
-        "matrix": unknown["matrix"],
-        "analyte": unknown["analyte"],
-        "calibrator_set": unknown["calibrator_set"],
-        "dilution_factor": df,
-        "concentration": unknown["concentration"],
-        "curve_lloq": unknown["lloq"],
-        "curve_uloq": unknown["uloq"],
-        "lloq": unknown["lloq"] * df,
-        "uloq": unknown["uloq"] * df,
-        "flags": unknown["flags"],
-        "reportable": unknown["reportable"],
-        "outcome": [analysis_outcome(f, r) for f, r in zip(unknown["flags"], unknown["reportable"])],
-        "last_dose_time": dose_text,
-        "sampling_time": sample_text,
-        "hours_since_dose": hours,
-        "extra": [json.dumps({c: row[c] for c in extra_columns}, sort_keys=True) for _, row in unknown.iterrows()],
-    })
+    out = pd.DataFrame(
+        {
+            "injection": unknown["injection"].astype(int),
+            "file": unknown["file"],
+            "file_sha256": unknown["file"].map(file_sha),
+            "sample_id": unknown["sample_id"],
+            "subject_id": unknown["subject_id"],
+            "visit": unknown["visit"],
+            "timepoint": unknown["timepoint"],
+            "matrix": unknown["matrix"],
+            "analyte": unknown["analyte"],
+            "calibrator_set": unknown["calibrator_set"],
+            "dilution_factor": df,
+            "concentration": unknown["concentration"],
+            "curve_lloq": unknown["lloq"],
+            "curve_uloq": unknown["uloq"],
+            "lloq": unknown["lloq"] * df,
+            "uloq": unknown["uloq"] * df,
+            "flags": unknown["flags"],
+            "reportable": unknown["reportable"],
+            "outcome": [analysis_outcome(f, r) for f, r in zip(unknown["flags"], unknown["reportable"])],
+            "last_dose_time": dose_text,
+            "sampling_time": sample_text,
+            "hours_since_dose": hours,
+            "extra": [json.dumps({c: row[c] for c in extra_columns}, sort_keys=True) for _, row in unknown.iterrows()],
+        }
+    )
     return out.reset_index(drop=True)
 
 
@@ -439,7 +480,9 @@ def _inspect(db: Path, rolled_back: bool = False) -> tuple[list[str], int, set[s
             _roll_back_interrupted_write(db)
             return _inspect(db, rolled_back=True)
         if "locked" in str(err):
-            raise CohortError(db, [f"{db} is in use by another process (SQLite says {err}): try again when it is done"]) from None
+            raise CohortError(
+                db, [f"{db} is in use by another process (SQLite says {err}): try again when it is done"]
+            ) from None
         return [str(err)], 0, set()
     return checked, version, tables
 
@@ -449,10 +492,13 @@ def _roll_back_interrupted_write(db: Path) -> None:
         with closing(sqlite3.connect(db)) as con:
             con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
     except sqlite3.Error as err:
-        raise CohortError(db, [
-            f"{db}: an interrupted write left its journal {db.name}-journal, which SQLite could not roll back ({err}): "
-            "run the command once with write access to the database and its folder"
-        ]) from None
+        raise CohortError(
+            db,
+            [
+                f"{db}: an interrupted write left its journal {db.name}-journal, which SQLite could not roll back ({err}): "
+                "run the command once with write access to the database and its folder"
+            ],
+        ) from None
 
 
 def _journal_problem(db: Path) -> str:
@@ -466,8 +512,10 @@ def _journal_problem(db: Path) -> str:
                 continue
             if not stat.S_ISREG(mode):
                 kind = mode_kind(mode)
-                return (f"{side} is {kind}; SQLite keeps the journal of {db.name} under that name and would follow or "
-                        "open it: remove it (SQLite only ever writes a plain file there)")
+                return (
+                    f"{side} is {kind}; SQLite keeps the journal of {db.name} under that name and would follow or "
+                    "open it: remove it (SQLite only ever writes a plain file there)"
+                )
     return ""
 
 
@@ -493,7 +541,9 @@ def _path_problem(db: Path, create: bool) -> str:
     if stat.S_ISREG(info.st_mode):
         return ""
     link = f" (a symbolic link to {os.readlink(db)})" if db.is_symlink() else ""
-    return f"{db}{link} is {mode_kind(info.st_mode)}, not a cohort database file, and was left untouched: {USE_A_COHORT}"
+    return (
+        f"{db}{link} is {mode_kind(info.st_mode)}, not a cohort database file, and was left untouched: {USE_A_COHORT}"
+    )
 
 
 def _head(db: Path) -> bytes:
@@ -504,7 +554,9 @@ def _head(db: Path) -> bytes:
         raise CohortError(db, [f"{db} cannot be read ({err.strerror}): check its permissions"]) from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise CohortError(db, [f"{db} was replaced by something that is not a regular file while it was checked: {USE_A_COHORT}"])
+            raise CohortError(
+                db, [f"{db} was replaced by something that is not a regular file while it was checked: {USE_A_COHORT}"]
+            )
         return os.read(fd, 100)
     finally:
         os.close(fd)
@@ -514,17 +566,26 @@ def _schema_version(db: Path, version: int, tables: set[str]) -> int:
     if not tables:
         return 0
     if COHORT_TABLES <= tables and version > SCHEMA_VERSION:
-        raise CohortError(db, [f"{db} was made by a newer lcmsquant (cohort schema {version}; lcmsquant {__version__} "
-                               f"reads up to {SCHEMA_VERSION}): use that version"])
+        raise CohortError(
+            db,
+            [
+                f"{db} was made by a newer lcmsquant (cohort schema {version}; lcmsquant {__version__} "
+                f"reads up to {SCHEMA_VERSION}): use that version"
+            ],
+        )
     wanted = {1: COHORT_TABLES, 2: COHORT_TABLES | LOG_TABLES}.get(version)
     if wanted is None or not wanted <= tables:
         shown = ", ".join(sorted(tables)[:8]) + (", ..." if len(tables) > 8 else "")
-        raise CohortError(db, [f"{db} is not an lcmsquant cohort database (it holds the tables {shown}): {USE_A_COHORT}"])
+        raise CohortError(
+            db, [f"{db} is not an lcmsquant cohort database (it holds the tables {shown}): {USE_A_COHORT}"]
+        )
     return version
 
 
 def add_runs(
-    db: Path | str, results_dirs: Sequence[Path | str], method_path: Path | str | None = None,
+    db: Path | str,
+    results_dirs: Sequence[Path | str],
+    method_path: Path | str | None = None,
     command: Sequence[str] = (),
 ) -> list[Addition]:
     """Add (or replace) processed runs in the cohort database, all or none, each logged.
@@ -573,12 +634,23 @@ def _prepare(con: sqlite3.Connection, who: dict) -> None:
         "SELECT run_id, batch, results_dir, results_sha256 FROM runs ORDER BY seq"
     ).fetchall():
         rows = _run_rows(con, run_id)
-        _append_log(con, {
-            **who, "action": "already held", "run_id": run_id, "batch": batch, "results_dir": results_dir,
-            "run_json_sha256": "", "tables_sha256": json.dumps({"results.csv": results_sha}),
-            "analyses_added": len(rows["analyses"]), "analyses_replaced": 0, "content_sha256": _digest(rows),
-            "replaced_content_sha256": "",
-        }, {})
+        _append_log(
+            con,
+            {
+                **who,
+                "action": "already held",
+                "run_id": run_id,
+                "batch": batch,
+                "results_dir": results_dir,
+                "run_json_sha256": "",
+                "tables_sha256": json.dumps({"results.csv": results_sha}),
+                "analyses_added": len(rows["analyses"]),
+                "analyses_replaced": 0,
+                "content_sha256": _digest(rows),
+                "replaced_content_sha256": "",
+            },
+            {},
+        )
 
 
 def _who(command: Sequence[str]) -> dict:
@@ -588,8 +660,11 @@ def _who(command: Sequence[str]) -> dict:
     except (OSError, KeyError, ImportError):
         user = f"uid {os.getuid()}" if hasattr(os, "getuid") else "unknown"
     return {
-        "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "os_user": user,
-        "host": socket.gethostname(), "command": json.dumps(list(command)), "lcmsquant_version": __version__,
+        "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "os_user": user,
+        "host": socket.gethostname(),
+        "command": json.dumps(list(command)),
+        "lcmsquant_version": __version__,
     }
 
 
@@ -607,8 +682,17 @@ def _add(con: sqlite3.Connection, run: RunRecord, who: dict) -> Addition:
     )
     con.execute(
         "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (run.run_id, seq, run.batch, run.results_dir, run.results_sha256, m.sha256, run.acquired,
-         int(run.run_accepted), run.lcmsquant_version),
+        (
+            run.run_id,
+            seq,
+            run.batch,
+            run.results_dir,
+            run.results_sha256,
+            m.sha256,
+            run.acquired,
+            int(run.run_accepted),
+            run.lcmsquant_version,
+        ),
     )
     _insert(con, "calibrator_sets", run.run_id, run.calibrator_sets)
     _insert(con, "nominals", run.run_id, run.nominals)
@@ -619,15 +703,31 @@ def _add(con: sqlite3.Connection, run: RunRecord, who: dict) -> Addition:
         "INSERT INTO additions (added_at, run_id, action, results_dir, command) VALUES (?, ?, ?, ?, ?)",
         (who["recorded_at"], run.run_id, action, run.results_dir, who["command"]),
     )
-    number = _append_log(con, {
-        **who, "action": action, "run_id": run.run_id, "batch": run.batch, "results_dir": run.results_dir,
-        "run_json_sha256": run.run_json_sha256, "tables_sha256": json.dumps(run.tables_sha256, sort_keys=True),
-        "analyses_added": len(run.analyses), "analyses_replaced": len(replaced.get("analyses", ())),
-        "content_sha256": _digest(_run_rows(con, run.run_id)), "replaced_content_sha256": _digest(replaced) if replaced else "",
-    }, replaced)
+    number = _append_log(
+        con,
+        {
+            **who,
+            "action": action,
+            "run_id": run.run_id,
+            "batch": run.batch,
+            "results_dir": run.results_dir,
+            "run_json_sha256": run.run_json_sha256,
+            "tables_sha256": json.dumps(run.tables_sha256, sort_keys=True),
+            "analyses_added": len(run.analyses),
+            "analyses_replaced": len(replaced.get("analyses", ())),
+            "content_sha256": _digest(_run_rows(con, run.run_id)),
+            "replaced_content_sha256": _digest(replaced) if replaced else "",
+        },
+        replaced,
+    )
     return Addition(
-        run.run_id, run.batch, action, len(run.analyses), int(run.analyses["reportable"].sum()),
-        len(replaced.get("analyses", ())), number,
+        run.run_id,
+        run.batch,
+        action,
+        len(run.analyses),
+        int(run.analyses["reportable"].sum()),
+        len(replaced.get("analyses", ())),
+        number,
     )
 
 
@@ -669,10 +769,13 @@ def _check_conflicts(con: sqlite3.Connection, run: RunRecord) -> None:
         "SELECT n.calibrator_set, n.level, n.analyte, n.nominal, r.batch, c.file, c.sha256 FROM nominals n "
         "JOIN runs r ON r.run_id = n.run_id LEFT JOIN calibrator_sets c ON c.run_id = n.run_id AND c.name = n.calibrator_set "
         "WHERE n.run_id != ? ORDER BY r.seq",
-        con, params=(run.run_id,),
+        con,
+        params=(run.run_id,),
     ).drop_duplicates(["calibrator_set", "level", "analyte", "nominal"])
     merged = run.nominals.merge(cohort_nominals, on=["calibrator_set", "level", "analyte"], suffixes=("", "_cohort"))
-    differ = merged[~np.isclose(merged["nominal"].astype(float), merged["nominal_cohort"].astype(float), rtol=1e-9, atol=0)]
+    differ = merged[
+        ~np.isclose(merged["nominal"].astype(float), merged["nominal_cohort"].astype(float), rtol=1e-9, atol=0)
+    ]
     own_files = dict(zip(run.calibrator_sets["name"], zip(run.calibrator_sets["file"], run.calibrator_sets["sha256"])))
     for _, d in differ.head(5).iterrows():
         own_file, own_sha = own_files.get(d["calibrator_set"], ("?", ""))
@@ -689,8 +792,10 @@ def _check_conflicts(con: sqlite3.Connection, run: RunRecord) -> None:
 
 
 def cohort_method(con: sqlite3.Connection) -> MethodRecord:
-    row = con.execute("SELECT name, version, file, sha256, units, analytes, settings FROM methods "
-                      "WHERE sha256 IN (SELECT method_sha256 FROM runs) LIMIT 1").fetchone()
+    row = con.execute(
+        "SELECT name, version, file, sha256, units, analytes, settings FROM methods "
+        "WHERE sha256 IN (SELECT method_sha256 FROM runs) LIMIT 1"
+    ).fetchone()
     if row is None:
         raise CohortError("cohort", ["the cohort holds no run yet: add runs with `lcmsquant cohort add`"])
     name, version, file, sha, units, analytes, settings = row
@@ -784,8 +889,13 @@ def verify_log(db: Path | str) -> LogCheck:
     """
     db = Path(db)
     if check_database(db) == 1:
-        return LogCheck(db, pd.DataFrame(), (), f"{db} has no log: it was made by an earlier lcmsquant; "
-                                                 f"the next `lcmsquant cohort add ... --db {db}` starts one")
+        return LogCheck(
+            db,
+            pd.DataFrame(),
+            (),
+            f"{db} has no log: it was made by an earlier lcmsquant; "
+            f"the next `lcmsquant cohort add ... --db {db}` starts one",
+        )
     with closing(connect(db)) as con:
         try:
             cursor = con.execute(f"SELECT {', '.join(LOG_COLUMNS)} FROM log ORDER BY number")
@@ -796,11 +906,18 @@ def verify_log(db: Path | str) -> LogCheck:
             triggers = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
             current = {r[0]: _digest(_run_rows(con, r[0])) for r in con.execute("SELECT run_id FROM runs").fetchall()}
         except sqlite3.Error as err:
-            return LogCheck(db, pd.DataFrame(columns=LOG_COLUMNS), (f"the log cannot be read (SQLite says {err}): its tables were altered",))
+            return LogCheck(
+                db,
+                pd.DataFrame(columns=LOG_COLUMNS),
+                (f"the log cannot be read (SQLite says {err}): its tables were altered",),
+            )
     problems = [
         *_chain_problems(entries),
         *_history_problems(entries, history),
-        *(f"the trigger {t} that keeps the log append-only is missing: it was removed" for t in sorted(LOG_TRIGGERS - triggers)),
+        *(
+            f"the trigger {t} that keeps the log append-only is missing: it was removed"
+            for t in sorted(LOG_TRIGGERS - triggers)
+        ),
         *_data_problems(entries, current),
     ]
     return LogCheck(db, pd.DataFrame(entries, columns=LOG_COLUMNS), tuple(problems))
@@ -812,13 +929,19 @@ def _chain_problems(entries: list[dict]) -> list[str]:
     for position, entry in enumerate(entries, start=1):
         number = entry["number"]
         if number != position:
-            problems.append(f"log entry {number} comes where entry {position} should: entries were removed or renumbered")
+            problems.append(
+                f"log entry {number} comes where entry {position} should: entries were removed or renumbered"
+            )
         if entry["previous_sha256"] != previous:
-            problems.append(f"log entry {number} does not follow the entry before it (previous_sha256 differs): "
-                            "an entry was removed, inserted or rewritten")
+            problems.append(
+                f"log entry {number} does not follow the entry before it (previous_sha256 differs): "
+                "an entry was removed, inserted or rewritten"
+            )
         if _digest({k: v for k, v in entry.items() if k != "entry_sha256"}) != entry["entry_sha256"]:
-            problems.append(f"log entry {number} ({entry['action']} run '{entry['batch']}') does not match its SHA-256: "
-                            "it was edited after it was written")
+            problems.append(
+                f"log entry {number} ({entry['action']} run '{entry['batch']}') does not match its SHA-256: "
+                "it was edited after it was written"
+            )
         previous = entry["entry_sha256"]
     return problems
 
@@ -839,8 +962,10 @@ def _history_problems(entries: list[dict], history: dict[int, list[tuple[str, st
         except (TypeError, ValueError):
             replaced = None
         if replaced is None or _digest(replaced) != entry["replaced_content_sha256"]:
-            problems.append(f"the rows kept for log entry {entry['number']} ({entry['action']} run '{entry['batch']}') "
-                            "are not those it replaced: the history was edited")
+            problems.append(
+                f"the rows kept for log entry {entry['number']} ({entry['action']} run '{entry['batch']}') "
+                "are not those it replaced: the history was edited"
+            )
     problems += [f"the history holds rows for log entry {n}, which does not exist" for n in kept]
     return problems
 
@@ -853,10 +978,15 @@ def _data_problems(entries: list[dict], current: dict[str, str]) -> list[str]:
         if entry is None:
             problems.append(f"run {run_id[:12]} is in the database but not in the log: it was added without lcmsquant")
         elif entry["content_sha256"] != digest:
-            problems.append(f"run '{entry['batch']}' ({run_id[:12]}): its rows are not those log entry {entry['number']} "
-                            "recorded: they were edited in the database after they were added")
-    problems += [f"run '{e['batch']}' ({run_id[:12]}) of log entry {e['number']} is missing from the database: its rows were deleted"
-                 for run_id, e in last.items() if run_id not in current]
+            problems.append(
+                f"run '{entry['batch']}' ({run_id[:12]}): its rows are not those log entry {entry['number']} "
+                "recorded: they were edited in the database after they were added"
+            )
+    problems += [
+        f"run '{e['batch']}' ({run_id[:12]}) of log entry {e['number']} is missing from the database: its rows were deleted"
+        for run_id, e in last.items()
+        if run_id not in current
+    ]
     return problems
 
 
@@ -871,10 +1001,18 @@ def replaced_analyses(db: Path | str) -> pd.DataFrame:
             "SELECT h.log_number, l.recorded_at, l.batch, l.run_json_sha256, h.row FROM history h "
             "JOIN log l ON l.number = h.log_number WHERE h.table_name = 'analyses' ORDER BY h.rowid"
         ).fetchall()
-    return pd.DataFrame([
-        {"log_number": n, "replaced_at": at, "replaced_by_batch": batch, "replaced_by_run_json_sha256": run_json, **json.loads(row)}
-        for n, at, batch, run_json, row in kept
-    ])
+    return pd.DataFrame(
+        [
+            {
+                "log_number": n,
+                "replaced_at": at,
+                "replaced_by_batch": batch,
+                "replaced_by_run_json_sha256": run_json,
+                **json.loads(row),
+            }
+            for n, at, batch, run_json, row in kept
+        ]
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -882,13 +1020,34 @@ def replaced_analyses(db: Path | str) -> pd.DataFrame:
 
 
 REPORTED_COLUMNS = (
-    "subject_id", "visit", "timepoint", "matrix", "analyte", "sample_id", "status", "concentration", "lloq", "uloq",
-    "flags", "hours_since_dose", "trough", "last_dose_time", "sampling_time", "batch", "run_id", "injection", "file",
-    "file_sha256", "n_analyses", "analyses",
+    "subject_id",
+    "visit",
+    "timepoint",
+    "matrix",
+    "analyte",
+    "sample_id",
+    "status",
+    "concentration",
+    "lloq",
+    "uloq",
+    "flags",
+    "hours_since_dose",
+    "trough",
+    "last_dose_time",
+    "sampling_time",
+    "batch",
+    "run_id",
+    "injection",
+    "file",
+    "file_sha256",
+    "n_analyses",
+    "analyses",
 )
 
 
-def reported_results(analyses: pd.DataFrame, settings: CohortSettings, analyte_order: Sequence[str] = ()) -> pd.DataFrame:
+def reported_results(
+    analyses: pd.DataFrame, settings: CohortSettings, analyte_order: Sequence[str] = ()
+) -> pd.DataFrame:
     """One row per study sample and analyte: the analysis the method's rule reports.
 
     A valid analysis gave a value or a BLQ in an accepted run without a flag that casts doubt
@@ -917,24 +1076,28 @@ def reported_results(analyses: pd.DataFrame, settings: CohortSettings, analyte_o
             chosen = valid.iloc[0] if settings.reanalysis == "first_valid" else valid.iloc[-1]
         status = chosen["outcome"]
         hours = chosen["hours_since_dose"]
-        rows.append({
-            **{c: chosen[c] for c in ("subject_id", "visit", "timepoint", "matrix", "analyte", "sample_id")},
-            "status": status,
-            "concentration": chosen["concentration"] if status == "value" else np.nan,
-            "lloq": chosen["lloq"],
-            "uloq": chosen["uloq"],
-            "flags": chosen["flags"],
-            "hours_since_dose": hours,
-            "trough": "" if pd.isna(hours) else ("in window" if low <= hours <= high else "OUTSIDE_TROUGH"),
-            "last_dose_time": chosen["last_dose_time"],
-            "sampling_time": chosen["sampling_time"],
-            **{c: chosen[c] for c in ("batch", "run_id", "injection", "file", "file_sha256")},
-            "n_analyses": len(group),
-            "analyses": "; ".join(
-                f"{b}:{int(i)} {o}{f' ({f})' if f and o != 'value' else ''}{'*' if k == chosen['order'] else ''}"
-                for b, i, o, f, k in zip(group["batch"], group["injection"], group["outcome"], group["flags"], group["order"])
-            ),
-        })
+        rows.append(
+            {
+                **{c: chosen[c] for c in ("subject_id", "visit", "timepoint", "matrix", "analyte", "sample_id")},
+                "status": status,
+                "concentration": chosen["concentration"] if status == "value" else np.nan,
+                "lloq": chosen["lloq"],
+                "uloq": chosen["uloq"],
+                "flags": chosen["flags"],
+                "hours_since_dose": hours,
+                "trough": "" if pd.isna(hours) else ("in window" if low <= hours <= high else "OUTSIDE_TROUGH"),
+                "last_dose_time": chosen["last_dose_time"],
+                "sampling_time": chosen["sampling_time"],
+                **{c: chosen[c] for c in ("batch", "run_id", "injection", "file", "file_sha256")},
+                "n_analyses": len(group),
+                "analyses": "; ".join(
+                    f"{b}:{int(i)} {o}{f' ({f})' if f and o != 'value' else ''}{'*' if k == chosen['order'] else ''}"
+                    for b, i, o, f, k in zip(
+                        group["batch"], group["injection"], group["outcome"], group["flags"], group["order"]
+                    )
+                ),
+            }
+        )
     out = pd.DataFrame(rows, columns=REPORTED_COLUMNS)
     return _sorted(out, analyte_order)
 
@@ -942,7 +1105,9 @@ def reported_results(analyses: pd.DataFrame, settings: CohortSettings, analyte_o
 MATRIX_ORDER = (Matrix.SERUM, Matrix.PLASMA, Matrix.MARROW, Matrix.CSF)
 
 
-def _sorted(table: pd.DataFrame, analyte_order: Sequence[str], keys: Sequence[str] = ("subject_id", "visit", "timepoint")) -> pd.DataFrame:
+def _sorted(
+    table: pd.DataFrame, analyte_order: Sequence[str], keys: Sequence[str] = ("subject_id", "visit", "timepoint")
+) -> pd.DataFrame:
     """Subject, visit, timepoint, then matrix (serum, plasma, marrow, csf) and the method's analyte order."""
     analytes = {a: i for i, a in enumerate(analyte_order)}
     matrices = {m: i for i, m in enumerate(MATRIX_ORDER)}
@@ -978,7 +1143,10 @@ def penetration(reported: pd.DataFrame, settings: CohortSettings, analyte_order:
             continue
         ref = by_matrix.get(reference_matrix)
         row = {
-            "subject_id": subject, "visit": visit, "timepoint": timepoint, "analyte": analyte,
+            "subject_id": subject,
+            "visit": visit,
+            "timepoint": timepoint,
+            "analyte": analyte,
             "reference_matrix": reference_matrix,
             **_side("reference", ref),
         }
@@ -987,14 +1155,25 @@ def penetration(reported: pd.DataFrame, settings: CohortSettings, analyte_order:
             row.update(_side(target, side))
             row.update(_ratio(target, side, ref, reference_matrix, settings.blq_ratio_policy))
         row["hours_since_dose"] = ref["hours_since_dose"] if ref is not None else np.nan
-        outside = [f"{m} {r['hours_since_dose']:.1f} h" for m, r in by_matrix.items() if r["trough"] == "OUTSIDE_TROUGH"]
+        outside = [
+            f"{m} {r['hours_since_dose']:.1f} h" for m, r in by_matrix.items() if r["trough"] == "OUTSIDE_TROUGH"
+        ]
         row["trough"] = f"OUTSIDE_TROUGH: {', '.join(outside)}" if outside else ""
         rows.append(row)
     columns = [
-        "subject_id", "visit", "timepoint", "analyte", "reference_matrix",
+        "subject_id",
+        "visit",
+        "timepoint",
+        "analyte",
+        "reference_matrix",
         *(f"reference_{c}" for c in SIDE_COLUMNS),
-        *(c for t in TARGET_MATRICES for c in (*(f"{t}_{s}" for s in SIDE_COLUMNS), *(f"{t}_{r}" for r in RATIO_COLUMNS))),
-        "hours_since_dose", "trough",
+        *(
+            c
+            for t in TARGET_MATRICES
+            for c in (*(f"{t}_{s}" for s in SIDE_COLUMNS), *(f"{t}_{r}" for r in RATIO_COLUMNS))
+        ),
+        "hours_since_dose",
+        "trough",
     ]
     table = pd.DataFrame(rows, columns=columns)
     return _sorted(table, analyte_order, keys=("subject_id", "visit", "timepoint"))
@@ -1012,14 +1191,21 @@ def _side(prefix: str, row: pd.Series | None) -> dict:
 
 def _ratio(target: str, side: pd.Series | None, ref: pd.Series | None, ref_matrix: str, policy: str) -> dict:
     def out(ratio=np.nan, text="", censored=False, note="", bound=np.nan):
-        return {f"{target}_serum_ratio": ratio, f"{target}_serum_ratio_text": text, f"{target}_censored": censored,
-                f"{target}_serum_ratio_bound": bound, f"{target}_note": note}
+        return {
+            f"{target}_serum_ratio": ratio,
+            f"{target}_serum_ratio_text": text,
+            f"{target}_censored": censored,
+            f"{target}_serum_ratio_bound": bound,
+            f"{target}_note": note,
+        }
 
     if side is None:
         return out(note=f"no {target} sample")
     if ref is None:
         return out(note="no serum or plasma sample")
-    problems = [f"{m} {r['status']}" for m, r in ((target, side), (ref_matrix, ref)) if r["status"] not in VALID_OUTCOMES]
+    problems = [
+        f"{m} {r['status']}" for m, r in ((target, side), (ref_matrix, ref)) if r["status"] not in VALID_OUTCOMES
+    ]
     if problems:
         return out(note="; ".join(problems) + ": no ratio")
     t_blq, r_blq = side["status"] == Flag.BLQ, ref["status"] == Flag.BLQ
@@ -1032,10 +1218,14 @@ def _ratio(target: str, side: pd.Series | None, ref: pd.Series | None, ref_matri
         return out(text="BLQ/BLQ", censored=True, note=f"{target} and {ref_matrix} BLQ: not estimable")
     if t_blq:
         bound = side["lloq"] / ref["concentration"]
-        return out(text=f"<{_number(bound)}", censored=True, note=f"{target} BLQ: ratio below LLOQ/{ref_matrix}", bound=bound)
+        return out(
+            text=f"<{_number(bound)}", censored=True, note=f"{target} BLQ: ratio below LLOQ/{ref_matrix}", bound=bound
+        )
     if r_blq:
         bound = side["concentration"] / ref["lloq"]
-        return out(text=f">{_number(bound)}", censored=True, note=f"{ref_matrix} BLQ: ratio above {target}/LLOQ", bound=bound)
+        return out(
+            text=f">{_number(bound)}", censored=True, note=f"{ref_matrix} BLQ: ratio above {target}/LLOQ", bound=bound
+        )
     ratio = side["concentration"] / ref["concentration"]
     return out(ratio, _number(ratio))
 
@@ -1045,12 +1235,28 @@ def _number(value: float, digits: int = 4) -> str:
 
 
 SUMMARY_COLUMNS = (
-    "analyte", "ratio", "n_paired", "n_censored", "n_quantified", "n_plasma_reference", "n_outside_trough",
-    "median", "q1", "q3", "min", "max", "geometric_mean", "gm_ci95_low", "gm_ci95_high", "blq_ratio_policy",
+    "analyte",
+    "ratio",
+    "n_paired",
+    "n_censored",
+    "n_quantified",
+    "n_plasma_reference",
+    "n_outside_trough",
+    "median",
+    "q1",
+    "q3",
+    "min",
+    "max",
+    "geometric_mean",
+    "gm_ci95_low",
+    "gm_ci95_high",
+    "blq_ratio_policy",
 )
 
 
-def penetration_summary(pairs: pd.DataFrame, settings: CohortSettings, analyte_order: Sequence[str] = ()) -> pd.DataFrame:
+def penetration_summary(
+    pairs: pd.DataFrame, settings: CohortSettings, analyte_order: Sequence[str] = ()
+) -> pd.DataFrame:
     """Per analyte and ratio: pairs with both results valid, how many are censored, and the median,
     IQR (25th-75th percentile), range and geometric mean with its 95 % t-interval of the others."""
     rows = []
@@ -1062,20 +1268,32 @@ def penetration_summary(pairs: pd.DataFrame, settings: CohortSettings, analyte_o
             paired = sub[has_pair]
             values = paired[f"{target}_serum_ratio"].dropna().to_numpy(dtype=float)
             row = {
-                "analyte": analyte, "ratio": RATIO_NAMES[target], "n_paired": len(paired),
-                "n_censored": int(paired[f"{target}_censored"].astype(bool).sum()), "n_quantified": len(values),
+                "analyte": analyte,
+                "ratio": RATIO_NAMES[target],
+                "n_paired": len(paired),
+                "n_censored": int(paired[f"{target}_censored"].astype(bool).sum()),
+                "n_quantified": len(values),
                 "n_plasma_reference": int((paired["reference_matrix"] == Matrix.PLASMA).sum()),
                 "n_outside_trough": int((paired["trough"] != "").sum()),
-                **dict.fromkeys(SUMMARY_COLUMNS[7:15], np.nan), "blq_ratio_policy": settings.blq_ratio_policy,
+                **dict.fromkeys(SUMMARY_COLUMNS[7:15], np.nan),
+                "blq_ratio_policy": settings.blq_ratio_policy,
             }
             if len(values):
                 q1, median, q3 = np.percentile(values, [25, 50, 75])
                 logs = np.log(values)
-                row.update(median=median, q1=q1, q3=q3, min=values.min(), max=values.max(),
-                           geometric_mean=float(np.exp(logs.mean())))
+                row.update(
+                    median=median,
+                    q1=q1,
+                    q3=q3,
+                    min=values.min(),
+                    max=values.max(),
+                    geometric_mean=float(np.exp(logs.mean())),
+                )
                 if len(values) >= 2:
                     half = stats.t.ppf(0.975, len(values) - 1) * logs.std(ddof=1) / np.sqrt(len(values))
-                    row.update(gm_ci95_low=float(np.exp(logs.mean() - half)), gm_ci95_high=float(np.exp(logs.mean() + half)))
+                    row.update(
+                        gm_ci95_low=float(np.exp(logs.mean() - half)), gm_ci95_high=float(np.exp(logs.mean() + half))
+                    )
             rows.append(row)
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
@@ -1194,6 +1412,10 @@ def penetration_plot(pairs: pd.DataFrame, summary: pd.DataFrame, units: str = "n
 def describe(additions: Iterable[Addition]) -> list[str]:
     return [
         f"{a.action} run '{a.batch}' ({a.run_id[:12]}): {a.analyses} results, {a.reportable} reportable"
-        + (f"; the {a.replaced} results it replaced are kept in the history (log entry {a.log_entry})" if a.replaced else "")
+        + (
+            f"; the {a.replaced} results it replaced are kept in the history (log entry {a.log_entry})"
+            if a.replaced
+            else ""
+        )
         for a in additions
     ]

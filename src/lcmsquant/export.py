@@ -25,11 +25,16 @@ from lcmsquant.cohort import (
     load_runs,
 )
 from lcmsquant.files import atomic_write, csv_text
-from lcmsquant.vocabulary import Flag, Matrix
 from lcmsquant.method import SDTM_TESTCD
+from lcmsquant.vocabulary import Flag, Matrix
 
 FORMATS = ("csv", "parquet", "sdtm")
-PCSPEC = {Matrix.PLASMA: "PLASMA", Matrix.SERUM: "SERUM", Matrix.CSF: "CEREBROSPINAL FLUID", Matrix.MARROW: "BONE MARROW"}
+PCSPEC = {
+    Matrix.PLASMA: "PLASMA",
+    Matrix.SERUM: "SERUM",
+    Matrix.CSF: "CEREBROSPINAL FLUID",
+    Matrix.MARROW: "BONE MARROW",
+}
 PC_LABELS = {
     "STUDYID": "Study Identifier",
     "DOMAIN": "Domain Abbreviation",
@@ -71,7 +76,11 @@ class ExportError(CohortError):
 
 
 def export_cohort(
-    db: Path | str, fmt: str, out_dir: Path | str, study: str | None = None, lab: str = "",
+    db: Path | str,
+    fmt: str,
+    out_dir: Path | str,
+    study: str | None = None,
+    lab: str = "",
 ) -> list[Path]:
     """Write the cohort in `fmt` (csv, parquet or sdtm) into out_dir; return the files written.
 
@@ -81,7 +90,9 @@ def export_cohort(
     if fmt not in FORMATS:
         raise ExportError(db, [f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}"])
     if study is not None and not STUDYID.match(study):
-        raise ExportError(db, [f"--study {study!r}: use letters, digits, '_', '-' or '.', starting with a letter or digit"])
+        raise ExportError(
+            db, [f"--study {study!r}: use letters, digits, '_', '-' or '.', starting with a letter or digit"]
+        )
     if fmt == "sdtm" and not study:
         raise ExportError(db, ["the SDTM export needs the study identifier: --study STUDYID"])
     method, analyses, reported = cohort_tables(db)
@@ -95,7 +106,9 @@ def export_cohort(
             raise ExportError(db, problems)
         return [
             atomic_write(out_dir / "pc.csv", csv_text(pc)),
-            atomic_write(out_dir / "pc.xpt", xpt_bytes(pc, PC_LABELS, "PC", "Pharmacokinetic Concentrations", _created(runs))),
+            atomic_write(
+                out_dir / "pc.xpt", xpt_bytes(pc, PC_LABELS, "PC", "Pharmacokinetic Concentrations", _created(runs))
+            ),
         ]
     tables = {"cohort_results": reported, "cohort_analyses": analyses.drop(columns=["seq"], errors="ignore")}
     if study:
@@ -152,34 +165,36 @@ def sdtm_pc(reported: pd.DataFrame, method: MethodRecord, study: str, lab: str =
             if status == "not_reportable" and flags:
                 reason = f"{reason}: {flags}"
             orres, stresc, stresn, stat = "", "", np.nan, "NOT DONE"
-        rows.append({
-            "STUDYID": study,
-            "DOMAIN": "PC",
-            "USUBJID": f"{study}-{r['subject_id']}",
-            "PCSEQ": 0,
-            "PCREFID": r["sample_id"],
-            "PCTESTCD": code,
-            "PCTEST": name,
-            "PCORRES": orres,
-            "PCORRESU": units if orres else "",
-            "PCSTRESC": stresc,
-            "PCSTRESN": stresn,
-            "PCSTRESU": units if stresc else "",
-            "PCSTAT": stat,
-            "PCREASND": reason,
-            "PCNAM": lab,
-            "PCSPEC": PCSPEC.get(r["matrix"], r["matrix"].upper()),
-            "PCMETHOD": "LC-MS/MS",
-            "PCLLOQ": _significant(r["lloq"]),
-            "PCULOQ": _significant(r["uloq"]),
-            "VISIT": r["visit"],
-            "PCTPT": r["timepoint"].upper(),
-            "PCDTC": r["sampling_time"],
-            "PCTPTREF": "PREVIOUS DOSE" if r["last_dose_time"] else "",
-            "PCRFTDTC": r["last_dose_time"],
-            "_spec_rank": list(PCSPEC).index(r["matrix"]) if r["matrix"] in PCSPEC else len(PCSPEC),
-            "_test_rank": list(codes).index(r["analyte"]) if r["analyte"] in codes else len(codes),
-        })
+        rows.append(
+            {
+                "STUDYID": study,
+                "DOMAIN": "PC",
+                "USUBJID": f"{study}-{r['subject_id']}",
+                "PCSEQ": 0,
+                "PCREFID": r["sample_id"],
+                "PCTESTCD": code,
+                "PCTEST": name,
+                "PCORRES": orres,
+                "PCORRESU": units if orres else "",
+                "PCSTRESC": stresc,
+                "PCSTRESN": stresn,
+                "PCSTRESU": units if stresc else "",
+                "PCSTAT": stat,
+                "PCREASND": reason,
+                "PCNAM": lab,
+                "PCSPEC": PCSPEC.get(r["matrix"], r["matrix"].upper()),
+                "PCMETHOD": "LC-MS/MS",
+                "PCLLOQ": _significant(r["lloq"]),
+                "PCULOQ": _significant(r["uloq"]),
+                "VISIT": r["visit"],
+                "PCTPT": r["timepoint"].upper(),
+                "PCDTC": r["sampling_time"],
+                "PCTPTREF": "PREVIOUS DOSE" if r["last_dose_time"] else "",
+                "PCRFTDTC": r["last_dose_time"],
+                "_spec_rank": list(PCSPEC).index(r["matrix"]) if r["matrix"] in PCSPEC else len(PCSPEC),
+                "_test_rank": list(codes).index(r["analyte"]) if r["analyte"] in codes else len(codes),
+            }
+        )
     pc = pd.DataFrame(rows, columns=[*PC_LABELS, "_spec_rank", "_test_rank"])
     pc = pc.sort_values(["USUBJID", "PCDTC", "VISIT", "_spec_rank", "_test_rank"], kind="stable").reset_index(drop=True)
     pc["PCSEQ"] = pc.groupby("USUBJID").cumcount() + 1
@@ -240,8 +255,12 @@ def xpt_bytes(table: pd.DataFrame, labels: dict[str, str], name: str, label: str
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{name.lower()}.xpt"
         pyreadstat.write_xport(
-            table, path, file_label=label, column_labels={c: labels.get(c) for c in table.columns},
-            table_name=name, file_format_version=5,
+            table,
+            path,
+            file_label=label,
+            column_labels={c: labels.get(c) for c in table.columns},
+            table_name=name,
+            file_format_version=5,
         )
         data = path.read_bytes()
     return _set_header_time(data, created)

@@ -59,8 +59,12 @@ def file_kind(path: Path | str) -> str:
 def mode_kind(mode: int) -> str:
     """The kind of file an st_mode describes, in words ("a regular file", "a FIFO (named pipe)", ...)."""
     kinds = (
-        (stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
         (stat.S_ISLNK, "a symbolic link"),
     )
     return next((word for test, word in kinds if test(mode)), "a special file")
@@ -79,7 +83,9 @@ def parse_decimal(text: str) -> float:
     return float(text)
 
 
-def read_csv_rows(path: Path, error: type[InputError], where: Path | None = None) -> tuple[list[str], list[tuple[int, list[str]]]]:
+def read_csv_rows(
+    path: Path, error: type[InputError], where: Path | None = None
+) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """Header and (line number, stripped fields) of every non-blank record of a CSV a person edits.
 
     Accepts a UTF-8 BOM and `,`, `;` or tab separators (whichever the header uses most); line
@@ -90,7 +96,9 @@ def read_csv_rows(path: Path, error: type[InputError], where: Path | None = None
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
-        raise error(where or path, [f"{path.name}: not UTF-8 text ({err.reason} at byte {err.start}): save it as UTF-8 CSV"]) from None
+        raise error(
+            where or path, [f"{path.name}: not UTF-8 text ({err.reason} at byte {err.start}): save it as UTF-8 CSV"]
+        ) from None
     lines = text.splitlines(keepends=True)
     first = next((line for line in lines if line.strip()), "")
     if not first:
@@ -145,7 +153,9 @@ def csv_text(table, **options) -> str:
 
     text_columns = [c for c in table.columns if not (is_numeric_dtype(table[c]) or is_datetime64_any_dtype(table[c]))]
     if text_columns:
-        table = table.assign(**{c: table[c].map(lambda v: spreadsheet_safe(v) if isinstance(v, str) else v) for c in text_columns})
+        table = table.assign(
+            **{c: table[c].map(lambda v: spreadsheet_safe(v) if isinstance(v, str) else v) for c in text_columns}
+        )
     return table.to_csv(index=False, lineterminator="\n", **options)
 
 

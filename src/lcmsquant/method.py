@@ -241,8 +241,19 @@ def default_method_path() -> Path:
 
 
 _TOP_KEYS = {
-    "name", "version", "description", "units", "mz_tolerance", "calibration", "calibrator_sets",
-    "integration", "identity", "acceptance", "internal_standards", "analytes", "cohort",
+    "name",
+    "version",
+    "description",
+    "units",
+    "mz_tolerance",
+    "calibration",
+    "calibrator_sets",
+    "integration",
+    "identity",
+    "acceptance",
+    "internal_standards",
+    "analytes",
+    "cohort",
 }
 _ANALYTE_KEYS = {"internal_standard", "rt", "quantifier", "qualifiers", "model", "weighting"}
 _IS_KEYS = {"q1", "q3", "rt"}
@@ -308,7 +319,9 @@ class _Problems(list):
             return default
         if key in PLAUSIBLE and not PLAUSIBLE[key][0] <= value <= PLAUSIBLE[key][1]:
             low, high, unit = PLAUSIBLE[key]
-            self.append(f"{where}.{key}: {value!r} is outside the plausible range {low:g} to {high:g}{' ' + unit if unit else ''}: check the value")
+            self.append(
+                f"{where}.{key}: {value!r} is outside the plausible range {low:g} to {high:g}{' ' + unit if unit else ''}: check the value"
+            )
             return default
         return float(value)
 
@@ -361,9 +374,7 @@ def parse_method(doc: dict[str, Any], base_dir: Path, source: str = "method") ->
         q3 = p.number(table, "q3", where, required=True)
         rt = p.number(table, "rt", where, required=True)
         if None not in (q1, q3, rt):
-            internal_standards.append(
-                InternalStandard(is_name, Transition(is_name, "internal_standard", q1, q3), rt)
-            )
+            internal_standards.append(InternalStandard(is_name, Transition(is_name, "internal_standard", q1, q3), rt))
     is_names = {i.name for i in internal_standards}
 
     analytes = []
@@ -378,7 +389,7 @@ def parse_method(doc: dict[str, Any], base_dir: Path, source: str = "method") ->
         p.unknown_keys(table, _ANALYTE_KEYS, where)
         is_name = table.get("internal_standard")
         if not is_name:
-            p.append(f"{where}: analyte without internal standard: add internal_standard = \"NAME\"")
+            p.append(f'{where}: analyte without internal standard: add internal_standard = "NAME"')
         elif not isinstance(is_name, str):
             p.append(f"{where}.internal_standard: expected the name of an internal standard, got {is_name!r}")
         elif is_name not in is_names:
@@ -392,14 +403,15 @@ def parse_method(doc: dict[str, Any], base_dir: Path, source: str = "method") ->
             p.append(f"{where}.qualifiers: expected a list of {{ q1 = ..., q3 = ... }}")
             quals_raw = []
         quals = [
-            _transition(q, a_name, "qualifier", i + 1, f"{where}.qualifiers[{i}]", p)
-            for i, q in enumerate(quals_raw)
+            _transition(q, a_name, "qualifier", i + 1, f"{where}.qualifiers[{i}]", p) for i, q in enumerate(quals_raw)
         ]
         model = _choice(table, "model", MODELS, where, p, default_model)
         weighting = _choice(table, "weighting", WEIGHTINGS, where, p, default_weighting)
         if quant is not None and rt is not None and None not in quals:
             analytes.append(
-                Analyte(a_name, quant, tuple(q for q in quals if q is not None), str(is_name or ""), rt, model, weighting)
+                Analyte(
+                    a_name, quant, tuple(q for q in quals if q is not None), str(is_name or ""), rt, model, weighting
+                )
             )
     used_is = {a.internal_standard for a in analytes}
     for i in internal_standards:
@@ -407,8 +419,16 @@ def parse_method(doc: dict[str, Any], base_dir: Path, source: str = "method") ->
             p.append(f"[internal_standards.{i.name}]: not used by any analyte")
 
     method_stub = Method(
-        name, version, units, mz_tol or 0.5, tuple(analytes), tuple(internal_standards), (),
-        integration, identity, acceptance,
+        name,
+        version,
+        units,
+        mz_tol or 0.5,
+        tuple(analytes),
+        tuple(internal_standards),
+        (),
+        integration,
+        identity,
+        acceptance,
     )
     _check_transitions_distinct(method_stub, p)
 
@@ -495,10 +515,15 @@ def _identity(table: dict, p: _Problems) -> Identity:
     tiers = DEFAULT_ION_RATIO_TIERS
     if "ion_ratio_tolerance" in table:
         raw = table["ion_ratio_tolerance"]
-        ok = isinstance(raw, list) and raw and all(
-            isinstance(t, list) and len(t) == 2
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 100 for v in t)
-            for t in raw
+        ok = (
+            isinstance(raw, list)
+            and raw
+            and all(
+                isinstance(t, list)
+                and len(t) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 100 for v in t)
+                for t in raw
+            )
         )
         if not ok:
             p.append(
@@ -520,7 +545,8 @@ def _acceptance(table: dict, p: _Problems) -> Acceptance:
         if key == "is_response_band_pct":
             band = table[key]
             if (
-                not isinstance(band, list) or len(band) != 2
+                not isinstance(band, list)
+                or len(band) != 2
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1000 for v in band)
                 or band[0] >= band[1]
             ):
@@ -545,15 +571,20 @@ def _cohort(table: dict, analytes: list[str], p: _Problems) -> CohortSettings:
     p.unknown_keys(table, set(CohortSettings.__dataclass_fields__), where)
     values: dict[str, Any] = {}
     values["reanalysis"] = _choice(table, "reanalysis", REANALYSIS_RULES, where, p, defaults.reanalysis)
-    values["blq_ratio_policy"] = _choice(table, "blq_ratio_policy", BLQ_RATIO_POLICIES, where, p, defaults.blq_ratio_policy)
+    values["blq_ratio_policy"] = _choice(
+        table, "blq_ratio_policy", BLQ_RATIO_POLICIES, where, p, defaults.blq_ratio_policy
+    )
     if "trough_window_h" in table:
         window = table["trough_window_h"]
         if (
-            not isinstance(window, list) or len(window) != 2
+            not isinstance(window, list)
+            or len(window) != 2
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 24 * 365 for v in window)
             or window[0] >= window[1]
         ):
-            p.append(f"{where}.trough_window_h: expected [earliest, latest] hours after the dose with earliest < latest, got {window!r}")
+            p.append(
+                f"{where}.trough_window_h: expected [earliest, latest] hours after the dose with earliest < latest, got {window!r}"
+            )
         else:
             values["trough_window_h"] = (float(window[0]), float(window[1]))
     for key in ("last_dose_column", "sampling_column"):
@@ -565,7 +596,7 @@ def _cohort(table: dict, analytes: list[str], p: _Problems) -> CohortSettings:
     for key, limit in (("sdtm_testcd", 8), ("sdtm_test", 40)):
         names = table.get(key, {})
         if not isinstance(names, dict):
-            p.append(f"{where}.{key}: expected a table analyte = \"NAME\", got {names!r}")
+            p.append(f'{where}.{key}: expected a table analyte = "NAME", got {names!r}')
             continue
         for analyte, name in names.items():
             if analyte not in analytes:
@@ -632,7 +663,9 @@ def read_calibrator_csv(path: Path | str) -> pd.DataFrame:
     except FileNotFoundError:
         raise MethodError(path, [f"calibrator file {path} does not exist"]) from None
     except pd.errors.EmptyDataError:
-        raise MethodError(path, [f"calibrator file {path} is empty: it needs a header `level,analyte,nominal` and a line per level"]) from None
+        raise MethodError(
+            path, [f"calibrator file {path} is empty: it needs a header `level,analyte,nominal` and a line per level"]
+        ) from None
     except (OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
         raise MethodError(path, [f"cannot read calibrator file {path}: {err}"]) from None
     table.columns = [c.strip() for c in table.columns]
@@ -644,9 +677,7 @@ def read_calibrator_csv(path: Path | str) -> pd.DataFrame:
     for i, (value, num) in enumerate(zip(table["nominal"], nominal)):
         if pd.isna(num) or num <= 0:
             problems.append(f"{path.name} line {i + 2}: nominal {value!r} is not a positive number")
-    table = table.assign(
-        level=table["level"].str.strip(), analyte=table["analyte"].str.strip(), nominal=nominal
-    )
+    table = table.assign(level=table["level"].str.strip(), analyte=table["analyte"].str.strip(), nominal=nominal)
     for i, level in enumerate(table["level"]):
         if not (CALIBRATOR_LEVEL.match(level) or level in QC_LEVELS):
             problems.append(

@@ -51,12 +51,12 @@ class Chromatogram:
         return self.q1 is None and self.q3 is None
 
 
-def srm_native_id(q1: float, q3: float, transition: int, *, sample: int = 1, period: int = 1,
-                  experiment: int = 1) -> str:
+def srm_native_id(
+    q1: float, q3: float, transition: int, *, sample: int = 1, period: int = 1, experiment: int = 1
+) -> str:
     """The chromatogram id msconvert gives a SCIEX SRM transition (m/z formatted with `:g`)."""
     return (
-        f"- SRM SIC Q1={q1:g} Q3={q3:g} sample={sample} period={period} "
-        f"experiment={experiment} transition={transition}"
+        f"- SRM SIC Q1={q1:g} Q3={q3:g} sample={sample} period={period} experiment={experiment} transition={transition}"
     )
 
 
@@ -82,8 +82,7 @@ def write_chromatogram_mzml(
     chroms = list(chromatograms)
     if run_id is None:
         run_id = _strip_suffix(path.name)
-    data = build_chromatogram_mzml(chroms, compress=compress, run_id=run_id,
-                                   start_timestamp=start_timestamp)
+    data = build_chromatogram_mzml(chroms, compress=compress, run_id=run_id, start_timestamp=start_timestamp)
     if gzip:
         data = gzip_module.compress(data, compresslevel=6, mtime=0)
     atomic_write(path, data)
@@ -211,9 +210,7 @@ def _chromatogram_xml(index: int, chrom: Chromatogram, compress: bool) -> str:
         raise ValueError(f"chromatogram {chrom.native_id!r}: time and intensity must be 1-D of equal length")
     if (chrom.q1 is None) != (chrom.q3 is None):
         raise ValueError(f"chromatogram {chrom.native_id!r}: give both q1 and q3, or neither (TIC)")
-    out = [
-        f'<chromatogram index="{index}" id="{_attr(chrom.native_id)}" defaultArrayLength="{len(time)}">\n'
-    ]
+    out = [f'<chromatogram index="{index}" id="{_attr(chrom.native_id)}" defaultArrayLength="{len(time)}">\n']
     p = "          "
     if chrom.is_tic:
         out.append(f'{p}<cvParam cvRef="MS" accession="MS:1000235" name="total ion current chromatogram" value=""/>\n')

@@ -71,10 +71,14 @@ def read_overrides(path: Path, method: Method, worklist_files: Mapping[str, str]
             transition = None
             analyte = target if target in {a.name for a in method.analytes} else ""
             if not analyte:
-                problems.append(f"{where}: exclude needs an analyte as target (one of {', '.join(a.name for a in method.analytes)}), got '{target}'")
+                problems.append(
+                    f"{where}: exclude needs an analyte as target (one of {', '.join(a.name for a in method.analytes)}), got '{target}'"
+                )
             sample_type = worklist_files.get(row.get("file", ""))
             if sample_type is not None and sample_type != "calibrator":
-                problems.append(f"{where}: exclude applies to calibrators only; '{row.get('file', '')}' is sample type {sample_type}")
+                problems.append(
+                    f"{where}: exclude applies to calibrators only; '{row.get('file', '')}' is sample type {sample_type}"
+                )
         elif transition is None:
             problems.append(f"{where}: target '{target}' is no analyte, internal standard or transition of the method")
         start = end = None
@@ -95,9 +99,20 @@ def read_overrides(path: Path, method: Method, worklist_files: Mapping[str, str]
         if len(problems) == bad:
             seen[key] = number
             extra = tuple((k, v) for k, v in row.items() if k not in COLUMNS)
-            overrides.append(Override(
-                number, row["file"], transition or "", action, start, end, row["reason"], row["analyst"], extra, analyte,
-            ))
+            overrides.append(
+                Override(
+                    number,
+                    row["file"],
+                    transition or "",
+                    action,
+                    start,
+                    end,
+                    row["reason"],
+                    row["analyst"],
+                    extra,
+                    analyte,
+                )
+            )
     if problems:
         raise OverrideError(path, problems)
     return tuple(overrides)

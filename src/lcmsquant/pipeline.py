@@ -16,13 +16,12 @@ from lcmsquant import acceptance
 from lcmsquant.acceptance import Rule
 from lcmsquant.batch import CALIBRATORS, Batch, Injection, load_batch, resolve_method_path
 from lcmsquant.calibration import CalibrationResult, calibrate
-from lcmsquant.measure import AUDITED, PEAK_FIELDS, measure_batch
+from lcmsquant.measure import measure_batch
 from lcmsquant.method import Analyte, CalibratorSet, Method, load_method
-from lcmsquant.results import CALIBRATION_COLUMNS
 from lcmsquant.reanalysis import COLUMNS as REANALYSIS_COLUMNS
 from lcmsquant.reanalysis import reanalysis_list
+from lcmsquant.results import CALIBRATION_COLUMNS
 from lcmsquant.vocabulary import BLOCKING_FLAGS, REVIEW_FLAGS, Flag, PeakStatus, QCLevel, SampleType
-
 
 
 @dataclass(frozen=True)
@@ -53,8 +52,20 @@ def _at_analyte_rt(rows: pd.DataFrame, rt_tolerance: float) -> pd.DataFrame:
 # What the acceptance rules read of an analyte's rows (copying all ~60 columns for every rule's
 # selection was a third of quantify's time).
 JUDGED_COLUMNS = [
-    "injection", "sample_id", "sample_type", "level", "nominal", "dilution_factor", "area", "is_area",
-    "is_response_pct", "back_calculated", "concentration_found", "lloq", "uloq", "excluded",
+    "injection",
+    "sample_id",
+    "sample_type",
+    "level",
+    "nominal",
+    "dilution_factor",
+    "area",
+    "is_area",
+    "is_response_pct",
+    "back_calculated",
+    "concentration_found",
+    "lloq",
+    "uloq",
+    "excluded",
 ]
 
 
@@ -102,8 +113,14 @@ def quantify(batch: Batch, peaks: pd.DataFrame, injection_errors: dict | None = 
             qcs = acceptance.qc_accuracy(samples[samples["sample_type"] == SampleType.QC], method.acceptance)
             table.loc[qcs.index, "qc_passed"] = qcs["qc_passed"].astype("boolean")
             analyte_rules = acceptance.judge(
-                analyte.name, cal_set.name, result, qcs, n_unknowns, method.acceptance,
-                samples=samples, carryover_injections=acceptance.carryover_blanks(samples),
+                analyte.name,
+                cal_set.name,
+                result,
+                qcs,
+                n_unknowns,
+                method.acceptance,
+                samples=samples,
+                carryover_injections=acceptance.carryover_blanks(samples),
             )
             accepted, reasons = acceptance.verdict(analyte_rules)
             rules.extend(analyte_rules)
@@ -167,14 +184,25 @@ def _manual_exclusions(batch: Batch) -> dict[tuple[int, str], str]:
     by_file = {str(inj.file.relative_to(batch.folder)): inj.order for inj in batch.injections}
     return {
         (by_file[o.file], o.analyte): f"excluded by {o.analyst}: {o.reason}"
-        for o in batch.overrides if o.action == "exclude"
+        for o in batch.overrides
+        if o.action == "exclude"
     }
 
 
 # The peak fields analyte_table takes from the quantifier (same name) and from the IS ("is_" first).
 QUANTIFIER_FIELDS = (
-    "rt_min", "expected_rt_min", "start_min", "end_min", "area", "height", "sn", "fwhm_s", "tailing_factor",
-    "asymmetry", "points", "points_fwhm",
+    "rt_min",
+    "expected_rt_min",
+    "start_min",
+    "end_min",
+    "area",
+    "height",
+    "sn",
+    "fwhm_s",
+    "tailing_factor",
+    "asymmetry",
+    "points",
+    "points_fwhm",
 )
 IS_FIELDS = ("rt_min", "expected_rt_min", "area")
 
@@ -211,24 +239,26 @@ def analyte_table(batch: Batch, peaks: pd.DataFrame) -> pd.DataFrame:
 
     manual, saturated = flag("manual"), flag("saturated")
     warned = (column("read_warnings") != "") if "read_warnings" in peaks else np.zeros(len(peaks), dtype=bool)
-    table = pd.DataFrame({
-        "injection": injections,
-        "analyte": analytes,
-        "internal_standard": internal_standards,
-        "quant_status": column("status")[quant],
-        "is_status": column("status")[istd],
-        **{name: column(name)[quant] for name in QUANTIFIER_FIELDS},
-        "edge": flag("edge")[quant],
-        "saturated": saturated[quant] | saturated[istd],
-        "split": flag("split")[quant],
-        "shoulder": flag("shoulder")[quant],
-        "manual": manual[quant] | manual[istd] | np.array([manual[rows].any() for rows in quals_at], dtype=bool),
-        "read_warning": warned[quant] | warned[istd],
-        **{f"is_{name}": column(name)[istd] for name in IS_FIELDS},
-        "qualifier_area": np.where(has_qual, column("area").astype(float)[qual], np.nan),
-        "qualifier_status": np.where(has_qual, column("status")[qual], ""),
-        "nominal": np.array(nominals, dtype=float),
-    })
+    table = pd.DataFrame(
+        {
+            "injection": injections,
+            "analyte": analytes,
+            "internal_standard": internal_standards,
+            "quant_status": column("status")[quant],
+            "is_status": column("status")[istd],
+            **{name: column(name)[quant] for name in QUANTIFIER_FIELDS},
+            "edge": flag("edge")[quant],
+            "saturated": saturated[quant] | saturated[istd],
+            "split": flag("split")[quant],
+            "shoulder": flag("shoulder")[quant],
+            "manual": manual[quant] | manual[istd] | np.array([manual[rows].any() for rows in quals_at], dtype=bool),
+            "read_warning": warned[quant] | warned[istd],
+            **{f"is_{name}": column(name)[istd] for name in IS_FIELDS},
+            "qualifier_area": np.where(has_qual, column("area").astype(float)[qual], np.nan),
+            "qualifier_status": np.where(has_qual, column("status")[qual], ""),
+            "nominal": np.array(nominals, dtype=float),
+        }
+    )
     info = batch.worklist.drop(columns=["line"]).copy()
     info.insert(0, "injection", range(1, len(info) + 1))
     info["dilution_factor"] = [inj.dilution_factor for inj in batch.injections]
@@ -244,15 +274,19 @@ def analyte_table(batch: Batch, peaks: pd.DataFrame) -> pd.DataFrame:
 def _calibrate_analyte(
     table: pd.DataFrame, rows: pd.Series, analyte: Analyte, method: Method, exclusions: Mapping[tuple[int, str], str]
 ) -> CalibrationResult:
-    cals = table.loc[rows & (table["sample_type"] == SampleType.CALIBRATOR), ["injection", "level", "nominal", "area_ratio"]]
-    points = pd.DataFrame({
-        "row": cals.index,
-        "injection": cals["injection"],
-        "level": cals["level"],
-        "nominal": cals["nominal"],
-        "area_ratio": cals["area_ratio"],
-        "manual_exclusion": [exclusions.get((inj, analyte.name), "") for inj in cals["injection"]],
-    })
+    cals = table.loc[
+        rows & (table["sample_type"] == SampleType.CALIBRATOR), ["injection", "level", "nominal", "area_ratio"]
+    ]
+    points = pd.DataFrame(
+        {
+            "row": cals.index,
+            "injection": cals["injection"],
+            "level": cals["level"],
+            "nominal": cals["nominal"],
+            "area_ratio": cals["area_ratio"],
+            "manual_exclusion": [exclusions.get((inj, analyte.name), "") for inj in cals["injection"]],
+        }
+    )
     return calibrate(points, analyte.model, analyte.weighting, method.acceptance)
 
 
@@ -289,9 +323,11 @@ def _add_ion_ratio_and_rt(table: pd.DataFrame, method: Method) -> pd.DataFrame:
         table["ion_ratio"] = table["qualifier_area"] / table["area"]
     table["ion_ratio_reference"] = np.nan
     table["ion_ratio_flag"] = False
-    for name, rows in table.groupby("analyte").groups.items():
+    for _, rows in table.groupby("analyte").groups.items():
         sub = table.loc[rows, ["sample_type", "excluded", "ion_ratio"]]
-        reference = sub.loc[(sub["sample_type"] == SampleType.CALIBRATOR) & ~sub["excluded"].astype(bool), "ion_ratio"].dropna()
+        reference = sub.loc[
+            (sub["sample_type"] == SampleType.CALIBRATOR) & ~sub["excluded"].astype(bool), "ion_ratio"
+        ].dropna()
         if reference.empty:
             continue
         ref = float(reference.mean())
@@ -330,8 +366,22 @@ def _add_is_response(table: pd.DataFrame, method: Method) -> pd.DataFrame:
 
 
 FLAG_INPUTS = [
-    "quant_status", "is_status", "qualifier_status", "sample_type", "sn", "is_flag", "ion_ratio_flag", "rt_flag",
-    "edge", "saturated", "split", "shoulder", "read_warning", "manual", "excluded", "analyte_accepted",
+    "quant_status",
+    "is_status",
+    "qualifier_status",
+    "sample_type",
+    "sn",
+    "is_flag",
+    "ion_ratio_flag",
+    "rt_flag",
+    "edge",
+    "saturated",
+    "split",
+    "shoulder",
+    "read_warning",
+    "manual",
+    "excluded",
+    "analyte_accepted",
 ]
 
 
@@ -348,8 +398,12 @@ def _finish(table: pd.DataFrame, method: Method) -> pd.DataFrame:
 
     # A response the fitted curve never reaches (a quadratic's vertex) has no concentration.
     off_curve = (
-        (table["quant_status"] == PeakStatus.OK) & table["lloq"].notna() & bc.isna()
-        & np.isfinite(table["area_ratio"]) & (table["area_ratio"] > 0) & (table["sample_type"] != SampleType.BLANK)
+        (table["quant_status"] == PeakStatus.OK)
+        & table["lloq"].notna()
+        & bc.isna()
+        & np.isfinite(table["area_ratio"])
+        & (table["area_ratio"] > 0)
+        & (table["sample_type"] != SampleType.BLANK)
     )
     qc_failed = table["qc_passed"].fillna(True).astype(bool).eq(False)
     dilution_failed = table["dilution_qc_failed"].fillna(False).astype(bool)
@@ -362,7 +416,12 @@ def _finish(table: pd.DataFrame, method: Method) -> pd.DataFrame:
             f.append(Flag.NO_DATA)
         elif row["quant_status"] == PeakStatus.NO_PEAK:
             f.append(Flag.NO_PEAK)
-            if no_peak_as_blq and not peaks_only and row["sample_type"] == SampleType.UNKNOWN and row["is_status"] == PeakStatus.OK:
+            if (
+                no_peak_as_blq
+                and not peaks_only
+                and row["sample_type"] == SampleType.UNKNOWN
+                and row["is_status"] == PeakStatus.OK
+            ):
                 f.append(Flag.BLQ)
         if row["sample_type"] != SampleType.BLANK and row["is_status"] == PeakStatus.NO_PEAK:
             f.append(Flag.NO_IS)
@@ -404,7 +463,9 @@ def _finish(table: pd.DataFrame, method: Method) -> pd.DataFrame:
             f.append(Flag.REJECTED)
         flags.append(f)
     table["flags"] = [";".join(f) for f in flags]
-    reportable_value = table["sample_type"].isin([SampleType.UNKNOWN, SampleType.QC, SampleType.CALIBRATOR]) & bc.notna()
+    reportable_value = (
+        table["sample_type"].isin([SampleType.UNKNOWN, SampleType.QC, SampleType.CALIBRATOR]) & bc.notna()
+    )
     blocked = pd.Series([any(x in BLOCKING_FLAGS for x in f) for f in flags], index=table.index)
     review = pd.Series([any(x in REVIEW_FLAGS for x in f) for f in flags], index=table.index)
     unknown = table["sample_type"] == SampleType.UNKNOWN

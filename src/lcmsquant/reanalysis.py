@@ -38,8 +38,18 @@ ACTIONS = {
 # so that an extrapolated (or saturation-compressed) estimate up to 2x too low still lands in range.
 DILUTION_STEPS = (2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 COLUMNS = (
-    "injection", "file", "sample_id", "matrix", "subject_id", "visit", "timepoint", "analyte",
-    "reason", "action", "detail", "suggested_dilution_factor",
+    "injection",
+    "file",
+    "sample_id",
+    "matrix",
+    "subject_id",
+    "visit",
+    "timepoint",
+    "analyte",
+    "reason",
+    "action",
+    "detail",
+    "suggested_dilution_factor",
 )
 
 
@@ -92,8 +102,20 @@ def reanalysis_list(results: pd.DataFrame, method: Method) -> pd.DataFrame:
     `results` is the pipeline's results table (with flags as ';'-joined text).
     """
     lowest = method_lloq(method)
-    read = [c for c in (*IDENTITY, "flags", "calibrator_set", "back_calculated", "dilution_factor", "lloq", "uloq",
-                        "is_response_pct") if c in results]
+    read = [
+        c
+        for c in (
+            *IDENTITY,
+            "flags",
+            "calibrator_set",
+            "back_calculated",
+            "dilution_factor",
+            "lloq",
+            "uloq",
+            "is_response_pct",
+        )
+        if c in results
+    ]
     unknown = results.loc[results["sample_type"] == SampleType.UNKNOWN, read]
     rows = []
     for row in unknown.to_dict("records"):
@@ -108,7 +130,9 @@ def reanalysis_list(results: pd.DataFrame, method: Method) -> pd.DataFrame:
             if Flag.SATURATED in codes:
                 detail.append("response saturated: the estimate is a lower bound; dilute at least as suggested")
             elif np.isfinite(dilution):
-                detail.append(f"about {row['back_calculated'] * row['dilution_factor']:.4g} {method.units} (extrapolated)")
+                detail.append(
+                    f"about {row['back_calculated'] * row['dilution_factor']:.4g} {method.units} (extrapolated)"
+                )
         if "BLQ_LLOQ_REVISED" in codes:
             detail.append(f"run LLOQ raised to {row['lloq']:g} {method.units}")
         if Flag.IS_RESPONSE in codes and np.isfinite(row["is_response_pct"]):
@@ -116,11 +140,13 @@ def reanalysis_list(results: pd.DataFrame, method: Method) -> pd.DataFrame:
         review = [f for f in PEAK_REVIEW_FLAGS if f in flags]
         if "PEAK_REVIEW" in codes:
             detail.append("peak " + ", ".join(review))
-        rows.append({
-            **{c: row.get(c, "") for c in IDENTITY},
-            "reason": ";".join(codes),
-            "action": ACTIONS[codes[0]],
-            "detail": "; ".join(detail),
-            "suggested_dilution_factor": dilution,
-        })
+        rows.append(
+            {
+                **{c: row.get(c, "") for c in IDENTITY},
+                "reason": ";".join(codes),
+                "action": ACTIONS[codes[0]],
+                "detail": "; ".join(detail),
+                "suggested_dilution_factor": dilution,
+            }
+        )
     return pd.DataFrame(rows, columns=list(COLUMNS))

@@ -10,8 +10,8 @@ that two runs never write into one folder at once.
 
 from __future__ import annotations
 
-import functools
 import errno
+import functools
 import hashlib
 import io
 import json
@@ -25,7 +25,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,12 +36,21 @@ import pandas as pd
 from lcmsquant import __version__
 from lcmsquant.batch import CALIBRATORS, WORKLIST, Batch
 from lcmsquant.files import (
-    InputError, atomic_write, atomic_write_all, csv_text, not_a_file, read_set, remove_stale_temporaries, restore_text, sha256,
+    REPORT_HTML,
+    REPORT_PDF,
+    InputError,
+    atomic_write,
+    atomic_write_all,
+    csv_text,
+    not_a_file,
+    read_set,
+    remove_stale_temporaries,
+    restore_text,
+    sha256,
 )
-from lcmsquant.method import Acceptance
-from lcmsquant.files import REPORT_HTML, REPORT_PDF
-from lcmsquant.overrides import OVERRIDES
 from lcmsquant.measure import AUDITED, PEAK_FIELDS
+from lcmsquant.method import Acceptance
+from lcmsquant.overrides import OVERRIDES
 from lcmsquant.reanalysis import COLUMNS as REANALYSIS_COLUMNS
 from lcmsquant.vocabulary import Flag, SampleType
 
@@ -55,48 +64,163 @@ except ImportError:  # Windows
     import msvcrt
 
 RESULT_COLUMNS = (
-    "injection", "file", "sample_id", "sample_type", "level", "matrix", "subject_id", "visit",
-    "timepoint", "dilution_factor",
+    "injection",
+    "file",
+    "sample_id",
+    "sample_type",
+    "level",
+    "matrix",
+    "subject_id",
+    "visit",
+    "timepoint",
+    "dilution_factor",
 )
 MEASURE_COLUMNS = (
-    "analyte", "calibrator_set", "internal_standard", "rt_min", "expected_rt_min", "start_min",
-    "end_min", "area", "height", "sn", "fwhm_s", "tailing_factor", "asymmetry", "points",
-    "points_fwhm", "is_rt_min", "rrt", "is_area", "is_response_pct", "area_ratio",
-    "qualifier_area", "ion_ratio", "ion_ratio_reference", "back_calculated", "concentration",
-    "nominal", "accuracy_pct", "lloq", "uloq", "flags", "reportable", "exclusion_reason", "reanalysis",
+    "analyte",
+    "calibrator_set",
+    "internal_standard",
+    "rt_min",
+    "expected_rt_min",
+    "start_min",
+    "end_min",
+    "area",
+    "height",
+    "sn",
+    "fwhm_s",
+    "tailing_factor",
+    "asymmetry",
+    "points",
+    "points_fwhm",
+    "is_rt_min",
+    "rrt",
+    "is_area",
+    "is_response_pct",
+    "area_ratio",
+    "qualifier_area",
+    "ion_ratio",
+    "ion_ratio_reference",
+    "back_calculated",
+    "concentration",
+    "nominal",
+    "accuracy_pct",
+    "lloq",
+    "uloq",
+    "flags",
+    "reportable",
+    "exclusion_reason",
+    "reanalysis",
 )
 # Decimal places (or significant digits, negative) per column, for readable, stable CSVs.
 ROUNDING = {
-    "rt_min": 4, "expected_rt_min": 4, "start_min": 4, "end_min": 4, "is_rt_min": 4,
-    "area": 1, "height": 1, "is_area": 1, "qualifier_area": 1, "sn": 1, "noise": 2,
-    "is_response_pct": 1, "accuracy_pct": 1, "area_ratio": -6, "ion_ratio": -4,
-    "ion_ratio_reference": -4, "back_calculated": -4, "concentration": -4, "nominal": -6,
-    "lloq": -6, "uloq": -6, "intercept": -6, "slope": -6, "quadratic": -6, "intercept_se": -4,
-    "slope_se": -4, "quadratic_se": -4, "r_squared": 6, "auto_rt_min": 4, "auto_start_min": 4,
-    "auto_end_min": 4, "auto_area": 1, "manual_rt_min": 4, "manual_area": 1, "fwhm_s": 2, "tailing_factor": 3,
-    "asymmetry": 3, "rrt": 5, "back_calculated_calibrator": -4, "accuracy_calibrator_pct": 1,
-    "baseline_start": 1, "baseline_end": 1,
+    "rt_min": 4,
+    "expected_rt_min": 4,
+    "start_min": 4,
+    "end_min": 4,
+    "is_rt_min": 4,
+    "area": 1,
+    "height": 1,
+    "is_area": 1,
+    "qualifier_area": 1,
+    "sn": 1,
+    "noise": 2,
+    "is_response_pct": 1,
+    "accuracy_pct": 1,
+    "area_ratio": -6,
+    "ion_ratio": -4,
+    "ion_ratio_reference": -4,
+    "back_calculated": -4,
+    "concentration": -4,
+    "nominal": -6,
+    "lloq": -6,
+    "uloq": -6,
+    "intercept": -6,
+    "slope": -6,
+    "quadratic": -6,
+    "intercept_se": -4,
+    "slope_se": -4,
+    "quadratic_se": -4,
+    "r_squared": 6,
+    "auto_rt_min": 4,
+    "auto_start_min": 4,
+    "auto_end_min": 4,
+    "auto_area": 1,
+    "manual_rt_min": 4,
+    "manual_area": 1,
+    "fwhm_s": 2,
+    "tailing_factor": 3,
+    "asymmetry": 3,
+    "rrt": 5,
+    "back_calculated_calibrator": -4,
+    "accuracy_calibrator_pct": 1,
+    "baseline_start": 1,
+    "baseline_end": 1,
 }
 SOFTWARE = ("pyopenms", "numpy", "scipy", "pandas", "statsmodels")
 # run.json's "results_format": raised when a table or run.json changes so that an older reader
 # would misread it; read_results refuses a folder of a format it does not know.
 RESULTS_FORMAT = 1
 PEAK_COLUMNS = (
-    "injection", "file", "sample_id", "transition", "compound", "role", "q1", "q3", "status", "expected_rt_min",
-    "native_id", *PEAK_FIELDS, "edge", "saturated", "split", "shoulder", "manual", "override_line",
-    *(f"auto_{k}" for k in AUDITED), "read_warnings",
+    "injection",
+    "file",
+    "sample_id",
+    "transition",
+    "compound",
+    "role",
+    "q1",
+    "q3",
+    "status",
+    "expected_rt_min",
+    "native_id",
+    *PEAK_FIELDS,
+    "edge",
+    "saturated",
+    "split",
+    "shoulder",
+    "manual",
+    "override_line",
+    *(f"auto_{k}" for k in AUDITED),
+    "read_warnings",
 )
 CALIBRATION_COLUMNS = (
-    "analyte", "calibrator_set", "model", "weighting", "intercept", "slope", "quadratic", "intercept_se", "slope_se",
-    "quadratic_se", "r_squared", "n_calibrators", "n_used", "levels_used", "levels_excluded", "lloq", "uloq",
-    "accepted", "problem",
+    "analyte",
+    "calibrator_set",
+    "model",
+    "weighting",
+    "intercept",
+    "slope",
+    "quadratic",
+    "intercept_se",
+    "slope_se",
+    "quadratic_se",
+    "r_squared",
+    "n_calibrators",
+    "n_used",
+    "levels_used",
+    "levels_excluded",
+    "lloq",
+    "uloq",
+    "accepted",
+    "problem",
 )
 # audit.csv: the override, the override file's extra columns, then what the override replaced.
 AUDIT_OVERRIDE_COLUMNS = (
-    "override_line", "injection", "file", "sample_id", "transition", "action", "start_min", "end_min", "reason", "analyst",
+    "override_line",
+    "injection",
+    "file",
+    "sample_id",
+    "transition",
+    "action",
+    "start_min",
+    "end_min",
+    "reason",
+    "analyst",
 )
 AUDIT_REPLACED_COLUMNS = (
-    *(f"auto_{k}" for k in AUDITED), "manual_status", "manual_rt_min", "manual_area", "back_calculated_calibrator",
+    *(f"auto_{k}" for k in AUDITED),
+    "manual_status",
+    "manual_rt_min",
+    "manual_area",
+    "back_calculated_calibrator",
     "accuracy_calibrator_pct",
 )
 
@@ -127,25 +251,47 @@ def audit_table(batch: Batch, run: RunResult, peaks: pd.DataFrame | None = None)
     peaks = peaks_table(batch, run) if peaks is None else peaks
     for _, peak in peaks[peaks["manual"]].iterrows():
         o = by_line[int(peak["override_line"])]
-        rows.append({
-            "override_line": o.line, "injection": peak["injection"], "file": peak["file"],
-            "sample_id": peak["sample_id"], "transition": peak["transition"], "action": o.action,
-            "start_min": o.start, "end_min": o.end, "reason": o.reason, "analyst": o.analyst,
-            **{k: dict(o.extra).get(k, "") for k in extra_columns},
-            **{f"auto_{k}": peak[f"auto_{k}"] for k in AUDITED},
-            "manual_status": peak["status"], "manual_rt_min": peak["rt_min"], "manual_area": peak["area"],
-        })
+        rows.append(
+            {
+                "override_line": o.line,
+                "injection": peak["injection"],
+                "file": peak["file"],
+                "sample_id": peak["sample_id"],
+                "transition": peak["transition"],
+                "action": o.action,
+                "start_min": o.start,
+                "end_min": o.end,
+                "reason": o.reason,
+                "analyst": o.analyst,
+                **{k: dict(o.extra).get(k, "") for k in extra_columns},
+                **{f"auto_{k}": peak[f"auto_{k}"] for k in AUDITED},
+                "manual_status": peak["status"],
+                "manual_rt_min": peak["rt_min"],
+                "manual_area": peak["area"],
+            }
+        )
     results = run.results
     for o in batch.overrides:
         if o.action != "exclude":
             continue
         cal = results[(results["file"] == o.file) & (results["analyte"] == o.analyte)].iloc[0]
-        rows.append({
-            "override_line": o.line, "injection": cal["injection"], "file": o.file, "sample_id": cal["sample_id"],
-            "transition": o.analyte, "action": o.action, "start_min": None, "end_min": None, "reason": o.reason,
-            "analyst": o.analyst, **{k: dict(o.extra).get(k, "") for k in extra_columns},
-            "back_calculated_calibrator": cal["back_calculated"], "accuracy_calibrator_pct": cal["accuracy_pct"],
-        })
+        rows.append(
+            {
+                "override_line": o.line,
+                "injection": cal["injection"],
+                "file": o.file,
+                "sample_id": cal["sample_id"],
+                "transition": o.analyte,
+                "action": o.action,
+                "start_min": None,
+                "end_min": None,
+                "reason": o.reason,
+                "analyst": o.analyst,
+                **{k: dict(o.extra).get(k, "") for k in extra_columns},
+                "back_calculated_calibrator": cal["back_calculated"],
+                "accuracy_calibrator_pct": cal["accuracy_pct"],
+            }
+        )
     columns = [*AUDIT_OVERRIDE_COLUMNS, *extra_columns, *AUDIT_REPLACED_COLUMNS]
     table = pd.DataFrame(rows, columns=columns).sort_values("override_line", kind="stable")
     return _rounded(table)
@@ -245,12 +391,21 @@ def provenance(batch: Batch) -> dict:
         inputs.append({"file": str(inj.file.relative_to(batch.folder)), "sha256": sha256(inj.file)})
     method = batch.method
     return {
-        "method": {"name": method.name, "version": method.version, "file": Path(method.path).name, "sha256": method.sha256},
+        "method": {
+            "name": method.name,
+            "version": method.version,
+            "file": Path(method.path).name,
+            "sha256": method.sha256,
+        },
         "units": method.units,
         "acceptance": asdict(method.acceptance),  # the limits the run was judged against, for the report
         "calibrator_sets": [
-            {"name": s.name, "matrices": list(s.matrices), "file": Path(s.source).name,
-             "sha256": sha256(Path(s.source)) if Path(s.source).is_file() else ""}
+            {
+                "name": s.name,
+                "matrices": list(s.matrices),
+                "file": Path(s.source).name,
+                "sha256": sha256(Path(s.source)) if Path(s.source).is_file() else "",
+            }
             for s in method.calibrator_sets
         ],
         "inputs": inputs,
@@ -270,7 +425,11 @@ def software_versions() -> dict:
 
 
 def write_outputs(
-    batch: Batch, run: RunResult, out_dir: Path, command: list[str] | None = None, report: ReportRenderer | None = None,
+    batch: Batch,
+    run: RunResult,
+    out_dir: Path,
+    command: list[str] | None = None,
+    report: ReportRenderer | None = None,
 ) -> list[Path]:
     """Write every output file as one set (see files.atomic_write_all); return their paths.
 
@@ -289,7 +448,7 @@ def write_outputs(
     run_json = json.dumps(_jsonable(summary), indent=2) + "\n"
     files: dict[Path, bytes | str] = {**table_bytes, out_dir / "run.json": run_json}
     session = {
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": command if command is not None else sys.argv,
         "host": platform.node(),
         "batch_folder": str(batch.folder.resolve()),  # where the report finds the mzML files
@@ -327,7 +486,9 @@ def _write_set(out_dir: Path, files: dict[Path, bytes | str], report: ReportRend
     """
     html = None
     if report is not None:
-        html = report({path.name: data.encode("utf-8") if isinstance(data, str) else data for path, data in files.items()})
+        html = report(
+            {path.name: data.encode("utf-8") if isinstance(data, str) else data for path, data in files.items()}
+        )
     if html is not None:
         files = {**files, out_dir / REPORT_HTML: html}
     return atomic_write_all(files, remove=(out_dir / REPORT_HTML, out_dir / REPORT_PDF))
@@ -362,7 +523,8 @@ def results_lock(out_dir: Path | str, command: list[str] | None = None) -> Itera
     try:
         if fd is not None:
             holder = {
-                "pid": os.getpid(), "host": platform.node(),
+                "pid": os.getpid(),
+                "host": platform.node(),
                 "started_at": datetime.now().astimezone().isoformat(timespec="seconds"),
                 "command": command if command is not None else sys.argv,
             }
@@ -392,10 +554,13 @@ def _acquire(path: Path, out_dir: Path) -> int | None:
         if fd is None or not stat.S_ISREG(os.fstat(fd).st_mode):
             if fd is not None:
                 os.close(fd)
-            raise ResultsFolderError(out_dir, [
-                f"{LOCK_FILE} {'is a symbolic link' if path.is_symlink() else not_a_file(path)}: not a lock file "
-                f"lcmsquant made, so nothing was written; remove {path} and run again"
-            ])
+            raise ResultsFolderError(
+                out_dir,
+                [
+                    f"{LOCK_FILE} {'is a symbolic link' if path.is_symlink() else not_a_file(path)}: not a lock file "
+                    f"lcmsquant made, so nothing was written; remove {path} and run again"
+                ],
+            )
         try:
             locked = _try_lock(fd)
         except OSError:
@@ -404,10 +569,13 @@ def _acquire(path: Path, out_dir: Path) -> int | None:
         if not locked:
             holder = _holder(fd)
             os.close(fd)
-            raise ResultsFolderBusy(out_dir, [
-                f"another lcmsquant process is writing into it ({holder}); wait until it has finished, "
-                f"or write elsewhere with --out"
-            ])
+            raise ResultsFolderBusy(
+                out_dir,
+                [
+                    f"another lcmsquant process is writing into it ({holder}); wait until it has finished, "
+                    f"or write elsewhere with --out"
+                ],
+            )
         try:
             if os.path.samestat(os.fstat(fd), os.stat(path)):
                 return fd
@@ -451,7 +619,9 @@ def _holder(fd: int) -> str:
     try:
         holder = json.loads(os.read(fd, 1 << 16).decode("utf-8"))
         command = " ".join(map(str, holder.get("command") or []))
-        return f"PID {holder['pid']} on {holder['host']}, started {holder['started_at']}" + (f": {command}" if command else "")
+        return f"PID {holder['pid']} on {holder['host']}, started {holder['started_at']}" + (
+            f": {command}" if command else ""
+        )
     except (ValueError, KeyError, TypeError, AttributeError):
         return "it has just started and not yet written its PID"
 
@@ -465,7 +635,9 @@ def _rounded(table: pd.DataFrame) -> pd.DataFrame:
     for column, digits in ROUNDING.items():
         if column in table.columns:
             values = pd.to_numeric(table[column], errors="coerce")
-            table[column] = values.round(digits) if digits >= 0 else values.map(lambda v: _significant(v, -digits))
+            table[column] = (
+                values.round(digits) if digits >= 0 else values.map(lambda v, digits=digits: _significant(v, -digits))
+            )
     return table
 
 
@@ -498,7 +670,9 @@ REQUIRED_FILES = ("results.csv", "peaks.csv", "calibration.csv", RUN_JSON)  # au
 RERUN = "rerun `lcmsquant run` on the batch to write the folder again"
 
 
-def _schema(columns: Sequence[str], text: Sequence[str] = (), ints: Sequence[str] = (), bools: Sequence[str] = ()) -> dict:
+def _schema(
+    columns: Sequence[str], text: Sequence[str] = (), ints: Sequence[str] = (), bools: Sequence[str] = ()
+) -> dict:
     """Column -> type of one table: text, whole numbers and true/false as named, decimal numbers otherwise."""
     return {c: TEXT if c in text else INT if c in ints else BOOL if c in bools else FLOAT for c in columns}
 
@@ -508,24 +682,56 @@ def _schema(columns: Sequence[str], text: Sequence[str] = (), ints: Sequence[str
 # value NaN, so the two stay apart through the CSV.
 COLUMN_TYPES = {
     "results.csv": _schema(
-        (*RESULT_COLUMNS, *MEASURE_COLUMNS), ints=("injection",), bools=("reportable",),
-        text=("file", "sample_id", "sample_type", "level", "matrix", "subject_id", "visit", "timepoint", "analyte",
-              "calibrator_set", "internal_standard", "flags", "exclusion_reason", "reanalysis"),
+        (*RESULT_COLUMNS, *MEASURE_COLUMNS),
+        ints=("injection",),
+        bools=("reportable",),
+        text=(
+            "file",
+            "sample_id",
+            "sample_type",
+            "level",
+            "matrix",
+            "subject_id",
+            "visit",
+            "timepoint",
+            "analyte",
+            "calibrator_set",
+            "internal_standard",
+            "flags",
+            "exclusion_reason",
+            "reanalysis",
+        ),
     ),
     "peaks.csv": _schema(
-        PEAK_COLUMNS, ints=("injection",), bools=("edge", "saturated", "split", "shoulder", "manual"),
-        text=("file", "sample_id", "transition", "compound", "role", "status", "native_id", "auto_status", "read_warnings"),
+        PEAK_COLUMNS,
+        ints=("injection",),
+        bools=("edge", "saturated", "split", "shoulder", "manual"),
+        text=(
+            "file",
+            "sample_id",
+            "transition",
+            "compound",
+            "role",
+            "status",
+            "native_id",
+            "auto_status",
+            "read_warnings",
+        ),
     ),
     "calibration.csv": _schema(
-        CALIBRATION_COLUMNS, ints=("n_calibrators", "n_used"), bools=("accepted",),
+        CALIBRATION_COLUMNS,
+        ints=("n_calibrators", "n_used"),
+        bools=("accepted",),
         text=("analyte", "calibrator_set", "model", "weighting", "levels_used", "levels_excluded", "problem"),
     ),
     "audit.csv": _schema(
-        (*AUDIT_OVERRIDE_COLUMNS, *AUDIT_REPLACED_COLUMNS), ints=("override_line", "injection"),
+        (*AUDIT_OVERRIDE_COLUMNS, *AUDIT_REPLACED_COLUMNS),
+        ints=("override_line", "injection"),
         text=("file", "sample_id", "transition", "action", "reason", "analyst", "auto_status", "manual_status"),
     ),
     "reanalysis.csv": _schema(
-        REANALYSIS_COLUMNS, ints=("injection",),
+        REANALYSIS_COLUMNS,
+        ints=("injection",),
         text=[c for c in REANALYSIS_COLUMNS if c not in ("injection", "suggested_dilution_factor")],
     ),
 }
@@ -604,7 +810,9 @@ def parse_results(folder: Path, data: Mapping[str, bytes], error: type[InputErro
     if RUN_JSON in data and not summary_problems:
         summary_problems = _summary_problems(summary)
     outputs = summary.get("outputs")
-    recorded = {name: digest for name, digest in outputs.items() if name in COLUMN_TYPES} if isinstance(outputs, dict) else {}
+    recorded = (
+        {name: digest for name, digest in outputs.items() if name in COLUMN_TYPES} if isinstance(outputs, dict) else {}
+    )
     problems = [_missing(name, recorded) for name in dict.fromkeys((*REQUIRED_FILES, *recorded)) if name not in data]
     digests = {name: hashlib.sha256(data[name]).hexdigest() for name in (*COLUMN_TYPES, RUN_JSON) if name in data}
     for name, expected in recorded.items():
@@ -622,8 +830,14 @@ def parse_results(folder: Path, data: Mapping[str, bytes], error: type[InputErro
     if problems:
         raise error(folder, problems)
     return RunOutputs(
-        folder=folder, results=tables["results.csv"], peaks=tables["peaks.csv"], calibration=tables["calibration.csv"],
-        audit=tables.get("audit.csv"), reanalysis=tables.get("reanalysis.csv"), summary=summary, session=session,
+        folder=folder,
+        results=tables["results.csv"],
+        peaks=tables["peaks.csv"],
+        calibration=tables["calibration.csv"],
+        audit=tables.get("audit.csv"),
+        reanalysis=tables.get("reanalysis.csv"),
+        summary=summary,
+        session=session,
         sha256=digests,
     )
 
@@ -668,9 +882,11 @@ def _summary_problems(summary: dict) -> list[str]:
     provenance: dict = summary["provenance"] if isinstance(summary.get("provenance"), dict) else {}
     method: dict = provenance["method"] if isinstance(provenance.get("method"), dict) else {}
     inputs = provenance.get("inputs")
-    problems = [f"{RUN_JSON}: {key} is missing: not a run.json of `lcmsquant run`; {RERUN}"
-                for key, value in (("lcmsquant", summary.get("lcmsquant")), ("provenance.method.sha256", method.get("sha256")))
-                if not value and not typed(key)]
+    problems = [
+        f"{RUN_JSON}: {key} is missing: not a run.json of `lcmsquant run`; {RERUN}"
+        for key, value in (("lcmsquant", summary.get("lcmsquant")), ("provenance.method.sha256", method.get("sha256")))
+        if not value and not typed(key)
+    ]
     if not typed("provenance.inputs") and (
         not isinstance(inputs, list) or not all(isinstance(i, dict) and "file" in i and "sha256" in i for i in inputs)
     ):
@@ -680,11 +896,17 @@ def _summary_problems(summary: dict) -> list[str]:
         problems.append(f"{RUN_JSON}: outputs is missing: the tables cannot be checked against their SHA-256; {RERUN}")
     elif isinstance(outputs, dict):
         # A run.json without a results_format was written before reanalysis.csv was a table of the set.
-        tables = COLUMN_TYPES if "results_format" in summary else ("results.csv", "peaks.csv", "calibration.csv", "audit.csv")
+        tables = (
+            COLUMN_TYPES
+            if "results_format" in summary
+            else ("results.csv", "peaks.csv", "calibration.csv", "audit.csv")
+        )
         unlisted = [name for name in tables if name not in outputs]
         if unlisted:
-            problems.append(f"{RUN_JSON}: outputs does not list {', '.join(unlisted)}, so the tables cannot be checked "
-                            f"against their SHA-256; {RERUN}")
+            problems.append(
+                f"{RUN_JSON}: outputs does not list {', '.join(unlisted)}, so the tables cannot be checked "
+                f"against their SHA-256; {RERUN}"
+            )
     named = [f"{RUN_JSON}: {what}; {RERUN}" for _, what in wrong[:_MAX_TYPE_PROBLEMS]]
     if len(wrong) > _MAX_TYPE_PROBLEMS:
         named.append(f"{RUN_JSON}: {len(wrong) - _MAX_TYPE_PROBLEMS} more field(s) of the wrong type; {RERUN}")
@@ -697,15 +919,32 @@ def _summary_problems(summary: dict) -> list[str]:
 # what every reader needs), or ("record", dict, keys it must have). Readers rely on these
 # types; a field of another type is refused by name rather than failing later with a traceback.
 _NUMBER = "number"
-_RULE = ("record", {
-    "analyte": str, "calibrator_set": str, "rule": str, "section": str, "measured": str, "limit": str,
-    "passed": bool, "critical": bool, "detail": str, "category": str, "id": str,
-}, ("analyte", "calibrator_set", "rule", "section", "measured", "limit", "passed", "critical", "detail"))  # category, id came later
+_RULE = (
+    "record",
+    {
+        "analyte": str,
+        "calibrator_set": str,
+        "rule": str,
+        "section": str,
+        "measured": str,
+        "limit": str,
+        "passed": bool,
+        "critical": bool,
+        "detail": str,
+        "category": str,
+        "id": str,
+    },
+    ("analyte", "calibrator_set", "rule", "section", "measured", "limit", "passed", "critical", "detail"),
+)  # category, id came later
 _ACCEPTANCE = {
     name: ("list", _NUMBER) if name == "is_response_band_pct" else _NUMBER for name in Acceptance.__dataclass_fields__
 }
 RUN_JSON_FIELDS = {
-    "lcmsquant": str, "results_format": int, "batch": str, "run_accepted": bool, "peaks_only": str,
+    "lcmsquant": str,
+    "results_format": int,
+    "batch": str,
+    "run_accepted": bool,
+    "peaks_only": str,
     "analytes": ("map", ("map", {"verdict": str, "reasons": ("list", str)})),
     "sample_counts": ("map", ("map", int)),
     "rules": ("list", _RULE),
@@ -715,14 +954,27 @@ RUN_JSON_FIELDS = {
         "method": {"name": str, "version": str, "file": str, "sha256": str},
         "units": str,
         "acceptance": _ACCEPTANCE,
-        "calibrator_sets": ("list", ("record", {"name": str, "matrices": ("list", str), "file": str, "sha256": str},
-                                     ("name", "matrices", "file", "sha256"))),
+        "calibrator_sets": (
+            "list",
+            (
+                "record",
+                {"name": str, "matrices": ("list", str), "file": str, "sha256": str},
+                ("name", "matrices", "file", "sha256"),
+            ),
+        ),
         "inputs": ("list", {"file": str, "sha256": str}),
         "software": ("map", str),
     },
     "outputs": ("map", str),
 }
-_WORDS = {str: "text", int: "a whole number", bool: "true or false", _NUMBER: "a number", "list": "a list", "map": "an object"}
+_WORDS = {
+    str: "text",
+    int: "a whole number",
+    bool: "true or false",
+    _NUMBER: "a number",
+    "list": "a list",
+    "map": "an object",
+}
 _MAX_TYPE_PROBLEMS = 10
 
 
@@ -738,8 +990,12 @@ def _wrong_types(summary: dict) -> list[tuple[str, str]]:
                 found.append(("injection_errors", f"injection_errors names {key[:40]!r}, not an injection number"))
         band = summary.get("provenance", {}).get("acceptance", {}).get("is_response_band_pct")
         if band is not None and len(band) != 2:
-            found.append(("provenance.acceptance.is_response_band_pct",
-                          f"provenance.acceptance.is_response_band_pct holds {len(band)} number(s), not 2 (lowest and highest %)"))
+            found.append(
+                (
+                    "provenance.acceptance.is_response_band_pct",
+                    f"provenance.acceptance.is_response_band_pct holds {len(band)} number(s), not 2 (lowest and highest %)",
+                )
+            )
     return found
 
 
@@ -801,8 +1057,11 @@ def _parse_table(name: str, data: bytes, types: dict, problems: list[str]) -> pd
     """One table with its columns typed (None, and the problems added, when it cannot be read)."""
     try:
         table = pd.read_csv(
-            io.BytesIO(data), dtype=defaultdict(lambda: TEXT, types), keep_default_na=False,
-            na_values={c: [""] for c, kind in types.items() if kind == FLOAT}, encoding="utf-8",
+            io.BytesIO(data),
+            dtype=defaultdict(lambda: TEXT, types),
+            keep_default_na=False,
+            na_values={c: [""] for c, kind in types.items() if kind == FLOAT},
+            encoding="utf-8",
         )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         problems.append(f"{name}: not a readable CSV ({str(err).splitlines()[0]}); {RERUN}")
@@ -812,7 +1071,9 @@ def _parse_table(name: str, data: bytes, types: dict, problems: list[str]) -> pd
         return None
     missing = [c for c in types if c not in table.columns]
     if missing:
-        problems.append(f"{name}: missing column(s) {', '.join(missing)}: not written by `lcmsquant run` (or by an older one); {RERUN}")
+        problems.append(
+            f"{name}: missing column(s) {', '.join(missing)}: not written by `lcmsquant run` (or by an older one); {RERUN}"
+        )
     for column in table.columns:
         if types.get(column, TEXT) is TEXT:
             table[column] = table[column].map(restore_text)
@@ -827,7 +1088,7 @@ def _bad_cells(name: str, data: bytes, types: dict) -> list[str]:
         kind = types.get(column, TEXT)
         if kind is TEXT:
             continue
-        fits = raw[column].map(lambda v: _fits(v, kind)).to_numpy(bool)
+        fits = raw[column].map(lambda v, kind=kind: _fits(v, kind)).to_numpy(bool)
         if not fits.all():
             row = int(np.argmin(fits))
             problems.append(

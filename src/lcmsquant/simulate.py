@@ -129,17 +129,35 @@ from lcmsquant.mzml_writer import Chromatogram, srm_native_id, write_chromatogra
 from lcmsquant.vocabulary import Matrix
 
 __all__ = [
-    "SimulationOptions", "simulate_batch", "WORKLIST_COLUMNS", "TRUTH_COLUMNS", "truth_path_for", "simulate_study",
+    "SimulationOptions",
+    "simulate_batch",
+    "WORKLIST_COLUMNS",
+    "TRUTH_COLUMNS",
+    "truth_path_for",
+    "simulate_study",
     "SimulatedStudy",
 ]
 
 WORKLIST_COLUMNS = (
-    "file", "sample_id", "sample_type", "level", "matrix", "subject_id", "visit", "timepoint",
+    "file",
+    "sample_id",
+    "sample_type",
+    "level",
+    "matrix",
+    "subject_id",
+    "visit",
+    "timepoint",
     "dilution_factor",
 )
 TRUTH_COLUMNS = (
-    "sample_id", "sample_type", "level", "matrix", "analyte", "true_concentration",
-    "dilution_factor", "interference",
+    "sample_id",
+    "sample_type",
+    "level",
+    "matrix",
+    "analyte",
+    "true_concentration",
+    "dilution_factor",
+    "interference",
 )
 BATCH_MATRICES = (Matrix.PLASMA, Matrix.CSF)
 
@@ -276,9 +294,15 @@ class SimulationOptions:
         if self.acquisition not in ACQUISITIONS:
             raise ValueError(f"acquisition must be one of {', '.join(ACQUISITIONS)}, got {self.acquisition!r}")
         offset = self.rt_offset_min
-        if isinstance(offset, bool) or not isinstance(offset, (int, float, np.integer, np.floating)) \
-                or not math.isfinite(offset) or abs(offset) > MAX_RT_OFFSET_MIN:
-            raise ValueError(f"rt_offset_min must be a number of minutes within +-{MAX_RT_OFFSET_MIN:g}, got {offset!r}")
+        if (
+            isinstance(offset, bool)
+            or not isinstance(offset, (int, float, np.integer, np.floating))
+            or not math.isfinite(offset)
+            or abs(offset) > MAX_RT_OFFSET_MIN
+        ):
+            raise ValueError(
+                f"rt_offset_min must be a number of minutes within +-{MAX_RT_OFFSET_MIN:g}, got {offset!r}"
+            )
         object.__setattr__(self, "rt_offset_min", float(offset))
         if not (math.isfinite(self.carryover_fraction) and 0 <= self.carryover_fraction < 1):
             raise ValueError(f"carryover_fraction must be in [0, 1), got {self.carryover_fraction!r}")
@@ -292,7 +316,9 @@ class SimulationOptions:
         else:
             object.__setattr__(self, "is_dropout", tuple(self.is_dropout))
         if self.qc_replicates is not None and (
-            isinstance(self.qc_replicates, bool) or not isinstance(self.qc_replicates, (int, np.integer)) or self.qc_replicates < 1
+            isinstance(self.qc_replicates, bool)
+            or not isinstance(self.qc_replicates, (int, np.integer))
+            or self.qc_replicates < 1
         ):
             raise ValueError(f"qc_replicates must be a positive integer or None, got {self.qc_replicates!r}")
         if self.spoil_calibrator is not None:
@@ -351,14 +377,18 @@ def _simulate(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    physics = _Physics(method, matrix, options, ranges, n_injections=len(injections), rng=_rng(seed, *stream, 1),
-                       key=(seed, *stream))
+    physics = _Physics(
+        method, matrix, options, ranges, n_injections=len(injections), rng=_rng(seed, *stream, 1), key=(seed, *stream)
+    )
 
     previous_amount = {a.name: 0.0 for a in method.analytes}
     for inj in injections:
         chroms, previous_amount = physics.injection(inj, previous_amount, _rng(seed, *stream, 2, inj.number))
         write_chromatogram_mzml(
-            out_dir / inj.file, chroms, compress=options.compress, gzip=options.gzip,
+            out_dir / inj.file,
+            chroms,
+            compress=options.compress,
+            gzip=options.gzip,
             start_timestamp=(run_start + (inj.number - 1) * INJECTION_INTERVAL).strftime("%Y-%m-%dT%H:%M:%SZ"),
         )
 
@@ -418,7 +448,9 @@ def _check_options(method: Method, cal_set: CalibratorSet, options: SimulationOp
     names = {a.name for a in method.analytes}
     unknown = sorted(set(options.qc_bias_pct) - names)
     if unknown:
-        raise ValueError(f"qc_bias_pct names unknown analyte(s) {', '.join(unknown)} (method has {', '.join(sorted(names))})")
+        raise ValueError(
+            f"qc_bias_pct names unknown analyte(s) {', '.join(unknown)} (method has {', '.join(sorted(names))})"
+        )
     if options.spoil_calibrator is not None:
         analyte, level = options.spoil_calibrator
         if analyte not in names:
@@ -440,8 +472,13 @@ def _round(x: float) -> float:
 
 
 def _design(
-    method: Method, cal_set: CalibratorSet, matrix: str, options: SimulationOptions,
-    ranges: dict[str, _Range], rng: np.random.Generator, unknowns: list[_Injection] | None = None,
+    method: Method,
+    cal_set: CalibratorSet,
+    matrix: str,
+    options: SimulationOptions,
+    ranges: dict[str, _Range],
+    rng: np.random.Generator,
+    unknowns: list[_Injection] | None = None,
 ) -> list[_Injection]:
     analytes = [a.name for a in method.analytes]
     zero = {a: 0.0 for a in analytes}
@@ -456,8 +493,9 @@ def _design(
         n = qc_counter[level]
         sample_id = f"DQC-{n}" if level == "DQC" else f"QC-{level}-{n}"
         truth = {a: _round(v * (1 + options.qc_bias_pct.get(a, 0.0) / 100)) for a, v in nominals.items()}
-        return _Injection(0, sample_id, "qc", level, matrix, dilution_factor=DILUTION if level == "DQC" else 1,
-                          truth=truth)
+        return _Injection(
+            0, sample_id, "qc", level, matrix, dilution_factor=DILUTION if level == "DQC" else 1, truth=truth
+        )
 
     def qc_set(levels: tuple[str, ...]) -> list[_Injection]:
         return [q for q in (qc(lv) for lv in levels) if q is not None]
@@ -533,7 +571,11 @@ def _unknown_slots(n: int, matrix: str) -> list[tuple[str, str, str, str]]:
 
 
 def _unknowns(
-    method: Method, matrix: str, n: int, ranges: dict[str, _Range], rng: np.random.Generator,
+    method: Method,
+    matrix: str,
+    n: int,
+    ranges: dict[str, _Range],
+    rng: np.random.Generator,
 ) -> list[_Injection]:
     analytes = [a.name for a in method.analytes]
     slots = _unknown_slots(n, matrix)
@@ -557,10 +599,20 @@ def _unknowns(
             else:
                 c = math.exp(rng.uniform(math.log(1.5 * r.lloq), math.log(0.9 * r.uloq)))
             truth[a] = _round(c)
-        out.append(_Injection(
-            0, f"{subject}-{visit}-{MATRIX_SUFFIX[m]}", "unknown", "", m, subject, visit, timepoint,
-            DILUTION if kind == "diluted" else 1, truth,
-        ))
+        out.append(
+            _Injection(
+                0,
+                f"{subject}-{visit}-{MATRIX_SUFFIX[m]}",
+                "unknown",
+                "",
+                m,
+                subject,
+                visit,
+                timepoint,
+                DILUTION if kind == "diluted" else 1,
+                truth,
+            )
+        )
 
     # co-eluting qualifier interferences: about 1 unknown in 30, at least one per batch
     with_qualifiers = [a for a in method.analytes if a.qualifiers]
@@ -624,8 +676,13 @@ class CycleProfile:
     cycle_s: np.ndarray
 
     @classmethod
-    def draw(cls, rng: np.random.Generator, end_min: float, cycle_range: tuple[float, float] = CYCLE_RANGE_S,
-             knot_min: float = CYCLE_KNOT_MIN) -> CycleProfile:
+    def draw(
+        cls,
+        rng: np.random.Generator,
+        end_min: float,
+        cycle_range: tuple[float, float] = CYCLE_RANGE_S,
+        knot_min: float = CYCLE_KNOT_MIN,
+    ) -> CycleProfile:
         knots = np.arange(0.0, end_min + 2 * knot_min, knot_min)
         cycle = np.exp(rng.uniform(math.log(cycle_range[0]), math.log(cycle_range[1]), len(knots)))
         return cls(knots, cycle)
@@ -646,9 +703,15 @@ def sample_times(starts: np.ndarray, slot: float, lo: float, hi: float) -> np.nd
 
 
 def acquire(
-    rate_cps: np.ndarray, dwell_s: float, scatter: float, rng: np.random.Generator, *,
-    dispersion: float = COUNT_DISPERSION, spike_probability: float = SPIKE_PROBABILITY,
-    spike_counts: tuple[float, float] = SPIKE_COUNTS, dropout_probability: float = DROPOUT_PROBABILITY,
+    rate_cps: np.ndarray,
+    dwell_s: float,
+    scatter: float,
+    rng: np.random.Generator,
+    *,
+    dispersion: float = COUNT_DISPERSION,
+    spike_probability: float = SPIKE_PROBABILITY,
+    spike_counts: tuple[float, float] = SPIKE_COUNTS,
+    dropout_probability: float = DROPOUT_PROBABILITY,
     saturation: float = SATURATION,
 ) -> np.ndarray:
     """What a pulse-counting SRM detector writes for an expected ion rate (cps) at each point.
@@ -669,13 +732,14 @@ def acquire(
 
     rate = np.maximum(np.asarray(rate_cps, dtype=np.float64), 0.0)
     n = len(rate)
-    flicker = np.exp(scatter * rng.standard_normal(n) - 0.5 * scatter ** 2)
+    flicker = np.exp(scatter * rng.standard_normal(n) - 0.5 * scatter**2)
     u_single, u_double = rng.random(n), rng.random(n)
     u_spike, u_height, u_drop = rng.random(n), rng.random(n), rng.random(n)
     mean = rate * dwell_s * flicker
     double = (dispersion - 1.0) / (3.0 - dispersion)  # share of double pulses: var/mean = dispersion
-    counts = (poisson.ppf(u_single, mean * (1 - double) / (1 + double))
-              + 2 * poisson.ppf(u_double, mean * double / (1 + double)))
+    counts = poisson.ppf(u_single, mean * (1 - double) / (1 + double)) + 2 * poisson.ppf(
+        u_double, mean * double / (1 + double)
+    )
     low, high = np.log(spike_counts[0]), np.log(spike_counts[1])
     counts = counts + np.where(u_spike < spike_probability, np.round(np.exp(low + (high - low) * u_height)), 0.0)
     counts = np.where(u_drop < dropout_probability, 0.0, counts)
@@ -694,8 +758,16 @@ class _Extra:
 
 
 class _Physics:
-    def __init__(self, method: Method, matrix: str, options: SimulationOptions, ranges: dict[str, _Range],
-                 n_injections: int, rng: np.random.Generator, key: tuple[int, ...] = (0,)):
+    def __init__(
+        self,
+        method: Method,
+        matrix: str,
+        options: SimulationOptions,
+        ranges: dict[str, _Range],
+        n_injections: int,
+        rng: np.random.Generator,
+        key: tuple[int, ...] = (0,),
+    ):
         self.method = method
         self.options = options
         self.ranges = ranges
@@ -704,12 +776,13 @@ class _Physics:
         h = emg_height_per_area(NOMINAL_SIGMA_S, NOMINAL_TAU_S)
         reference = method.calibrator_set_for("plasma") or method.calibrator_set_for(matrix)
         if reference is None:
-            raise ValueError(f"the method has no calibrator set for plasma or {matrix}: nothing to scale the responses by")
+            raise ValueError(
+                f"the method has no calibrator set for plasma or {matrix}: nothing to scale the responses by"
+            )
         ref_ranges = _ranges(method, reference)
         # k: area (counts*s) per ng/mL injected at V = 1
         self.k = {
-            a.name: LLOQ_HEIGHT.get(a.name, DEFAULT_LLOQ_HEIGHT) / ref_ranges[a.name].lloq / h
-            for a in method.analytes
+            a.name: LLOQ_HEIGHT.get(a.name, DEFAULT_LLOQ_HEIGHT) / ref_ranges[a.name].lloq / h for a in method.analytes
         }
         self.k_is = {i.name: IS_HEIGHT.get(i.name, DEFAULT_IS_HEIGHT) / h for i in method.internal_standards}
         # LLOQ heights of this batch's curve, the scale of the small interferences
@@ -745,13 +818,18 @@ class _Physics:
             per_conc = self.k[a.name] * self.volume * h  # cps per ng/mL (nominal shape)
             low, high = per_conc * math.sqrt(r.lloq * r.uloq), per_conc * MATRIX_PEAK_TOP * r.uloq
             self.matrix_peak[a.name] = _Extra(
-                extra_rng.uniform(*MATRIX_PEAK_DELAY_MIN), extra_rng.uniform(*PEAK_SIGMA_S),
-                extra_rng.uniform(*PEAK_TAU_S), math.exp(extra_rng.uniform(math.log(low), math.log(high))),
+                extra_rng.uniform(*MATRIX_PEAK_DELAY_MIN),
+                extra_rng.uniform(*PEAK_SIGMA_S),
+                extra_rng.uniform(*PEAK_TAU_S),
+                math.exp(extra_rng.uniform(math.log(low), math.log(high))),
                 extra_rng.uniform(*MATRIX_PEAK_QUALIFIER_RATIO),
             )
             side = 1.0 if extra_rng.random() < 0.5 else -1.0
             self.neighbour[a.name] = _Extra(
-                side * extra_rng.uniform(*NEIGHBOUR_FWHM), 0.0, 0.0, extra_rng.uniform(*NEIGHBOUR_HEIGHT),
+                side * extra_rng.uniform(*NEIGHBOUR_FWHM),
+                0.0,
+                0.0,
+                extra_rng.uniform(*NEIGHBOUR_HEIGHT),
                 extra_rng.uniform(0.8, 1.25),
             )
 
@@ -767,8 +845,10 @@ class _Physics:
             for s in method.internal_standards
         }
         if instrument:  # each compound keeps its own shape through the batch
-            shapes = {c: (sigma * math.exp(rng.normal(0.0, SHAPE_JITTER)), tau * math.exp(rng.normal(0.0, SHAPE_JITTER)))
-                      for c, (sigma, tau) in self.shape.items()}
+            shapes = {
+                c: (sigma * math.exp(rng.normal(0.0, SHAPE_JITTER)), tau * math.exp(rng.normal(0.0, SHAPE_JITTER)))
+                for c, (sigma, tau) in self.shape.items()
+            }
         else:
             shapes = {c: (rng.uniform(*SMOOTH_SIGMA_S), rng.uniform(*SMOOTH_TAU_S)) for c in self.shape}
 
@@ -808,7 +888,10 @@ class _Physics:
                 time = sample_times(self.cycle_starts, self.slot[t], lo, hi)
             else:
                 start = lo + trng.uniform(0.0, self.smooth_dt_min)
-                time = start + np.arange(int(math.floor((hi - start) / self.smooth_dt_min + 1e-9)) + 1) * self.smooth_dt_min
+                time = (
+                    start
+                    + np.arange(int(math.floor((hi - start) / self.smooth_dt_min + 1e-9)) + 1) * self.smooth_dt_min
+                )
             t_s = (time - apex) * 60.0
             signal = np.zeros(len(time))
             if area[t] > 0:
@@ -822,7 +905,9 @@ class _Physics:
             i_sigma, i_tau = trng.uniform(1.5, 3.0), trng.uniform(0.5, 2.0)
             if hit:
                 height = rel_height * self.lloq_height[t.compound]
-                signal += height / emg_height_per_area(i_sigma, i_tau) * emg_shape((time - where) * 60.0, i_sigma, i_tau)
+                signal += (
+                    height / emg_height_per_area(i_sigma, i_tau) * emg_shape((time - where) * 60.0, i_sigma, i_tau)
+                )
 
             # a co-eluting interference on a qualifier (recorded in the truth file)
             extra = trng.uniform(0.5, 1.0)
@@ -835,7 +920,9 @@ class _Physics:
             if analyte and options.matrix_peak:
                 m = self.matrix_peak[t.compound]
                 height = m.size * matrix_amount[t.compound] * (1.0 if t.role == "quantifier" else m.qualifier_ratio)
-                signal += height / emg_height_per_area(m.sigma, m.tau) * emg_shape(t_s - m.offset * 60.0, m.sigma, m.tau)
+                signal += (
+                    height / emg_height_per_area(m.sigma, m.tau) * emg_shape(t_s - m.offset * 60.0, m.sigma, m.tau)
+                )
             if analyte and options.neighbour_peak and area[t] > 0:
                 m = self.neighbour[t.compound]
                 ratio = m.size * (1.0 if t.role == "quantifier" else m.qualifier_ratio)
@@ -851,15 +938,23 @@ class _Physics:
                 drift = trng.uniform(-0.3, 0.3) * level
                 noise_sd = trng.uniform(30.0, 60.0)
                 y = (
-                    level + drift * u + signal
+                    level
+                    + drift * u
+                    + signal
                     + trng.normal(0.0, noise_sd, len(time))
                     + trng.normal(0.0, 1.0, len(time)) * 0.8 * np.sqrt(signal)
                 )
                 y = np.clip(y, 0.0, SATURATION).astype(np.float32)
-            chroms.append(Chromatogram(
-                srm_native_id(t.q1, t.q3, index), t.q1, t.q3, time, y,
-                collision_energy=_collision_energy(t),
-            ))
+            chroms.append(
+                Chromatogram(
+                    srm_native_id(t.q1, t.q3, index),
+                    t.q1,
+                    t.q3,
+                    time,
+                    y,
+                    collision_energy=_collision_energy(t),
+                )
+            )
         tic = self._tic(chroms)
         return [tic, *chroms], amount
 
@@ -894,9 +989,18 @@ def _csv(rows: list[list[str]], header: tuple[str, ...]) -> bytes:
 def _worklist_csv(injections: list[_Injection]) -> bytes:
     extra = list(dict.fromkeys(k for inj in injections for k in inj.extra))
     rows = [
-        [inj.file, inj.sample_id, inj.sample_type, inj.level, inj.matrix, inj.subject_id, inj.visit,
-         inj.timepoint, "" if inj.dilution_factor == 1 else str(inj.dilution_factor),
-         *(inj.extra.get(k, "") for k in extra)]
+        [
+            inj.file,
+            inj.sample_id,
+            inj.sample_type,
+            inj.level,
+            inj.matrix,
+            inj.subject_id,
+            inj.visit,
+            inj.timepoint,
+            "" if inj.dilution_factor == 1 else str(inj.dilution_factor),
+            *(inj.extra.get(k, "") for k in extra),
+        ]
         for inj in injections
     ]
     return _csv(rows, (*WORKLIST_COLUMNS, *extra))
@@ -906,10 +1010,18 @@ def _truth_csv(method: Method, injections: list[_Injection]) -> bytes:
     rows = []
     for inj in injections:
         for a in method.analytes:
-            rows.append([
-                inj.sample_id, inj.sample_type, inj.level, inj.matrix, a.name,
-                f"{inj.truth.get(a.name, 0.0):.12g}", str(inj.dilution_factor), inj.interference.get(a.name, ""),
-            ])
+            rows.append(
+                [
+                    inj.sample_id,
+                    inj.sample_type,
+                    inj.level,
+                    inj.matrix,
+                    a.name,
+                    f"{inj.truth.get(a.name, 0.0):.12g}",
+                    str(inj.dilution_factor),
+                    inj.interference.get(a.name, ""),
+                ]
+            )
     return _csv(rows, TRUTH_COLUMNS)
 
 
@@ -956,7 +1068,10 @@ class SimulatedStudy:
 
 
 def simulate_study(
-    out_dir: Path | str, seed: int, n_subjects: int = 6, visits: tuple[str, ...] = ("C1D15",),
+    out_dir: Path | str,
+    seed: int,
+    n_subjects: int = 6,
+    visits: tuple[str, ...] = ("C1D15",),
     method: Method | None = None,
 ) -> SimulatedStudy:
     """Simulate paired trough draws of n subjects analysed as three runs with known truth.
@@ -1018,18 +1133,40 @@ def simulate_study(
             conc["marrow"][a.name] = _round(c * marrow_ratio)
             conc["csf"][a.name] = _round(csf_c)
             values = (
-                conc[blood_matrix][a.name], conc["marrow"][a.name], conc["csf"][a.name],
-                conc["marrow"][a.name] / conc[blood_matrix][a.name], conc["csf"][a.name] / conc[blood_matrix][a.name],
+                conc[blood_matrix][a.name],
+                conc["marrow"][a.name],
+                conc["csf"][a.name],
+                conc["marrow"][a.name] / conc[blood_matrix][a.name],
+                conc["csf"][a.name] / conc[blood_matrix][a.name],
                 csf_lloq,
             )
-            truth_rows.append([
-                subject, visit, "trough", a.name, blood_matrix, *(f"{v:.12g}" for v in values),
-                f"{hours:.2f}", str(late).lower(),
-            ])
+            truth_rows.append(
+                [
+                    subject,
+                    visit,
+                    "trough",
+                    a.name,
+                    blood_matrix,
+                    *(f"{v:.12g}" for v in values),
+                    f"{hours:.2f}",
+                    str(late).lower(),
+                ]
+            )
 
         samples = {
-            m: _Injection(0, f"{subject}-{visit}-{MATRIX_SUFFIX[m]}", "unknown", "", m, subject, visit, "trough", 1,
-                          dict(conc[m]), extra={dose_col: last_dose.strftime(fmt), sample_col: times[m].strftime(fmt)})
+            m: _Injection(
+                0,
+                f"{subject}-{visit}-{MATRIX_SUFFIX[m]}",
+                "unknown",
+                "",
+                m,
+                subject,
+                visit,
+                "trough",
+                1,
+                dict(conc[m]),
+                extra={dose_col: last_dose.strftime(fmt), sample_col: times[m].strftime(fmt)},
+            )
             for m in (blood_matrix, "marrow", "csf")
         }
         blood.extend([samples[blood_matrix], samples["marrow"]])
@@ -1037,17 +1174,41 @@ def simulate_study(
 
     dropout, alq = blood[0], blood[3]  # first subject's blood sample; second subject's marrow
     repeats = [
-        _Injection(0, dropout.sample_id, "unknown", "", dropout.matrix, dropout.subject_id, dropout.visit, "trough",
-                   1, dict(dropout.truth), extra=dict(dropout.extra)),
-        _Injection(0, alq.sample_id, "unknown", "", alq.matrix, alq.subject_id, alq.visit, "trough",
-                   DILUTION, dict(alq.truth), extra=dict(alq.extra)),
+        _Injection(
+            0,
+            dropout.sample_id,
+            "unknown",
+            "",
+            dropout.matrix,
+            dropout.subject_id,
+            dropout.visit,
+            "trough",
+            1,
+            dict(dropout.truth),
+            extra=dict(dropout.extra),
+        ),
+        _Injection(
+            0,
+            alq.sample_id,
+            "unknown",
+            "",
+            alq.matrix,
+            alq.subject_id,
+            alq.visit,
+            "trough",
+            DILUTION,
+            dict(alq.truth),
+            extra=dict(alq.extra),
+        ),
     ]
     last_draw = max(datetime.strptime(i.extra[sample_col], fmt) for i in csf + blood)
     first_run = datetime.combine(last_draw.date() + timedelta(days=1), RUN_START.time())
 
     out_dir = Path(out_dir)
     runs = (out_dir / "plasma-run", out_dir / "csf-run", out_dir / "reanalysis-run")
-    _simulate(runs[0], seed, "plasma", method, SimulationOptions(is_dropout=(dropout.sample_id,)), blood, (1,), first_run)
+    _simulate(
+        runs[0], seed, "plasma", method, SimulationOptions(is_dropout=(dropout.sample_id,)), blood, (1,), first_run
+    )
     _simulate(runs[1], seed, "csf", method, SimulationOptions(), csf, (2,), first_run + timedelta(days=1))
     _simulate(runs[2], seed, "plasma", method, SimulationOptions(), repeats, (3,), first_run + timedelta(days=4))
     truth = atomic_write(out_dir / "study_truth.csv", _csv(truth_rows, STUDY_TRUTH_COLUMNS))
@@ -1055,8 +1216,19 @@ def simulate_study(
 
 
 STUDY_TRUTH_COLUMNS = (
-    "subject_id", "visit", "timepoint", "analyte", "reference_matrix", "true_reference", "true_marrow", "true_csf",
-    "true_marrow_ratio", "true_csf_ratio", "csf_lloq", "hours_since_dose", "late_draw",
+    "subject_id",
+    "visit",
+    "timepoint",
+    "analyte",
+    "reference_matrix",
+    "true_reference",
+    "true_marrow",
+    "true_csf",
+    "true_marrow_ratio",
+    "true_csf_ratio",
+    "csf_lloq",
+    "hours_since_dose",
+    "late_draw",
 )
 
 

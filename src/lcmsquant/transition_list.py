@@ -56,14 +56,28 @@ MIN_RT_WINDOW = Identity.rt_tolerance
 DEFAULT_ANCHORED_RT_WINDOW = 0.10  # min, as in the shipped method (never wider than rt_window)
 RT_DECIMALS = 4  # minutes: 0.006 s, far below the spacing of the data points
 
+
 class TransitionListError(MethodError):
     """A transition list that cannot be imported; `problems` names the line and column of each."""
 
     kind = "transition list"
 
 
-COLUMNS = ["line", "group", "transition", "label", "quantifying", "q1", "q3", "rt_s", "rt_min",
-           "q1_text", "q3_text", "rt_text", "decoy"]
+COLUMNS = [
+    "line",
+    "group",
+    "transition",
+    "label",
+    "quantifying",
+    "q1",
+    "q3",
+    "rt_s",
+    "rt_min",
+    "q1_text",
+    "q3_text",
+    "rt_text",
+    "decoy",
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,7 +431,8 @@ def _compounds(table: pd.DataFrame) -> tuple[list[_Analyte], dict[str, _Standard
         ignored = [
             f"Not imported: {r['transition']} {_number(r['q1'])} -> {_number(r['q3'])} "
             f"(line {r['line']}), a Heavy transition not marked quantifying."
-            for r in heavy if not r["quantifying"]
+            for r in heavy
+            if not r["quantifying"]
         ]
         outcome.summary.extend(ignored)
         if is_name:
@@ -425,23 +440,29 @@ def _compounds(table: pd.DataFrame) -> tuple[list[_Analyte], dict[str, _Standard
         if not light_quant:
             continue  # a group of Heavy transitions only
         q = light_quant[0]
-        analytes.append(_Analyte(
-            name=str(group),
-            quantifier=_tr(q),
-            qualifiers=[_tr(r) for r in light if not r["quantifying"]],
-            rt=float(q["rt_min"]),
-            rt_text=q["rt_text"],
-            internal_standard=is_name,
-            notes=[] if is_name else list(ignored),
-        ))
+        analytes.append(
+            _Analyte(
+                name=str(group),
+                quantifier=_tr(q),
+                qualifiers=[_tr(r) for r in light if not r["quantifying"]],
+                rt=float(q["rt_min"]),
+                rt_text=q["rt_text"],
+                internal_standard=is_name,
+                notes=[] if is_name else list(ignored),
+            )
+        )
     for a in analytes:
         if a.internal_standard:
             continue
         if not standards:
             raise TransitionListError(
                 table.attrs.get("source", "transition list"),
-                [(f"line {a.quantifier.line}: group {a.name!r} has no Heavy transition, and no group of "
-                  "the list has one to serve as a surrogate internal standard")],
+                [
+                    (
+                        f"line {a.quantifier.line}: group {a.name!r} has no Heavy transition, and no group of "
+                        "the list has one to serve as a surrogate internal standard"
+                    )
+                ],
             )
         nearest = min(standards.values(), key=lambda s: (abs(s.rt - a.rt), s.rt, s.name))
         a.internal_standard = nearest.name
@@ -464,7 +485,8 @@ def _items(analytes: list[_Analyte], standards: dict[str, _Standard]) -> list[_I
     used = {a.internal_standard for a in analytes}
     items = [
         _Item("internal_standard", s.name, s.transition.q1, s.transition.q3, s.rt)
-        for s in standards.values() if s.name in used
+        for s in standards.values()
+        if s.name in used
     ]
     for a in analytes:
         items.append(_Item("quantifier", a.name, a.quantifier.q1, a.quantifier.q3, a.rt))
@@ -497,8 +519,7 @@ def choose_rt_window(
     dropped), nor do pairs closer than 2 x min_rt_window (no sensible window separates them)."""
     items = [i for i in _items(analytes, standards) if i.role != "qualifier"]
     pairs = [
-        (a, b) for a, b in _collisions(items, mz_tolerance, max_rt_window)
-        if abs(a.rt - b.rt) >= 2 * min_rt_window
+        (a, b) for a, b in _collisions(items, mz_tolerance, max_rt_window) if abs(a.rt - b.rt) >= 2 * min_rt_window
     ]
     top, bottom = round(max_rt_window * 100), math.ceil(min_rt_window * 100 - 1e-9)
     window = bottom / 100
@@ -551,8 +572,9 @@ def _separate(analytes, standards, mz_tolerance: float, rt_window: float, outcom
                 q = next(q for q in analyte.qualifiers if (q.q1, q.q3) == (item.q1, item.q3))
                 analyte.qualifiers.remove(q)
                 analyte.notes.append(f"Qualifier {q.pair()} ({q.name}, line {q.line}) dropped: {why}.")
-                outcome.summary.append(f"{analyte.name}: qualifier {q.pair()} dropped (collides with "
-                                       f"{(b if item is a else a).label()}).")
+                outcome.summary.append(
+                    f"{analyte.name}: qualifier {q.pair()} dropped (collides with {(b if item is a else a).label()})."
+                )
             continue
         if a.role == b.role == "internal_standard":
             keep, gone = sorted((standards[a.owner], standards[b.owner]), key=lambda s: (s.rt, s.name))
@@ -620,8 +642,14 @@ def _number(x: float) -> str:
 
 
 def _comment(text: str, indent: str = "# ", width: int = 100) -> list[str]:
-    return textwrap.wrap(" ".join(text.split()), width=width, initial_indent=indent,
-                         subsequent_indent=indent + "  ", break_on_hyphens=False, break_long_words=False)
+    return textwrap.wrap(
+        " ".join(text.split()),
+        width=width,
+        initial_indent=indent,
+        subsequent_indent=indent + "  ",
+        break_on_hyphens=False,
+        break_long_words=False,
+    )
 
 
 def _render(name, source, table, analytes, standards, outcome: _Outcome, mz_tol, anchored) -> str:
@@ -630,8 +658,10 @@ def _render(name, source, table, analytes, standards, outcome: _Outcome, mz_tol,
     out = [
         f"# Method imported from the transition list {src} by lcmsquant.transition_list",
         f"# (sha256 {table.attrs.get('sha256', 'unknown')}):",
-        (f"# {len(real)} transitions in {real['group'].nunique()} groups -> {len(analytes)} analyte(s), "
-         f"{len(standards)} internal standard(s)."),
+        (
+            f"# {len(real)} transitions in {real['group'].nunique()} groups -> {len(analytes)} analyte(s), "
+            f"{len(standards)} internal standard(s)."
+        ),
         "# Light quantifying transition -> quantifier; other Light transitions -> qualifiers;",
         '# quantifying Heavy transition -> the group\'s internal standard "<group>-IS".',
         "# Retention times: seconds in the list, minutes here (each rt line notes the listed seconds).",
@@ -679,8 +709,10 @@ def _render(name, source, table, analytes, standards, outcome: _Outcome, mz_tol,
         blocks.append((a.rt, a.name, lines))
     for a, why, gap in outcome.left_out:
         lines = [""]
-        lines += _comment(f"LEFT OUT: {why}. Add it back (uncomment) only if the chromatography "
-                          f"separates them, with rt_window at most {math.floor(gap / 2 * 1e4) / 1e4:g} min.")
+        lines += _comment(
+            f"LEFT OUT: {why}. Add it back (uncomment) only if the chromatography "
+            f"separates them, with rt_window at most {math.floor(gap / 2 * 1e4) / 1e4:g} min."
+        )
         if a.internal_standard not in standards and a.internal_standard in outcome.unused:
             lines += ["# " + x for x in _standard_table(outcome.unused[a.internal_standard])] + ["#"]
         lines += ["# " + x for x in _analyte_table(a)]

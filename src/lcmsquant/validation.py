@@ -74,9 +74,13 @@ class RunResults:
 
     def calibration_accepted(self, analyte: str, calibrator_set: str) -> bool:
         """The run's curve for this analyte met ICH M10 3.2.4 (fitted, >= 75 % and >= 6 levels passing)."""
-        rules = [r for r in self.summary.get("rules", [])
-                 if r.get("analyte") == analyte and r.get("calibrator_set") == calibrator_set
-                 and RuleId.of_record(r) in CALIBRATION_RULES]
+        rules = [
+            r
+            for r in self.summary.get("rules", [])
+            if r.get("analyte") == analyte
+            and r.get("calibrator_set") == calibrator_set
+            and RuleId.of_record(r) in CALIBRATION_RULES
+        ]
         return bool(rules) and all(r.get("passed") for r in rules)
 
     @property
@@ -96,14 +100,21 @@ def results_folder(path: Path | str) -> Path:
         return path
     if (path / "results" / RESULTS_CSV).is_file():
         return path / "results"
-    raise ResultsError(path, [f"{path}: no {RESULTS_CSV} here nor in {path / 'results'}: give a folder written by `lcmsquant run`"])
+    raise ResultsError(
+        path, [f"{path}: no {RESULTS_CSV} here nor in {path / 'results'}: give a folder written by `lcmsquant run`"]
+    )
 
 
 def read_run(path: Path | str, label: str | None = None) -> RunResults:
     """Read one results folder (or a batch folder holding results/), as results.read_results checks it."""
     outputs = read_results(results_folder(path), error=ResultsError)
-    return RunResults(label or str(outputs.summary.get("batch") or outputs.folder), outputs.folder, outputs.results,
-                      outputs.summary, outputs.calibration)
+    return RunResults(
+        label or str(outputs.summary.get("batch") or outputs.folder),
+        outputs.folder,
+        outputs.results,
+        outputs.summary,
+        outputs.calibration,
+    )
 
 
 def read_runs(paths: Iterable[Path | str]) -> tuple[RunResults, ...]:
@@ -127,9 +138,10 @@ def _check_one_method(runs, why: str) -> None:
     first = runs[0]
     for run in runs[1:]:
         if run.method.get("sha256") != first.method.get("sha256"):
-            raise ResultsError(run.folder, [
-                f"made with method {_method_name(run)}, but {first.folder} with method {_method_name(first)}: {why}"
-            ])
+            raise ResultsError(
+                run.folder,
+                [f"made with method {_method_name(run)}, but {first.folder} with method {_method_name(first)}: {why}"],
+            )
 
 
 def _method_name(run: RunResults) -> str:
@@ -198,7 +210,16 @@ def one_way_anova(runs: Sequence[Sequence[float]]) -> OneWayAnova:
     n0 = (n_total - float(np.sum(sizes**2)) / n_total) / (k - 1) if k > 1 else math.nan
     s_between = math.sqrt(max(0.0, (ms_between - ms_within) / n0)) if k > 1 and math.isfinite(ms_within) else math.nan
     return OneWayAnova(
-        k, n_total, n0, grand, ss_between, ss_within, ms_between, ms_within, math.sqrt(ms_within), s_between,
+        k,
+        n_total,
+        n0,
+        grand,
+        ss_between,
+        ss_within,
+        ms_between,
+        ms_within,
+        math.sqrt(ms_within),
+        s_between,
     )
 
 
@@ -225,21 +246,60 @@ def run_accuracy_and_precision(qcs: pd.DataFrame, acceptance: Acceptance = Accep
         cv = 100.0 * float(values.std(ddof=1)) / mean if len(values) > 1 else math.nan
         limit = accuracy_limit_pct(level, acceptance)
         accuracy = 100.0 * mean / nominal
-        rows.append({
-            "analyte": analyte, "calibrator_set": cal_set, "level": level, "run": run, "nominal": nominal,
-            "n": len(values), "n_missing": int(len(sub) - len(values)), "mean_concentration": mean,
-            "accuracy_pct": accuracy, "cv_pct": cv, "limit_pct": limit,
-            "passed": within_limit(accuracy, limit) and bool(np.isfinite(cv) and cv <= limit + EPSILON),
-        })
+        rows.append(
+            {
+                "analyte": analyte,
+                "calibrator_set": cal_set,
+                "level": level,
+                "run": run,
+                "nominal": nominal,
+                "n": len(values),
+                "n_missing": int(len(sub) - len(values)),
+                "mean_concentration": mean,
+                "accuracy_pct": accuracy,
+                "cv_pct": cv,
+                "limit_pct": limit,
+                "passed": within_limit(accuracy, limit) and bool(np.isfinite(cv) and cv <= limit + EPSILON),
+            }
+        )
     return _level_order(pd.DataFrame(rows, columns=RUN_COLUMNS))
 
 
-RUN_COLUMNS = ("analyte", "calibrator_set", "level", "run", "nominal", "n", "n_missing", "mean_concentration",
-               "accuracy_pct", "cv_pct", "limit_pct", "passed")
-LEVEL_COLUMNS = ("analyte", "calibrator_set", "level", "nominal", "n_runs", "n_replicates", "min_replicates_per_run",
-                 "mean_concentration", "mean_accuracy_pct", "worst_run_accuracy_pct", "max_run_cv_pct",
-                 "within_run_cv_pct", "between_run_cv_pct", "ms_within", "ms_between", "n0", "limit_pct", "passed",
-                 "failing")
+RUN_COLUMNS = (
+    "analyte",
+    "calibrator_set",
+    "level",
+    "run",
+    "nominal",
+    "n",
+    "n_missing",
+    "mean_concentration",
+    "accuracy_pct",
+    "cv_pct",
+    "limit_pct",
+    "passed",
+)
+LEVEL_COLUMNS = (
+    "analyte",
+    "calibrator_set",
+    "level",
+    "nominal",
+    "n_runs",
+    "n_replicates",
+    "min_replicates_per_run",
+    "mean_concentration",
+    "mean_accuracy_pct",
+    "worst_run_accuracy_pct",
+    "max_run_cv_pct",
+    "within_run_cv_pct",
+    "between_run_cv_pct",
+    "ms_within",
+    "ms_between",
+    "n0",
+    "limit_pct",
+    "passed",
+    "failing",
+)
 LEVEL_ORDER = {"LLOQ": 0, "LQC": 1, "MQC": 2, "HQC": 3, "DQC": 4}
 
 
@@ -253,7 +313,9 @@ def accuracy_and_precision(qcs: pd.DataFrame, acceptance: Acceptance = Acceptanc
     per_run = run_accuracy_and_precision(qcs, acceptance)
     rows = []
     for (analyte, cal_set, level), sub in qcs.groupby(["analyte", "calibrator_set", "level"], sort=False):
-        runs = per_run[(per_run["analyte"] == analyte) & (per_run["calibrator_set"] == cal_set) & (per_run["level"] == level)]
+        runs = per_run[
+            (per_run["analyte"] == analyte) & (per_run["calibrator_set"] == cal_set) & (per_run["level"] == level)
+        ]
         nominal = float(sub["nominal"].iloc[0])
         limit = accuracy_limit_pct(level, acceptance)
         groups = [g["concentration"].dropna().to_numpy(float) for _, g in sub.groupby("run", sort=False)]
@@ -267,23 +329,44 @@ def accuracy_and_precision(qcs: pd.DataFrame, acceptance: Acceptance = Acceptanc
         failing = []
         if not within_limit(mean_accuracy, limit):
             failing.append(f"mean accuracy {mean_accuracy:.1f} %")
-        failing += [f"run {r.run} accuracy {r.accuracy_pct:.1f} %" for r in runs.itertuples() if not within_limit(r.accuracy_pct, limit)]
-        failing += [f"run {r.run} CV {r.cv_pct:.1f} %" for r in runs.itertuples() if np.isfinite(r.cv_pct) and r.cv_pct > limit + EPSILON]
+        failing += [
+            f"run {r.run} accuracy {r.accuracy_pct:.1f} %"
+            for r in runs.itertuples()
+            if not within_limit(r.accuracy_pct, limit)
+        ]
+        failing += [
+            f"run {r.run} CV {r.cv_pct:.1f} %"
+            for r in runs.itertuples()
+            if np.isfinite(r.cv_pct) and r.cv_pct > limit + EPSILON
+        ]
         failing += [f"run {r.run} has fewer than 2 values" for r in runs.itertuples() if r.n < 2]
         if not (np.isfinite(within) and within <= limit + EPSILON):
             failing.append(f"within-run CV {within:.1f} %" if np.isfinite(within) else "within-run CV not estimable")
         if not (np.isfinite(between) and between <= limit + EPSILON):
             failing.append(f"between-run CV {between:.1f} %" if np.isfinite(between) else "between-run CV needs 2 runs")
-        rows.append({
-            "analyte": analyte, "calibrator_set": cal_set, "level": level, "nominal": nominal,
-            "n_runs": int(len(runs)), "n_replicates": int(runs["n"].sum()), "min_replicates_per_run": int(runs["n"].min()),
-            "mean_concentration": anova.grand_mean if anova else math.nan, "mean_accuracy_pct": mean_accuracy,
-            "worst_run_accuracy_pct": worst_accuracy, "max_run_cv_pct": max_cv,
-            "within_run_cv_pct": within, "between_run_cv_pct": between,
-            "ms_within": anova.ms_within if anova else math.nan, "ms_between": anova.ms_between if anova else math.nan,
-            "n0": anova.n0 if anova else math.nan, "limit_pct": limit, "passed": not failing,
-            "failing": "; ".join(failing),
-        })
+        rows.append(
+            {
+                "analyte": analyte,
+                "calibrator_set": cal_set,
+                "level": level,
+                "nominal": nominal,
+                "n_runs": int(len(runs)),
+                "n_replicates": int(runs["n"].sum()),
+                "min_replicates_per_run": int(runs["n"].min()),
+                "mean_concentration": anova.grand_mean if anova else math.nan,
+                "mean_accuracy_pct": mean_accuracy,
+                "worst_run_accuracy_pct": worst_accuracy,
+                "max_run_cv_pct": max_cv,
+                "within_run_cv_pct": within,
+                "between_run_cv_pct": between,
+                "ms_within": anova.ms_within if anova else math.nan,
+                "ms_between": anova.ms_between if anova else math.nan,
+                "n0": anova.n0 if anova else math.nan,
+                "limit_pct": limit,
+                "passed": not failing,
+                "failing": "; ".join(failing),
+            }
+        )
     return _level_order(pd.DataFrame(rows, columns=LEVEL_COLUMNS))
 
 
@@ -291,7 +374,11 @@ def _level_order(table: pd.DataFrame) -> pd.DataFrame:
     """Analytes as they first appear (the method's order), then LLOQ, LQC, MQC, HQC, DQC."""
     analytes = {a: i for i, a in enumerate(dict.fromkeys(table["analyte"]))}
     keys = table.assign(_a=table["analyte"].map(analytes), _l=table["level"].map(lambda lv: LEVEL_ORDER.get(lv, 9)))
-    return keys.sort_values(["_a", "calibrator_set", "_l"], kind="stable").drop(columns=["_a", "_l"]).reset_index(drop=True)
+    return (
+        keys.sort_values(["_a", "calibrator_set", "_l"], kind="stable")
+        .drop(columns=["_a", "_l"])
+        .reset_index(drop=True)
+    )
 
 
 @dataclass(frozen=True)
@@ -320,17 +407,35 @@ def qc_table(runs: Sequence[RunResults]) -> tuple[pd.DataFrame, list[str]]:
         qcs = run.results[run.results["sample_type"] == SampleType.QC]
         for (analyte, cal_set), sub in qcs.groupby(["analyte", "calibrator_set"], sort=False):
             if not run.calibration_accepted(analyte, cal_set):
-                warnings.append(f"run {run.label}: the {analyte} curve ({cal_set}) failed ICH M10 3.2.4: its QCs are left out")
+                warnings.append(
+                    f"run {run.label}: the {analyte} curve ({cal_set}) failed ICH M10 3.2.4: its QCs are left out"
+                )
                 continue
             missing = sub[sub["concentration"].isna()]
             for r in missing.itertuples():
-                warnings.append(f"run {run.label}: {r.sample_id} {analyte} has no concentration ({r.flags or 'no value'}): left out")
-            frames.append(pd.DataFrame({
-                "run": run.label, "analyte": analyte, "calibrator_set": cal_set, "level": sub["level"],
-                "sample_id": sub["sample_id"], "nominal": sub["nominal"], "concentration": sub["concentration"],
-            }))
-    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["run", "analyte", "calibrator_set", "level", "sample_id", "nominal", "concentration"])
+                warnings.append(
+                    f"run {run.label}: {r.sample_id} {analyte} has no concentration ({r.flags or 'no value'}): left out"
+                )
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "run": run.label,
+                        "analyte": analyte,
+                        "calibrator_set": cal_set,
+                        "level": sub["level"],
+                        "sample_id": sub["sample_id"],
+                        "nominal": sub["nominal"],
+                        "concentration": sub["concentration"],
+                    }
+                )
+            )
+    table = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(
+            columns=["run", "analyte", "calibrator_set", "level", "sample_id", "nominal", "concentration"]
+        )
+    )
     problems = []
     for (analyte, cal_set, level), sub in table.groupby(["analyte", "calibrator_set", "level"], sort=False):
         by_run = sub.groupby("run", sort=False)["nominal"].agg(lambda v: tuple(sorted(set(v))))
@@ -354,7 +459,9 @@ def validate_runs(runs: Sequence[RunResults], acceptance: Acceptance = Acceptanc
     if qcs.empty:
         warnings.append("no QC with a usable curve in these runs: nothing to evaluate")
     for r in per_run[per_run["n"] < MIN_REPLICATES].itertuples():
-        warnings.append(f"run {r.run}: {r.n} {r.level} replicate(s) of {r.analyte}, ICH M10 3.2.5.2 asks for at least {MIN_REPLICATES}")
+        warnings.append(
+            f"run {r.run}: {r.n} {r.level} replicate(s) of {r.analyte}, ICH M10 3.2.5.2 asks for at least {MIN_REPLICATES}"
+        )
     labels = tuple(r.label for r in runs)
     if len(runs) < MIN_RUNS:
         warnings.append(f"{len(runs)} run(s): ICH M10 3.2.5.2 asks for at least {MIN_RUNS} runs")
@@ -367,7 +474,9 @@ def validate_runs(runs: Sequence[RunResults], acceptance: Acceptance = Acceptanc
         )
         days = ()
     elif len(days) < MIN_DAYS:
-        warnings.append(f"all runs on {len(days)} day(s) ({', '.join(days)}): ICH M10 3.2.5.2 asks for at least {MIN_DAYS}")
+        warnings.append(
+            f"all runs on {len(days)} day(s) ({', '.join(days)}): ICH M10 3.2.5.2 asks for at least {MIN_DAYS}"
+        )
     return Validation(levels, per_run, tuple(warnings), labels, days)
 
 
@@ -406,8 +515,11 @@ class Isr:
 
 
 def incurred_sample_reanalysis(
-    original: pd.DataFrame, repeat: pd.DataFrame, n_study_samples: int | None = None,
-    limit_pct: float = ISR_LIMIT_PCT, min_fraction: float = ISR_MIN_FRACTION,
+    original: pd.DataFrame,
+    repeat: pd.DataFrame,
+    n_study_samples: int | None = None,
+    limit_pct: float = ISR_LIMIT_PCT,
+    min_fraction: float = ISR_MIN_FRACTION,
 ) -> Isr:
     """Pair study samples by sample_id and analyte, both reportable, and judge each analyte (ICH M10 5).
 
@@ -415,14 +527,23 @@ def incurred_sample_reanalysis(
     when at least 2/3 of its pairs are. `original` and `repeat` are results.csv tables;
     `n_study_samples` (default: the study samples in `original`) sets how many repeats are needed.
     """
-    orig = original[original["sample_type"] == SampleType.UNKNOWN].drop_duplicates(["sample_id", "analyte"], keep="last")
+    orig = original[original["sample_type"] == SampleType.UNKNOWN].drop_duplicates(
+        ["sample_id", "analyte"], keep="last"
+    )
     rep = repeat[repeat["sample_type"] == SampleType.UNKNOWN].drop_duplicates(["sample_id", "analyte"], keep="last")
     by_key = orig.set_index(["sample_id", "analyte"])
     rows = []
     for r in rep.itertuples():
         key = (r.sample_id, r.analyte)
-        row = {"sample_id": r.sample_id, "analyte": r.analyte, "original": math.nan, "repeat": r.concentration,
-               "mean": math.nan, "difference_pct": math.nan, "within_limit": pd.NA}
+        row = {
+            "sample_id": r.sample_id,
+            "analyte": r.analyte,
+            "original": math.nan,
+            "repeat": r.concentration,
+            "mean": math.nan,
+            "difference_pct": math.nan,
+            "within_limit": pd.NA,
+        }
         if key not in by_key.index:
             row["status"] = "not in the original results"
         else:
@@ -434,16 +555,28 @@ def incurred_sample_reanalysis(
                 row["status"] = f"repeat not reportable ({r.flags or 'no value'})"
             else:
                 diff = isr_difference_pct(float(o["concentration"]), float(r.concentration))
-                row.update(mean=(o["concentration"] + r.concentration) / 2.0, difference_pct=diff,
-                           within_limit=bool(abs(diff) <= limit_pct + EPSILON), status="evaluated")
+                row.update(
+                    mean=(o["concentration"] + r.concentration) / 2.0,
+                    difference_pct=diff,
+                    within_limit=bool(abs(diff) <= limit_pct + EPSILON),
+                    status="evaluated",
+                )
         rows.append(row)
     pairs = pd.DataFrame(rows, columns=ISR_COLUMNS)
     evaluated = pairs[pairs["status"] == "evaluated"]
     summary_rows = []
     for analyte, sub in evaluated.groupby("analyte", sort=False):
         n, ok = len(sub), int(sub["within_limit"].astype(bool).sum())
-        summary_rows.append({"analyte": analyte, "n_evaluated": n, "n_within": ok, "fraction_within": ok / n,
-                             "limit_pct": limit_pct, "passed": ok / n >= min_fraction - EPSILON})
+        summary_rows.append(
+            {
+                "analyte": analyte,
+                "n_evaluated": n,
+                "n_within": ok,
+                "fraction_within": ok / n,
+                "limit_pct": limit_pct,
+                "passed": ok / n >= min_fraction - EPSILON,
+            }
+        )
     summary = pd.DataFrame(summary_rows, columns=ISR_SUMMARY_COLUMNS)
     if n_study_samples is None:
         n_study_samples = int(orig["sample_id"].nunique())
@@ -451,8 +584,10 @@ def incurred_sample_reanalysis(
     done = int(evaluated["sample_id"].nunique())
     warnings = []
     if done < needed:
-        warnings.append(f"{done} study sample(s) reanalysed and evaluable, ICH M10 5 asks for {needed} "
-                        f"(10 % of the first 1000 and 5 % of the rest of {n_study_samples})")
+        warnings.append(
+            f"{done} study sample(s) reanalysed and evaluable, ICH M10 5 asks for {needed} "
+            f"(10 % of the first 1000 and 5 % of the rest of {n_study_samples})"
+        )
     unmatched = sorted(pairs.loc[pairs["status"] == "not in the original results", "sample_id"].unique())
     if unmatched:
         warnings.append(f"not in the original results: {', '.join(unmatched)}")
@@ -480,7 +615,9 @@ def _check_new_analysis(original: Sequence[RunResults], repeat: Sequence[RunResu
     for r in repeat:
         for o in original:
             if r.folder.resolve() == o.folder.resolve():
-                problems.append(f"{r.folder} is given as both original and repeat: give the results of the reanalysis run as REPEAT")
+                problems.append(
+                    f"{r.folder} is given as both original and repeat: give the results of the reanalysis run as REPEAT"
+                )
                 continue
             mine = _injection_hashes(r)
             shared = sorted(mine[h] for h in set(mine) & set(_injection_hashes(o)))
@@ -506,8 +643,22 @@ def _injection_hashes(run: RunResults) -> dict[str, str]:
 # Calibration model and weighting (ICH M10 3.2.4)
 
 
-COMPARE_COLUMNS = ("analyte", "calibrator_set", "rank", "model", "weighting", "current", "n_runs", "n_calibrators",
-                   "sum_abs_re_pct", "max_abs_re_pct", "n_within", "n_passing", "runs_accepted", "note")
+COMPARE_COLUMNS = (
+    "analyte",
+    "calibrator_set",
+    "rank",
+    "model",
+    "weighting",
+    "current",
+    "n_runs",
+    "n_calibrators",
+    "sum_abs_re_pct",
+    "max_abs_re_pct",
+    "n_within",
+    "n_passing",
+    "runs_accepted",
+    "note",
+)
 
 
 def calibrator_table(runs: Sequence[RunResults]) -> pd.DataFrame:
@@ -515,10 +666,23 @@ def calibrator_table(runs: Sequence[RunResults]) -> pd.DataFrame:
     frames = []
     for run in runs:
         cals = run.results[run.results["sample_type"] == SampleType.CALIBRATOR]
-        frames.append(pd.DataFrame({"run": run.label, "analyte": cals["analyte"], "calibrator_set": cals["calibrator_set"],
-                                    "level": cals["level"], "nominal": cals["nominal"], "area_ratio": cals["area_ratio"]}))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["run", "analyte", "calibrator_set", "level", "nominal", "area_ratio"])
+        frames.append(
+            pd.DataFrame(
+                {
+                    "run": run.label,
+                    "analyte": cals["analyte"],
+                    "calibrator_set": cals["calibrator_set"],
+                    "level": cals["level"],
+                    "nominal": cals["nominal"],
+                    "area_ratio": cals["area_ratio"],
+                }
+            )
+        )
+    return (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["run", "analyte", "calibrator_set", "level", "nominal", "area_ratio"])
+    )
 
 
 def current_choice(runs: Sequence[RunResults]) -> dict[tuple[str, str], tuple[str, str]]:
@@ -532,8 +696,11 @@ def current_choice(runs: Sequence[RunResults]) -> dict[tuple[str, str], tuple[st
 
 
 def compare_curves(
-    calibrators: pd.DataFrame, current: Mapping[tuple[str, str], tuple[str, str]] | None = None,
-    acceptance: Acceptance = Acceptance(), models: Sequence[str] = MODELS, weightings: Sequence[str] = WEIGHTINGS,
+    calibrators: pd.DataFrame,
+    current: Mapping[tuple[str, str], tuple[str, str]] | None = None,
+    acceptance: Acceptance = Acceptance(),
+    models: Sequence[str] = MODELS,
+    weightings: Sequence[str] = WEIGHTINGS,
 ) -> pd.DataFrame:
     """Every model x weighting fitted to each run's calibrators, ranked by the sum of |%RE| (ICH M10 3.2.4).
 
@@ -550,16 +717,23 @@ def compare_curves(
     for (analyte, cal_set), sub in usable.groupby(["analyte", "calibrator_set"], sort=False):
         for model in models:
             for weighting in weightings:
-                rows.append({
-                    "analyte": analyte, "calibrator_set": cal_set, "model": model, "weighting": weighting,
-                    "current": current.get((analyte, cal_set)) == (model, weighting),
-                    **_score(sub, model, weighting, acceptance),
-                })
+                rows.append(
+                    {
+                        "analyte": analyte,
+                        "calibrator_set": cal_set,
+                        "model": model,
+                        "weighting": weighting,
+                        "current": current.get((analyte, cal_set)) == (model, weighting),
+                        **_score(sub, model, weighting, acceptance),
+                    }
+                )
     table = pd.DataFrame(rows)
     if table.empty:
         return pd.DataFrame(columns=COMPARE_COLUMNS)
     table["_order"] = range(len(table))
-    table = table.sort_values(["analyte", "calibrator_set", "sum_abs_re_pct", "_order"], na_position="last", kind="stable")
+    table = table.sort_values(
+        ["analyte", "calibrator_set", "sum_abs_re_pct", "_order"], na_position="last", kind="stable"
+    )
     table["rank"] = table.groupby(["analyte", "calibrator_set"], sort=False).cumcount() + 1
     table["_analyte"] = table["analyte"].map({a: i for i, a in enumerate(dict.fromkeys(calibrators["analyte"]))})
     table = table.sort_values(["_analyte", "calibrator_set", "rank"], kind="stable")
@@ -583,16 +757,29 @@ def _score(calibrators: pd.DataFrame, model: str, weighting: str, acceptance: Ac
         total += float(np.nansum(np.abs(re)))
         worst = max(worst, float(np.nanmax(np.abs(re)))) if np.isfinite(re).any() else worst
         within += int((np.abs(re) <= tolerance + EPSILON).sum())
-        result = calibrate(cals[["level", "nominal", "area_ratio"]].assign(injection=range(len(cals))), model, weighting, acceptance)
+        result = calibrate(
+            cals[["level", "nominal", "area_ratio"]].assign(injection=range(len(cals))), model, weighting, acceptance
+        )
         ok = result.calibrators["passed"]
         passing += int(ok.sum())
-        levels = result.calibrators.groupby("level")["passed"].mean() >= acceptance.min_level_replicate_fraction - EPSILON
-        if result.curve is not None and ok.mean() >= acceptance.min_calibrator_fraction - EPSILON and levels.sum() >= acceptance.min_calibrator_levels:
+        levels = (
+            result.calibrators.groupby("level")["passed"].mean() >= acceptance.min_level_replicate_fraction - EPSILON
+        )
+        if (
+            result.curve is not None
+            and ok.mean() >= acceptance.min_calibrator_fraction - EPSILON
+            and levels.sum() >= acceptance.min_calibrator_levels
+        ):
             accepted += 1
     return {
-        "n_runs": len(runs), "n_calibrators": n, "sum_abs_re_pct": math.nan if lost else total,
-        "max_abs_re_pct": math.nan if lost else worst, "n_within": within, "n_passing": passing,
-        "runs_accepted": accepted, "note": f"{lost} calibrator(s) without a value on the curve" if lost else "",
+        "n_runs": len(runs),
+        "n_calibrators": n,
+        "sum_abs_re_pct": math.nan if lost else total,
+        "max_abs_re_pct": math.nan if lost else worst,
+        "n_within": within,
+        "n_passing": passing,
+        "runs_accepted": accepted,
+        "note": f"{lost} calibrator(s) without a value on the curve" if lost else "",
     }
 
 
@@ -626,9 +813,12 @@ def write_isr(isr: Isr, original: Sequence[RunResults], repeat: Sequence[RunResu
     out_dir = Path(out_dir)
     summary = {
         "passed": isr.passed,
-        "study_samples": isr.n_study_samples, "needed": isr.needed, "done": isr.done,
+        "study_samples": isr.n_study_samples,
+        "needed": isr.needed,
+        "done": isr.done,
         "analytes": json.loads(isr.summary.to_json(orient="records")),
-        "original": [str(r.folder) for r in original], "repeat": [str(r.folder) for r in repeat],
+        "original": [str(r.folder) for r in original],
+        "repeat": [str(r.folder) for r in repeat],
         "method": original[0].method if original else {},
         "warnings": list(isr.warnings),
     }

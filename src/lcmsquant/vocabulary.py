@@ -71,7 +71,10 @@ class Flag(StrEnum):
     BLQ = "BLQ", "curve value below the run's LLOQ (judged before dilution)"
     ALQ = "ALQ", "curve value above the run's ULOQ (judged before dilution)"
     OFF_CURVE = "OFF_CURVE", "the response lies beyond the vertex of a quadratic curve: no concentration exists on it"
-    IS_RESPONSE = "IS_RESPONSE", "IS area outside the method's band (default 50-150 % of the mean calibrator/QC IS area)"
+    IS_RESPONSE = (
+        "IS_RESPONSE",
+        "IS area outside the method's band (default 50-150 % of the mean calibrator/QC IS area)",
+    )
     ION_RATIO = "ION_RATIO", "qualifier/quantifier ratio outside its tolerance tier around the calibrators' mean"
     NO_QUALIFIER = "NO_QUALIFIER", "the qualifier transition is missing from the file"
     RT_SHIFT = (
@@ -79,7 +82,10 @@ class Flag(StrEnum):
         "apex further than rt_tolerance from the IS-predicted RT, the IS from its expected RT, "
         "or the relative RT off by more than rrt_tolerance_pct",
     )
-    EDGE = "EDGE", "a peak boundary sits on the first or last point of the trace, the signal there above 1 % of the height"
+    EDGE = (
+        "EDGE",
+        "a peak boundary sits on the first or last point of the trace, the signal there above 1 % of the height",
+    )
     SATURATED = "SATURATED", "flat top at the detector's ceiling (quantifier or IS)"
     SPLIT = "SPLIT", "the peak was cut at a valley before or after a neighbouring peak"
     SHOULDER = "SHOULDER", "an unresolved co-eluting peak (no valley) bends the signal twice: check the integration"
@@ -91,7 +97,9 @@ class Flag(StrEnum):
     )
     MANUAL = "MANUAL", "a transition of this row was integrated by hand (see audit.csv)"
     EXCLUDED = (
-        "EXCLUDED", "calibrator excluded from the fit, by the exclusion rule or by an analyst (reason in exclusion_reason)")
+        "EXCLUDED",
+        "calibrator excluded from the fit, by the exclusion rule or by an analyst (reason in exclusion_reason)",
+    )
     QC_FAIL = "QC_FAIL", "QC outside its accuracy limit"
     DILUTION_QC = "DILUTION_QC", "the dilution QCs failed: diluted study samples go for reanalysis"
     REJECTED = "REJECTED", "the analyte's run failed acceptance"
@@ -101,14 +109,30 @@ class Flag(StrEnum):
 BLOCKING_FLAGS = (Flag.NO_DATA, Flag.NO_PEAK, Flag.BLQ, Flag.ALQ, Flag.REJECTED, Flag.NO_IS, Flag.OFF_CURVE)
 # Flags that keep the value but send the sample for review or reanalysis.
 REVIEW_FLAGS = (
-    Flag.IS_RESPONSE, Flag.ION_RATIO, Flag.NO_QUALIFIER, Flag.RT_SHIFT, Flag.DILUTION_QC, Flag.EDGE, Flag.SATURATED,
-    Flag.LOW_SN, Flag.SPLIT, Flag.SHOULDER, Flag.READ_WARNING,
+    Flag.IS_RESPONSE,
+    Flag.ION_RATIO,
+    Flag.NO_QUALIFIER,
+    Flag.RT_SHIFT,
+    Flag.DILUTION_QC,
+    Flag.EDGE,
+    Flag.SATURATED,
+    Flag.LOW_SN,
+    Flag.SPLIT,
+    Flag.SHOULDER,
+    Flag.READ_WARNING,
 )
 # Flags about the integration itself: a chemist looks at the peak before anything is reinjected.
 PEAK_REVIEW_FLAGS = (Flag.EDGE, Flag.SPLIT, Flag.SHOULDER, Flag.LOW_SN, Flag.READ_WARNING)
 # Flags drawn on a chromatogram in the report.
 PEAK_FLAGS = (
-    Flag.NO_DATA, Flag.NO_PEAK, Flag.RT_SHIFT, Flag.EDGE, Flag.SATURATED, Flag.LOW_SN, Flag.SPLIT, Flag.SHOULDER,
+    Flag.NO_DATA,
+    Flag.NO_PEAK,
+    Flag.RT_SHIFT,
+    Flag.EDGE,
+    Flag.SATURATED,
+    Flag.LOW_SN,
+    Flag.SPLIT,
+    Flag.SHOULDER,
 )
 
 
@@ -156,14 +180,26 @@ class RuleId(StrEnum):
     CARRYOVER_ANALYTE = "CARRYOVER_ANALYTE", "carry-over (analyte)", "3.2.6", RuleCategory.CARRYOVER
     CARRYOVER_IS = "CARRYOVER_IS", "carry-over (IS)", "3.2.6", RuleCategory.CARRYOVER
     BLANK_SELECTIVITY_ANALYTE = (
-        "BLANK_SELECTIVITY_ANALYTE", "blank selectivity (analyte)", "3.2.1", RuleCategory.SELECTIVITY)
+        "BLANK_SELECTIVITY_ANALYTE",
+        "blank selectivity (analyte)",
+        "3.2.1",
+        RuleCategory.SELECTIVITY,
+    )
     BLANK_SELECTIVITY_IS = "BLANK_SELECTIVITY_IS", "blank selectivity (IS)", "3.2.1", RuleCategory.SELECTIVITY
     ZERO_SELECTIVITY_ANALYTE = (
-        "ZERO_SELECTIVITY_ANALYTE", "zero sample selectivity (analyte)", "3.2.1", RuleCategory.SELECTIVITY)
+        "ZERO_SELECTIVITY_ANALYTE",
+        "zero sample selectivity (analyte)",
+        "3.2.1",
+        RuleCategory.SELECTIVITY,
+    )
     IS_RESPONSE_BAND = "IS_RESPONSE_BAND", "IS response within the band", "3.3", RuleCategory.IS_RESPONSE
     IS_RESPONSE_DRIFT = "IS_RESPONSE_DRIFT", "IS response drift", "3.3", RuleCategory.IS_RESPONSE
     IS_RESPONSE_STUDY_SAMPLES = (
-        "IS_RESPONSE_STUDY_SAMPLES", "IS response of study samples", "3.3", RuleCategory.IS_RESPONSE)
+        "IS_RESPONSE_STUDY_SAMPLES",
+        "IS response of study samples",
+        "3.3",
+        RuleCategory.IS_RESPONSE,
+    )
 
     @classmethod
     def for_qc_level(cls, level: str) -> RuleId:
