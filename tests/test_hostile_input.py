@@ -26,7 +26,7 @@ from lcmsquant.pipeline import run_batch
 from lcmsquant.results import LOCK_FILE, read_results, write_outputs
 from lcmsquant.runs import process_batch
 from lcmsquant.simulate import SimulationOptions, simulate_batch
-from lcmsquant.validation import ResultsError, isr_runs, read_run
+from lcmsquant.validation import ResultsError, isr_runs, read_validation_run
 
 SECRET = "PATIENT-SECRET-4711"
 
@@ -381,7 +381,7 @@ def processed(small_batch, tmp_path_factory):
 
 
 def test_isr_of_a_run_against_itself_is_refused(processed):
-    run = read_run(processed)
+    run = read_validation_run(processed)
     with pytest.raises(ResultsError, match="is given as both original and repeat"):
         isr_runs([run], [run])
 
@@ -391,7 +391,7 @@ def test_isr_of_a_copy_of_the_original_run_is_refused_naming_its_files(processed
     with pytest.raises(
         ResultsError, match=r"measured \d+ injection file\(s\) of the original .*an ISR repeat is a new analysis"
     ):
-        isr_runs([read_run(processed)], [read_run(copy)])
+        isr_runs([read_validation_run(processed)], [read_validation_run(copy)])
 
 
 def test_isr_cli_with_the_same_folder_twice_exits_2_and_writes_nothing(processed, tmp_path):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lcmsquant.cohort import read_run
+from lcmsquant.cohort import read_cohort_run
 from lcmsquant.files import atomic_write_all
 from lcmsquant.pipeline import run_batch
 from lcmsquant.results import LOCK_FILE, ResultsFolderBusy, read_results, results_lock, write_outputs
@@ -134,7 +134,7 @@ def test_readers_racing_a_writer_get_one_whole_set(batches, tmp_path):
         write_outputs(batch, result, tmp_path / folder.name)
         sets.append({name: (tmp_path / folder.name / name).read_bytes() for name in OUTPUTS})
     expected = [read_results(tmp_path / folder.name) for folder in batches]
-    expected_cohort = [read_run(tmp_path / folder.name) for folder in batches]
+    expected_cohort = [read_cohort_run(tmp_path / folder.name) for folder in batches]
     out = tmp_path / "racing" / "results"
     out.mkdir(parents=True)
     atomic_write_all({out / name: data for name, data in sets[0].items()})
@@ -157,7 +157,7 @@ def test_readers_racing_a_writer_get_one_whole_set(batches, tmp_path):
             assert files.sha256 == expected[which].sha256 and files.session == expected[which].session
             pd.testing.assert_frame_equal(files.results, expected[which].results)
             pd.testing.assert_frame_equal(files.calibration, expected[which].calibration)
-            record = read_run(out)
+            record = read_cohort_run(out)
             which = 0 if record.batch == "plate-a" else 1
             assert record.results_sha256 == expected_cohort[which].results_sha256
             pd.testing.assert_frame_equal(record.verdicts, expected_cohort[which].verdicts)

@@ -191,8 +191,8 @@ def test_a_run_json_without_provenance_is_not_a_run_summary(copy):
 @pytest.mark.parametrize(
     "read, error",
     [
-        (validation.read_run, validation.ResultsError),
-        (cohort.read_run, cohort.CohortError),
+        (validation.read_validation_run, validation.ResultsError),
+        (cohort.read_cohort_run, cohort.CohortError),
         (report.read_run_files, report.ReportError),
     ],
     ids=["validation", "cohort", "report"],

@@ -21,7 +21,6 @@ from lcmsquant.simulate import SimulationOptions, simulate_batch, truth_path_for
 from lcmsquant.validation import (
     ResultsError,
     accuracy_and_precision,
-    calibrator_table,
     compare_curves,
     current_choice,
     incurred_sample_reanalysis,
@@ -29,8 +28,9 @@ from lcmsquant.validation import (
     isr_runs,
     isr_samples_needed,
     one_way_anova,
-    read_run,
+    pooled_calibrators,
     read_runs,
+    read_validation_run,
     validate_runs,
 )
 from lcmsquant.vocabulary import RuleId
@@ -289,7 +289,7 @@ def test_compare_on_exactly_linear_calibrators_gives_zero_error_for_linear_model
 
 def test_compare_on_validation_runs_ranks_every_model_and_marks_the_methods_choice(validation_runs):
     runs = read_runs([validation_runs[k] for k in ("day1-a", "day1-b", "day2")])
-    table = compare_curves(calibrator_table(runs), current_choice(runs))
+    table = compare_curves(pooled_calibrators(runs), current_choice(runs))
     assert list(dict.fromkeys(table["analyte"])) == ["flumatinib", "M1", "M3"]
     for _, rows in table.groupby("analyte"):
         assert len(rows) == 15 and rows["current"].sum() == 1
@@ -309,7 +309,7 @@ def test_compare_on_validation_runs_ranks_every_model_and_marks_the_methods_choi
 
 
 def test_the_simulator_writes_a_validation_design(validation_runs):
-    results = read_run(validation_runs["day1-a"]).results
+    results = read_validation_run(validation_runs["day1-a"]).results
     qcs = results[(results["sample_type"] == "qc") & (results["analyte"] == "M1")]
     assert qcs.groupby("level").size().to_dict() == {"LLOQ": 5, "LQC": 5, "MQC": 5, "HQC": 5}
     with pytest.raises(ValueError, match="qc_replicates"):
@@ -382,7 +382,7 @@ def test_unusable_results_folders_are_refused_with_every_problem(validation_runs
     results.drop(columns=["concentration", "reportable"]).to_csv(folder / "results.csv", index=False)
     (folder / "run.json").write_text("{ not json")
     with pytest.raises(ResultsError) as err:
-        read_run(folder)
+        read_validation_run(folder)
     rerun = "rerun `lcmsquant run` on the batch to write the folder again"
     assert err.value.problems == [
         f"peaks.csv is missing: {rerun}",
@@ -402,7 +402,7 @@ def test_reanalysed_study_samples_agree(study_and_reanalysis):
         truth[["sample_id", "analyte", "true_concentration"]].values.tolist()
         == truth_repeat[["sample_id", "analyte", "true_concentration"]].values.tolist()
     )
-    first, second = read_run(original), read_run(repeat)
+    first, second = read_validation_run(original), read_validation_run(repeat)
     injected = {r.sample_id: r.injection for r in first.results.itertuples()}
     assert all(injected[r.sample_id] != r.injection for r in second.results.itertuples() if r.sample_type == "unknown")
 

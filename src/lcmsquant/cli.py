@@ -346,12 +346,12 @@ def calibration_compare(
     out: Annotated[Path | None, typer.Option("--out", help="Also write the table to this CSV file.")] = None,
 ) -> None:
     """Sum of |%RE| of the calibrators for every model x weighting, best first (ICH M10 3.2.4)."""
-    from lcmsquant.validation import calibrator_table, compare_curves, current_choice, write_table
+    from lcmsquant.validation import compare_curves, current_choice, pooled_calibrators, write_validation_table
 
     runs = _read_runs(run_dirs)
-    table = compare_curves(calibrator_table(runs), current_choice(runs))
+    table = compare_curves(pooled_calibrators(runs), current_choice(runs))
     if out is not None:
-        write_table(table, out)
+        write_validation_table(table, out)
     for (analyte, cal_set), rows in table.groupby(["analyte", "calibrator_set"], sort=False):
         view = Table(title=f"{analyte} ({cal_set}): {len(runs)} run(s)", title_justify="left", box=box.SIMPLE_HEAD)
         for column in ("rank", "model", "weighting", "sum |%RE|", "max |%RE|", "within", "passing", "runs ok", ""):
@@ -413,10 +413,10 @@ def isr(
     ] = None,
 ) -> None:
     """Incurred sample reanalysis: % difference to the mean, 2/3 within +-20 % (ICH M10 5)."""
-    from lcmsquant.validation import isr_runs, read_run, write_isr
+    from lcmsquant.validation import isr_runs, read_validation_run, write_isr
 
     try:
-        original_run, repeat_run = read_run(original), read_run(repeat)
+        original_run, repeat_run = read_validation_run(original), read_validation_run(repeat)
         result = isr_runs([original_run], [repeat_run], study_samples)
     except InputError as err:
         _fail(err)

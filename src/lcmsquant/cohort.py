@@ -161,7 +161,7 @@ class MethodRecord:
 
 
 @dataclass(frozen=True)
-class RunRecord:
+class CohortRun:
     """One processed run as read from its results folder (results.csv, calibration.csv, run.json)."""
 
     run_id: str  # SHA-256 over the injection files' SHA-256: the same raw data is the same run
@@ -197,7 +197,7 @@ class Addition:
 # Reading a results folder (edge)
 
 
-def read_run(results_dir: Path | str, method_path: Path | str | None = None) -> RunRecord:
+def read_cohort_run(results_dir: Path | str, method_path: Path | str | None = None) -> CohortRun:
     """Read what `lcmsquant run` wrote into results_dir, with the method it was processed with.
 
     The method file is `method_path`, else the batch folder's method.toml (results_dir's
@@ -251,7 +251,7 @@ def read_run(results_dir: Path | str, method_path: Path | str | None = None) -> 
         }
     )
     analyses = _analyses(results, inputs, method.settings, folder / "results.csv")
-    return RunRecord(
+    return CohortRun(
         run_id=run_id,
         batch=str(summary.get("batch", folder.parent.name)),
         results_dir=str(folder.resolve()),
@@ -597,7 +597,7 @@ def add_runs(
     """
     db = Path(db)
     check_database(db, create=True)
-    runs = [read_run(d, method_path) for d in results_dirs]
+    runs = [read_cohort_run(d, method_path) for d in results_dirs]
     check_database(db, create=True)  # again: reading the runs took a while
     created = not db.exists()
     con = sqlite3.connect(db, timeout=30, isolation_level=None)
@@ -668,7 +668,7 @@ def _who(command: Sequence[str]) -> dict:
     }
 
 
-def _add(con: sqlite3.Connection, run: RunRecord, who: dict) -> Addition:
+def _add(con: sqlite3.Connection, run: CohortRun, who: dict) -> Addition:
     _check_conflicts(con, run)
     previous = con.execute("SELECT seq FROM runs WHERE run_id = ?", (run.run_id,)).fetchone()
     replaced = _run_rows(con, run.run_id) if previous else {}
@@ -750,7 +750,7 @@ def _plain(value):
     return value
 
 
-def _check_conflicts(con: sqlite3.Connection, run: RunRecord) -> None:
+def _check_conflicts(con: sqlite3.Connection, run: CohortRun) -> None:
     problems = []
     m = run.method
     others = con.execute(
@@ -1317,14 +1317,14 @@ def write_penetration(db: Path | str, out_dir: Path | str) -> tuple[list[Path], 
     summary = penetration_summary(pairs, method.settings, method.analytes)
     out_dir = Path(out_dir)
     written = [
-        write_table(_rounded(pairs), out_dir / "penetration.csv"),
-        write_table(_rounded(summary), out_dir / "penetration_summary.csv"),
+        write_cohort_table(_rounded(pairs), out_dir / "penetration.csv"),
+        write_cohort_table(_rounded(summary), out_dir / "penetration_summary.csv"),
         atomic_write(out_dir / "penetration.png", penetration_plot(pairs, summary, method.units)),
     ]
     return written, summary
 
 
-def write_table(table: pd.DataFrame, path: Path) -> Path:
+def write_cohort_table(table: pd.DataFrame, path: Path) -> Path:
     return atomic_write(path, csv_text(table))
 
 

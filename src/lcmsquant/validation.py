@@ -1,7 +1,7 @@
 """Across runs: accuracy and precision of a validation, incurred sample reanalysis (ISR), and the
 one-time choice of calibration model and weighting (ICH M10 3.2.4, 3.2.5, 5).
 
-Pure functions over tidy DataFrames; `read_run` / `read_runs` read the results folders that
+Pure functions over tidy DataFrames; `read_validation_run` / `read_runs` read the results folders that
 `lcmsquant run` writes, and `write_*` write the tables atomically.
 
 Definitions used for accuracy and precision (per analyte, calibrator set and QC level, with
@@ -59,7 +59,7 @@ class ResultsError(InputError):
 
 
 @dataclass(frozen=True)
-class RunResults:
+class ValidationRun:
     """One run as `lcmsquant run` wrote it: results.csv, run.json and calibration.csv."""
 
     label: str  # the batch name (from run.json), or the folder when two runs share a name
@@ -105,10 +105,10 @@ def results_folder(path: Path | str) -> Path:
     )
 
 
-def read_run(path: Path | str, label: str | None = None) -> RunResults:
+def read_validation_run(path: Path | str, label: str | None = None) -> ValidationRun:
     """Read one results folder (or a batch folder holding results/), as results.read_results checks it."""
     outputs = read_results(results_folder(path), error=ResultsError)
-    return RunResults(
+    return ValidationRun(
         label or str(outputs.summary.get("batch") or outputs.folder),
         outputs.folder,
         outputs.results,
@@ -117,9 +117,9 @@ def read_run(path: Path | str, label: str | None = None) -> RunResults:
     )
 
 
-def read_runs(paths: Iterable[Path | str]) -> tuple[RunResults, ...]:
+def read_runs(paths: Iterable[Path | str]) -> tuple[ValidationRun, ...]:
     """Read several runs; refuse runs made with different methods (compared by the method's SHA-256)."""
-    runs = [read_run(p) for p in paths]
+    runs = [read_validation_run(p) for p in paths]
     if not runs:
         raise ResultsError(Path("."), ["no results folder given"])
     folders = [r.folder.resolve() for r in runs]
@@ -128,7 +128,7 @@ def read_runs(paths: Iterable[Path | str]) -> tuple[RunResults, ...]:
         raise ResultsError(runs[0].folder, [f"{f} is given more than once" for f in duplicated])
     labels = [r.label for r in runs]
     if len(set(labels)) < len(labels):  # same batch name in two places: label by folder instead
-        runs = [RunResults(str(r.folder), r.folder, r.results, r.summary, r.calibration) for r in runs]
+        runs = [ValidationRun(str(r.folder), r.folder, r.results, r.summary, r.calibration) for r in runs]
     _check_one_method(runs, "runs evaluated together must use one method file; evaluate them separately")
     return tuple(runs)
 
@@ -144,7 +144,7 @@ def _check_one_method(runs, why: str) -> None:
             )
 
 
-def _method_name(run: RunResults) -> str:
+def _method_name(run: ValidationRun) -> str:
     m = run.method
     return f"{m.get('file', '?')} ({m.get('name', '?')} version {m.get('version', '?')}, sha256 {str(m.get('sha256', ''))[:12]})"
 
@@ -396,7 +396,7 @@ class Validation:
         return bool(len(self.levels)) and bool(self.levels["passed"].all())
 
 
-def qc_table(runs: Sequence[RunResults]) -> tuple[pd.DataFrame, list[str]]:
+def pooled_qcs(runs: Sequence[ValidationRun]) -> tuple[pd.DataFrame, list[str]]:
     """The QC replicates of every run (run, analyte, calibrator_set, level, nominal, concentration).
 
     A run whose curve for an analyte failed ICH M10 3.2.4 is left out for that analyte; QCs
@@ -447,13 +447,13 @@ def qc_table(runs: Sequence[RunResults]) -> tuple[pd.DataFrame, list[str]]:
     return table, warnings
 
 
-def validate_runs(runs: Sequence[RunResults], acceptance: Acceptance = Acceptance()) -> Validation:
+def validate_runs(runs: Sequence[ValidationRun], acceptance: Acceptance = Acceptance()) -> Validation:
     """Accuracy and precision over validation runs, with the design checks of ICH M10 3.2.5.2 as warnings.
 
     Warned, not failed: fewer than 5 replicates of a level in a run, fewer than 3 runs, fewer
     than 2 days (days come from a `run_date` worklist column; without it they cannot be checked).
     """
-    qcs, warnings = qc_table(runs)
+    qcs, warnings = pooled_qcs(runs)
     levels = accuracy_and_precision(qcs, acceptance)
     per_run = run_accuracy_and_precision(qcs, acceptance)
     if qcs.empty:
@@ -599,7 +599,9 @@ def incurred_sample_reanalysis(
     return Isr(pairs, summary, n_study_samples, needed, done, tuple(warnings))
 
 
-def isr_runs(original: Sequence[RunResults], repeat: Sequence[RunResults], n_study_samples: int | None = None) -> Isr:
+def isr_runs(
+    original: Sequence[ValidationRun], repeat: Sequence[ValidationRun], n_study_samples: int | None = None
+) -> Isr:
     """ISR of results folders; both sides must come from the same method (see read_runs)."""
     _check_one_method([*original, *repeat], "an incurred sample reanalysis repeats the samples with the same method")
     _check_new_analysis(original, repeat)
@@ -608,7 +610,7 @@ def isr_runs(original: Sequence[RunResults], repeat: Sequence[RunResults], n_stu
     return incurred_sample_reanalysis(orig, rep, n_study_samples)
 
 
-def _check_new_analysis(original: Sequence[RunResults], repeat: Sequence[RunResults]) -> None:
+def _check_new_analysis(original: Sequence[ValidationRun], repeat: Sequence[ValidationRun]) -> None:
     """Refuse a repeat that is an original again (the same folder, or the same injection files):
     it would agree with itself and pass ISR at 100 %."""
     problems = []
@@ -631,7 +633,7 @@ def _check_new_analysis(original: Sequence[RunResults], repeat: Sequence[RunResu
         raise ResultsError(repeat[0].folder if repeat else Path("."), problems)
 
 
-def _injection_hashes(run: RunResults) -> dict[str, str]:
+def _injection_hashes(run: ValidationRun) -> dict[str, str]:
     """SHA-256 -> file name of the study-sample mzML files a run measured (run.json's provenance);
     blanks may well be byte-identical from run to run, a study sample's injection never is."""
     samples = set(run.results.loc[run.results["sample_type"] == SampleType.UNKNOWN, "file"])
@@ -661,7 +663,7 @@ COMPARE_COLUMNS = (
 )
 
 
-def calibrator_table(runs: Sequence[RunResults]) -> pd.DataFrame:
+def pooled_calibrators(runs: Sequence[ValidationRun]) -> pd.DataFrame:
     """Calibrator injections of every run: run, analyte, calibrator_set, level, nominal, area_ratio."""
     frames = []
     for run in runs:
@@ -685,7 +687,7 @@ def calibrator_table(runs: Sequence[RunResults]) -> pd.DataFrame:
     )
 
 
-def current_choice(runs: Sequence[RunResults]) -> dict[tuple[str, str], tuple[str, str]]:
+def current_choice(runs: Sequence[ValidationRun]) -> dict[tuple[str, str], tuple[str, str]]:
     """(analyte, calibrator set) -> (model, weighting) the runs were quantified with (calibration.csv)."""
     choice = {}
     for run in runs:
@@ -787,12 +789,12 @@ def _score(calibrators: pd.DataFrame, model: str, weighting: str, acceptance: Ac
 # Writing
 
 
-def write_table(table: pd.DataFrame, path: Path) -> Path:
+def write_validation_table(table: pd.DataFrame, path: Path) -> Path:
     """A table as CSV, numbers to 6 significant digits for stable, readable files, written atomically."""
     return atomic_write(path, csv_text(table, float_format="%.6g"))
 
 
-def write_validation(validation: Validation, runs: Sequence[RunResults], out_dir: Path) -> list[Path]:
+def write_validation(validation: Validation, runs: Sequence[ValidationRun], out_dir: Path) -> list[Path]:
     """validation.csv (per level), validation_runs.csv (per run and level), validation.json (inputs, warnings)."""
     out_dir = Path(out_dir)
     summary = {
@@ -802,13 +804,15 @@ def write_validation(validation: Validation, runs: Sequence[RunResults], out_dir
         "warnings": list(validation.warnings),
     }
     return [
-        write_table(validation.levels, out_dir / "validation.csv"),
-        write_table(validation.runs, out_dir / "validation_runs.csv"),
+        write_validation_table(validation.levels, out_dir / "validation.csv"),
+        write_validation_table(validation.runs, out_dir / "validation_runs.csv"),
         atomic_write(out_dir / "validation.json", json.dumps(summary, indent=2) + "\n"),
     ]
 
 
-def write_isr(isr: Isr, original: Sequence[RunResults], repeat: Sequence[RunResults], out_dir: Path) -> list[Path]:
+def write_isr(
+    isr: Isr, original: Sequence[ValidationRun], repeat: Sequence[ValidationRun], out_dir: Path
+) -> list[Path]:
     """isr.csv (every repeat and its original) and isr.json (verdict per analyte, needed vs done, warnings)."""
     out_dir = Path(out_dir)
     summary = {
@@ -823,6 +827,6 @@ def write_isr(isr: Isr, original: Sequence[RunResults], repeat: Sequence[RunResu
         "warnings": list(isr.warnings),
     }
     return [
-        write_table(isr.pairs, out_dir / "isr.csv"),
+        write_validation_table(isr.pairs, out_dir / "isr.csv"),
         atomic_write(out_dir / "isr.json", json.dumps(summary, indent=2) + "\n"),
     ]
