@@ -70,79 +70,138 @@ JUDGED_COLUMNS = [
 
 
 def quantify(batch: Batch, peaks: pd.DataFrame, injection_errors: dict | None = None) -> RunResult:
-    """Curves, back-calculated concentrations, acceptance rules and flags from the peak table."""
+    """Curves, back-calculated concentrations, acceptance rules and flags from the peak table.
+
+    A chain of steps, each returning a new table: the analyte table (one row per injection x
+    analyte), its calibrator sets, the IS response, then per analyte and set the curve and the
+    ICH M10 verdict (quantify_analyte), then identity (ion ratio, RT), flags and what is
+    reportable, and the reanalysis list.
+    """
     method = batch.method
-    table = analyte_table(batch, peaks)
-    calibration_rows, rules, verdicts = [], [], {}
-    table["back_calculated"] = np.nan
-    table["concentration_found"] = np.nan
-    table["lloq"] = np.nan
-    table["uloq"] = np.nan
-    table["qc_passed"] = pd.Series(pd.NA, index=table.index, dtype="boolean")
-    table["excluded"] = False
-    table["exclusion_reason"] = ""
-    n_unknowns = int((batch.worklist["sample_type"] == SampleType.UNKNOWN).sum())
-    # Every set that serves a calibrator, QC or study sample of the batch is judged; one without
-    # a calibrator injection has no curve, and the analyte is rejected for it (ICH M10 3.2.4).
-    calibrated_sets = []
-    for cal_set in method.calibrator_sets:
-        in_set = table["matrix"].isin(cal_set.matrices)
-        if (in_set & table["sample_type"].isin([SampleType.CALIBRATOR, SampleType.QC, SampleType.UNKNOWN])).any():
-            table.loc[in_set, "calibrator_set"] = cal_set.name
-            calibrated_sets.append(cal_set)
+    table, calibrated_sets = with_calibrator_sets(analyte_table(batch, peaks), method)
     table = _add_is_response(table, method)
     exclusions = _manual_exclusions(batch)
-    for cal_set in calibrated_sets:
-        in_set = table["calibrator_set"] == cal_set.name
-        no_calibrators = not (in_set & (table["sample_type"] == SampleType.CALIBRATOR)).any()
-        for analyte in method.analytes:
-            rows = in_set & (table["analyte"] == analyte.name)
-            result = _calibrate_analyte(table, rows, analyte, method, exclusions)
-            if no_calibrators:
-                result = replace(result, problem=_no_calibrators(cal_set))
-            table.loc[rows, "lloq"] = result.lloq if result.lloq is not None else np.nan
-            table.loc[rows, "uloq"] = result.uloq if result.uloq is not None else np.nan
-            if result.curve is not None:
-                found = result.curve.back_calculate(table.loc[rows, "area_ratio"])
-                table.loc[rows, "back_calculated"] = found
-                table.loc[rows, "concentration_found"] = found * table.loc[rows, "dilution_factor"]
-            cal_rows = result.calibrators.set_index("row")
-            table.loc[cal_rows.index, "excluded"] = cal_rows["excluded"].astype(bool)
-            table.loc[cal_rows.index, "exclusion_reason"] = cal_rows["exclusion_reason"]
-            samples = _at_analyte_rt(table.loc[rows], method.identity.rt_tolerance)[JUDGED_COLUMNS]
-            qcs = acceptance.qc_accuracy(samples[samples["sample_type"] == SampleType.QC], method.acceptance)
-            table.loc[qcs.index, "qc_passed"] = qcs["qc_passed"].astype("boolean")
-            analyte_rules = acceptance.judge(
-                analyte.name,
-                cal_set.name,
-                result,
-                qcs,
-                n_unknowns,
-                method.acceptance,
-                samples=samples,
-                carryover_injections=acceptance.carryover_blanks(samples),
-            )
-            accepted, reasons = acceptance.verdict(analyte_rules)
-            rules.extend(analyte_rules)
-            verdicts[(analyte.name, cal_set.name)] = {"accepted": accepted, "reasons": reasons}
-            table.loc[rows, "analyte_accepted"] = accepted
-            calibration_rows.append(_calibration_row(analyte.name, cal_set.name, result, accepted))
-            failed_factors = _failed_dilution_factors(qcs, method.acceptance.min_qc_level_fraction)
-            table.loc[rows & table["dilution_factor"].isin(failed_factors), "dilution_qc_failed"] = True
+    n_unknowns = int((batch.worklist["sample_type"] == SampleType.UNKNOWN).sum())
+    outcomes = [
+        quantify_analyte(table, analyte, cal_set, method, exclusions, n_unknowns)
+        for cal_set in calibrated_sets
+        for analyte in method.analytes
+    ]
+    for outcome in outcomes:
+        table.loc[outcome.rows.index, outcome.rows.columns] = outcome.rows
     table = _add_ion_ratio_and_rt(table, method)
-    table = _finish(table, method)
+    table = _with_flags(_with_accuracy(table), method)
     reanalysis = reanalysis_list(table, method)
     reason_of = dict(zip(zip(reanalysis["injection"], reanalysis["analyte"]), reanalysis["reason"]))
     table["reanalysis"] = [reason_of.get(key, "") for key in zip(table["injection"], table["analyte"])]
     return RunResult(
         results=table,
         peaks=peaks,
-        calibration=pd.DataFrame(calibration_rows, columns=list(CALIBRATION_COLUMNS)),
-        rules=tuple(rules),
-        verdicts=verdicts,
+        calibration=pd.DataFrame([o.calibration for o in outcomes], columns=list(CALIBRATION_COLUMNS)),
+        rules=tuple(rule for o in outcomes for rule in o.rules),
+        verdicts={(o.analyte, o.calibrator_set): {"accepted": o.accepted, "reasons": o.reasons} for o in outcomes},
         injection_errors=dict(injection_errors or {}),
         reanalysis=reanalysis,
         peaks_only=peaks_only_reason(batch),
+    )
+
+
+# What quantify_analyte gives each of its rows (the table starts with these empty).
+QUANTIFIED_COLUMNS = {
+    "back_calculated": np.nan,
+    "concentration_found": np.nan,
+    "lloq": np.nan,
+    "uloq": np.nan,
+    "qc_passed": pd.NA,
+    "excluded": False,
+    "exclusion_reason": "",
+    "analyte_accepted": True,  # rows of no calibrated set are not judged, so never REJECTED
+    "dilution_qc_failed": False,
+}
+
+
+def with_calibrator_sets(table: pd.DataFrame, method: Method) -> tuple[pd.DataFrame, list[CalibratorSet]]:
+    """The table with each row's calibrator set, and the sets to calibrate: every set that serves
+    a calibrator, QC or study sample of the batch (one without a calibrator injection then has no
+    curve, and the analyte is rejected for it, ICH M10 3.2.4)."""
+    table = table.assign(**{c: v for c, v in QUANTIFIED_COLUMNS.items() if c != "qc_passed"})
+    table["qc_passed"] = pd.Series(pd.NA, index=table.index, dtype="boolean")
+    calibrated_sets = []
+    for cal_set in method.calibrator_sets:
+        in_set = table["matrix"].isin(cal_set.matrices)
+        if (in_set & table["sample_type"].isin([SampleType.CALIBRATOR, SampleType.QC, SampleType.UNKNOWN])).any():
+            table.loc[in_set, "calibrator_set"] = cal_set.name
+            calibrated_sets.append(cal_set)
+    return table, calibrated_sets
+
+
+@dataclass(frozen=True)
+class AnalyteOutcome:
+    """One analyte in one calibrator set: its rows' curve values and verdict, its calibration.csv
+    row and its acceptance rules."""
+
+    analyte: str
+    calibrator_set: str
+    rows: pd.DataFrame = field(repr=False)  # QUANTIFIED_COLUMNS of the analyte's rows in the set
+    calibration: dict = field(repr=False)
+    rules: tuple[Rule, ...] = ()
+    accepted: bool = False
+    reasons: tuple[str, ...] = ()
+
+
+def quantify_analyte(
+    table: pd.DataFrame,
+    analyte: Analyte,
+    cal_set: CalibratorSet,
+    method: Method,
+    exclusions: dict[tuple[int, str], str],
+    n_unknowns: int,
+) -> AnalyteOutcome:
+    """Fit the analyte's curve in one calibrator set, back-calculate its rows and judge them by
+    ICH M10 (acceptance.judge); `table` is left as it is."""
+    in_set = table["calibrator_set"] == cal_set.name
+    rows = in_set & (table["analyte"] == analyte.name)
+    result = _calibrate_analyte(table, rows, analyte, method, exclusions)
+    if not (in_set & (table["sample_type"] == SampleType.CALIBRATOR)).any():
+        result = replace(result, problem=_no_calibrators(cal_set))
+    mine = table.loc[rows, list(QUANTIFIED_COLUMNS)].copy()
+    mine["lloq"] = result.lloq if result.lloq is not None else np.nan
+    mine["uloq"] = result.uloq if result.uloq is not None else np.nan
+    if result.curve is not None:
+        found = result.curve.back_calculate(table.loc[rows, "area_ratio"])
+        mine["back_calculated"] = found
+        mine["concentration_found"] = found * table.loc[rows, "dilution_factor"]
+    cal_rows = result.calibrators.set_index("row")
+    mine.loc[cal_rows.index, "excluded"] = cal_rows["excluded"].astype(bool)
+    mine.loc[cal_rows.index, "exclusion_reason"] = cal_rows["exclusion_reason"]
+    judged = table.loc[rows].assign(
+        **{c: mine[c] for c in ("back_calculated", "concentration_found", "lloq", "uloq", "excluded")}
+    )
+    samples = _at_analyte_rt(judged, method.identity.rt_tolerance)[JUDGED_COLUMNS]
+    qcs = acceptance.qc_accuracy(samples[samples["sample_type"] == SampleType.QC], method.acceptance)
+    mine.loc[qcs.index, "qc_passed"] = qcs["qc_passed"].astype("boolean")
+    rules = acceptance.judge(
+        analyte.name,
+        cal_set.name,
+        result,
+        qcs,
+        n_unknowns,
+        method.acceptance,
+        samples=samples,
+        carryover_injections=acceptance.carryover_blanks(samples),
+    )
+    accepted, reasons = acceptance.verdict(rules)
+    mine["analyte_accepted"] = accepted
+    failed_factors = _failed_dilution_factors(qcs, method.acceptance.min_qc_level_fraction)
+    mine.loc[table.loc[rows, "dilution_factor"].isin(failed_factors).to_numpy(), "dilution_qc_failed"] = True
+    return AnalyteOutcome(
+        analyte.name,
+        cal_set.name,
+        mine,
+        _calibration_row(analyte.name, cal_set.name, result, accepted),
+        tuple(rules),
+        accepted,
+        tuple(reasons),
     )
 
 
@@ -385,16 +444,24 @@ FLAG_INPUTS = [
 ]
 
 
-def _finish(table: pd.DataFrame, method: Method) -> pd.DataFrame:
-    """Concentration (after dilution), accuracy and flags of every row."""
+def _with_accuracy(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with the accuracy (% of nominal) of every calibrator and QC."""
+    calibrated = table["sample_type"].isin([SampleType.CALIBRATOR, SampleType.QC])
+    return table.assign(
+        accuracy_pct=np.where(calibrated, 100.0 * table["concentration_found"] / table["nominal"], np.nan)
+    )
+
+
+def _with_flags(table: pd.DataFrame, method: Method) -> pd.DataFrame:
+    """The table with every row's flags, its concentration (empty where a flag blocks it) and
+    whether a study sample is reportable."""
+    table = table.copy()
     min_sn = method.integration.min_sn
     no_peak_as_blq = method.integration.no_peak_as_blq
     peaks_only = method.peaks_only  # no curve, so no range: a missing peak is not BLQ either
     bc = table["back_calculated"]
     below = bc.notna() & table["lloq"].notna() & (bc < table["lloq"] - 1e-12)
     above = bc.notna() & table["uloq"].notna() & (bc > table["uloq"] + 1e-12)
-    calibrated = table["sample_type"].isin([SampleType.CALIBRATOR, SampleType.QC])
-    table["accuracy_pct"] = np.where(calibrated, 100.0 * table["concentration_found"] / table["nominal"], np.nan)
 
     # A response the fitted curve never reaches (a quadratic's vertex) has no concentration.
     off_curve = (
@@ -406,7 +473,7 @@ def _finish(table: pd.DataFrame, method: Method) -> pd.DataFrame:
         & (table["sample_type"] != SampleType.BLANK)
     )
     qc_failed = table["qc_passed"].fillna(True).astype(bool).eq(False)
-    dilution_failed = table["dilution_qc_failed"].fillna(False).astype(bool)
+    dilution_failed = table["dilution_qc_failed"].astype(bool)
     below, above, off_curve = below.tolist(), above.tolist(), off_curve.tolist()
     qc_failed, dilution_failed = qc_failed.tolist(), dilution_failed.tolist()
     flags = []
