@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +15,39 @@ from lcmsquant.simulate import simulate_batch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "smartpeak-sciex-srm"
+
+
+def run_cli(*args, cwd=None, env=None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`lcmsquant ARGS...` in a process of its own, as a user runs it (its output piped, wide)."""
+    return subprocess.run(
+        [sys.executable, "-m", "lcmsquant", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "COLUMNS": "400", **(env or {})},
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """run_cli, for tests of the command as a user runs it: such tests are marked `subprocess`."""
+    return run_cli
+
+
+# Markers that a quick run leaves out (`pytest -m quick`, see pyproject.toml); CI runs everything.
+FIXTURE_MARKERS = {"cli": "subprocess", "chromium": "browser"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects by marker
+def pytest_collection_modifyitems(items):
+    """Mark each test by what it starts: a process (the `cli` fixture), a browser (`chromium`)."""
+    for item in items:
+        for fixture, marker in FIXTURE_MARKERS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
+        if not any(item.get_closest_marker(name) for name in ("subprocess", "browser", "dask")):
+            item.add_marker("quick")
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ def test_an_unknown_name_is_an_attribute_error():
         lcmsquant.nothing  # noqa: B018
 
 
+@pytest.mark.subprocess
 def test_importing_the_package_loads_no_science_modules():
     code = "import sys, lcmsquant; print(sorted(m for m in ('pandas', 'pyopenms', 'numba') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import gzip
 import re
 import shutil
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -464,13 +462,7 @@ def test_any_value_anywhere_in_a_method_gives_a_method_or_a_method_error(where, 
 # Through the command line
 
 
-def lcmsquant_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "lcmsquant", *map(str, args)], capture_output=True, text=True, timeout=600
-    )
-
-
-def test_unicode_and_spaces_in_folder_and_file_names_work_end_to_end(small_batch, tmp_path):
+def test_unicode_and_spaces_in_folder_and_file_names_work_end_to_end(small_batch, tmp_path, cli):
     folder = Path(shutil.copytree(small_batch, tmp_path / "Lauf 7 — Flumatinib µg" / "Charge été"))
     table = pd.read_csv(folder / "worklist.csv", dtype=str, keep_default_na=False)
     renamed = {}
@@ -480,20 +472,20 @@ def test_unicode_and_spaces_in_folder_and_file_names_work_end_to_end(small_batch
         renamed[name] = new
     table["file"] = table["file"].map(renamed)
     table.to_csv(folder / "worklist.csv", index=False)
-    done = lcmsquant_cli("run", folder)
+    done = cli("run", folder)
     assert done.returncode == 0, done.stderr
     results = pd.read_csv(folder / "results" / "results.csv")
     assert set(results["file"]) == set(renamed.values())
     assert results.loc[results["sample_type"] == "calibrator", "area"].notna().all()
 
 
-def test_bad_input_leaves_earlier_results_byte_for_byte(batch_copy):
-    assert lcmsquant_cli("run", batch_copy).returncode == 0
+def test_bad_input_leaves_earlier_results_byte_for_byte(batch_copy, cli):
+    assert cli("run", batch_copy).returncode == 0
     out = batch_copy / "results"
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     lines = _worklist_lines(batch_copy)
     (batch_copy / "worklist.csv").write_text("\n".join([lines[0].replace("sample_type", "type"), *lines[1:]]) + "\n")
-    done = lcmsquant_cli("run", batch_copy)
+    done = cli("run", batch_copy)
     assert done.returncode == 2
     assert "missing column(s) sample_type" in done.stderr and "Traceback" not in done.stderr + done.stdout
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,12 +19,6 @@ from lcmsquant.results import write_outputs
 from lcmsquant.simulate import SimulationOptions, simulate_batch
 
 SHIPPED = Path(__file__).resolve().parents[1] / "methods" / "flumatinib.toml"
-
-
-def lcmsquant_cli(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "lcmsquant", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
-    )
 
 
 def count(db: Path, table: str) -> int:
@@ -44,13 +36,13 @@ def _process(folder: Path, out: Path, method_path: Path | None = None) -> Path:
 # End to end: run -> cohort add -> cohort penetration
 
 
-def test_ratios_of_quantifiable_pairs_are_within_20_percent_and_blq_csf_is_censored(processed_study, tmp_path):
+def test_ratios_of_quantifiable_pairs_are_within_20_percent_and_blq_csf_is_censored(processed_study, tmp_path, cli):
     study, results = processed_study
     db = tmp_path / "cohort.sqlite"
-    done = lcmsquant_cli("cohort", "add", *results, "--db", db)
+    done = cli("cohort", "add", *results, "--db", db)
     assert done.returncode == 0, done.stderr
     assert "added run 'plasma-run'" in done.stdout and "added run 'csf-run'" in done.stdout
-    done = lcmsquant_cli("cohort", "penetration", "--db", db, "--out", tmp_path / "out")
+    done = cli("cohort", "penetration", "--db", db, "--out", tmp_path / "out")
     assert done.returncode == 0, done.stderr
     assert "CSF:serum" in done.stdout and "marrow:serum" in done.stdout
 
@@ -123,7 +115,7 @@ def test_adding_a_run_twice_replaces_it(cohort, processed_study):
     assert hashes == before["analyses"]  # every row keeps its run and file hashes
 
 
-def test_a_run_processed_with_another_method_file_is_refused(cohort, processed_study, tmp_path):
+def test_a_run_processed_with_another_method_file_is_refused(cohort, processed_study, tmp_path, cli):
     study, _ = processed_study
     method = tmp_path / "methods" / "flumatinib-v2.toml"
     method.parent.mkdir()
@@ -134,7 +126,7 @@ def test_a_run_processed_with_another_method_file_is_refused(cohort, processed_s
     results = _process(study.runs[1], tmp_path / "csf-results-v2", method)
     before = count(cohort, "analyses")
 
-    done = lcmsquant_cli("cohort", "add", results, "--db", cohort, "--method", method)
+    done = cli("cohort", "add", results, "--db", cohort, "--method", method)
     assert done.returncode == 2
     message = " ".join(done.stderr.split())
     assert "method 'flumatinib' version 2 (flumatinib-v2.toml" in message
@@ -163,13 +155,13 @@ def test_a_run_on_other_calibrator_nominals_is_refused(cohort, processed_study, 
     assert count(cohort, "runs") == 3
 
 
-def test_a_failed_addition_leaves_no_new_database(processed_study, tmp_path):
+def test_a_failed_addition_leaves_no_new_database(processed_study, tmp_path, cli):
     _, results = processed_study
     db = tmp_path / "new.sqlite"
     with pytest.raises(CohortError, match="results.csv is missing"):
         add_runs(db, [results[0], tmp_path])
     assert not db.exists()
-    done = lcmsquant_cli("cohort", "penetration", "--db", db)
+    done = cli("cohort", "penetration", "--db", db)
     assert done.returncode == 2 and "no cohort database" in done.stderr
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from datetime import datetime
 
 import numpy as np
@@ -19,29 +17,21 @@ STUDY = "FLU-201"
 
 
 @pytest.fixture(scope="module")
-def sdtm(cohort, tmp_path_factory):
+def sdtm(cohort, tmp_path_factory, cli):
     out = tmp_path_factory.mktemp("sdtm")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lcmsquant",
-            "cohort",
-            "export",
-            "--db",
-            str(cohort),
-            "--format",
-            "sdtm",
-            "--study",
-            STUDY,
-            "--lab",
-            "Example Bioanalytical Laboratory",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = cli(
+        "cohort",
+        "export",
+        "--db",
+        cohort,
+        "--format",
+        "sdtm",
+        "--study",
+        STUDY,
+        "--lab",
+        "Example Bioanalytical Laboratory",
+        "--out",
+        out,
     )
     assert done.returncode == 0, done.stderr
     pc_csv = pd.read_csv(out / "pc.csv", dtype=str, keep_default_na=False)
@@ -135,24 +125,7 @@ def test_parquet_and_csv_hold_the_same_tables(cohort, tmp_path):
     assert analyses["file_sha256"].str.len().eq(64).all()
 
 
-def test_sdtm_needs_a_study_identifier(cohort, tmp_path):
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lcmsquant",
-            "cohort",
-            "export",
-            "--db",
-            str(cohort),
-            "--format",
-            "sdtm",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def test_sdtm_needs_a_study_identifier(cohort, tmp_path, cli):
+    done = cli("cohort", "export", "--db", cohort, "--format", "sdtm", "--out", tmp_path)
     assert done.returncode == 2 and "--study STUDYID" in done.stderr and "Traceback" not in done.stderr
     assert not list(tmp_path.iterdir())

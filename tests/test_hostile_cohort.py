@@ -39,12 +39,6 @@ from lcmsquant.cohort import (
 from lcmsquant.export import export_cohort
 
 
-def lcmsquant_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "lcmsquant", *map(str, args)], capture_output=True, text=True, timeout=60
-    )
-
-
 def one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -72,11 +66,11 @@ def opened(db: Path):
 # --db that is not a regular file, or in no folder: refused from os.stat alone, left as it was
 
 
-def test_a_fifo_is_refused_without_blocking_and_kept(processed_study, tmp_path):
+def test_a_fifo_is_refused_without_blocking_and_kept(processed_study, tmp_path, cli):
     _, results = processed_study
     fifo = tmp_path / "cohort.sqlite"
     os.mkfifo(fifo)
-    done = lcmsquant_cli("cohort", "add", results[0], "--db", fifo)  # would block for ever if opened
+    done = cli("cohort", "add", results[0], "--db", fifo)  # would block for ever if opened
     assert done.returncode == 2
     assert f"{fifo} is a FIFO (named pipe), not a cohort database file, and was left untouched" in one_line(done.stderr)
     assert "give --db the cohort's database file" in one_line(done.stderr)
@@ -165,6 +159,7 @@ def test_a_journal_name_that_is_a_symlink_is_refused_and_its_target_kept(cohort,
     assert db.read_bytes() == before and target.read_text() == "not a journal" and journal.is_symlink()
 
 
+@pytest.mark.subprocess
 def test_the_journal_of_an_interrupted_add_is_rolled_back_not_called_damage(logged, tmp_path):
     db = tmp_path / "cohort.sqlite"
     shutil.copy(logged, db)
@@ -242,12 +237,12 @@ def test_a_file_that_is_not_a_usable_cohort_is_refused_and_unchanged(kind, comma
     assert listing(tmp_path) == ["cohort.sqlite"]  # no journal, no output folder
 
 
-def test_the_commands_on_a_damaged_database_exit_2_without_a_traceback(cohort, tmp_path):
+def test_the_commands_on_a_damaged_database_exit_2_without_a_traceback(cohort, tmp_path, cli):
     db = tmp_path / "cohort.sqlite"
     shutil.copy(cohort, db)
     _damage(db, "corrupt pages")
     before = db.read_bytes()
-    done = lcmsquant_cli("cohort", "export", "--db", db, "--format", "csv")
+    done = cli("cohort", "export", "--db", db, "--format", "csv")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"{db} is damaged: PRAGMA quick_check says" in one_line(done.stderr)
     assert "restore it from a backup" in one_line(done.stderr)

@@ -21,7 +21,15 @@ from lcmsquant import report as report_module
 from lcmsquant.cli import app
 from lcmsquant.files import REPORT_HASH_META, _set_agrees, report_run_json_sha256
 from lcmsquant.report import (
-    REPORT_HTML, REPORT_PDF, ReportError, fmt, read_run_files, render_report, report_matches, write_pdf, write_report,
+    REPORT_HTML,
+    REPORT_PDF,
+    ReportError,
+    fmt,
+    read_run_files,
+    render_report,
+    report_matches,
+    write_pdf,
+    write_report,
 )
 from lcmsquant.results import read_results
 from lcmsquant.runs import process_batch

@@ -4,8 +4,6 @@ and says so. Either way the results are written, read back and reported."""
 
 import json
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -44,12 +42,6 @@ def _flags(table: pd.DataFrame) -> set[str]:
 def _section(html: str, section_id: str) -> str:
     start = html.index(f'<section id="{section_id}">')
     return html[start : html.index("</section>", start)]
-
-
-def lcmsquant_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "lcmsquant", *map(str, args)], capture_output=True, text=True, timeout=600
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,11 +141,11 @@ def test_a_batch_calibrators_csv_makes_a_peaks_only_method_quantify_without_qc_l
 
 
 @pytest.fixture(scope="module")
-def sciex_peaks_only(sciex_dir, tmp_path_factory):
+def sciex_peaks_only(sciex_dir, tmp_path_factory, cli):
     """`lcmsquant method import traML.csv`, then `lcmsquant run` of a batch of both real files
     (study samples only) with that method: (completed process, results folder)."""
     root = tmp_path_factory.mktemp("sciex-peaks-only")
-    done = lcmsquant_cli("method", "import", sciex_dir / "traML.csv", "-o", root / "yeast.toml")
+    done = cli("method", "import", sciex_dir / "traML.csv", "-o", root / "yeast.toml")
     assert done.returncode == 0, done.stderr
     assert "runs peaks only" in " ".join(done.stdout.split())  # rich wraps long lines
     batch = root / "batch"
@@ -163,7 +155,7 @@ def sciex_peaks_only(sciex_dir, tmp_path_factory):
     (batch / "worklist.csv").write_text(
         f"{WORKLIST_HEADER}\n{SACC},Sacc1,unknown,,plasma,,,,\n{RAW},BloodProject01-QC-Broth-1,unknown,,plasma,,,,\n"
     )
-    return lcmsquant_cli("run", batch, "--method", root / "yeast.toml", "--jobs", "1"), batch / "results"
+    return cli("run", batch, "--method", root / "yeast.toml", "--jobs", "1"), batch / "results"
 
 
 def test_a_peaks_only_run_of_the_real_files_finishes_and_says_so(sciex_peaks_only):

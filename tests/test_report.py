@@ -18,8 +18,14 @@ from lcmsquant.cli import app
 from lcmsquant.files import sha256
 from lcmsquant.pipeline import run_batch
 from lcmsquant.report import (
-    REPORT_HTML, ReportError, read_run_files, reanalysis_list, render_report, rule_category,
-    write_pdf, write_report,
+    REPORT_HTML,
+    ReportError,
+    read_run_files,
+    reanalysis_list,
+    render_report,
+    rule_category,
+    write_pdf,
+    write_report,
 )
 from lcmsquant.report_figures import decimate
 from lcmsquant.results import write_outputs

@@ -57,6 +57,7 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
+@pytest.mark.subprocess
 def test_a_run_into_a_held_folder_stops_at_once_naming_the_holder_and_the_other_batches_run(batches, tmp_path):
     plate_a, plate_b = (Path(shutil.copytree(b, tmp_path / b.name)) for b in batches)
     assert process_batch(plate_a).ok

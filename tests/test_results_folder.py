@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -206,14 +204,9 @@ def test_every_command_refuses_an_edited_folder_with_the_same_words(read, error,
     assert err.value.problems[0].startswith("reanalysis.csv is not the file run.json records")
 
 
-def test_the_validate_command_says_so_without_a_traceback(copy):
+def test_the_validate_command_says_so_without_a_traceback(copy, cli):
     (copy / "audit.csv").unlink()
-    done = subprocess.run(
-        [sys.executable, "-m", "lcmsquant", "validate", str(copy), "--out", str(copy.parent / "v")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = cli("validate", copy, "--out", copy.parent / "v")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "audit.csv is missing, though run.json lists it" in " ".join(done.stderr.split())
     assert not (copy.parent / "v").exists()

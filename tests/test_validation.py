@@ -5,8 +5,6 @@ import csv
 import dataclasses
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +34,6 @@ from lcmsquant.validation import (
 from lcmsquant.vocabulary import RuleId
 
 VALIDATION = SimulationOptions(n_unknowns=6, qc_replicates=5)
-
-
-def lcmsquant_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "lcmsquant", *map(str, args)], capture_output=True, text=True, timeout=300
-    )
 
 
 def add_run_date(batch: Path, day: str) -> None:
@@ -420,9 +412,9 @@ def test_reanalysed_study_samples_agree(study_and_reanalysis):
 # The commands
 
 
-def test_validate_command_writes_its_tables_and_reruns_identically(validation_runs, tmp_path):
+def test_validate_command_writes_its_tables_and_reruns_identically(validation_runs, tmp_path, cli):
     runs = [validation_runs[k] for k in ("day1-a", "day1-b", "biased")]
-    done = lcmsquant_cli("validate", *runs, "--out", tmp_path / "first")
+    done = cli("validate", *runs, "--out", tmp_path / "first")
     assert done.returncode == 0, done.stderr
     assert "Accuracy and precision: 3 run(s)" in done.stdout and "Validation FAILED" in done.stdout
     assert "M1 LQC fails: run biased accuracy" in done.stdout
@@ -432,31 +424,31 @@ def test_validate_command_writes_its_tables_and_reruns_identically(validation_ru
         ("M1", False),
         ("M3", True),
     ]
-    assert lcmsquant_cli("validate", *runs, "--out", tmp_path / "second").returncode == 0
+    assert cli("validate", *runs, "--out", tmp_path / "second").returncode == 0
     for name in ("validation.csv", "validation_runs.csv", "validation.json"):
         assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes(), name
 
 
-def test_validate_command_refuses_mixed_methods_and_missing_folders(validation_runs, tmp_path):
-    done = lcmsquant_cli("validate", validation_runs["day1-a"], validation_runs["other-method"], "--out", tmp_path)
+def test_validate_command_refuses_mixed_methods_and_missing_folders(validation_runs, tmp_path, cli):
+    done = cli("validate", validation_runs["day1-a"], validation_runs["other-method"], "--out", tmp_path)
     assert done.returncode == 2 and "must use one method file" in done.stderr and "Traceback" not in done.stderr
-    done = lcmsquant_cli("validate", tmp_path / "nowhere", "--out", tmp_path)
+    done = cli("validate", tmp_path / "nowhere", "--out", tmp_path)
     assert done.returncode == 2 and "no results.csv here" in done.stderr and "Traceback" not in done.stderr
     assert not list(tmp_path.iterdir())
 
 
-def test_calibration_compare_command(validation_runs, tmp_path):
+def test_calibration_compare_command(validation_runs, tmp_path, cli):
     out = tmp_path / "compare.csv"
-    done = lcmsquant_cli("calibration", "compare", validation_runs["day2"], "--out", out)
+    done = cli("calibration", "compare", validation_runs["day2"], "--out", out)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("<- method") == 3 and "flumatinib (plasma): 1 run(s)" in done.stdout
     table = pd.read_csv(out)
     assert len(table) == 45 and table["current"].sum() == 3
 
 
-def test_isr_command(study_and_reanalysis, tmp_path):
+def test_isr_command(study_and_reanalysis, tmp_path, cli):
     original, repeat = study_and_reanalysis
-    done = lcmsquant_cli("isr", original, repeat, "--out", tmp_path, "--study-samples", 400)
+    done = cli("isr", original, repeat, "--out", tmp_path, "--study-samples", 400)
     assert done.returncode == 0, done.stderr
     assert "ISR passed" in done.stdout and "40 needed for 400 study samples" in done.stdout
     assert "ICH M10 5 asks for 40" in done.stderr

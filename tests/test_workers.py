@@ -21,8 +21,8 @@ import psutil
 import pytest
 
 from lcmsquant.batch import load_batch, resolve_method_path
-from lcmsquant.method import load_method
 from lcmsquant.measure import measure_batch
+from lcmsquant.method import load_method
 from lcmsquant.simulate import SimulationOptions, simulate_batch
 
 SLOW_INJECTION = 5  # early in the batch, so that most of the work is left when its worker dies
