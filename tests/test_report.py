@@ -6,6 +6,8 @@ import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
+from html.parser import HTMLParser
 
 import numpy as np
 import pandas as pd
@@ -99,6 +101,37 @@ def test_report_is_self_contained(accepted):
     assert not re.search(r'(src|href)\s*=\s*"(https?:)?//', html)  # nothing fetched from a network
     assert "<link" not in html and "<script src" not in html and "@import" not in html
     assert html.count("<svg") > 100  # plots and chromatograms are inline
+
+
+class _Ids(HTMLParser):
+    """Every id attribute of a page, and every in-page reference (href="#x", xlink:href, url(#x))."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.ids: Counter = Counter()
+        self.references: set[str] = set()
+
+    def handle_starttag(self, tag, attrs):
+        for name, value in attrs:
+            if name == "id":
+                self.ids[value] += 1
+            elif name in ("href", "xlink:href") and value and value.startswith("#") and len(value) > 1:
+                self.references.add(value[1:])
+            elif value and "url(#" in value:
+                self.references.update(re.findall(r"url\(#([^)]+)\)", value))
+
+    handle_startendtag = handle_starttag
+
+
+def test_every_id_in_the_report_is_unique_and_every_reference_resolves(troubled, accepted):
+    for results in (troubled[0], accepted):
+        page = _Ids()
+        page.feed((results / REPORT_HTML).read_text())
+        repeated = {name: n for name, n in page.ids.items() if n > 1}
+        assert not repeated, f"ids repeated in {results}: {sorted(repeated)[:10]}"
+        assert sum(page.ids.values()) > 500  # the inline figures' ids are there, each once
+        assert page.references and page.references <= set(page.ids), page.references - set(page.ids)
+        assert any(ref.startswith("cal1-") for ref in page.references)  # a figure's clip paths and markers are its own
 
 
 def test_a_rejected_analyte_is_shown_in_the_first_screen(troubled, accepted, chromium, tmp_path):

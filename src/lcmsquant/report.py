@@ -209,14 +209,14 @@ def calibrator_table(files: RunOutputs, analyte: str, cal_set: str) -> pd.DataFr
 def calibration_section(files: RunOutputs) -> list[dict]:
     acc, units = files.acceptance, files.units
     blocks = []
-    for _, cal in files.calibration.iterrows():
+    for number, (_, cal) in enumerate(files.calibration.iterrows(), 1):
         analyte, cal_set = cal["analyte"], cal["calibrator_set"]
         cals = calibrator_table(files, analyte, cal_set)
         curve = None
         if cal["model"] and _finite(cal["slope"]):
             quadratic = float(cal["quadratic"]) if _finite(cal.get("quadratic")) else 0.0
             curve = figures.CurveCoefficients(float(cal["intercept"]), float(cal["slope"]), quadratic)
-        key = f"cal{analyte}{cal_set}"
+        key = f"cal{number}-{analyte}-{cal_set}"  # the number keeps the figures' ids unique in the page
         plot_points = cals[["level", "nominal", "area_ratio", "excluded", "re_pct"]]
         coefficients = [("model", cal["model"] or "no curve"), ("weighting", cal["weighting"] or "–")]
         for name in ("intercept", "slope") + (("quadratic",) if cal["model"] == "quadratic" else ()):
@@ -232,8 +232,8 @@ def calibration_section(files: RunOutputs) -> list[dict]:
             coefficients.append(("problem", cal["problem"]))
         blocks.append({
             "analyte": analyte, "set": cal_set, "accepted": bool(cal["accepted"]), "anchor": f"cal-{analyte}-{cal_set}",
-            "curve_svg": Markup(figures.calibration_curve(key + "c", plot_points, curve, analyte, units)),
-            "residual_svg": Markup(figures.residuals(key + "r", plot_points, acc.calibrator_tolerance_pct,
+            "curve_svg": Markup(figures.calibration_curve(key + "-curve", plot_points, curve, analyte, units)),
+            "residual_svg": Markup(figures.residuals(key + "-residuals", plot_points, acc.calibrator_tolerance_pct,
                                                      acc.lloq_tolerance_pct, analyte, units)),
             "coefficients": coefficients,
             "calibrators": [
@@ -272,7 +272,7 @@ def qc_section(files: RunOutputs) -> list[dict]:
     acc = files.acceptance
     qcs = qc_table(files)
     blocks = []
-    for cal_set in dict.fromkeys(files.calibration["calibrator_set"]):
+    for number, cal_set in enumerate(dict.fromkeys(files.calibration["calibrator_set"]), 1):
         in_set = qcs[qcs["calibrator_set"] == cal_set]
         analytes = [a for a, s in _sets(files) if s == cal_set]
         tables = []
@@ -299,7 +299,7 @@ def qc_section(files: RunOutputs) -> list[dict]:
                 "total_ok": n > 0 and ok / n >= acc.min_qc_fraction - 1e-9,
                 "rules": _rules(files, analyte, cal_set, ("qc",)),
             })
-        svg = figures.qc_accuracy(f"qc{cal_set}", in_set, analytes, acc.qc_tolerance_pct, acc.lloq_qc_tolerance_pct,
+        svg = figures.qc_accuracy(f"qc{number}-{cal_set}", in_set, analytes, acc.qc_tolerance_pct, acc.lloq_qc_tolerance_pct,
                                   f"QC accuracy by injection ({cal_set} curve)")
         blocks.append({
             "set": cal_set, "plot_svg": Markup(svg), "tables": tables,
@@ -381,12 +381,12 @@ def checks_section(files: RunOutputs) -> dict:
     if only_peaks:
         blanks = blanks.iloc[0:0]
     is_blocks = []
-    for item in is_response_table(files):
+    for number, item in enumerate(is_response_table(files), 1):
         if only_peaks and not _finite(item["reference"]):
             continue
         points = item["points"]
         title = f"{item['internal_standard']} response by injection ({item['set']} curve)"
-        key = f"is{item['internal_standard']}{item['set']}"
+        key = f"is{number}-{item['internal_standard']}-{item['set']}"
         flagged = points[points["flagged"]]
         is_blocks.append({
             "internal_standard": item["internal_standard"], "set": item["set"],

@@ -29,13 +29,27 @@ SIZE = (4.6, 3.1)  # inches; two plots sit side by side on a laptop screen
 
 
 def _svg(fig: Figure, key: str) -> str:
-    """The figure as SVG text, byte-identical across runs, with ids unique to `key`."""
-    salt = re.sub(r"[^A-Za-z0-9]", "", key)
+    """The figure as SVG text, byte-identical across runs, every element id prefixed with `key`.
+
+    matplotlib numbers its groups per figure (figure_1, axes_1, line2d_1...), so two figures
+    inline in one HTML page repeat ids (invalid HTML, and a clip path or marker may then be
+    taken from the wrong figure); `svg.hashsalt` only changes the hashed ids. Each id, and each
+    reference to it (`url(#...)`, `href="#..."`), is therefore given the prefix; the caller
+    gives each figure of a page its own key.
+    """
+    prefix = re.sub(r"[^A-Za-z0-9_-]", "_", key) + "-"
     buffer = io.StringIO()
-    with matplotlib.rc_context({"svg.hashsalt": salt, "svg.fonttype": "none", "svg.id": None}):
+    with matplotlib.rc_context({"svg.hashsalt": prefix, "svg.fonttype": "none", "svg.id": None}):
         fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
     text = buffer.getvalue()
-    return text[text.index("<svg"):]  # drop the XML prolog and doctype: the SVG sits inside HTML
+    text = text[text.index("<svg"):]  # drop the XML prolog and doctype: the SVG sits inside HTML
+    ids = set(re.findall(r'\bid="([^"]+)"', text))
+
+    def prefixed(match: re.Match) -> str:
+        opening, name, closing = match.groups()
+        return f"{opening}{prefix}{name}{closing}" if name in ids else match.group(0)
+
+    return re.sub(r'(\bid="|\bhref="#|\burl\(#)([^")]+)([")])', prefixed, text)
 
 
 def _figure(size: tuple[float, float] = SIZE, legend_outside: bool = False) -> tuple[Figure, object]:
