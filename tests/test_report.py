@@ -179,6 +179,37 @@ def test_verdict_counts_match_the_results(troubled):
     assert "REJECTED" in row and "accepted" in re.search(r'#cal-flumatinib-plasma">.*?</tr>', verdict, re.S).group(0)
 
 
+def _verdict_cells(html: str, analyte: str) -> tuple[str, str]:
+    """The failing-rules and warnings cells of an analyte's row in the verdict table."""
+    row = re.search(rf'#cal-{analyte}-plasma">{analyte}</a>.*?</tr>', _section(html, "verdict"), re.S).group(0)
+    failing = re.search(r'<td class="failing">(.*?)</td>', row, re.S).group(1)
+    warnings = re.search(r'<td class="warnings">(.*?)</td>', row, re.S).group(1)
+    return failing, warnings
+
+
+def test_a_failing_warning_is_shown_as_a_warning_apart_from_the_failing_rules(troubled, tmp_path):
+    copy = shutil.copytree(troubled[0], tmp_path / "results")
+    run = json.loads((copy / "run.json").read_text())
+    drift = next(r for r in run["rules"] if r["analyte"] == "M1" and r["id"] == "IS_RESPONSE_DRIFT")
+    assert drift["critical"] is False
+    drift.update(passed=False, measured="-27.5 % over 46 injections")
+    _as_if_the_run_wrote_it(copy, run)
+    html = render_report(copy)
+    failing, warnings = _verdict_cells(html, "M1")
+    failing_rules = re.findall(r'<div class="fail">([^:<]*):', failing)
+    warning_rules = re.findall(r'<div class="warn">([^:<]*):', warnings)
+    critical = {r["rule"] for r in run["rules"] if r["analyte"] == "M1" and not r["passed"] and r["critical"]}
+    assert sorted(failing_rules) == sorted(critical) and "QCs within tolerance" in critical
+    assert "IS response drift" in warning_rules and "dilution QCs within tolerance" in warning_rules
+    assert not set(warning_rules) & critical and "warn" not in failing
+    assert '<div class="warn">IS response drift: -27.5 % over 46 injections (limit within +-20 %)</div>' in warnings
+    assert _verdict_cells(html, "flumatinib")[0] == "none"
+    banner = re.search(r'id="verdict-banner">(.*?)</div>', html, re.S).group(1)
+    assert "QCs within tolerance" in banner and "drift" not in banner  # the banner gives why the run is rejected
+    checks = _section(html, "checks")
+    assert re.search(r'<tr class="warn"><td>M1</td>.*?IS response drift.*?>warning</td></tr>', checks, re.S)
+
+
 def test_calibration_shows_the_excluded_calibrator_with_its_reason(troubled):
     results, *_ = troubled
     calibration = _section((results / REPORT_HTML).read_text(), "calibration")
