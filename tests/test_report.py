@@ -20,8 +20,8 @@ from lcmsquant.cli import app
 from lcmsquant.files import sha256
 from lcmsquant.pipeline import run_batch
 from lcmsquant.report import (
-    REPORT_HTML, ReportError, read_run_files, reanalysis_list, render_report, rule_category,
-    write_pdf, write_report,
+    REPORT_HTML, ReportError, fmt, fmt_factor, fmt_nominal, read_run_files, reanalysis_list, render_report,
+    rule_category, write_pdf, write_report,
 )
 from lcmsquant.report_figures import decimate
 from lcmsquant.results import write_outputs
@@ -220,6 +220,31 @@ def test_calibration_shows_the_excluded_calibrator_with_its_reason(troubled):
     assert flumatinib.count("<svg") == 2  # curve and residual plot
     assert ">excluded<" in flumatinib  # the legend of the curve names the excluded point
     assert "±20 % (LLOQ)" in flumatinib and "±15 %" in flumatinib
+
+
+def test_numbers_have_no_thousands_separator_and_factors_no_trailing_zeros():
+    assert [fmt(v) for v in (1000, 12345.6, 0.98956, 925.34, 1.0)] == ["1000", "12346", "0.9896", "925.3", "1.000"]
+    assert [fmt_nominal(v) for v in (1.0, 0.5, 1000.0, 2500.0, 0.025)] == ["1", "0.5", "1000", "2500", "0.025"]
+    assert [fmt_factor(v) for v in (10.0, 2.5, 1.0, 100.0, float("nan"))] == ["10", "2.5", "1", "100", "–"]
+
+
+def test_the_report_writes_no_thousands_separator_and_dilutions_as_plain_factors(troubled):
+    results, *_ = troubled
+    html = (results / REPORT_HTML).read_text()
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", html)
+    assert len(cells) > 1000
+    assert not [c for c in cells if re.search(r"\d,\d{3}(?!\d)", c)]  # "1,000" would read as 1.0 in many locales
+    assert "<td>run range</td><td>1 – 1000 ng/mL</td>" in _section(html, "calibration")  # not "1.000 – 1,000"
+    qcs = _section(html, "qcs")
+    dilutions = re.findall(r'<td class="n">\d+</td><td>[^<]*</td><td class="n">([^<]*)</td>', qcs)
+    assert dilutions and "10" in dilutions and all(re.fullmatch(r"\d+|\d+\.\d*[1-9]", d) for d in dilutions)
+    samples = re.search(r'id="samples-table">(.*?)</table>', _section(html, "samples"), re.S).group(1)
+    rows = re.findall(r"<tr><td class=\"n\">\d+</td>(?:<td>[^<]*</td>){5}<td class=\"n\">([^<]*)</td>", samples)
+    assert rows and set(rows) > {"1"} and all(re.fullmatch(r"\d+|\d+\.\d*[1-9]", d) for d in rows)
+    assert "BLQ (&lt; 0.5)" in samples or "BLQ (&lt; 1)" in samples
+    reanalysis = re.search(r'id="reanalysis-table">(.*?)</table>', _section(html, "samples"), re.S).group(1)
+    factors = re.findall(r"<td>([^<]*)</td></tr>", reanalysis)  # suggested dilution factor, the last column
+    assert any(factors) and all(re.fullmatch(r"|\d+|\d+\.\d*[1-9]", f) for f in factors)
 
 
 def test_qc_section_counts_each_level_and_all_qcs(troubled):

@@ -71,8 +71,13 @@ def _finite(value) -> bool:
         return False
 
 
+# Numbers are written without a thousands separator: "1,000" reads as 1.0 where the comma is the
+# decimal sign, and a reader must never have to guess. The decimal sign is always ".".
+
+
 def fmt(value, digits: int = 4) -> str:
-    """A number with `digits` significant digits, no exponent for everyday magnitudes; '–' if none."""
+    """A measured number with `digits` significant digits, no exponent for everyday magnitudes and
+    no thousands separator (1235, 0.9896); '–' if none."""
     if not _finite(value):
         return "–"
     value = float(value)
@@ -82,7 +87,18 @@ def fmt(value, digits: int = 4) -> str:
     if magnitude >= 6 or magnitude < -4:
         return f"{value:.{digits - 1}e}"
     decimals = max(digits - 1 - magnitude, 0)
-    return f"{value:,.{decimals}f}"
+    return f"{value:.{decimals}f}"
+
+
+def fmt_nominal(value) -> str:
+    """A nominal concentration as the method gives it, without trailing zeros (1, 0.5, 1000,
+    not 1.000 or 1,000): a nominal is exact, and "1.000" reads as one thousand in many locales."""
+    return f"{float(value):g}" if _finite(value) else "–"
+
+
+def fmt_factor(value) -> str:
+    """A dilution factor: 10, 2.5 (never 10.00)."""
+    return f"{float(value):g}" if _finite(value) else "–"
 
 
 def fmt_pct(value) -> str:
@@ -226,7 +242,7 @@ def calibration_section(files: RunOutputs) -> list[dict]:
             ("calibrators used", f"{int(cal['n_used'])} of {int(cal['n_calibrators'])}"),
             ("levels used", str(cal["levels_used"]).replace(";", ", ") or "–"),
             ("levels failing", str(cal["levels_excluded"]).replace(";", ", ") or "none"),
-            ("run range", f"{fmt(cal['lloq'])} – {fmt(cal['uloq'])} {units}" if _finite(cal["lloq"]) else "none"),
+            ("run range", f"{fmt_nominal(cal['lloq'])} – {fmt_nominal(cal['uloq'])} {units}" if _finite(cal["lloq"]) else "none"),
         ]
         if cal.get("problem"):
             coefficients.append(("problem", cal["problem"]))
@@ -239,7 +255,7 @@ def calibration_section(files: RunOutputs) -> list[dict]:
             "calibrators": [
                 {
                     "injection": int(r["injection"]), "sample_id": r["sample_id"], "level": r["level"],
-                    "nominal": fmt(r["nominal"]), "area_ratio": fmt(r["area_ratio"]),
+                    "nominal": fmt_nominal(r["nominal"]), "area_ratio": fmt(r["area_ratio"]),
                     "back_calculated": fmt(r["back_calculated"]), "accuracy": fmt_pct(r["accuracy_pct"]),
                     "re": fmt_pct(r["re_pct"]), "limit": f"±{r['tolerance_pct']:g}",
                     "excluded": bool(r["excluded"]), "reason": r["exclusion_reason"],
@@ -282,12 +298,12 @@ def qc_section(files: RunOutputs) -> list[dict]:
             for level, level_rows in rows.groupby("level", sort=False):
                 n, ok = len(level_rows), int(level_rows["passed"].sum())
                 levels.append({
-                    "level": level, "nominal": fmt(level_rows["nominal"].iloc[0]),
+                    "level": level, "nominal": fmt_nominal(level_rows["nominal"].iloc[0]),
                     "limit": f"±{level_rows['tolerance_pct'].iloc[0]:g}",
                     "injections": [
                         {"injection": int(r["injection"]), "sample_id": r["sample_id"], "found": fmt(r["found"]),
                          "accuracy": fmt_pct(r["accuracy_pct"]), "passed": bool(r["passed"]),
-                         "dilution": fmt(r["dilution_factor"])}
+                         "dilution": fmt_factor(r["dilution_factor"])}
                         for _, r in level_rows.iterrows()
                     ],
                     "count": f"{ok}/{n}", "fraction_ok": n > 0 and ok / n >= acc.min_qc_level_fraction - 1e-9,
@@ -429,9 +445,9 @@ def samples_section(files: RunOutputs, reanalysis: pd.DataFrame) -> dict:
         if _finite(r["concentration"]):
             shown, key = fmt(r["concentration"]), sort_key(r["concentration"])
         elif Flag.BLQ in flags:
-            shown, key = f"BLQ (< {fmt(r['lloq'])})", "-1"
+            shown, key = f"BLQ (< {fmt_nominal(r['lloq'])})", "-1"
         elif Flag.ALQ in flags:
-            shown, key = f"ALQ (> {fmt(r['uloq'])})", sort_key(r["back_calculated"] * r["dilution_factor"])
+            shown, key = f"ALQ (> {fmt_nominal(r['uloq'])})", sort_key(r["back_calculated"] * r["dilution_factor"])
         elif Flag.NO_PEAK in flags:
             shown, key = "not detected", "-2"
         else:
@@ -439,7 +455,7 @@ def samples_section(files: RunOutputs, reanalysis: pd.DataFrame) -> dict:
         rows.append({
             "injection": int(r["injection"]), "sample_id": r["sample_id"], "matrix": r["matrix"],
             "subject_id": r["subject_id"], "visit": r["visit"], "timepoint": r["timepoint"],
-            "dilution": fmt(r["dilution_factor"]), "analyte": r["analyte"],
+            "dilution": fmt_factor(r["dilution_factor"]), "analyte": r["analyte"],
             "area_ratio": fmt(r["area_ratio"]), "area_ratio_key": sort_key(r["area_ratio"]),
             "concentration": shown, "concentration_key": key,
             "flags": flags, "reportable": bool(r["reportable"]),
@@ -447,10 +463,14 @@ def samples_section(files: RunOutputs, reanalysis: pd.DataFrame) -> dict:
                 "area": fmt(r["area"]), "area_key": sort_key(r["area"]), "is_area": fmt(r["is_area"]),
                 "is_area_key": sort_key(r["is_area"])} if only_peaks else {}),
         })
-    reanalysis_rows = [
-        {k: ("" if isinstance(v, float) and not math.isfinite(v) else (fmt(v) if isinstance(v, float) else v)) for k, v in row.items()}
-        for row in reanalysis.to_dict("records")
-    ]
+    def cell(column: str, value):
+        if not isinstance(value, float):
+            return value
+        if not math.isfinite(value):
+            return ""
+        return fmt_factor(value) if column == "suggested_dilution_factor" else fmt(value)
+
+    reanalysis_rows = [{k: cell(k, v) for k, v in row.items()} for row in reanalysis.to_dict("records")]
     return {"rows": rows, "peaks_only": only_peaks, "reanalysis_columns": list(reanalysis.columns), "reanalysis": reanalysis_rows,
             "units": files.units, "source": "reanalysis.csv" if files.reanalysis is not None else "no reanalysis.csv (a results folder written before it existed)"}
 
