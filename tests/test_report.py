@@ -302,6 +302,24 @@ def test_audit_and_provenance_hold_overrides_hashes_and_session(troubled):
     assert "CAL5" in provenance  # the automatic exclusion is in the audit trail too
 
 
+def test_acceptance_limits_are_named_in_words_from_one_mapping(troubled):
+    from dataclasses import fields
+
+    from lcmsquant.method import ACCEPTANCE_LABELS, Acceptance
+
+    assert [f.name for f in fields(Acceptance)] and {f.name for f in fields(Acceptance)} == set(ACCEPTANCE_LABELS)
+    results, *_ = troubled
+    provenance = _section((results / REPORT_HTML).read_text(), "provenance")
+    limits = re.search(r'<table class="kv" id="acceptance-limits">(.*?)</table>', provenance, re.S).group(1)
+    rows = dict(re.findall(r"<tr><td>([^<]*)</td><td class=\"n\">([^<]*)</td></tr>", limits))
+    assert [words for words, _ in ACCEPTANCE_LABELS.values()] == [w.replace("&#39;", "'") for w in rows]
+    assert rows["carry-over, IS (% of mean IS response)"] == "5"
+    assert rows["QCs within tolerance, minimum (% of all QCs)"] == "66.7"  # 2/3, as a percentage
+    assert rows["IS response band (% of mean calibrator/QC IS response)"] == "50–150"
+    for key in ACCEPTANCE_LABELS:  # no raw key, nor one with its underscores replaced
+        assert key not in limits and key.replace("_", " ") not in limits
+
+
 def test_report_is_identical_for_the_same_results_and_reruns_differ_only_in_the_session(troubled, tmp_path):
     results, _, batch, result = troubled
     assert render_report(results) == (results / REPORT_HTML).read_text()  # same results, same bytes

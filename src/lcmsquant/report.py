@@ -28,7 +28,7 @@ from lcmsquant.chromatograms import EXACT_MZ, ChromatogramReadError, Trace, read
 from lcmsquant.files import (
     REPORT_HASH_META, REPORT_HTML, REPORT_PDF, InputError, atomic_write_all, read_set, report_run_json_sha256, sha256,
 )
-from lcmsquant.method import PEAKS_ONLY
+from lcmsquant.method import ACCEPTANCE_LABELS, PEAKS_ONLY
 from lcmsquant.reanalysis import COLUMNS as REANALYSIS_COLUMNS
 from lcmsquant.results import RUN_JSON, RunOutputs, parse_results, peak_counts, read_results, sample_counts
 from lcmsquant.vocabulary import PEAK_FLAGS, Flag, QCLevel, RuleCategory, RuleId, SampleType, flag_list
@@ -641,6 +641,22 @@ def _checked_traces(folder: Path, name: str, recorded: tuple[str, str] | None) -
 # 7. Audit and provenance
 
 
+def acceptance_limits(limits: Mapping[str, object]) -> list[tuple[str, str]]:
+    """The acceptance limits the run applied as (words, value) rows, in method.ACCEPTANCE_LABELS'
+    words and order (fractions as %); a key it does not know (results of a newer version) is
+    shown as it is, after the others."""
+    def value_text(value, factor: float) -> str:
+        if isinstance(value, (list, tuple)):
+            return "–".join(value_text(v, factor) for v in value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return f"{round(float(value) * factor, 1):g}"
+        return str(value)
+
+    known = [(words, value_text(limits[key], factor)) for key, (words, factor) in ACCEPTANCE_LABELS.items() if key in limits]
+    unknown = [(key, value_text(limits[key], 1.0)) for key in sorted(set(limits) - set(ACCEPTANCE_LABELS))]
+    return known + unknown
+
+
 def provenance_section(files: RunOutputs) -> dict:
     prov = files.summary.get("provenance", {})
     session = files.session
@@ -653,10 +669,6 @@ def provenance_section(files: RunOutputs) -> dict:
             software[f"{name} (report)"] = "unknown"
     results = files.results
     excluded = results[(results["sample_type"] == SampleType.CALIBRATOR) & has_flag(results, "EXCLUDED")]
-    acceptance = {
-        name: (f"{value:g}" if isinstance(value, float) else "-".join(f"{v:g}" for v in value) if isinstance(value, list) else value)
-        for name, value in (prov.get("acceptance") or asdict(files.acceptance)).items()
-    }
     audit = files.audit if files.audit is not None else pd.DataFrame()
     return {
         "audit_columns": list(audit.columns),
@@ -667,7 +679,8 @@ def provenance_section(files: RunOutputs) -> dict:
             for _, r in excluded.sort_values(["analyte", "injection"]).iterrows()
         ],
         "method": prov.get("method", {}), "calibrator_sets": prov.get("calibrator_sets", []),
-        "acceptance": sorted(acceptance.items()), "inputs": prov.get("inputs", []), "software": sorted(software.items()),
+        "acceptance": acceptance_limits(prov.get("acceptance") or asdict(files.acceptance)),
+        "inputs": prov.get("inputs", []), "software": sorted(software.items()),
         "batch": files.summary.get("batch", ""), "lcmsquant": files.summary.get("lcmsquant", ""),
         "finished_at": session.get("finished_at", "not recorded"),
         "command": shlex.join(command) if isinstance(command, list) else str(command),
