@@ -320,6 +320,47 @@ def test_acceptance_limits_are_named_in_words_from_one_mapping(troubled):
         assert key not in limits and key.replace("_", " ") not in limits
 
 
+def _measured(html: str, tmp_path, script: str, width: int, print_css: bool = False) -> dict:
+    """Run `script` (which sets `window.measured` to a JSON-able value) in the page laid out at
+    `width` CSS px, every chromatogram opened; with `print_css`, the page's print rules apply
+    (as when Chromium prints it)."""
+    if print_css:
+        html = html.replace("@media print", "@media all")
+    probe = f"""<script>
+    document.querySelectorAll("details.inj").forEach(function (d) {{ d.open = true; }});
+    {script}
+    var pre = document.createElement("pre"); pre.id = "measured";
+    pre.textContent = JSON.stringify(window.measured); document.body.appendChild(pre);
+    </script></body>"""
+    page = tmp_path / f"measured-{width}.html"
+    page.write_text(html.replace("</body>", probe))
+    dom = browser._run(page, "--dump-dom", f"--window-size={width},900", "--virtual-time-budget=5000").stdout
+    import html as html_module
+
+    return json.loads(html_module.unescape(re.search(r'<pre id="measured">(.*?)</pre>', dom, re.S).group(1)))
+
+
+def test_file_names_are_never_broken_inside_a_name(troubled, chromium, tmp_path):
+    results, *_ = troubled
+    html = (results / REPORT_HTML).read_text()
+    names = set(pd.read_csv(results / "results.csv")["file"])
+    chromatograms, provenance = _section(html, "chromatograms"), _section(html, "provenance")
+    for name in names:  # each name one unbreakable part: no <wbr>, no break inside it
+        assert f'<span class="file"><span>{name}</span></span>' in chromatograms
+        assert f'<td><span class="file"><span>{name}</span></span></td>' in provenance
+    assert ".file > span { white-space: nowrap; }" in html
+    folder = re.search(r'<td>batch folder</td><td class="code">(.*?)</td>', provenance).group(1)
+    assert "<wbr>" in folder and re.search(r"<span>[^<]*batch</span>", folder)  # a path breaks only after a "/"
+    # In the browser, on a narrow screen: every name is on one line (one box), none wider than its text
+    measured = _measured(html, tmp_path, """
+    window.measured = Array.prototype.map.call(document.querySelectorAll(".file > span"), function (s) {
+      return [s.textContent, s.getClientRects().length];
+    });""", width=420)
+    assert len(measured) > 2 * len(names)
+    broken = [name for name, boxes in measured if boxes != 1]
+    assert not broken, broken
+
+
 def test_report_is_identical_for_the_same_results_and_reruns_differ_only_in_the_session(troubled, tmp_path):
     results, _, batch, result = troubled
     assert render_report(results) == (results / REPORT_HTML).read_text()  # same results, same bytes

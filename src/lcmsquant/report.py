@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -99,6 +100,20 @@ def fmt_nominal(value) -> str:
 def fmt_factor(value) -> str:
     """A dilution factor: 10, 2.5 (never 10.00)."""
     return f"{float(value):g}" if _finite(value) else "–"
+
+
+def file_name(name) -> Markup:
+    """A file name or path as the page shows it: each name unbroken (CSS `white-space: nowrap`
+    on its parts), a line allowed to break only after a path separator."""
+    parts = [part for part in re.split(r"(?<=[/\\])", str(name or "")) if part]
+    return Markup('<span class="file">{}</span>').format(
+        Markup("<wbr>").join(Markup("<span>{}</span>").format(part) for part in parts))
+
+
+def breakable_at_separators(text) -> Markup:
+    """Text holding paths (a command line): a line may break at its spaces and after a path
+    separator, never inside a name."""
+    return Markup(re.sub(r"([/\\])", r"\1<wbr>", str(Markup.escape(str(text or "")))))
 
 
 def fmt_pct(value) -> str:
@@ -699,6 +714,8 @@ def _environment() -> Environment:
         trim_blocks=True, lstrip_blocks=True,
     )
     env.filters["num"] = fmt
+    env.filters["file"] = file_name
+    env.filters["breakable"] = breakable_at_separators
     return env
 
 
