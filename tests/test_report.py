@@ -31,6 +31,7 @@ SECTIONS = [
     "1. Verdict", "2. Calibration", "3. QCs", "4. Carry-over, blanks and IS response", "5. Samples",
     "6. Chromatograms", "7. Audit and provenance",
 ]
+PRINT_WIDTH_PX = 703  # A4 (210 mm) less the report's 12 mm print margins, at 96 px per inch
 REJECTED_RED = (198, 40, 40)  # the rejected banner's background, #c62828
 ACCEPTED_GREEN = (27, 127, 59)  # #1b7f3b
 
@@ -348,7 +349,7 @@ def test_file_names_are_never_broken_inside_a_name(troubled, chromium, tmp_path)
     for name in names:  # each name one unbreakable part: no <wbr>, no break inside it
         assert f'<span class="file"><span>{name}</span></span>' in chromatograms
         assert f'<td><span class="file"><span>{name}</span></span></td>' in provenance
-    assert ".file > span { white-space: nowrap; }" in html
+    assert ".file > span, .nb { white-space: nowrap; }" in html
     folder = re.search(r'<td>batch folder</td><td class="code">(.*?)</td>', provenance).group(1)
     assert "<wbr>" in folder and re.search(r"<span>[^<]*batch</span>", folder)  # a path breaks only after a "/"
     # In the browser, on a narrow screen: every name is on one line (one box), none wider than its text
@@ -359,6 +360,16 @@ def test_file_names_are_never_broken_inside_a_name(troubled, chromium, tmp_path)
     assert len(measured) > 2 * len(names)
     broken = [name for name, boxes in measured if boxes != 1]
     assert not broken, broken
+
+
+def test_the_report_fits_the_printed_page(troubled, chromium, tmp_path):
+    """Chromium shrinks a whole printed page to the widest thing on it: one table wider than A4's
+    printing width made every text of the PDF two thirds of its size."""
+    results, *_ = troubled
+    html = (results / REPORT_HTML).read_text()
+    printed = _measured(html, tmp_path, "window.measured = document.documentElement.scrollWidth;",
+                        width=PRINT_WIDTH_PX, print_css=True)
+    assert printed <= PRINT_WIDTH_PX
 
 
 def test_report_is_identical_for_the_same_results_and_reruns_differ_only_in_the_session(troubled, tmp_path):

@@ -110,10 +110,11 @@ def file_name(name) -> Markup:
         Markup("<wbr>").join(Markup("<span>{}</span>").format(part) for part in parts))
 
 
-def breakable_at_separators(text) -> Markup:
-    """Text holding paths (a command line): a line may break at its spaces and after a path
-    separator, never inside a name."""
-    return Markup(re.sub(r"([/\\])", r"\1<wbr>", str(Markup.escape(str(text or "")))))
+def breakable_at(text, separators: str = "/\\") -> Markup:
+    """Text holding paths (a command line) or codes: a line may break at its spaces and after
+    each of `separators`, never inside a name."""
+    pattern = "([" + re.escape(separators) + "])"
+    return Markup(re.sub(pattern, r"\1<wbr>", str(Markup.escape(str(text or "")))))
 
 
 def fmt_pct(value) -> str:
@@ -478,16 +479,42 @@ def samples_section(files: RunOutputs, reanalysis: pd.DataFrame) -> dict:
                 "area": fmt(r["area"]), "area_key": sort_key(r["area"]), "is_area": fmt(r["is_area"]),
                 "is_area_key": sort_key(r["is_area"])} if only_peaks else {}),
         })
-    def cell(column: str, value):
-        if not isinstance(value, float):
-            return value
-        if not math.isfinite(value):
-            return ""
-        return fmt_factor(value) if column == "suggested_dilution_factor" else fmt(value)
-
-    reanalysis_rows = [{k: cell(k, v) for k, v in row.items()} for row in reanalysis.to_dict("records")]
-    return {"rows": rows, "peaks_only": only_peaks, "reanalysis_columns": list(reanalysis.columns), "reanalysis": reanalysis_rows,
+    columns, reanalysis_rows = reanalysis_cells(reanalysis)
+    return {"rows": rows, "peaks_only": only_peaks, "reanalysis_columns": columns, "reanalysis": reanalysis_rows,
             "units": files.units, "source": "reanalysis.csv" if files.reanalysis is not None else "no reanalysis.csv (a results folder written before it existed)"}
+
+
+# The reanalysis list as the page shows it: the sample's subject, visit, timepoint and matrix in
+# the sample's cell, so that the table fits a printed page; other columns as reanalysis.csv has them.
+REANALYSIS_SAMPLE_DETAIL = ("subject_id", "visit", "timepoint", "matrix")
+REANALYSIS_HEADERS = {"injection": "inj.", "sample_id": "sample", "suggested_dilution_factor": "suggested dilution"}
+
+
+def reanalysis_cells(reanalysis: pd.DataFrame) -> tuple[list[str], list[list[Markup]]]:
+    """Column headers and rows of cells (markup) of the reanalysis table."""
+    columns = [c for c in reanalysis.columns if not (c in REANALYSIS_SAMPLE_DETAIL and "sample_id" in reanalysis.columns)]
+
+    def text(value) -> str:
+        if isinstance(value, float):
+            return "" if not math.isfinite(value) else fmt(value)
+        return str(value)
+
+    def cell(row: dict, column: str) -> Markup:
+        value = row[column]
+        if column == "file":
+            return file_name(value)
+        if column == "suggested_dilution_factor":
+            return Markup.escape(fmt_factor(value) if _finite(value) else "")
+        if column == "reason":  # codes joined by ";": a line may break after each
+            return breakable_at(text(value), ";")
+        if column == "sample_id":
+            detail = " · ".join(text(row[c]) for c in REANALYSIS_SAMPLE_DETAIL if c in row and text(row[c]))
+            sample = Markup('<span class="nb">{}</span>').format(text(value))
+            return sample + Markup('<div class="detail">{}</div>').format(detail) if detail else sample
+        return Markup.escape(text(value))
+
+    rows = [[cell(row, c) for c in columns] for row in reanalysis.to_dict("records")]
+    return [REANALYSIS_HEADERS.get(c, c.replace("_", " ")) for c in columns], rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -715,7 +742,7 @@ def _environment() -> Environment:
     )
     env.filters["num"] = fmt
     env.filters["file"] = file_name
-    env.filters["breakable"] = breakable_at_separators
+    env.filters["breakable"] = breakable_at
     return env
 
 
