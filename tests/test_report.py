@@ -23,7 +23,7 @@ from lcmsquant.report import (
     REPORT_HTML, ReportError, fmt, fmt_factor, fmt_nominal, read_run_files, reanalysis_list, render_report,
     rule_category, write_pdf, write_report,
 )
-from lcmsquant.report_figures import decimate
+from lcmsquant.report_figures import MIN_TEXT_PX, THUMB_W, decimate
 from lcmsquant.results import write_outputs
 from lcmsquant.simulate import SimulationOptions, simulate_batch
 
@@ -161,8 +161,64 @@ def test_pdf_renders_and_its_first_pages_are_not_blank(troubled, chromium):
             page = pdf[index].render(scale=1).to_numpy()
             assert _not_blank(page), f"page {index + 1} is blank"
         assert "Run rejected for M1" in pdf[0].get_textpage().get_text_range()
+        # Printed at its size, not shrunk to fit something too wide: the title is its 20 px, and
+        # every text of the figures is at least 11 px on paper too (tables are 10 px in print).
+        title = _pdf_text_sizes(pdf[0])
+        assert max(size for size, _ in title) == pytest.approx(20, abs=0.2)
+        found = dict.fromkeys(FIGURE_PHRASES, 0)
+        for index in range(len(pdf)):
+            chars = _pdf_text_sizes(pdf[index])
+            assert min(size for size, ch in chars if ch != " ") >= 10 - 0.1, f"page {index + 1}"
+            words = _pdf_words(chars)
+            for phrase in FIGURE_PHRASES:  # words only the figures print (axis labels, thumbnail titles)
+                n = len(phrase)
+                for i in range(len(words) - n + 1):
+                    if tuple(w for _, w in words[i:i + n]) == phrase:
+                        found[phrase] += 1
+                        assert min(size for size, _ in words[i:i + n]) >= MIN_TEXT_PX - 0.1, (index, phrase)
+        assert all(found.values()), found
     finally:
         pdf.close()
+
+
+# Words only the figures print, in pdfium's reading order: axis labels, the QC plot's title,
+# thumbnail titles.
+FIGURE_PHRASES = (
+    ("nominal", "concentration", "(ng/mL)"), ("area", "ratio", "(analyte", "/", "IS)"), ("IS", "area", "(counts)"),
+    ("QC", "accuracy", "by", "injection"), ("quant",), ("qual",),
+)
+
+
+def _pdf_text_sizes(page) -> list[tuple[float, str]]:
+    """(font size in CSS px as printed, character) of every character of a PDF page; spaces and
+    line ends, which pdfium makes up between words, have no size and are (0, " ")."""
+    import ctypes
+    import math
+
+    import pypdfium2.raw as raw
+
+    text = page.get_textpage()
+    out = []
+    for k in range(raw.FPDFText_CountChars(text)):
+        matrix = raw.FS_MATRIX()
+        raw.FPDFText_GetMatrix(text, k, ctypes.byref(matrix))
+        size = raw.FPDFText_GetFontSize(text, k) * math.hypot(matrix.c, matrix.d) * 96 / 72
+        char = chr(raw.FPDFText_GetUnicode(text, k))
+        out.append((0.0, " ") if char.isspace() else (size, char))
+    return out
+
+
+def _pdf_words(chars: list[tuple[float, str]]) -> list[tuple[float, str]]:
+    """Words of one size each, from _pdf_text_sizes."""
+    words, word, size = [], "", 0.0
+    for s, ch in chars + [(0.0, " ")]:
+        if ch.isspace() or (word and abs(s - size) > 0.5):
+            if word:
+                words.append((size, word))
+            word, size = ("" if ch.isspace() else ch), s
+        else:
+            word, size = word + ch, s
+    return words
 
 
 def test_verdict_counts_match_the_results(troubled):
@@ -221,6 +277,52 @@ def test_calibration_shows_the_excluded_calibrator_with_its_reason(troubled):
     assert flumatinib.count("<svg") == 2  # curve and residual plot
     assert ">excluded<" in flumatinib  # the legend of the curve names the excluded point
     assert "±20 % (LLOQ)" in flumatinib and "±15 %" in flumatinib
+
+
+def _matplotlib_svgs(html: str) -> list[str]:
+    return re.findall(r'<div class="plots">(.*?)</div>', html, re.S)
+
+
+def test_figures_fit_a_printed_page_and_their_text_is_at_least_11_px(troubled):
+    results, *_ = troubled
+    html = (results / REPORT_HTML).read_text()
+    plots = _matplotlib_svgs(html)
+    assert len(plots) == 3 + 1 + 2  # calibration (a pair each), QC, IS response
+    for block in plots:
+        svgs = re.findall(r"<svg .*?</svg>", block, re.S)
+        widths = []
+        for svg in svgs:
+            width_pt, height_pt = (float(v) for v in re.search(r'<svg [^>]*width="([\d.]+)pt" height="([\d.]+)pt"', svg).groups())
+            view_width = float(re.search(r'viewBox="0 0 ([\d.]+) ', svg).group(1))
+            px_per_unit = width_pt * 96 / 72 / view_width  # drawn at its size: the SVG's width is in points
+            sizes = [float(v) * px_per_unit for v in re.findall(r'<text style="font-size: ([\d.]+)px', svg)]
+            assert len(sizes) >= 10 and min(sizes) >= MIN_TEXT_PX, min(sizes)
+            tick_labels = re.findall(r'<g id="[^"]*-[xy]tick_\d+">.*?<text style="font-size: ([\d.]+)px', svg, re.S)
+            assert tick_labels and min(float(v) * px_per_unit for v in tick_labels) >= 12 - 1e-6
+            widths.append(width_pt * 96 / 72)
+        assert sum(widths) + 10 * (len(widths) - 1) <= PRINT_WIDTH_PX  # side by side within an A4 page
+        assert max(widths) <= 0.7 * 1280  # no longer most of a laptop screen
+    thumbs = re.findall(r'<svg class="thumb[^"]*" [^>]*width="(\d+)"', html)
+    assert thumbs and {int(w) for w in thumbs} == {THUMB_W}
+    assert 80 + 3 * (THUMB_W + 2 * 2 + 6) + 2 * 8 + 2 <= PRINT_WIDTH_PX  # name and 3 framed thumbnails a row
+    for css_class in ("tt", "tn", "tf", "tm"):
+        size = re.search(rf"svg.thumb .{css_class} {{ font: (?:\d+ )?(\d+)px", html).group(1)
+        assert int(size) >= MIN_TEXT_PX
+
+
+def test_figures_are_drawn_at_their_size_on_the_screen_and_in_print(troubled, chromium, tmp_path):
+    results, *_ = troubled
+    html = (results / REPORT_HTML).read_text()
+    figure_text = """
+    window.measured = [];
+    document.querySelectorAll(".plots svg text, svg.thumb text").forEach(function (t) {
+      var m = t.getScreenCTM();
+      window.measured.push(parseFloat(getComputedStyle(t).fontSize) * Math.hypot(m.a, m.b));
+    });"""
+    printed = _measured(html, tmp_path, figure_text, width=PRINT_WIDTH_PX, print_css=True)  # as on A4
+    assert len(printed) > 1000 and min(printed) >= MIN_TEXT_PX - 0.01
+    screen = _measured(html, tmp_path, figure_text, width=1280)  # a laptop screen at 100 %
+    assert min(screen) >= MIN_TEXT_PX - 0.01
 
 
 def test_numbers_have_no_thousands_separator_and_factors_no_trailing_zeros():

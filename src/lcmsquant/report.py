@@ -539,17 +539,16 @@ def _panel(peak: dict | None, traces: list[Trace], label: str, flags: list[str],
     trace = _trace_of(peak, traces)
     manual = _is_manual(peak)
     state = " ".join(s for s, on in (("flagged", bool(flags)), ("manual", manual)) if on)
-    note = []
+    note = ""
     if peak is not None and _finite(peak.get("area")):
-        note.append(f"area {fmt(peak['area'], 3)}")
+        note = f"area {fmt(peak['area'], 3)}"
     elif peak is not None:
-        note.append(str(peak["status"]).replace("_", " ").lower())
-    if manual:
-        note.append(Flag.MANUAL)
-    note += flags
+        note = str(peak["status"]).replace("_", " ").lower()
+    shown_flags = ([Flag.MANUAL] if manual else []) + flags
     title = label if peak is None else f"{label} {peak['q1']:g}>{peak['q3']:g}"
     time, intensity = (trace.time, trace.intensity) if trace is not None else (None, None)
-    return Markup(figures.chromatogram_thumbnail(title, time, intensity, _integration(peak), " · ".join(note), state, absent))
+    return Markup(figures.chromatogram_thumbnail(title, time, intensity, _integration(peak), note, state, absent,
+                                                 " · ".join(shown_flags)))
 
 
 def _trace_of(peak: dict | None, traces: list[Trace]) -> Trace | None:
