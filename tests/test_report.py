@@ -181,11 +181,11 @@ def test_pdf_renders_and_its_first_pages_are_not_blank(troubled, chromium):
         pdf.close()
 
 
-# Words only the figures print, in pdfium's reading order: axis labels, the QC plot's title,
-# thumbnail titles.
+# Words only the figures print, in pdfium's reading order: axis labels, the QC plot's title and
+# legend, thumbnail titles.
 FIGURE_PHRASES = (
     ("nominal", "concentration", "(ng/mL)"), ("area", "ratio", "(analyte", "/", "IS)"), ("IS", "area", "(counts)"),
-    ("QC", "accuracy", "by", "injection"), ("quant",), ("qual",),
+    ("QC", "accuracy", "by", "injection"), ("LLOQ", "LQC", "MQC", "HQC", "DQC"), ("quant",), ("qual",),
 )
 
 
@@ -323,6 +323,63 @@ def test_figures_are_drawn_at_their_size_on_the_screen_and_in_print(troubled, ch
     assert len(printed) > 1000 and min(printed) >= MIN_TEXT_PX - 0.01
     screen = _measured(html, tmp_path, figure_text, width=1280)  # a laptop screen at 100 %
     assert min(screen) >= MIN_TEXT_PX - 0.01
+
+
+def _qc_frame(results):
+    from lcmsquant.report import qc_table
+
+    files = read_run_files(results)
+    qcs = qc_table(files)
+    return files, qcs[qcs["calibrator_set"] == "plasma"]
+
+
+def test_the_qc_plot_tells_levels_apart_and_draws_the_lloq_band_only_at_lloq_qcs(troubled):
+    from lcmsquant.report_figures import qc_accuracy_figure
+
+    results, *_ = troubled
+    files, qcs = _qc_frame(results)
+    analytes = ["flumatinib", "M1", "M3"]
+    fig = qc_accuracy_figure(qcs, analytes, 15.0, 20.0, "QC accuracy")
+    ax = fig.axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["100 ± 15 %", "100 ± 20 % (LLOQ)", "LLOQ", "LQC", "MQC", "HQC", "DQC", *analytes, "failing", "off scale"]
+    markers = {h.get_label(): h.get_marker() for h in ax.get_legend().legend_handles if hasattr(h, "get_marker")}
+    assert len({markers[level] for level in ("LLOQ", "LQC", "MQC", "HQC", "DQC")}) == 5  # a shape per level
+    assert all(t.get_fontsize() * 96 / 72 >= MIN_TEXT_PX for t in ax.get_legend().get_texts())
+    assert all(t.get_fontsize() * 96 / 72 >= 12 for t in ax.get_xticklabels() + ax.get_yticklabels())
+    lloq_band = next(a for a in ax.get_children() if a.get_gid() == "lloq-band")
+    strips = [p.vertices for p in lloq_band.get_paths()]
+    lloq_injections = sorted(set(qcs.loc[qcs["level"] == "LLOQ", "injection"]))
+    assert [round((v[:, 0].min() + v[:, 0].max()) / 2) for v in strips] == lloq_injections
+    assert all(v[:, 0].max() - v[:, 0].min() < 1 and v[:, 1].min() == 80 and v[:, 1].max() == 120 for v in strips)
+    off_scale = [t for t in ax.texts if t.get_text().endswith(" %")]  # QC-MQC-2's IS drop-out, each analyte
+    assert len(off_scale) == 3 and len({t.xyann for t in off_scale}) == 3  # one label under another
+    band = next(a for a in ax.get_children() if a.get_gid() == "band")  # +-15 % across the run
+    assert band.get_path().transformed(band.get_patch_transform()).get_extents().y0 == pytest.approx(85)
+    # the report's QC plot carries the same legend, as text
+    svg = _matplotlib_svgs((results / REPORT_HTML).read_text())[3]
+    legend_svg = re.search(r'<g id="qc1-plasma-legend_1">.*', svg, re.S).group(0)
+    assert [level for level in ("LLOQ", "LQC", "MQC", "HQC", "DQC") if f"> {level}</text>" in legend_svg
+            or f">{level}</text>" in legend_svg] == ["LLOQ", "LQC", "MQC", "HQC", "DQC"]
+    assert "qc1-plasma-lloq-band" in svg
+
+
+def test_the_residual_plot_draws_the_lloq_limit_only_at_the_lloq(troubled):
+    from lcmsquant.report import calibrator_table
+    from lcmsquant.report_figures import residuals_figure
+
+    results, *_ = troubled
+    files = read_run_files(results)
+    cals = calibrator_table(files, "M1", "plasma")
+    nominals = sorted(set(cals["nominal"]))
+    ax = residuals_figure(cals, 15.0, 20.0, "M1", "ng/mL").axes[0]
+    lloq = next(a for a in ax.get_children() if a.get_gid() == "lloq-band").get_paths()[0].vertices
+    rest = next(a for a in ax.get_children() if a.get_gid() == "band").get_paths()[0].vertices
+    assert lloq[:, 0].min() < nominals[0] < lloq[:, 0].max() < nominals[1]  # around the LLOQ only
+    assert lloq[:, 1].max() == pytest.approx(20) and rest[:, 1].max() == pytest.approx(15)
+    assert rest[:, 0].min() == pytest.approx(lloq[:, 0].max()) and rest[:, 0].max() > nominals[-1]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "±20 % (LLOQ)" in legend and "±15 %" in legend
 
 
 def test_numbers_have_no_thousands_separator_and_factors_no_trailing_zeros():

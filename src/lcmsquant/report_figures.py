@@ -20,13 +20,20 @@ matplotlib.use("Agg")  # no display; must precede the figure import on a headles
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.collections import PolyCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator  # noqa: E402
+
+from lcmsquant.vocabulary import QC_LEVELS, QCLevel  # noqa: E402
 
 ANALYTE_COLOURS = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
 TYPE_COLOURS = {"calibrator": "#1f77b4", "qc": "#2ca02c", "unknown": "#7f7f7f", "zero": "#9467bd", "blank": "#bcbd22"}
 FAIL = "#c62828"
-BAND = "#e8f1fb"
+BAND = "#e8f1fb"  # the acceptance band of calibrators and QCs above the LLOQ
+LLOQ_BAND = "#fbecd0"  # the wider band that holds only at the LLOQ
+NEUTRAL = "#555555"  # legend markers that stand for a shape, not a colour
 
 # Sizes are chosen for the page, so that nothing is scaled: a figure of w inches is w x 96 CSS px
 # wide, and its text of p points is p x 4/3 px tall (the SVG's unit is the point). Two plots sit
@@ -39,6 +46,8 @@ MIN_TEXT_PX = 11.0
 TICK_PT = 9.0  # tick labels and axis labels: 12 px
 TITLE_PT = 10.0
 SMALL_PT = 8.5  # legends and point labels: 11.3 px
+QC_MARKERS = {QCLevel.LLOQ: "P", QCLevel.LQC: "o", QCLevel.MQC: "s", QCLevel.HQC: "D", QCLevel.DQC: "*"}
+MARKER_AREA = {"P": 42, "o": 28, "s": 26, "D": 22, "*": 70}  # points^2: the shapes look alike in size
 
 
 def _svg(fig: Figure, key: str) -> str:
@@ -147,18 +156,30 @@ def calibration_curve_figure(calibrators: pd.DataFrame, curve: CurveCoefficients
 
 def residuals(key: str, calibrators: pd.DataFrame, tolerance_pct: float, lloq_tolerance_pct: float,
               analyte: str, units: str) -> str:
-    """%RE of each back-calculated calibrator against its nominal, with the acceptance bands.
+    """%RE of each back-calculated calibrator against its nominal, with the acceptance band: the
+    LLOQ's (+-20 %) around the lowest calibrator only, the others' (+-15 %) above it.
 
     `calibrators` has columns nominal, re_pct, excluded.
     """
+    return _svg(residuals_figure(calibrators, tolerance_pct, lloq_tolerance_pct, analyte, units), key)
+
+
+def residuals_figure(calibrators: pd.DataFrame, tolerance_pct: float, lloq_tolerance_pct: float,
+                     analyte: str, units: str) -> Figure:
+    """The figure of residuals; the LLOQ band is the artist with gid "lloq-band", the other "band"."""
     fig, ax = _figure()
+    nominals = np.unique(calibrators.loc[calibrators["nominal"] > 0, "nominal"].to_numpy(float))
     cals = calibrators[(calibrators["nominal"] > 0) & calibrators["re_pct"].notna()]
     if len(cals):
         _log_axis(ax, "x")
-        lo, hi = cals["nominal"].min() / 1.5, cals["nominal"].max() * 1.5
-        ax.axhspan(-tolerance_pct, tolerance_pct, color=BAND, zorder=0, label=f"±{tolerance_pct:g} %")
-        ax.hlines([-lloq_tolerance_pct, lloq_tolerance_pct], lo, hi, colors="#6a8fb5", linestyles="dashed",
-                  linewidth=0.8, label=f"±{lloq_tolerance_pct:g} % (LLOQ)")
+        lo, hi = min(cals["nominal"].min(), nominals[0]) / 1.5, cals["nominal"].max() * 1.5
+        # The LLOQ's limit holds up to halfway (on the log axis) to the next calibrator level.
+        split = float(np.sqrt(nominals[0] * nominals[1])) if len(nominals) > 1 else hi
+        ax.fill_between([lo, split], -lloq_tolerance_pct, lloq_tolerance_pct, color=LLOQ_BAND, linewidth=0, zorder=0,
+                        label=f"±{lloq_tolerance_pct:g} % (LLOQ)", gid="lloq-band")
+        if split < hi:
+            ax.fill_between([split, hi], -tolerance_pct, tolerance_pct, color=BAND, linewidth=0, zorder=0,
+                            label=f"±{tolerance_pct:g} %", gid="band")
         ax.set_xlim(lo, hi)
     ax.axhline(0, color="#888888", linewidth=0.8)
     used, excluded = cals[~cals["excluded"]], cals[cals["excluded"]]
@@ -170,50 +191,85 @@ def residuals(key: str, calibrators: pd.DataFrame, tolerance_pct: float, lloq_to
     _labels(ax, f"nominal concentration ({units})", "%RE vs nominal", f"{analyte}: residuals")
     ax.legend(fontsize=SMALL_PT, frameon=False, loc="lower center", ncols=2, handlelength=1.3, borderaxespad=0.2,
               columnspacing=1.0, labelspacing=0.2)
-    return _svg(fig, key)
+    return fig
 
 
 QC_AXIS_LIMIT_PCT = 60.0  # the accuracy axis never spans more than 100 +- this; beyond, points sit on the edge
+DODGE = 0.6  # injections: the spread of the analytes of one injection
 
 
 def qc_accuracy(key: str, qcs: pd.DataFrame, analytes: Sequence[str], tolerance_pct: float,
                 lloq_tolerance_pct: float, title: str) -> str:
-    """QC accuracy (% of nominal) against injection order, one colour per analyte; failing QCs as
-    red-edged markers. A QC far off (an IS drop-out reads 500 %) is drawn as a triangle on the
-    axis's edge with its value, so it does not squash the others into a line.
+    """QC accuracy (% of nominal) against injection order: one marker shape per QC level, one
+    colour per analyte; failing QCs red-edged. The +-15 % band runs across; the LLOQ QCs' +-20 %
+    is drawn only at the injections of LLOQ QCs. A QC far off (an IS drop-out reads 500 %) is
+    drawn as a triangle on the axis's edge with its value, so it does not squash the others.
 
     `qcs` has columns injection, analyte, level, accuracy_pct, passed.
     """
+    return _svg(qc_accuracy_figure(qcs, analytes, tolerance_pct, lloq_tolerance_pct, title), key)
+
+
+def qc_accuracy_figure(qcs: pd.DataFrame, analytes: Sequence[str], tolerance_pct: float,
+                       lloq_tolerance_pct: float, title: str) -> Figure:
+    """The figure of qc_accuracy; the LLOQ QCs' band is the artist with gid "lloq-band"."""
     fig, ax = _figure(WIDE_SIZE, legend_outside=True)
-    ax.axhspan(100 - tolerance_pct, 100 + tolerance_pct, color=BAND, zorder=0, label=f"100 ± {tolerance_pct:g} %")
-    ax.axhline(100 - lloq_tolerance_pct, color="#6a8fb5", linestyle="dashed", linewidth=0.8, label="LLOQ QC limit")
-    ax.axhline(100 + lloq_tolerance_pct, color="#6a8fb5", linestyle="dashed", linewidth=0.8)
+    ax.axhspan(100 - tolerance_pct, 100 + tolerance_pct, color=BAND, linewidth=0, zorder=0, gid="band")
+    handles: list = [Patch(color=BAND, label=f"100 ± {tolerance_pct:g} %")]
+    lloq_injections = sorted(set(qcs.loc[qcs["level"] == QCLevel.LLOQ, "injection"].astype(float)))
+    if lloq_injections:
+        low, high = 100 - lloq_tolerance_pct, 100 + lloq_tolerance_pct
+        strips = [[(x - 0.4, low), (x + 0.4, low), (x + 0.4, high), (x - 0.4, high)] for x in lloq_injections]
+        ax.add_collection(PolyCollection(strips, facecolors=LLOQ_BAND, edgecolors="none", zorder=0.5, gid="lloq-band"))
+        handles.append(Patch(color=LLOQ_BAND, label=f"100 ± {lloq_tolerance_pct:g} % (LLOQ)"))
     deviation = (qcs["accuracy_pct"].dropna() - 100).abs()
     span = min(max(lloq_tolerance_pct * 1.5, float(deviation.max()) + 5 if len(deviation) else 0), QC_AXIS_LIMIT_PCT)
     low, high = 100 - span, 100 + span
+    present = [str(v) for v in dict.fromkeys(qcs["level"])]
+    levels = [lv for lv in QC_LEVELS if lv in present] + [lv for lv in present if lv not in QC_LEVELS]
     stacked: dict[tuple, int] = {}  # labels of off-scale points at one injection go one under another
+    any_failing = any_off_scale = False
     for i, analyte in enumerate(analytes):
         rows = qcs[(qcs["analyte"] == analyte) & qcs["accuracy_pct"].notna()]
+        # The analytes of one injection sit side by side (within +-0.3 of it), not on one another.
+        rows = rows.assign(order=rows["injection"],
+                           injection=rows["injection"] + DODGE * (i - (len(analytes) - 1) / 2) / max(len(analytes) - 1, 1))
         colour = ANALYTE_COLOURS[i % len(ANALYTE_COLOURS)]
         inside = rows["accuracy_pct"].between(low, high)
-        ok, bad = rows[rows["passed"] & inside], rows[~rows["passed"] & inside]
-        ax.scatter(ok["injection"], ok["accuracy_pct"], s=20, color=colour, label=analyte, zorder=3)
-        if len(bad):
-            ax.scatter(bad["injection"], bad["accuracy_pct"], s=30, color=colour, edgecolors=FAIL,
-                       linewidths=1.4, zorder=4, label=f"{analyte} failing")
+        for level in levels:
+            marker = QC_MARKERS.get(level, "o")
+            area = MARKER_AREA.get(marker, 28)
+            at_level = rows[(rows["level"] == level) & inside]
+            ok, bad = at_level[at_level["passed"]], at_level[~at_level["passed"]]
+            if len(ok):
+                ax.scatter(ok["injection"], ok["accuracy_pct"], s=area, marker=marker, color=colour, zorder=3)
+            if len(bad):
+                any_failing = True
+                ax.scatter(bad["injection"], bad["accuracy_pct"], s=area * 1.4, marker=marker, color=colour,
+                           edgecolors=FAIL, linewidths=1.5, zorder=4)
         for _, row in rows[~inside].iterrows():
+            any_off_scale = True
             above = row["accuracy_pct"] > high
             edge = high - span * 0.04 if above else low + span * 0.04
-            ax.scatter([row["injection"]], [edge], s=36, marker="^" if above else "v", color=colour,
+            ax.scatter([row["injection"]], [edge], s=40, marker="^" if above else "v", color=colour,
                        edgecolors=FAIL, linewidths=1.2, zorder=4)
-            k = stacked[(row["injection"], above)] = stacked.get((row["injection"], above), -1) + 1
-            ax.annotate(f"{analyte} {row['accuracy_pct']:.0f} %", (row["injection"], edge),
+            k = stacked[(row["order"], above)] = stacked.get((row["order"], above), -1) + 1
+            ax.annotate(f"{analyte} {row['level']} {row['accuracy_pct']:.0f} %", (row["order"], edge),
                         xytext=(6, -4 - 11 * k if above else -4 + 11 * k), textcoords="offset points",
                         fontsize=SMALL_PT, color=FAIL)
+    handles += [Line2D([], [], linestyle="none", marker=QC_MARKERS.get(lv, "o"), markersize=6.5, color=NEUTRAL, label=lv)
+                for lv in levels]
+    handles += [Patch(color=ANALYTE_COLOURS[i % len(ANALYTE_COLOURS)], label=a) for i, a in enumerate(analytes)]
+    if any_failing:
+        handles.append(Line2D([], [], linestyle="none", marker="o", markersize=6.5, markerfacecolor="white",
+                              markeredgecolor=FAIL, markeredgewidth=1.5, label="failing"))
+    if any_off_scale:
+        handles.append(Line2D([], [], linestyle="none", marker="^", markersize=6.5, color=NEUTRAL,
+                              markeredgecolor=FAIL, label="off scale"))
     ax.set_ylim(low, high)
     _labels(ax, "injection", "accuracy (% of nominal)", title)
-    _legend_beside(ax, ax.get_legend_handles_labels()[0])
-    return _svg(fig, key)
+    _legend_beside(ax, handles)
+    return fig
 
 
 def is_response(key: str, points: pd.DataFrame, reference: float, band_pct: tuple[float, float], title: str) -> str:
