@@ -32,10 +32,7 @@ from lcmsquant.files import (
 from lcmsquant.method import ACCEPTANCE_LABELS, PEAKS_ONLY
 from lcmsquant.reanalysis import COLUMNS as REANALYSIS_COLUMNS
 from lcmsquant.results import RUN_JSON, RunOutputs, parse_results, peak_counts, read_results, sample_counts
-from lcmsquant.vocabulary import PEAK_FLAGS, Flag, QCLevel, RuleCategory, RuleId, SampleType, flag_list
-
-QC_LEVEL_ORDER = ("LLOQ", "LQC", "MQC", "HQC", "DQC")
-# Flags that mark the quantifier's own trace (as opposed to the IS or the run).
+from lcmsquant.vocabulary import PEAK_FLAGS, QC_LEVELS, Flag, QCLevel, RuleCategory, RuleId, SampleType, flag_list
 
 
 class ReportError(InputError):
@@ -296,7 +293,7 @@ def qc_table(files: RunOutputs) -> pd.DataFrame:
     qcs["found"] = qcs["back_calculated"] * qcs["dilution_factor"]
     qcs["passed"] = ~has_flag(qcs, "QC_FAIL") & qcs["accuracy_pct"].notna() if len(qcs) else pd.Series(dtype=bool)
     qcs["tolerance_pct"] = np.where(qcs["level"] == QCLevel.LLOQ, acc.lloq_qc_tolerance_pct, acc.qc_tolerance_pct)
-    qcs["level_rank"] = qcs["level"].map({lvl: i for i, lvl in enumerate(QC_LEVEL_ORDER)}).fillna(len(QC_LEVEL_ORDER))
+    qcs["level_rank"] = qcs["level"].map({lvl: i for i, lvl in enumerate(QC_LEVELS)}).fillna(len(QC_LEVELS))
     return qcs.sort_values(["level_rank", "injection"], kind="stable")
 
 
