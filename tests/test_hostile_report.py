@@ -187,7 +187,7 @@ def test_lcmsquant_report_warns_of_a_swapped_mzml_and_does_not_draw_it(batch):
     chromatograms = _section((batch / "results" / REPORT_HTML).read_text(), "chromatograms")
     blocks = re.findall(r'<details class="inj".*?</details>', chromatograms, re.S)
     assert len(blocks) == len(worklist)
-    undrawn = [b for b in blocks if f"· {swapped}</span>" in b]
+    undrawn = [b for b in blocks if f'· <span class="file"><span>{swapped}</span></span></span>' in b]  # the summary names the file
     assert len(undrawn) == 1 and "not drawn: the file changed since the run" in undrawn[0]
     assert '<polyline class="tr"' not in undrawn[0] and undrawn[0].count(">not drawn</text>") == 9
     assert all(b.count('<polyline class="tr"') == 9 for b in blocks if b is not undrawn[0])  # 3 analytes x quant, qual, IS

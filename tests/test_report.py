@@ -6,6 +6,8 @@ import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
+from html.parser import HTMLParser
 
 import numpy as np
 import pandas as pd
@@ -20,6 +22,9 @@ from lcmsquant.pipeline import run_batch
 from lcmsquant.report import (
     REPORT_HTML,
     ReportError,
+    fmt,
+    fmt_factor,
+    fmt_nominal,
     read_run_files,
     reanalysis_list,
     render_report,
@@ -27,7 +32,7 @@ from lcmsquant.report import (
     write_pdf,
     write_report,
 )
-from lcmsquant.report_figures import decimate
+from lcmsquant.report_figures import MIN_TEXT_PX, THUMB_W, decimate
 from lcmsquant.results import write_outputs
 from lcmsquant.simulate import SimulationOptions, simulate_batch
 
@@ -35,6 +40,7 @@ SECTIONS = [
     "1. Verdict", "2. Calibration", "3. QCs", "4. Carry-over, blanks and IS response", "5. Samples",
     "6. Chromatograms", "7. Audit and provenance",
 ]
+PRINT_WIDTH_PX = 703  # A4 (210 mm) less the report's 12 mm print margins, at 96 px per inch
 REJECTED_RED = (198, 40, 40)  # the rejected banner's background, #c62828
 ACCEPTED_GREEN = (27, 127, 59)  # #1b7f3b
 
@@ -107,6 +113,37 @@ def test_report_is_self_contained(accepted):
     assert html.count("<svg") > 100  # plots and chromatograms are inline
 
 
+class _Ids(HTMLParser):
+    """Every id attribute of a page, and every in-page reference (href="#x", xlink:href, url(#x))."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.ids: Counter = Counter()
+        self.references: set[str] = set()
+
+    def handle_starttag(self, tag, attrs):
+        for name, value in attrs:
+            if name == "id":
+                self.ids[value] += 1
+            elif name in ("href", "xlink:href") and value and value.startswith("#") and len(value) > 1:
+                self.references.add(value[1:])
+            elif value and "url(#" in value:
+                self.references.update(re.findall(r"url\(#([^)]+)\)", value))
+
+    handle_startendtag = handle_starttag
+
+
+def test_every_id_in_the_report_is_unique_and_every_reference_resolves(troubled, accepted):
+    for results in (troubled[0], accepted):
+        page = _Ids()
+        page.feed((results / REPORT_HTML).read_text())
+        repeated = {name: n for name, n in page.ids.items() if n > 1}
+        assert not repeated, f"ids repeated in {results}: {sorted(repeated)[:10]}"
+        assert sum(page.ids.values()) > 500  # the inline figures' ids are there, each once
+        assert page.references and page.references <= set(page.ids), page.references - set(page.ids)
+        assert any(ref.startswith("cal1-") for ref in page.references)  # a figure's clip paths and markers are its own
+
+
 def test_a_rejected_analyte_is_shown_in_the_first_screen(troubled, accepted, chromium, tmp_path):
     results, *_ = troubled
     bad = np.asarray(Image.open(browser.screenshot(results / REPORT_HTML, tmp_path / "bad.png")).convert("RGB"))
@@ -133,8 +170,64 @@ def test_pdf_renders_and_its_first_pages_are_not_blank(troubled, chromium):
             page = pdf[index].render(scale=1).to_numpy()
             assert _not_blank(page), f"page {index + 1} is blank"
         assert "Run rejected for M1" in pdf[0].get_textpage().get_text_range()
+        # Printed at its size, not shrunk to fit something too wide: the title is its 20 px, and
+        # every text of the figures is at least 11 px on paper too (tables are 10 px in print).
+        title = _pdf_text_sizes(pdf[0])
+        assert max(size for size, _ in title) == pytest.approx(20, abs=0.2)
+        found = dict.fromkeys(FIGURE_PHRASES, 0)
+        for index in range(len(pdf)):
+            chars = _pdf_text_sizes(pdf[index])
+            assert min(size for size, ch in chars if ch != " ") >= 10 - 0.1, f"page {index + 1}"
+            words = _pdf_words(chars)
+            for phrase in FIGURE_PHRASES:  # words only the figures print (axis labels, thumbnail titles)
+                n = len(phrase)
+                for i in range(len(words) - n + 1):
+                    if tuple(w for _, w in words[i:i + n]) == phrase:
+                        found[phrase] += 1
+                        assert min(size for size, _ in words[i:i + n]) >= MIN_TEXT_PX - 0.1, (index, phrase)
+        assert all(found.values()), found
     finally:
         pdf.close()
+
+
+# Words only the figures print, in pdfium's reading order: axis labels, the QC plot's title and
+# legend, thumbnail titles.
+FIGURE_PHRASES = (
+    ("nominal", "concentration", "(ng/mL)"), ("area", "ratio", "(analyte", "/", "IS)"), ("IS", "area", "(counts)"),
+    ("QC", "accuracy", "by", "injection"), ("LLOQ", "LQC", "MQC", "HQC", "DQC"), ("quant",), ("qual",),
+)
+
+
+def _pdf_text_sizes(page) -> list[tuple[float, str]]:
+    """(font size in CSS px as printed, character) of every character of a PDF page; spaces and
+    line ends, which pdfium makes up between words, have no size and are (0, " ")."""
+    import ctypes
+    import math
+
+    import pypdfium2.raw as raw
+
+    text = page.get_textpage()
+    out = []
+    for k in range(raw.FPDFText_CountChars(text)):
+        matrix = raw.FS_MATRIX()
+        raw.FPDFText_GetMatrix(text, k, ctypes.byref(matrix))
+        size = raw.FPDFText_GetFontSize(text, k) * math.hypot(matrix.c, matrix.d) * 96 / 72
+        char = chr(raw.FPDFText_GetUnicode(text, k))
+        out.append((0.0, " ") if char.isspace() else (size, char))
+    return out
+
+
+def _pdf_words(chars: list[tuple[float, str]]) -> list[tuple[float, str]]:
+    """Words of one size each, from _pdf_text_sizes."""
+    words, word, size = [], "", 0.0
+    for s, ch in chars + [(0.0, " ")]:
+        if ch.isspace() or (word and abs(s - size) > 0.5):
+            if word:
+                words.append((size, word))
+            word, size = ("" if ch.isspace() else ch), s
+        else:
+            word, size = word + ch, s
+    return words
 
 
 def test_verdict_counts_match_the_results(troubled):
@@ -152,6 +245,37 @@ def test_verdict_counts_match_the_results(troubled):
     assert "REJECTED" in row and "accepted" in re.search(r'#cal-flumatinib-plasma">.*?</tr>', verdict, re.S).group(0)
 
 
+def _verdict_cells(html: str, analyte: str) -> tuple[str, str]:
+    """The failing-rules and warnings cells of an analyte's row in the verdict table."""
+    row = re.search(rf'#cal-{analyte}-plasma">{analyte}</a>.*?</tr>', _section(html, "verdict"), re.S).group(0)
+    failing = re.search(r'<td class="failing">(.*?)</td>', row, re.S).group(1)
+    warnings = re.search(r'<td class="warnings">(.*?)</td>', row, re.S).group(1)
+    return failing, warnings
+
+
+def test_a_failing_warning_is_shown_as_a_warning_apart_from_the_failing_rules(troubled, tmp_path):
+    copy = shutil.copytree(troubled[0], tmp_path / "results")
+    run = json.loads((copy / "run.json").read_text())
+    drift = next(r for r in run["rules"] if r["analyte"] == "M1" and r["id"] == "IS_RESPONSE_DRIFT")
+    assert drift["critical"] is False
+    drift.update(passed=False, measured="-27.5 % over 46 injections")
+    _as_if_the_run_wrote_it(copy, run)
+    html = render_report(copy)
+    failing, warnings = _verdict_cells(html, "M1")
+    failing_rules = re.findall(r'<div class="fail">([^:<]*):', failing)
+    warning_rules = re.findall(r'<div class="warn">([^:<]*):', warnings)
+    critical = {r["rule"] for r in run["rules"] if r["analyte"] == "M1" and not r["passed"] and r["critical"]}
+    assert sorted(failing_rules) == sorted(critical) and "QCs within tolerance" in critical
+    assert "IS response drift" in warning_rules and "dilution QCs within tolerance" in warning_rules
+    assert not set(warning_rules) & critical and "warn" not in failing
+    assert '<div class="warn">IS response drift: -27.5 % over 46 injections (limit within +-20 %)</div>' in warnings
+    assert _verdict_cells(html, "flumatinib")[0] == "none"
+    banner = re.search(r'id="verdict-banner">(.*?)</div>', html, re.S).group(1)
+    assert "QCs within tolerance" in banner and "drift" not in banner  # the banner gives why the run is rejected
+    checks = _section(html, "checks")
+    assert re.search(r'<tr class="warn"><td>M1</td>.*?IS response drift.*?>warning</td></tr>', checks, re.S)
+
+
 def test_calibration_shows_the_excluded_calibrator_with_its_reason(troubled):
     results, *_ = troubled
     calibration = _section((results / REPORT_HTML).read_text(), "calibration")
@@ -162,6 +286,134 @@ def test_calibration_shows_the_excluded_calibrator_with_its_reason(troubled):
     assert flumatinib.count("<svg") == 2  # curve and residual plot
     assert ">excluded<" in flumatinib  # the legend of the curve names the excluded point
     assert "±20 % (LLOQ)" in flumatinib and "±15 %" in flumatinib
+
+
+def _matplotlib_svgs(html: str) -> list[str]:
+    return re.findall(r'<div class="plots">(.*?)</div>', html, re.S)
+
+
+def test_figures_fit_a_printed_page_and_their_text_is_at_least_11_px(troubled):
+    results, *_ = troubled
+    html = (results / REPORT_HTML).read_text()
+    plots = _matplotlib_svgs(html)
+    assert len(plots) == 3 + 1 + 2  # calibration (a pair each), QC, IS response
+    for block in plots:
+        svgs = re.findall(r"<svg .*?</svg>", block, re.S)
+        widths = []
+        for svg in svgs:
+            width_pt, height_pt = (float(v) for v in re.search(r'<svg [^>]*width="([\d.]+)pt" height="([\d.]+)pt"', svg).groups())
+            view_width = float(re.search(r'viewBox="0 0 ([\d.]+) ', svg).group(1))
+            px_per_unit = width_pt * 96 / 72 / view_width  # drawn at its size: the SVG's width is in points
+            sizes = [float(v) * px_per_unit for v in re.findall(r'<text style="font-size: ([\d.]+)px', svg)]
+            assert len(sizes) >= 10 and min(sizes) >= MIN_TEXT_PX, min(sizes)
+            tick_labels = re.findall(r'<g id="[^"]*-[xy]tick_\d+">.*?<text style="font-size: ([\d.]+)px', svg, re.S)
+            assert tick_labels and min(float(v) * px_per_unit for v in tick_labels) >= 12 - 1e-6
+            widths.append(width_pt * 96 / 72)
+        assert sum(widths) + 10 * (len(widths) - 1) <= PRINT_WIDTH_PX  # side by side within an A4 page
+        assert max(widths) <= 0.7 * 1280  # no longer most of a laptop screen
+    thumbs = re.findall(r'<svg class="thumb[^"]*" [^>]*width="(\d+)"', html)
+    assert thumbs and {int(w) for w in thumbs} == {THUMB_W}
+    assert 80 + 3 * (THUMB_W + 2 * 2 + 6) + 2 * 8 + 2 <= PRINT_WIDTH_PX  # name and 3 framed thumbnails a row
+    for css_class in ("tt", "tn", "tf", "tm"):
+        size = re.search(rf"svg.thumb .{css_class} {{ font: (?:\d+ )?(\d+)px", html).group(1)
+        assert int(size) >= MIN_TEXT_PX
+
+
+def test_figures_are_drawn_at_their_size_on_the_screen_and_in_print(troubled, chromium, tmp_path):
+    results, *_ = troubled
+    html = (results / REPORT_HTML).read_text()
+    figure_text = """
+    window.measured = [];
+    document.querySelectorAll(".plots svg text, svg.thumb text").forEach(function (t) {
+      var m = t.getScreenCTM();
+      window.measured.push(parseFloat(getComputedStyle(t).fontSize) * Math.hypot(m.a, m.b));
+    });"""
+    printed = _measured(html, tmp_path, figure_text, width=PRINT_WIDTH_PX, print_css=True)  # as on A4
+    assert len(printed) > 1000 and min(printed) >= MIN_TEXT_PX - 0.01
+    screen = _measured(html, tmp_path, figure_text, width=1280)  # a laptop screen at 100 %
+    assert min(screen) >= MIN_TEXT_PX - 0.01
+
+
+def _qc_frame(results):
+    from lcmsquant.report import qc_table
+
+    files = read_run_files(results)
+    qcs = qc_table(files)
+    return files, qcs[qcs["calibrator_set"] == "plasma"]
+
+
+def test_the_qc_plot_tells_levels_apart_and_draws_the_lloq_band_only_at_lloq_qcs(troubled):
+    from lcmsquant.report_figures import qc_accuracy_figure
+
+    results, *_ = troubled
+    files, qcs = _qc_frame(results)
+    analytes = ["flumatinib", "M1", "M3"]
+    fig = qc_accuracy_figure(qcs, analytes, 15.0, 20.0, "QC accuracy")
+    ax = fig.axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["100 ± 15 %", "100 ± 20 % (LLOQ)", "LLOQ", "LQC", "MQC", "HQC", "DQC", *analytes, "failing", "off scale"]
+    markers = {h.get_label(): h.get_marker() for h in ax.get_legend().legend_handles if hasattr(h, "get_marker")}
+    assert len({markers[level] for level in ("LLOQ", "LQC", "MQC", "HQC", "DQC")}) == 5  # a shape per level
+    assert all(t.get_fontsize() * 96 / 72 >= MIN_TEXT_PX for t in ax.get_legend().get_texts())
+    assert all(t.get_fontsize() * 96 / 72 >= 12 for t in ax.get_xticklabels() + ax.get_yticklabels())
+    lloq_band = next(a for a in ax.get_children() if a.get_gid() == "lloq-band")
+    strips = [p.vertices for p in lloq_band.get_paths()]
+    lloq_injections = sorted(set(qcs.loc[qcs["level"] == "LLOQ", "injection"]))
+    assert [round((v[:, 0].min() + v[:, 0].max()) / 2) for v in strips] == lloq_injections
+    assert all(v[:, 0].max() - v[:, 0].min() < 1 and v[:, 1].min() == 80 and v[:, 1].max() == 120 for v in strips)
+    off_scale = [t for t in ax.texts if t.get_text().endswith(" %")]  # QC-MQC-2's IS drop-out, each analyte
+    assert len(off_scale) == 3 and len({t.xyann for t in off_scale}) == 3  # one label under another
+    band = next(a for a in ax.get_children() if a.get_gid() == "band")  # +-15 % across the run
+    assert band.get_path().transformed(band.get_patch_transform()).get_extents().y0 == pytest.approx(85)
+    # the report's QC plot carries the same legend, as text
+    svg = _matplotlib_svgs((results / REPORT_HTML).read_text())[3]
+    legend_svg = re.search(r'<g id="qc1-plasma-legend_1">.*', svg, re.S).group(0)
+    assert [level for level in ("LLOQ", "LQC", "MQC", "HQC", "DQC") if f"> {level}</text>" in legend_svg
+            or f">{level}</text>" in legend_svg] == ["LLOQ", "LQC", "MQC", "HQC", "DQC"]
+    assert "qc1-plasma-lloq-band" in svg
+
+
+def test_the_residual_plot_draws_the_lloq_limit_only_at_the_lloq(troubled):
+    from lcmsquant.report import calibrator_table
+    from lcmsquant.report_figures import residuals_figure
+
+    results, *_ = troubled
+    files = read_run_files(results)
+    cals = calibrator_table(files, "M1", "plasma")
+    nominals = sorted(set(cals["nominal"]))
+    ax = residuals_figure(cals, 15.0, 20.0, "M1", "ng/mL").axes[0]
+    lloq = next(a for a in ax.get_children() if a.get_gid() == "lloq-band").get_paths()[0].vertices
+    rest = next(a for a in ax.get_children() if a.get_gid() == "band").get_paths()[0].vertices
+    assert lloq[:, 0].min() < nominals[0] < lloq[:, 0].max() < nominals[1]  # around the LLOQ only
+    assert lloq[:, 1].max() == pytest.approx(20) and rest[:, 1].max() == pytest.approx(15)
+    assert rest[:, 0].min() == pytest.approx(lloq[:, 0].max()) and rest[:, 0].max() > nominals[-1]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "±20 % (LLOQ)" in legend and "±15 %" in legend
+
+
+def test_numbers_have_no_thousands_separator_and_factors_no_trailing_zeros():
+    assert [fmt(v) for v in (1000, 12345.6, 0.98956, 925.34, 1.0)] == ["1000", "12346", "0.9896", "925.3", "1.000"]
+    assert [fmt_nominal(v) for v in (1.0, 0.5, 1000.0, 2500.0, 0.025)] == ["1", "0.5", "1000", "2500", "0.025"]
+    assert [fmt_factor(v) for v in (10.0, 2.5, 1.0, 100.0, float("nan"))] == ["10", "2.5", "1", "100", "–"]
+
+
+def test_the_report_writes_no_thousands_separator_and_dilutions_as_plain_factors(troubled):
+    results, *_ = troubled
+    html = (results / REPORT_HTML).read_text()
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", html)
+    assert len(cells) > 1000
+    assert not [c for c in cells if re.search(r"\d,\d{3}(?!\d)", c)]  # "1,000" would read as 1.0 in many locales
+    assert "<td>run range</td><td>1 – 1000 ng/mL</td>" in _section(html, "calibration")  # not "1.000 – 1,000"
+    qcs = _section(html, "qcs")
+    dilutions = re.findall(r'<td class="n">\d+</td><td>[^<]*</td><td class="n">([^<]*)</td>', qcs)
+    assert dilutions and "10" in dilutions and all(re.fullmatch(r"\d+|\d+\.\d*[1-9]", d) for d in dilutions)
+    samples = re.search(r'id="samples-table">(.*?)</table>', _section(html, "samples"), re.S).group(1)
+    rows = re.findall(r"<tr><td class=\"n\">\d+</td>(?:<td>[^<]*</td>){5}<td class=\"n\">([^<]*)</td>", samples)
+    assert rows and set(rows) > {"1"} and all(re.fullmatch(r"\d+|\d+\.\d*[1-9]", d) for d in rows)
+    assert "BLQ (&lt; 0.5)" in samples or "BLQ (&lt; 1)" in samples
+    reanalysis = re.search(r'id="reanalysis-table">(.*?)</table>', _section(html, "samples"), re.S).group(1)
+    factors = re.findall(r"<td>([^<]*)</td></tr>", reanalysis)  # suggested dilution factor, the last column
+    assert any(factors) and all(re.fullmatch(r"|\d+|\d+\.\d*[1-9]", f) for f in factors)
 
 
 def test_qc_section_counts_each_level_and_all_qcs(troubled):
@@ -217,6 +469,75 @@ def test_audit_and_provenance_hold_overrides_hashes_and_session(troubled):
     session = json.loads((results / "session.json").read_text())
     assert session["finished_at"] in provenance and "lcmsquant run" in provenance
     assert "CAL5" in provenance  # the automatic exclusion is in the audit trail too
+
+
+def test_acceptance_limits_are_named_in_words_from_one_mapping(troubled):
+    from dataclasses import fields
+
+    from lcmsquant.method import ACCEPTANCE_LABELS, Acceptance
+
+    assert [f.name for f in fields(Acceptance)] and {f.name for f in fields(Acceptance)} == set(ACCEPTANCE_LABELS)
+    results, *_ = troubled
+    provenance = _section((results / REPORT_HTML).read_text(), "provenance")
+    limits = re.search(r'<table class="kv" id="acceptance-limits">(.*?)</table>', provenance, re.S).group(1)
+    rows = dict(re.findall(r"<tr><td>([^<]*)</td><td class=\"n\">([^<]*)</td></tr>", limits))
+    assert [words for words, _ in ACCEPTANCE_LABELS.values()] == [w.replace("&#39;", "'") for w in rows]
+    assert rows["carry-over, IS (% of mean IS response)"] == "5"
+    assert rows["QCs within tolerance, minimum (% of all QCs)"] == "66.7"  # 2/3, as a percentage
+    assert rows["IS response band (% of mean calibrator/QC IS response)"] == "50–150"
+    for key in ACCEPTANCE_LABELS:  # no raw key, nor one with its underscores replaced
+        assert key not in limits and key.replace("_", " ") not in limits
+
+
+def _measured(html: str, tmp_path, script: str, width: int, print_css: bool = False) -> dict:
+    """Run `script` (which sets `window.measured` to a JSON-able value) in the page laid out at
+    `width` CSS px, every chromatogram opened; with `print_css`, the page's print rules apply
+    (as when Chromium prints it)."""
+    if print_css:
+        html = html.replace("@media print", "@media all")
+    probe = f"""<script>
+    document.querySelectorAll("details.inj").forEach(function (d) {{ d.open = true; }});
+    {script}
+    var pre = document.createElement("pre"); pre.id = "measured";
+    pre.textContent = JSON.stringify(window.measured); document.body.appendChild(pre);
+    </script></body>"""
+    page = tmp_path / f"measured-{width}.html"
+    page.write_text(html.replace("</body>", probe))
+    dom = browser._run(page, "--dump-dom", f"--window-size={width},900", "--virtual-time-budget=5000").stdout
+    import html as html_module
+
+    return json.loads(html_module.unescape(re.search(r'<pre id="measured">(.*?)</pre>', dom, re.S).group(1)))
+
+
+def test_file_names_are_never_broken_inside_a_name(troubled, chromium, tmp_path):
+    results, *_ = troubled
+    html = (results / REPORT_HTML).read_text()
+    names = set(pd.read_csv(results / "results.csv")["file"])
+    chromatograms, provenance = _section(html, "chromatograms"), _section(html, "provenance")
+    for name in names:  # each name one unbreakable part: no <wbr>, no break inside it
+        assert f'<span class="file"><span>{name}</span></span>' in chromatograms
+        assert f'<td><span class="file"><span>{name}</span></span></td>' in provenance
+    assert ".file > span, .nb { white-space: nowrap; }" in html
+    folder = re.search(r'<td>batch folder</td><td class="code">(.*?)</td>', provenance).group(1)
+    assert "<wbr>" in folder and re.search(r"<span>[^<]*batch</span>", folder)  # a path breaks only after a "/"
+    # In the browser, on a narrow screen: every name is on one line (one box), none wider than its text
+    measured = _measured(html, tmp_path, """
+    window.measured = Array.prototype.map.call(document.querySelectorAll(".file > span"), function (s) {
+      return [s.textContent, s.getClientRects().length];
+    });""", width=420)
+    assert len(measured) > 2 * len(names)
+    broken = [name for name, boxes in measured if boxes != 1]
+    assert not broken, broken
+
+
+def test_the_report_fits_the_printed_page(troubled, chromium, tmp_path):
+    """Chromium shrinks a whole printed page to the widest thing on it: one table wider than A4's
+    printing width made every text of the PDF two thirds of its size."""
+    results, *_ = troubled
+    html = (results / REPORT_HTML).read_text()
+    printed = _measured(html, tmp_path, "window.measured = document.documentElement.scrollWidth;",
+                        width=PRINT_WIDTH_PX, print_css=True)
+    assert printed <= PRINT_WIDTH_PX
 
 
 def test_report_is_identical_for_the_same_results_and_reruns_differ_only_in_the_session(troubled, tmp_path):

@@ -290,6 +290,26 @@ PLAUSIBLE: dict[str, tuple[float, float, str]] = {
 }
 _INTEGER_KEYS = {"min_calibrator_levels"}
 
+# The acceptance limits in a chemist's words, as the report lists them (in this order): key ->
+# (words, factor the value is multiplied by to read in the words' unit). Fractions read as %.
+ACCEPTANCE_LABELS: dict[str, tuple[str, float]] = {
+    "calibrator_tolerance_pct": ("calibrators, back-calculated accuracy (± % of nominal)", 1.0),
+    "lloq_tolerance_pct": ("LLOQ calibrator, back-calculated accuracy (± % of nominal)", 1.0),
+    "min_calibrator_fraction": ("calibrators within tolerance, minimum (% of calibrators)", 100.0),
+    "min_calibrator_levels": ("calibrator levels passing, minimum (levels)", 1.0),
+    "min_level_replicate_fraction": ("replicates passing per calibrator level, minimum (% of the level)", 100.0),
+    "qc_tolerance_pct": ("QCs, accuracy (± % of nominal)", 1.0),
+    "lloq_qc_tolerance_pct": ("LLOQ QCs, accuracy (± % of nominal)", 1.0),
+    "min_qc_fraction": ("QCs within tolerance, minimum (% of all QCs)", 100.0),
+    "min_qc_level_fraction": ("QCs within tolerance per level, minimum (% of the level)", 100.0),
+    "is_response_band_pct": ("IS response band (% of mean calibrator/QC IS response)", 1.0),
+    "is_drift_pct": ("IS response drift over the run, and study samples' median offset (± %)", 1.0),
+    "carryover_pct_of_lloq": ("carry-over, analyte (% of mean LLOQ calibrator response)", 1.0),
+    "carryover_is_pct": ("carry-over, IS (% of mean IS response)", 1.0),
+    "selectivity_pct_of_lloq": ("selectivity, analyte in blanks and zeros (% of mean LLOQ calibrator response)", 1.0),
+    "selectivity_is_pct": ("selectivity, IS in blanks (% of mean IS response)", 1.0),
+}
+
 
 class _Problems(list):
     def unknown_keys(self, table: dict, allowed: set[str], where: str) -> None:

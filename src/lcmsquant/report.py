@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -28,13 +29,10 @@ from lcmsquant.chromatograms import EXACT_MZ, ChromatogramReadError, Trace, read
 from lcmsquant.files import (
     REPORT_HASH_META, REPORT_HTML, REPORT_PDF, InputError, atomic_write_all, read_set, report_run_json_sha256, sha256,
 )
-from lcmsquant.method import PEAKS_ONLY
+from lcmsquant.method import ACCEPTANCE_LABELS, PEAKS_ONLY
 from lcmsquant.reanalysis import COLUMNS as REANALYSIS_COLUMNS
 from lcmsquant.results import RUN_JSON, RunOutputs, parse_results, peak_counts, read_results, sample_counts
-from lcmsquant.vocabulary import PEAK_FLAGS, Flag, QCLevel, RuleCategory, RuleId, SampleType, flag_list
-
-QC_LEVEL_ORDER = ("LLOQ", "LQC", "MQC", "HQC", "DQC")
-# Flags that mark the quantifier's own trace (as opposed to the IS or the run).
+from lcmsquant.vocabulary import PEAK_FLAGS, QC_LEVELS, Flag, QCLevel, RuleCategory, RuleId, SampleType, flag_list
 
 
 class ReportError(InputError):
@@ -71,8 +69,13 @@ def _finite(value) -> bool:
         return False
 
 
+# Numbers are written without a thousands separator: "1,000" reads as 1.0 where the comma is the
+# decimal sign, and a reader must never have to guess. The decimal sign is always ".".
+
+
 def fmt(value, digits: int = 4) -> str:
-    """A number with `digits` significant digits, no exponent for everyday magnitudes; '–' if none."""
+    """A measured number with `digits` significant digits, no exponent for everyday magnitudes and
+    no thousands separator (1235, 0.9896); '–' if none."""
     if not _finite(value):
         return "–"
     value = float(value)
@@ -82,7 +85,33 @@ def fmt(value, digits: int = 4) -> str:
     if magnitude >= 6 or magnitude < -4:
         return f"{value:.{digits - 1}e}"
     decimals = max(digits - 1 - magnitude, 0)
-    return f"{value:,.{decimals}f}"
+    return f"{value:.{decimals}f}"
+
+
+def fmt_nominal(value) -> str:
+    """A nominal concentration as the method gives it, without trailing zeros (1, 0.5, 1000,
+    not 1.000 or 1,000): a nominal is exact, and "1.000" reads as one thousand in many locales."""
+    return f"{float(value):g}" if _finite(value) else "–"
+
+
+def fmt_factor(value) -> str:
+    """A dilution factor: 10, 2.5 (never 10.00)."""
+    return f"{float(value):g}" if _finite(value) else "–"
+
+
+def file_name(name) -> Markup:
+    """A file name or path as the page shows it: each name unbroken (CSS `white-space: nowrap`
+    on its parts), a line allowed to break only after a path separator."""
+    parts = [part for part in re.split(r"(?<=[/\\])", str(name or "")) if part]
+    return Markup('<span class="file">{}</span>').format(
+        Markup("<wbr>").join(Markup("<span>{}</span>").format(part) for part in parts))
+
+
+def breakable_at(text, separators: str = "/\\") -> Markup:
+    """Text holding paths (a command line) or codes: a line may break at its spaces and after
+    each of `separators`, never inside a name."""
+    pattern = "([" + re.escape(separators) + "])"
+    return Markup(re.sub(pattern, r"\1<wbr>", str(Markup.escape(str(text or "")))))
 
 
 def fmt_pct(value) -> str:
@@ -209,14 +238,14 @@ def calibrator_table(files: RunOutputs, analyte: str, cal_set: str) -> pd.DataFr
 def calibration_section(files: RunOutputs) -> list[dict]:
     acc, units = files.acceptance, files.units
     blocks = []
-    for _, cal in files.calibration.iterrows():
+    for number, (_, cal) in enumerate(files.calibration.iterrows(), 1):
         analyte, cal_set = cal["analyte"], cal["calibrator_set"]
         cals = calibrator_table(files, analyte, cal_set)
         curve = None
         if cal["model"] and _finite(cal["slope"]):
             quadratic = float(cal["quadratic"]) if _finite(cal.get("quadratic")) else 0.0
             curve = figures.CurveCoefficients(float(cal["intercept"]), float(cal["slope"]), quadratic)
-        key = f"cal{analyte}{cal_set}"
+        key = f"cal{number}-{analyte}-{cal_set}"  # the number keeps the figures' ids unique in the page
         plot_points = cals[["level", "nominal", "area_ratio", "excluded", "re_pct"]]
         coefficients = [("model", cal["model"] or "no curve"), ("weighting", cal["weighting"] or "–")]
         for name in ("intercept", "slope") + (("quadratic",) if cal["model"] == "quadratic" else ()):
@@ -226,20 +255,20 @@ def calibration_section(files: RunOutputs) -> list[dict]:
             ("calibrators used", f"{int(cal['n_used'])} of {int(cal['n_calibrators'])}"),
             ("levels used", str(cal["levels_used"]).replace(";", ", ") or "–"),
             ("levels failing", str(cal["levels_excluded"]).replace(";", ", ") or "none"),
-            ("run range", f"{fmt(cal['lloq'])} – {fmt(cal['uloq'])} {units}" if _finite(cal["lloq"]) else "none"),
+            ("run range", f"{fmt_nominal(cal['lloq'])} – {fmt_nominal(cal['uloq'])} {units}" if _finite(cal["lloq"]) else "none"),
         ]
         if cal.get("problem"):
             coefficients.append(("problem", cal["problem"]))
         blocks.append({
             "analyte": analyte, "set": cal_set, "accepted": bool(cal["accepted"]), "anchor": f"cal-{analyte}-{cal_set}",
-            "curve_svg": Markup(figures.calibration_curve(key + "c", plot_points, curve, analyte, units)),
-            "residual_svg": Markup(figures.residuals(key + "r", plot_points, acc.calibrator_tolerance_pct,
+            "curve_svg": Markup(figures.calibration_curve(key + "-curve", plot_points, curve, analyte, units)),
+            "residual_svg": Markup(figures.residuals(key + "-residuals", plot_points, acc.calibrator_tolerance_pct,
                                                      acc.lloq_tolerance_pct, analyte, units)),
             "coefficients": coefficients,
             "calibrators": [
                 {
                     "injection": int(r["injection"]), "sample_id": r["sample_id"], "level": r["level"],
-                    "nominal": fmt(r["nominal"]), "area_ratio": fmt(r["area_ratio"]),
+                    "nominal": fmt_nominal(r["nominal"]), "area_ratio": fmt(r["area_ratio"]),
                     "back_calculated": fmt(r["back_calculated"]), "accuracy": fmt_pct(r["accuracy_pct"]),
                     "re": fmt_pct(r["re_pct"]), "limit": f"±{r['tolerance_pct']:g}",
                     "excluded": bool(r["excluded"]), "reason": r["exclusion_reason"],
@@ -264,7 +293,7 @@ def qc_table(files: RunOutputs) -> pd.DataFrame:
     qcs["found"] = qcs["back_calculated"] * qcs["dilution_factor"]
     qcs["passed"] = ~has_flag(qcs, "QC_FAIL") & qcs["accuracy_pct"].notna() if len(qcs) else pd.Series(dtype=bool)
     qcs["tolerance_pct"] = np.where(qcs["level"] == QCLevel.LLOQ, acc.lloq_qc_tolerance_pct, acc.qc_tolerance_pct)
-    qcs["level_rank"] = qcs["level"].map({lvl: i for i, lvl in enumerate(QC_LEVEL_ORDER)}).fillna(len(QC_LEVEL_ORDER))
+    qcs["level_rank"] = qcs["level"].map({lvl: i for i, lvl in enumerate(QC_LEVELS)}).fillna(len(QC_LEVELS))
     return qcs.sort_values(["level_rank", "injection"], kind="stable")
 
 
@@ -272,7 +301,7 @@ def qc_section(files: RunOutputs) -> list[dict]:
     acc = files.acceptance
     qcs = qc_table(files)
     blocks = []
-    for cal_set in dict.fromkeys(files.calibration["calibrator_set"]):
+    for number, cal_set in enumerate(dict.fromkeys(files.calibration["calibrator_set"]), 1):
         in_set = qcs[qcs["calibrator_set"] == cal_set]
         analytes = [a for a, s in _sets(files) if s == cal_set]
         tables = []
@@ -282,12 +311,12 @@ def qc_section(files: RunOutputs) -> list[dict]:
             for level, level_rows in rows.groupby("level", sort=False):
                 n, ok = len(level_rows), int(level_rows["passed"].sum())
                 levels.append({
-                    "level": level, "nominal": fmt(level_rows["nominal"].iloc[0]),
+                    "level": level, "nominal": fmt_nominal(level_rows["nominal"].iloc[0]),
                     "limit": f"±{level_rows['tolerance_pct'].iloc[0]:g}",
                     "injections": [
                         {"injection": int(r["injection"]), "sample_id": r["sample_id"], "found": fmt(r["found"]),
                          "accuracy": fmt_pct(r["accuracy_pct"]), "passed": bool(r["passed"]),
-                         "dilution": fmt(r["dilution_factor"])}
+                         "dilution": fmt_factor(r["dilution_factor"])}
                         for _, r in level_rows.iterrows()
                     ],
                     "count": f"{ok}/{n}", "fraction_ok": n > 0 and ok / n >= acc.min_qc_level_fraction - 1e-9,
@@ -299,7 +328,7 @@ def qc_section(files: RunOutputs) -> list[dict]:
                 "total_ok": n > 0 and ok / n >= acc.min_qc_fraction - 1e-9,
                 "rules": _rules(files, analyte, cal_set, ("qc",)),
             })
-        svg = figures.qc_accuracy(f"qc{cal_set}", in_set, analytes, acc.qc_tolerance_pct, acc.lloq_qc_tolerance_pct,
+        svg = figures.qc_accuracy(f"qc{number}-{cal_set}", in_set, analytes, acc.qc_tolerance_pct, acc.lloq_qc_tolerance_pct,
                                   f"QC accuracy by injection ({cal_set} curve)")
         blocks.append({
             "set": cal_set, "plot_svg": Markup(svg), "tables": tables,
@@ -381,12 +410,12 @@ def checks_section(files: RunOutputs) -> dict:
     if only_peaks:
         blanks = blanks.iloc[0:0]
     is_blocks = []
-    for item in is_response_table(files):
+    for number, item in enumerate(is_response_table(files), 1):
         if only_peaks and not _finite(item["reference"]):
             continue
         points = item["points"]
         title = f"{item['internal_standard']} response by injection ({item['set']} curve)"
-        key = f"is{item['internal_standard']}{item['set']}"
+        key = f"is{number}-{item['internal_standard']}-{item['set']}"
         flagged = points[points["flagged"]]
         is_blocks.append({
             "internal_standard": item["internal_standard"], "set": item["set"],
@@ -429,9 +458,9 @@ def samples_section(files: RunOutputs, reanalysis: pd.DataFrame) -> dict:
         if _finite(r["concentration"]):
             shown, key = fmt(r["concentration"]), sort_key(r["concentration"])
         elif Flag.BLQ in flags:
-            shown, key = f"BLQ (< {fmt(r['lloq'])})", "-1"
+            shown, key = f"BLQ (< {fmt_nominal(r['lloq'])})", "-1"
         elif Flag.ALQ in flags:
-            shown, key = f"ALQ (> {fmt(r['uloq'])})", sort_key(r["back_calculated"] * r["dilution_factor"])
+            shown, key = f"ALQ (> {fmt_nominal(r['uloq'])})", sort_key(r["back_calculated"] * r["dilution_factor"])
         elif Flag.NO_PEAK in flags:
             shown, key = "not detected", "-2"
         else:
@@ -439,7 +468,7 @@ def samples_section(files: RunOutputs, reanalysis: pd.DataFrame) -> dict:
         rows.append({
             "injection": int(r["injection"]), "sample_id": r["sample_id"], "matrix": r["matrix"],
             "subject_id": r["subject_id"], "visit": r["visit"], "timepoint": r["timepoint"],
-            "dilution": fmt(r["dilution_factor"]), "analyte": r["analyte"],
+            "dilution": fmt_factor(r["dilution_factor"]), "analyte": r["analyte"],
             "area_ratio": fmt(r["area_ratio"]), "area_ratio_key": sort_key(r["area_ratio"]),
             "concentration": shown, "concentration_key": key,
             "flags": flags, "reportable": bool(r["reportable"]),
@@ -447,12 +476,42 @@ def samples_section(files: RunOutputs, reanalysis: pd.DataFrame) -> dict:
                 "area": fmt(r["area"]), "area_key": sort_key(r["area"]), "is_area": fmt(r["is_area"]),
                 "is_area_key": sort_key(r["is_area"])} if only_peaks else {}),
         })
-    reanalysis_rows = [
-        {k: ("" if isinstance(v, float) and not math.isfinite(v) else (fmt(v) if isinstance(v, float) else v)) for k, v in row.items()}
-        for row in reanalysis.to_dict("records")
-    ]
-    return {"rows": rows, "peaks_only": only_peaks, "reanalysis_columns": list(reanalysis.columns), "reanalysis": reanalysis_rows,
+    columns, reanalysis_rows = reanalysis_cells(reanalysis)
+    return {"rows": rows, "peaks_only": only_peaks, "reanalysis_columns": columns, "reanalysis": reanalysis_rows,
             "units": files.units, "source": "reanalysis.csv" if files.reanalysis is not None else "no reanalysis.csv (a results folder written before it existed)"}
+
+
+# The reanalysis list as the page shows it: the sample's subject, visit, timepoint and matrix in
+# the sample's cell, so that the table fits a printed page; other columns as reanalysis.csv has them.
+REANALYSIS_SAMPLE_DETAIL = ("subject_id", "visit", "timepoint", "matrix")
+REANALYSIS_HEADERS = {"injection": "inj.", "sample_id": "sample", "suggested_dilution_factor": "suggested dilution"}
+
+
+def reanalysis_cells(reanalysis: pd.DataFrame) -> tuple[list[str], list[list[Markup]]]:
+    """Column headers and rows of cells (markup) of the reanalysis table."""
+    columns = [c for c in reanalysis.columns if not (c in REANALYSIS_SAMPLE_DETAIL and "sample_id" in reanalysis.columns)]
+
+    def text(value) -> str:
+        if isinstance(value, float):
+            return "" if not math.isfinite(value) else fmt(value)
+        return str(value)
+
+    def cell(row: dict, column: str) -> Markup:
+        value = row[column]
+        if column == "file":
+            return file_name(value)
+        if column == "suggested_dilution_factor":
+            return Markup.escape(fmt_factor(value) if _finite(value) else "")
+        if column == "reason":  # codes joined by ";": a line may break after each
+            return breakable_at(text(value), ";")
+        if column == "sample_id":
+            detail = " · ".join(text(row[c]) for c in REANALYSIS_SAMPLE_DETAIL if c in row and text(row[c]))
+            sample = Markup('<span class="nb">{}</span>').format(text(value))
+            return sample + Markup('<div class="detail">{}</div>').format(detail) if detail else sample
+        return Markup.escape(text(value))
+
+    rows = [[cell(row, c) for c in columns] for row in reanalysis.to_dict("records")]
+    return [REANALYSIS_HEADERS.get(c, c.replace("_", " ")) for c in columns], rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -477,17 +536,16 @@ def _panel(peak: dict | None, traces: list[Trace], label: str, flags: list[str],
     trace = _trace_of(peak, traces)
     manual = _is_manual(peak)
     state = " ".join(s for s, on in (("flagged", bool(flags)), ("manual", manual)) if on)
-    note = []
+    note = ""
     if peak is not None and _finite(peak.get("area")):
-        note.append(f"area {fmt(peak['area'], 3)}")
+        note = f"area {fmt(peak['area'], 3)}"
     elif peak is not None:
-        note.append(str(peak["status"]).replace("_", " ").lower())
-    if manual:
-        note.append(Flag.MANUAL)
-    note += flags
+        note = str(peak["status"]).replace("_", " ").lower()
+    shown_flags = ([Flag.MANUAL] if manual else []) + flags
     title = label if peak is None else f"{label} {peak['q1']:g}>{peak['q3']:g}"
     time, intensity = (trace.time, trace.intensity) if trace is not None else (None, None)
-    return Markup(figures.chromatogram_thumbnail(title, time, intensity, _integration(peak), " · ".join(note), state, absent))
+    return Markup(figures.chromatogram_thumbnail(title, time, intensity, _integration(peak), note, state, absent,
+                                                 " · ".join(shown_flags)))
 
 
 def _trace_of(peak: dict | None, traces: list[Trace]) -> Trace | None:
@@ -621,6 +679,22 @@ def _checked_traces(folder: Path, name: str, recorded: tuple[str, str] | None) -
 # 7. Audit and provenance
 
 
+def acceptance_limits(limits: Mapping[str, object]) -> list[tuple[str, str]]:
+    """The acceptance limits the run applied as (words, value) rows, in method.ACCEPTANCE_LABELS'
+    words and order (fractions as %); a key it does not know (results of a newer version) is
+    shown as it is, after the others."""
+    def value_text(value, factor: float) -> str:
+        if isinstance(value, (list, tuple)):
+            return "–".join(value_text(v, factor) for v in value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return f"{round(float(value) * factor, 1):g}"
+        return str(value)
+
+    known = [(words, value_text(limits[key], factor)) for key, (words, factor) in ACCEPTANCE_LABELS.items() if key in limits]
+    unknown = [(key, value_text(limits[key], 1.0)) for key in sorted(set(limits) - set(ACCEPTANCE_LABELS))]
+    return known + unknown
+
+
 def provenance_section(files: RunOutputs) -> dict:
     prov = files.summary.get("provenance", {})
     session = files.session
@@ -633,10 +707,6 @@ def provenance_section(files: RunOutputs) -> dict:
             software[f"{name} (report)"] = "unknown"
     results = files.results
     excluded = results[(results["sample_type"] == SampleType.CALIBRATOR) & has_flag(results, "EXCLUDED")]
-    acceptance = {
-        name: (f"{value:g}" if isinstance(value, float) else "-".join(f"{v:g}" for v in value) if isinstance(value, list) else value)
-        for name, value in (prov.get("acceptance") or asdict(files.acceptance)).items()
-    }
     audit = files.audit if files.audit is not None else pd.DataFrame()
     return {
         "audit_columns": list(audit.columns),
@@ -647,7 +717,8 @@ def provenance_section(files: RunOutputs) -> dict:
             for _, r in excluded.sort_values(["analyte", "injection"]).iterrows()
         ],
         "method": prov.get("method", {}), "calibrator_sets": prov.get("calibrator_sets", []),
-        "acceptance": sorted(acceptance.items()), "inputs": prov.get("inputs", []), "software": sorted(software.items()),
+        "acceptance": acceptance_limits(prov.get("acceptance") or asdict(files.acceptance)),
+        "inputs": prov.get("inputs", []), "software": sorted(software.items()),
         "batch": files.summary.get("batch", ""), "lcmsquant": files.summary.get("lcmsquant", ""),
         "finished_at": session.get("finished_at", "not recorded"),
         "command": shlex.join(command) if isinstance(command, list) else str(command),
@@ -666,6 +737,8 @@ def _environment() -> Environment:
         trim_blocks=True, lstrip_blocks=True,
     )
     env.filters["num"] = fmt
+    env.filters["file"] = file_name
+    env.filters["breakable"] = breakable_at
     return env
 
 

@@ -3,6 +3,7 @@ residuals, QC accuracy, IS response) and hand-made chromatogram thumbnails, hund
 must be drawn in a second or two.
 
 Every function takes plain arrays or tidy tables and returns SVG markup; nothing is written.
+The `*_figure` functions give the matplotlib figure behind a plot, for tests to inspect.
 """
 
 from __future__ import annotations
@@ -18,36 +19,82 @@ import matplotlib
 matplotlib.use("Agg")  # no display; must precede the figure import on a headless machine
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.collections import PolyCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator  # noqa: E402
+
+from lcmsquant.vocabulary import QC_LEVELS, QCLevel  # noqa: E402
 
 ANALYTE_COLOURS = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
 TYPE_COLOURS = {"calibrator": "#1f77b4", "qc": "#2ca02c", "unknown": "#7f7f7f", "zero": "#9467bd", "blank": "#bcbd22"}
 FAIL = "#c62828"
-BAND = "#e8f1fb"
-SIZE = (4.6, 3.1)  # inches; two plots sit side by side on a laptop screen
+BAND = "#e8f1fb"  # the acceptance band of calibrators and QCs above the LLOQ
+LLOQ_BAND = "#fbecd0"  # the wider band that holds only at the LLOQ
+NEUTRAL = "#555555"  # legend markers that stand for a shape, not a colour
+
+# Sizes are chosen for the page, so that nothing is scaled: a figure of w inches is w x 96 CSS px
+# wide, and its text of p points is p x 4/3 px tall (the SVG's unit is the point). Two plots sit
+# side by side, and a wide plot fits, within an A4 page's 703 px printing width; every text is at
+# least 11 px (MIN_TEXT_PX) on the screen at 100 % and in the PDF.
+SIZE = (3.5, 2.7)  # inches: calibration curve and residuals, two to a row
+WIDE_SIZE = (6.8, 2.9)  # inches: QC accuracy and IS response against injection order
+LEGEND_WIDTH = 1.8  # inches beside a wide plot for its legend
+MIN_TEXT_PX = 11.0
+TICK_PT = 9.0  # tick labels and axis labels: 12 px
+TITLE_PT = 10.0
+SMALL_PT = 8.5  # legends and point labels: 11.3 px
+QC_MARKERS = {QCLevel.LLOQ: "P", QCLevel.LQC: "o", QCLevel.MQC: "s", QCLevel.HQC: "D", QCLevel.DQC: "*"}
+MARKER_AREA = {"P": 42, "o": 28, "s": 26, "D": 22, "*": 70}  # points^2: the shapes look alike in size
 
 
 def _svg(fig: Figure, key: str) -> str:
-    """The figure as SVG text, byte-identical across runs, with ids unique to `key`."""
-    salt = re.sub(r"[^A-Za-z0-9]", "", key)
+    """The figure as SVG text, byte-identical across runs, every element id prefixed with `key`.
+
+    matplotlib numbers its groups per figure (figure_1, axes_1, line2d_1...), so two figures
+    inline in one HTML page repeat ids (invalid HTML, and a clip path or marker may then be
+    taken from the wrong figure); `svg.hashsalt` only changes the hashed ids. Each id, and each
+    reference to it (`url(#...)`, `href="#..."`), is therefore given the prefix; the caller
+    gives each figure of a page its own key.
+    """
+    prefix = re.sub(r"[^A-Za-z0-9_-]", "_", key) + "-"
     buffer = io.StringIO()
-    with matplotlib.rc_context({"svg.hashsalt": salt, "svg.fonttype": "none", "svg.id": None}):
+    with matplotlib.rc_context({"svg.hashsalt": prefix, "svg.fonttype": "none", "svg.id": None}):
         fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
     text = buffer.getvalue()
-    return text[text.index("<svg"):]  # drop the XML prolog and doctype: the SVG sits inside HTML
+    text = text[text.index("<svg"):]  # drop the XML prolog and doctype: the SVG sits inside HTML
+    ids = set(re.findall(r'\bid="([^"]+)"', text))
+
+    def prefixed(match: re.Match) -> str:
+        opening, name, closing = match.groups()
+        return f"{opening}{prefix}{name}{closing}" if name in ids else match.group(0)
+
+    return re.sub(r'(\bid="|\bhref="#|\burl\(#)([^")]+)([")])', prefixed, text)
 
 
-def _figure(size: tuple[float, float] = SIZE, legend_outside: bool = False) -> tuple[Figure, object]:
+def _figure(size: tuple[float, float] = SIZE, legend_outside: bool = False) -> tuple[Figure, Axes]:
     """A figure with fixed margins: a "tight" layout would draw every figure twice."""
     fig = Figure(figsize=size, dpi=96)
-    right = 1.0 - 1.25 / size[0] if legend_outside else 0.97
-    fig.subplots_adjust(left=0.8 / size[0], right=right, bottom=0.5 / size[1], top=1.0 - 0.3 / size[1])
+    right = 1.0 - (LEGEND_WIDTH + 0.05) / size[0] if legend_outside else 1.0 - 0.12 / size[0]
+    fig.subplots_adjust(left=0.78 / size[0], right=right, bottom=0.56 / size[1], top=1.0 - 0.3 / size[1])
     ax = fig.add_subplot()
-    ax.tick_params(labelsize=8)
+    ax.tick_params(labelsize=TICK_PT)
     ax.grid(True, which="major", color="#dddddd", linewidth=0.6)
     ax.set_axisbelow(True)
     return fig, ax
+
+
+def _labels(ax: Axes, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel, fontsize=TICK_PT)
+    ax.set_ylabel(ylabel, fontsize=TICK_PT)
+    ax.set_title(title, fontsize=TITLE_PT)
+
+
+def _legend_beside(ax: Axes, handles: list) -> None:
+    ax.legend(handles=handles, fontsize=SMALL_PT, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              borderaxespad=0.0, handlelength=1.3, labelspacing=0.35)
 
 
 def _log_axis(ax, which: str) -> None:
@@ -77,6 +124,12 @@ def calibration_curve(
 
     `calibrators` has columns level, nominal, area_ratio, excluded.
     """
+    return _svg(calibration_curve_figure(calibrators, curve, analyte, units), key)
+
+
+def calibration_curve_figure(calibrators: pd.DataFrame, curve: CurveCoefficients | None, analyte: str,
+                             units: str) -> Figure:
+    """The figure of calibration_curve."""
     fig, ax = _figure()
     cals = calibrators[calibrators["nominal"] > 0]
     x_all = cals["nominal"].to_numpy(float)
@@ -91,89 +144,132 @@ def calibration_curve(
     if len(excluded):
         ax.scatter(excluded["nominal"], excluded["area_ratio"], s=40, marker="x", color=FAIL, label="excluded", zorder=4)
         for _, row in excluded.iterrows():
-            ax.annotate(str(row["level"]), (row["nominal"], row["area_ratio"]), xytext=(4, -10),
-                        textcoords="offset points", fontsize=7, color=FAIL)
+            ax.annotate(str(row["level"]), (row["nominal"], row["area_ratio"]), xytext=(5, -12),
+                        textcoords="offset points", fontsize=SMALL_PT, color=FAIL)
     if len(used) + len(excluded):
         _log_axis(ax, "x")
         _log_axis(ax, "y")
-    ax.set_xlabel(f"nominal concentration ({units})", fontsize=8)
-    ax.set_ylabel("area ratio (analyte / IS)", fontsize=8)
-    ax.set_title(f"{analyte}: calibration curve", fontsize=9)
-    ax.legend(fontsize=7, frameon=False, loc="upper left")
-    return _svg(fig, key)
+    _labels(ax, f"nominal concentration ({units})", "area ratio (analyte / IS)", f"{analyte}: calibration curve")
+    ax.legend(fontsize=SMALL_PT, frameon=False, loc="upper left", handlelength=1.3, borderaxespad=0.3)
+    return fig
 
 
 def residuals(key: str, calibrators: pd.DataFrame, tolerance_pct: float, lloq_tolerance_pct: float,
               analyte: str, units: str) -> str:
-    """%RE of each back-calculated calibrator against its nominal, with the acceptance bands.
+    """%RE of each back-calculated calibrator against its nominal, with the acceptance band: the
+    LLOQ's (+-20 %) around the lowest calibrator only, the others' (+-15 %) above it.
 
     `calibrators` has columns nominal, re_pct, excluded.
     """
+    return _svg(residuals_figure(calibrators, tolerance_pct, lloq_tolerance_pct, analyte, units), key)
+
+
+def residuals_figure(calibrators: pd.DataFrame, tolerance_pct: float, lloq_tolerance_pct: float,
+                     analyte: str, units: str) -> Figure:
+    """The figure of residuals; the LLOQ band is the artist with gid "lloq-band", the other "band"."""
     fig, ax = _figure()
+    nominals = np.unique(calibrators.loc[calibrators["nominal"] > 0, "nominal"].to_numpy(float))
     cals = calibrators[(calibrators["nominal"] > 0) & calibrators["re_pct"].notna()]
     if len(cals):
         _log_axis(ax, "x")
-        lo, hi = cals["nominal"].min() / 1.5, cals["nominal"].max() * 1.5
-        ax.axhspan(-tolerance_pct, tolerance_pct, color=BAND, zorder=0, label=f"±{tolerance_pct:g} %")
-        ax.hlines([-lloq_tolerance_pct, lloq_tolerance_pct], lo, hi, colors="#6a8fb5", linestyles="dashed",
-                  linewidth=0.8, label=f"±{lloq_tolerance_pct:g} % (LLOQ)")
+        lo, hi = min(cals["nominal"].min(), nominals[0]) / 1.5, cals["nominal"].max() * 1.5
+        # The LLOQ's limit holds up to halfway (on the log axis) to the next calibrator level.
+        split = float(np.sqrt(nominals[0] * nominals[1])) if len(nominals) > 1 else hi
+        ax.fill_between([lo, split], -lloq_tolerance_pct, lloq_tolerance_pct, color=LLOQ_BAND, linewidth=0, zorder=0,
+                        label=f"±{lloq_tolerance_pct:g} % (LLOQ)", gid="lloq-band")
+        if split < hi:
+            ax.fill_between([split, hi], -tolerance_pct, tolerance_pct, color=BAND, linewidth=0, zorder=0,
+                            label=f"±{tolerance_pct:g} %", gid="band")
         ax.set_xlim(lo, hi)
     ax.axhline(0, color="#888888", linewidth=0.8)
     used, excluded = cals[~cals["excluded"]], cals[cals["excluded"]]
     ax.scatter(used["nominal"], used["re_pct"], s=22, color=ANALYTE_COLOURS[0], label="used", zorder=3)
     if len(excluded):
         ax.scatter(excluded["nominal"], excluded["re_pct"], s=40, marker="x", color=FAIL, label="excluded", zorder=4)
-    limit = max(lloq_tolerance_pct * 1.6, float(cals["re_pct"].abs().max()) * 1.15 if len(cals) else 0)
+    limit = max(lloq_tolerance_pct * 1.9, float(cals["re_pct"].abs().max()) * 1.15 if len(cals) else 0)
     ax.set_ylim(-limit, limit)
-    ax.set_xlabel(f"nominal concentration ({units})", fontsize=8)
-    ax.set_ylabel("%RE (back-calculated vs nominal)", fontsize=8)
-    ax.set_title(f"{analyte}: residuals", fontsize=9)
-    ax.legend(fontsize=7, frameon=False, loc="lower right", ncols=2)
-    return _svg(fig, key)
+    _labels(ax, f"nominal concentration ({units})", "%RE vs nominal", f"{analyte}: residuals")
+    ax.legend(fontsize=SMALL_PT, frameon=False, loc="lower center", ncols=2, handlelength=1.3, borderaxespad=0.2,
+              columnspacing=1.0, labelspacing=0.2)
+    return fig
 
 
 QC_AXIS_LIMIT_PCT = 60.0  # the accuracy axis never spans more than 100 +- this; beyond, points sit on the edge
+DODGE = 0.6  # injections: the spread of the analytes of one injection
 
 
 def qc_accuracy(key: str, qcs: pd.DataFrame, analytes: Sequence[str], tolerance_pct: float,
                 lloq_tolerance_pct: float, title: str) -> str:
-    """QC accuracy (% of nominal) against injection order, one colour per analyte; failing QCs as
-    red-edged markers. A QC far off (an IS drop-out reads 500 %) is drawn as a triangle on the
-    axis's edge with its value, so it does not squash the others into a line.
+    """QC accuracy (% of nominal) against injection order: one marker shape per QC level, one
+    colour per analyte; failing QCs red-edged. The +-15 % band runs across; the LLOQ QCs' +-20 %
+    is drawn only at the injections of LLOQ QCs. A QC far off (an IS drop-out reads 500 %) is
+    drawn as a triangle on the axis's edge with its value, so it does not squash the others.
 
     `qcs` has columns injection, analyte, level, accuracy_pct, passed.
     """
-    fig, ax = _figure((7.0, 3.1), legend_outside=True)
-    ax.axhspan(100 - tolerance_pct, 100 + tolerance_pct, color=BAND, zorder=0, label=f"100 ± {tolerance_pct:g} %")
-    ax.axhline(100 - lloq_tolerance_pct, color="#6a8fb5", linestyle="dashed", linewidth=0.8, label="LLOQ QC limit")
-    ax.axhline(100 + lloq_tolerance_pct, color="#6a8fb5", linestyle="dashed", linewidth=0.8)
+    return _svg(qc_accuracy_figure(qcs, analytes, tolerance_pct, lloq_tolerance_pct, title), key)
+
+
+def qc_accuracy_figure(qcs: pd.DataFrame, analytes: Sequence[str], tolerance_pct: float,
+                       lloq_tolerance_pct: float, title: str) -> Figure:
+    """The figure of qc_accuracy; the LLOQ QCs' band is the artist with gid "lloq-band"."""
+    fig, ax = _figure(WIDE_SIZE, legend_outside=True)
+    ax.axhspan(100 - tolerance_pct, 100 + tolerance_pct, color=BAND, linewidth=0, zorder=0, gid="band")
+    handles: list = [Patch(color=BAND, label=f"100 ± {tolerance_pct:g} %")]
+    lloq_injections = sorted(set(qcs.loc[qcs["level"] == QCLevel.LLOQ, "injection"].astype(float)))
+    if lloq_injections:
+        low, high = 100 - lloq_tolerance_pct, 100 + lloq_tolerance_pct
+        strips = [[(x - 0.4, low), (x + 0.4, low), (x + 0.4, high), (x - 0.4, high)] for x in lloq_injections]
+        ax.add_collection(PolyCollection(strips, facecolors=LLOQ_BAND, edgecolors="none", zorder=0.5, gid="lloq-band"))
+        handles.append(Patch(color=LLOQ_BAND, label=f"100 ± {lloq_tolerance_pct:g} % (LLOQ)"))
     deviation = (qcs["accuracy_pct"].dropna() - 100).abs()
     span = min(max(lloq_tolerance_pct * 1.5, float(deviation.max()) + 5 if len(deviation) else 0), QC_AXIS_LIMIT_PCT)
     low, high = 100 - span, 100 + span
+    present = [str(v) for v in dict.fromkeys(qcs["level"])]
+    levels = [lv for lv in QC_LEVELS if lv in present] + [lv for lv in present if lv not in QC_LEVELS]
     stacked: dict[tuple, int] = {}  # labels of off-scale points at one injection go one under another
+    any_failing = any_off_scale = False
     for i, analyte in enumerate(analytes):
         rows = qcs[(qcs["analyte"] == analyte) & qcs["accuracy_pct"].notna()]
+        # The analytes of one injection sit side by side (within +-0.3 of it), not on one another.
+        rows = rows.assign(order=rows["injection"],
+                           injection=rows["injection"] + DODGE * (i - (len(analytes) - 1) / 2) / max(len(analytes) - 1, 1))
         colour = ANALYTE_COLOURS[i % len(ANALYTE_COLOURS)]
         inside = rows["accuracy_pct"].between(low, high)
-        ok, bad = rows[rows["passed"] & inside], rows[~rows["passed"] & inside]
-        ax.scatter(ok["injection"], ok["accuracy_pct"], s=20, color=colour, label=analyte, zorder=3)
-        if len(bad):
-            ax.scatter(bad["injection"], bad["accuracy_pct"], s=30, color=colour, edgecolors=FAIL,
-                       linewidths=1.4, zorder=4, label=f"{analyte} failing")
+        for level in levels:
+            marker = QC_MARKERS.get(level, "o")
+            area = MARKER_AREA.get(marker, 28)
+            at_level = rows[(rows["level"] == level) & inside]
+            ok, bad = at_level[at_level["passed"]], at_level[~at_level["passed"]]
+            if len(ok):
+                ax.scatter(ok["injection"], ok["accuracy_pct"], s=area, marker=marker, color=colour, zorder=3)
+            if len(bad):
+                any_failing = True
+                ax.scatter(bad["injection"], bad["accuracy_pct"], s=area * 1.4, marker=marker, color=colour,
+                           edgecolors=FAIL, linewidths=1.5, zorder=4)
         for _, row in rows[~inside].iterrows():
+            any_off_scale = True
             above = row["accuracy_pct"] > high
             edge = high - span * 0.04 if above else low + span * 0.04
-            ax.scatter([row["injection"]], [edge], s=36, marker="^" if above else "v", color=colour,
+            ax.scatter([row["injection"]], [edge], s=40, marker="^" if above else "v", color=colour,
                        edgecolors=FAIL, linewidths=1.2, zorder=4)
-            k = stacked[(row["injection"], above)] = stacked.get((row["injection"], above), -1) + 1
-            ax.annotate(f"{analyte} {row['accuracy_pct']:.0f} %", (row["injection"], edge),
-                        xytext=(6, -3 - 8 * k if above else -3 + 8 * k), textcoords="offset points", fontsize=6.5, color=FAIL)
+            k = stacked[(row["order"], above)] = stacked.get((row["order"], above), -1) + 1
+            ax.annotate(f"{analyte} {row['level']} {row['accuracy_pct']:.0f} %", (row["order"], edge),
+                        xytext=(6, -4 - 11 * k if above else -4 + 11 * k), textcoords="offset points",
+                        fontsize=SMALL_PT, color=FAIL)
+    handles += [Line2D([], [], linestyle="none", marker=QC_MARKERS.get(lv, "o"), markersize=6.5, color=NEUTRAL, label=lv)
+                for lv in levels]
+    handles += [Patch(color=ANALYTE_COLOURS[i % len(ANALYTE_COLOURS)], label=a) for i, a in enumerate(analytes)]
+    if any_failing:
+        handles.append(Line2D([], [], linestyle="none", marker="o", markersize=6.5, markerfacecolor="white",
+                              markeredgecolor=FAIL, markeredgewidth=1.5, label="failing"))
+    if any_off_scale:
+        handles.append(Line2D([], [], linestyle="none", marker="^", markersize=6.5, color=NEUTRAL,
+                              markeredgecolor=FAIL, label="off scale"))
     ax.set_ylim(low, high)
-    ax.set_xlabel("injection", fontsize=8)
-    ax.set_ylabel("accuracy (% of nominal)", fontsize=8)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    return _svg(fig, key)
+    _labels(ax, "injection", "accuracy (% of nominal)", title)
+    _legend_beside(ax, handles)
+    return fig
 
 
 def is_response(key: str, points: pd.DataFrame, reference: float, band_pct: tuple[float, float], title: str) -> str:
@@ -182,36 +278,37 @@ def is_response(key: str, points: pd.DataFrame, reference: float, band_pct: tupl
 
     `points` has columns injection, sample_id, sample_type, is_area, flagged.
     """
-    fig, ax = _figure((7.0, 3.1), legend_outside=True)
+    fig, ax = _figure(WIDE_SIZE, legend_outside=True)
     low, high = band_pct
     if np.isfinite(reference):
-        ax.axhspan(reference * low / 100, reference * high / 100, color=BAND, zorder=0,
-                   label=f"{low:g}-{high:g} % of mean cal/QC")
+        ax.axhspan(reference * low / 100, reference * high / 100, color=BAND, linewidth=0, zorder=0,
+                   label=f"{low:g}–{high:g} % of mean")
         ax.axhline(reference, color="#6a8fb5", linewidth=0.8, label="mean cal/QC")
     for sample_type, colour in TYPE_COLOURS.items():
         rows = points[(points["sample_type"] == sample_type) & points["is_area"].notna()]
         if len(rows):
-            ax.scatter(rows["injection"], rows["is_area"], s=16, color=colour, label=sample_type, zorder=3)
+            ax.scatter(rows["injection"], rows["is_area"], s=18, color=colour, label=sample_type, zorder=3)
     flagged = points[points["flagged"] & points["is_area"].notna()]
     if len(flagged):
-        ax.scatter(flagged["injection"], flagged["is_area"], s=48, facecolors="none", edgecolors=FAIL,
+        ax.scatter(flagged["injection"], flagged["is_area"], s=50, facecolors="none", edgecolors=FAIL,
                    linewidths=1.4, zorder=4, label="outside band")
         for _, row in flagged.iterrows():
             ax.annotate(str(row["sample_id"]), (row["injection"], row["is_area"]), xytext=(5, 3),
-                        textcoords="offset points", fontsize=7, color=FAIL)
+                        textcoords="offset points", fontsize=SMALL_PT, color=FAIL)
     ax.set_ylim(bottom=0)
-    ax.set_xlabel("injection", fontsize=8)
-    ax.set_ylabel("IS area (counts)", fontsize=8)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    _labels(ax, "injection", "IS area (counts)", title)
+    ax.yaxis.get_offset_text().set_fontsize(TICK_PT)
+    _legend_beside(ax, ax.get_legend_handles_labels()[0])
     return _svg(fig, key)
 
 
 # ---------------------------------------------------------------------------------------------
 # Chromatogram thumbnails, drawn by hand: matplotlib would take ~50 ms each, this ~0.2 ms.
 
-THUMB_W, THUMB_H = 210, 86
-PAD_L, PAD_R, PAD_T, PAD_B = 4, 4, 14, 12
+# Three thumbnails and the analyte's name fit a row of an A4 page's 703 px printing width; text
+# is 11 px (the report's CSS: .tt, .tn, .tf, .tm), on the screen and in the PDF.
+THUMB_W, THUMB_H = 190, 96
+PAD_L, PAD_R, PAD_T, PAD_B = 4, 4, 15, 15
 MAX_POINTS = 240  # a thumbnail is ~200 px wide: more points draw nothing new
 
 
@@ -271,23 +368,34 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
+def _compact(value: float) -> str:
+    """A number in at most ~5 characters: 0.0123, 1.23, 123, 1234, 1.2e5."""
+    if value == 0 or not np.isfinite(value):
+        return "0"
+    exponent = int(np.floor(np.log10(abs(value))))
+    if -2 <= exponent <= 3:
+        return f"{value:.{max(0, 2 - exponent)}f}"
+    return f"{value / 10.0 ** exponent:.1f}e{exponent}"
+
+
 def chromatogram_thumbnail(
     title: str, time: np.ndarray | None, intensity: np.ndarray | None, peak: Integration,
-    note: str = "", state: str = "", absent: str = "no data",
+    note: str = "", state: str = "", absent: str = "no data", flags: str = "",
 ) -> str:
     """One SRM trace as a small SVG: the trace, the integrated area shaded above its baseline,
     the boundaries, the baseline and the expected RT. `state` is "" / "flagged" / "manual"
-    (drawn as a coloured frame); `note` is printed under the title (area, flags); `absent` in
-    the middle when there is no trace."""
+    (drawn as a coloured frame); `note` is printed bottom right (the area), `flags` under the
+    title, over the trace; `absent` in the middle when there is no trace."""
     w, h = THUMB_W, THUMB_H
     parts = [f'<svg class="thumb {state}" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
              f'viewBox="0 0 {w} {h}" role="img"><title>{_escape(title)}</title>']
-    parts.append(f'<text x="{PAD_L}" y="10" class="tt">{_escape(title)}</text>')
+    parts.append(f'<text x="{PAD_L}" y="11" class="tt">{_escape(title)}</text>')
     if note:
-        parts.append(f'<text x="{w - PAD_R}" y="{h - 2}" class="tn" text-anchor="end">{_escape(note)}</text>')
+        parts.append(f'<text x="{w - PAD_R}" y="{h - 3}" class="tn" text-anchor="end">{_escape(note)}</text>')
+    flag_text = f'<text x="{PAD_L + 2}" y="{PAD_T + 12}" class="tf">{_escape(flags)}</text>' if flags else ""
     if time is None or intensity is None or len(time) < 2:
-        parts.append(f'<text x="{w / 2}" y="{h / 2}" class="tm" text-anchor="middle">{_escape(absent)}</text></svg>')
-        return "".join(parts)
+        parts.append(f'<text x="{w / 2}" y="{h / 2 + 4}" class="tm" text-anchor="middle">{_escape(absent)}</text>')
+        return "".join(parts) + flag_text + "</svg>"
     lo, hi = display_window(time, peak)
     inside = (time >= lo) & (time <= hi)
     t, y = time[inside], intensity[inside]
@@ -329,7 +437,7 @@ def chromatogram_thumbnail(
             x = sx(boundary)
             parts.append(f'<line class="tk" x1="{x:.1f}" y1="{PAD_T}" x2="{x:.1f}" y2="{h - PAD_B}"/>')
     parts.append(f'<polyline class="tr" points="{_points(sx(t), sy(y))}"/>')
-    parts.append(f'<text x="{PAD_L}" y="{h - 2}" class="tn">{lo:.2f}-{hi:.2f} min</text>')
-    parts.append(f'<text x="{w - PAD_R}" y="10" class="tn" text-anchor="end">max {y_max:.3g}</text>')
-    parts.append("</svg>")
+    parts.append(f'<text x="{PAD_L}" y="{h - 3}" class="tn">{lo:.2f}–{hi:.2f} min</text>')
+    parts.append(f'<text x="{w - PAD_R}" y="11" class="tn" text-anchor="end">max {_compact(y_max)}</text>')
+    parts.append(flag_text + "</svg>")
     return "".join(parts)
