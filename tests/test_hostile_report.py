@@ -9,8 +9,6 @@ import hashlib
 import json
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -81,10 +79,6 @@ def _concentration(results: pd.DataFrame, injection: int) -> float:
     return float(results[(results["injection"] == injection) & (results["analyte"] == "M1")]["concentration"].iloc[0])
 
 
-def _cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lcmsquant", *map(str, args)], capture_output=True, text=True, timeout=300)
-
-
 def _words(text: str) -> str:
     """Console output with the line breaks of its fixed width undone."""
     return " ".join(text.split())
@@ -106,9 +100,10 @@ def test_a_report_that_cannot_be_drawn_during_a_run_leaves_no_report_of_other_re
     done = CliRunner().invoke(app, ["run", str(batch), "--jobs", "1"])
     assert done.exit_code == 0, done.output
     assert "Traceback" not in done.output
-    assert (f"warning: report.html not written: OSError: [Errno 28] No space left on device (the results are "
-            f"complete and the previous report was removed; write the report with `lcmsquant report {out}`)"
-            ) in _words(done.output)
+    assert (
+        f"warning: report.html not written: OSError: [Errno 28] No space left on device (the results are "
+        f"complete and the previous report was removed; write the report with `lcmsquant report {out}`)"
+    ) in _words(done.output)
     assert "open report.html" not in done.output
     assert sorted(p.name for p in out.iterdir()) == OUTPUTS  # old report.html and report.pdf gone, no temporary
     assert _concentration(read_results(out).results, injection) == pytest.approx(2 * before)  # the new tables
@@ -126,7 +121,9 @@ def test_a_rerun_replaces_the_report_and_removes_the_pdf_of_the_previous_results
     assert report_run_json_sha256(html) == _sha(out / "run.json") != report_run_json_sha256(old_report)
     after = _concentration(read_results(out).results, injection)
     assert after == pytest.approx(2 * before)
-    row = re.search(rf'<tr><td class="n">{injection}</td><td>{sample}</td>.*?<td>M1</td>.*?</tr>', _section(html, "samples")).group(0)
+    row = re.search(
+        rf'<tr><td class="n">{injection}</td><td>{sample}</td>.*?<td>M1</td>.*?</tr>', _section(html, "samples")
+    ).group(0)
     assert f">{fmt(after)}</td>" in row and f">{fmt(before)}</td>" not in row
 
     outcome = process_batch(batch, report=False)  # --no-report: the report of the previous run goes too
@@ -172,26 +169,34 @@ def test_lcmsquant_report_keeps_a_pdf_only_beside_the_report_it_was_printed_from
 # 4. The chromatograms drawn are those the run integrated
 
 
-def test_lcmsquant_report_warns_of_a_swapped_mzml_and_does_not_draw_it(batch):
+def test_lcmsquant_report_warns_of_a_swapped_mzml_and_does_not_draw_it(batch, cli):
     worklist = pd.read_csv(batch / "worklist.csv", dtype=str)
     swapped, other = worklist["file"].iloc[4], worklist["file"].iloc[5]  # CAL3 replaced by CAL4's file
     recorded = _sha(batch / swapped)
     shutil.copy(batch / other, batch / swapped)
-    done = _cli("report", batch / "results", "--batch", batch)
+    done = cli("report", batch / "results", "--batch", batch)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
-    warning = (f"warning: {swapped} (injection 5) changed since the run (SHA-256 {_sha(batch / other)[:12]}..., the run "
-               f"read {recorded[:12]}...): its chromatograms are not drawn (rerun `lcmsquant run` on the batch to "
-               f"integrate the files as they now are)")
+    warning = (
+        f"warning: {swapped} (injection 5) changed since the run (SHA-256 {_sha(batch / other)[:12]}..., the run "
+        f"read {recorded[:12]}...): its chromatograms are not drawn (rerun `lcmsquant run` on the batch to "
+        f"integrate the files as they now are)"
+    )
     assert _words(done.stderr) == warning
     chromatograms = _section((batch / "results" / REPORT_HTML).read_text(), "chromatograms")
     blocks = re.findall(r'<details class="inj".*?</details>', chromatograms, re.S)
     assert len(blocks) == len(worklist)
-    undrawn = [b for b in blocks if f'· <span class="file"><span>{swapped}</span></span></span>' in b]  # the summary names the file
+    undrawn = [
+        b for b in blocks if f'· <span class="file"><span>{swapped}</span></span></span>' in b
+    ]  # the summary names the file
     assert len(undrawn) == 1 and "not drawn: the file changed since the run" in undrawn[0]
     assert '<polyline class="tr"' not in undrawn[0] and undrawn[0].count(">not drawn</text>") == 9
-    assert all(b.count('<polyline class="tr"') == 9 for b in blocks if b is not undrawn[0])  # 3 analytes x quant, qual, IS
-    assert f"{swapped} (injection 5) changed since the run" in chromatograms.split("<details")[0]  # said above the injections
+    assert all(
+        b.count('<polyline class="tr"') == 9 for b in blocks if b is not undrawn[0]
+    )  # 3 analytes x quant, qual, IS
+    assert (
+        f"{swapped} (injection 5) changed since the run" in chromatograms.split("<details")[0]
+    )  # said above the injections
 
 
 def test_duplicate_chromatogram_ids_draw_the_trace_of_each_transition(first_run, tmp_path):
@@ -228,21 +233,44 @@ WRONG_TYPES = {
     "outputs is text": ("outputs", "x", "outputs is the text 'x', not an object"),
     "inputs is a number": ("provenance.inputs", 5, "provenance.inputs is the number 5, not a list"),
     "acceptance is a list": ("provenance.acceptance", [], "provenance.acceptance is a list, not an object"),
-    "a limit is text": ("provenance.acceptance.qc_tolerance_pct", "15",
-                        "provenance.acceptance.qc_tolerance_pct is the text '15', not a number"),
-    "a limit is NaN": ("provenance.acceptance.lloq_tolerance_pct", float("nan"),
-                       "provenance.acceptance.lloq_tolerance_pct is NaN, not a number"),
-    "the IS band has one end": ("provenance.acceptance.is_response_band_pct", [50],
-                                "provenance.acceptance.is_response_band_pct holds 1 number(s), not 2 (lowest and highest %)"),
-    "a count is text": ("sample_counts.M1.unknowns", "6", "sample_counts.M1.unknowns is the text '6', not a whole number"),
+    "a limit is text": (
+        "provenance.acceptance.qc_tolerance_pct",
+        "15",
+        "provenance.acceptance.qc_tolerance_pct is the text '15', not a number",
+    ),
+    "a limit is NaN": (
+        "provenance.acceptance.lloq_tolerance_pct",
+        float("nan"),
+        "provenance.acceptance.lloq_tolerance_pct is NaN, not a number",
+    ),
+    "the IS band has one end": (
+        "provenance.acceptance.is_response_band_pct",
+        [50],
+        "provenance.acceptance.is_response_band_pct holds 1 number(s), not 2 (lowest and highest %)",
+    ),
+    "a count is text": (
+        "sample_counts.M1.unknowns",
+        "6",
+        "sample_counts.M1.unknowns is the text '6', not a whole number",
+    ),
     "the verdict is text": ("run_accepted", "true", "run_accepted is the text 'true', not true or false"),
     "the results format is text": ("results_format", "1", "results_format is the text '1', not a whole number"),
     "analytes is a list": ("analytes", [], "analytes is a list, not an object"),
-    "the method is text": ("provenance.method", "flumatinib", "provenance.method is the text 'flumatinib', not an object"),
-    "matrices is text": ("provenance.calibrator_sets", [{"name": "plasma", "matrices": "plasma", "file": "p.csv", "sha256": ""}],
-                         "provenance.calibrator_sets[0].matrices is the text 'plasma', not a list"),
-    "an injection error names no injection": ("injection_errors", {"first": "unreadable"},
-                                              "injection_errors names 'first', not an injection number"),
+    "the method is text": (
+        "provenance.method",
+        "flumatinib",
+        "provenance.method is the text 'flumatinib', not an object",
+    ),
+    "matrices is text": (
+        "provenance.calibrator_sets",
+        [{"name": "plasma", "matrices": "plasma", "file": "p.csv", "sha256": ""}],
+        "provenance.calibrator_sets[0].matrices is the text 'plasma', not a list",
+    ),
+    "an injection error names no injection": (
+        "injection_errors",
+        {"first": "unreadable"},
+        "injection_errors names 'first', not an injection number",
+    ),
 }
 
 
@@ -261,12 +289,12 @@ def test_a_run_json_field_of_the_wrong_type_is_refused_by_name(path, value, prob
     assert (copy / REPORT_HTML).read_bytes() == (first_run / "results" / REPORT_HTML).read_bytes()  # nothing written
 
 
-def test_rules_that_are_not_rules_are_refused_by_the_command_without_a_traceback(first_run, tmp_path):
+def test_rules_that_are_not_rules_are_refused_by_the_command_without_a_traceback(first_run, tmp_path, cli):
     copy = Path(shutil.copytree(first_run / "results", tmp_path / "results"))
     run = json.loads((copy / "run.json").read_text())
     run["rules"] = ["calibration curve fitted", 7, {k: v for k, v in run["rules"][0].items() if k != "passed"}]
     (copy / "run.json").write_text(json.dumps(run))
-    done = _cli("report", copy)
+    done = cli("report", copy)
     assert done.returncode == 2 and done.stdout == "" and "Traceback" not in done.stderr
     assert _words(done.stderr) == (
         f"error: {copy}: 3 problem(s) in the results folder: "
@@ -277,11 +305,16 @@ def test_rules_that_are_not_rules_are_refused_by_the_command_without_a_traceback
 
 
 UNCHECKED = {
-    "outputs empty": ({}, "outputs does not list results.csv, peaks.csv, calibration.csv, audit.csv, reanalysis.csv, "
-                          "so the tables cannot be checked against their SHA-256"),
+    "outputs empty": (
+        {},
+        "outputs does not list results.csv, peaks.csv, calibration.csv, audit.csv, reanalysis.csv, "
+        "so the tables cannot be checked against their SHA-256",
+    ),
     "outputs missing": (None, "outputs is missing: the tables cannot be checked against their SHA-256"),
-    "a table unlisted": ("reanalysis.csv", "outputs does not list reanalysis.csv, so the tables cannot be checked "
-                                           "against their SHA-256"),
+    "a table unlisted": (
+        "reanalysis.csv",
+        "outputs does not list reanalysis.csv, so the tables cannot be checked against their SHA-256",
+    ),
 }
 
 

@@ -4,8 +4,6 @@ holding what is needed to accept or reject the run, in the order a reviewer work
 import json
 import re
 import shutil
-import subprocess
-import sys
 from collections import Counter
 from html.parser import HTMLParser
 
@@ -37,8 +35,13 @@ from lcmsquant.results import write_outputs
 from lcmsquant.simulate import SimulationOptions, simulate_batch
 
 SECTIONS = [
-    "1. Verdict", "2. Calibration", "3. QCs", "4. Carry-over, blanks and IS response", "5. Samples",
-    "6. Chromatograms", "7. Audit and provenance",
+    "1. Verdict",
+    "2. Calibration",
+    "3. QCs",
+    "4. Carry-over, blanks and IS response",
+    "5. Samples",
+    "6. Chromatograms",
+    "7. Audit and provenance",
 ]
 PRINT_WIDTH_PX = 703  # A4 (210 mm) less the report's 12 mm print margins, at 96 px per inch
 REJECTED_RED = (198, 40, 40)  # the rejected banner's background, #c62828
@@ -67,7 +70,9 @@ def troubled(tmp_path_factory):
     """A run a reviewer must reject for M1 (QCs biased +30 %), with a spoiled flumatinib CAL5,
     a QC whose IS response dropped to 20 % and a manual integration."""
     folder = tmp_path_factory.mktemp("troubled") / "batch"
-    options = SimulationOptions(qc_bias_pct={"M1": 30}, spoil_calibrator=("flumatinib", "CAL5"), is_dropout=("QC-MQC-2",))
+    options = SimulationOptions(
+        qc_bias_pct={"M1": 30}, spoil_calibrator=("flumatinib", "CAL5"), is_dropout=("QC-MQC-2",)
+    )
     simulate_batch(folder, seed=31, options=options)
     worklist = pd.read_csv(folder / "worklist.csv")
     unknown = worklist[worklist["sample_type"] == "unknown"].iloc[2]
@@ -182,9 +187,9 @@ def test_pdf_renders_and_its_first_pages_are_not_blank(troubled, chromium):
             for phrase in FIGURE_PHRASES:  # words only the figures print (axis labels, thumbnail titles)
                 n = len(phrase)
                 for i in range(len(words) - n + 1):
-                    if tuple(w for _, w in words[i:i + n]) == phrase:
+                    if tuple(w for _, w in words[i : i + n]) == phrase:
                         found[phrase] += 1
-                        assert min(size for size, _ in words[i:i + n]) >= MIN_TEXT_PX - 0.1, (index, phrase)
+                        assert min(size for size, _ in words[i : i + n]) >= MIN_TEXT_PX - 0.1, (index, phrase)
         assert all(found.values()), found
     finally:
         pdf.close()
@@ -193,8 +198,13 @@ def test_pdf_renders_and_its_first_pages_are_not_blank(troubled, chromium):
 # Words only the figures print, in pdfium's reading order: axis labels, the QC plot's title and
 # legend, thumbnail titles.
 FIGURE_PHRASES = (
-    ("nominal", "concentration", "(ng/mL)"), ("area", "ratio", "(analyte", "/", "IS)"), ("IS", "area", "(counts)"),
-    ("QC", "accuracy", "by", "injection"), ("LLOQ", "LQC", "MQC", "HQC", "DQC"), ("quant",), ("qual",),
+    ("nominal", "concentration", "(ng/mL)"),
+    ("area", "ratio", "(analyte", "/", "IS)"),
+    ("IS", "area", "(counts)"),
+    ("QC", "accuracy", "by", "injection"),
+    ("LLOQ", "LQC", "MQC", "HQC", "DQC"),
+    ("quant",),
+    ("qual",),
 )
 
 
@@ -279,7 +289,7 @@ def test_a_failing_warning_is_shown_as_a_warning_apart_from_the_failing_rules(tr
 def test_calibration_shows_the_excluded_calibrator_with_its_reason(troubled):
     results, *_ = troubled
     calibration = _section((results / REPORT_HTML).read_text(), "calibration")
-    flumatinib = calibration[calibration.index('id="cal-flumatinib-plasma"'):calibration.index('id="cal-M1-plasma"')]
+    flumatinib = calibration[calibration.index('id="cal-flumatinib-plasma"') : calibration.index('id="cal-M1-plasma"')]
     excluded = re.findall(r'<tr class="excluded">(.*?)</tr>', flumatinib, re.S)
     assert len(excluded) == 1 and "CAL5" in excluded[0]
     assert "excluded: back-calculated +" in excluded[0] and "(limit +-15 %)" in excluded[0]
@@ -301,7 +311,9 @@ def test_figures_fit_a_printed_page_and_their_text_is_at_least_11_px(troubled):
         svgs = re.findall(r"<svg .*?</svg>", block, re.S)
         widths = []
         for svg in svgs:
-            width_pt, height_pt = (float(v) for v in re.search(r'<svg [^>]*width="([\d.]+)pt" height="([\d.]+)pt"', svg).groups())
+            width_pt, height_pt = (
+                float(v) for v in re.search(r'<svg [^>]*width="([\d.]+)pt" height="([\d.]+)pt"', svg).groups()
+            )
             view_width = float(re.search(r'viewBox="0 0 ([\d.]+) ', svg).group(1))
             px_per_unit = width_pt * 96 / 72 / view_width  # drawn at its size: the SVG's width is in points
             sizes = [float(v) * px_per_unit for v in re.findall(r'<text style="font-size: ([\d.]+)px', svg)]
@@ -351,7 +363,18 @@ def test_the_qc_plot_tells_levels_apart_and_draws_the_lloq_band_only_at_lloq_qcs
     fig = qc_accuracy_figure(qcs, analytes, 15.0, 20.0, "QC accuracy")
     ax = fig.axes[0]
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert legend == ["100 ± 15 %", "100 ± 20 % (LLOQ)", "LLOQ", "LQC", "MQC", "HQC", "DQC", *analytes, "failing", "off scale"]
+    assert legend == [
+        "100 ± 15 %",
+        "100 ± 20 % (LLOQ)",
+        "LLOQ",
+        "LQC",
+        "MQC",
+        "HQC",
+        "DQC",
+        *analytes,
+        "failing",
+        "off scale",
+    ]
     markers = {h.get_label(): h.get_marker() for h in ax.get_legend().legend_handles if hasattr(h, "get_marker")}
     assert len({markers[level] for level in ("LLOQ", "LQC", "MQC", "HQC", "DQC")}) == 5  # a shape per level
     assert all(t.get_fontsize() * 96 / 72 >= MIN_TEXT_PX for t in ax.get_legend().get_texts())
@@ -368,8 +391,11 @@ def test_the_qc_plot_tells_levels_apart_and_draws_the_lloq_band_only_at_lloq_qcs
     # the report's QC plot carries the same legend, as text
     svg = _matplotlib_svgs((results / REPORT_HTML).read_text())[3]
     legend_svg = re.search(r'<g id="qc1-plasma-legend_1">.*', svg, re.S).group(0)
-    assert [level for level in ("LLOQ", "LQC", "MQC", "HQC", "DQC") if f"> {level}</text>" in legend_svg
-            or f">{level}</text>" in legend_svg] == ["LLOQ", "LQC", "MQC", "HQC", "DQC"]
+    assert [
+        level
+        for level in ("LLOQ", "LQC", "MQC", "HQC", "DQC")
+        if f"> {level}</text>" in legend_svg or f">{level}</text>" in legend_svg
+    ] == ["LLOQ", "LQC", "MQC", "HQC", "DQC"]
     assert "qc1-plasma-lloq-band" in svg
 
 
@@ -419,7 +445,7 @@ def test_the_report_writes_no_thousands_separator_and_dilutions_as_plain_factors
 def test_qc_section_counts_each_level_and_all_qcs(troubled):
     results, *_ = troubled
     qcs = _section((results / REPORT_HTML).read_text(), "qcs")
-    assert "M1, plasma QCs: <span class=\"fail\">0/11 within tolerance" in qcs
+    assert 'M1, plasma QCs: <span class="fail">0/11 within tolerance' in qcs
     assert "LQC: 0/3 within ±15 %" in qcs and "LLOQ: 0/2 within ±20 %" in qcs
     assert "QC accuracy by injection" in qcs
 
@@ -429,7 +455,7 @@ def test_is_response_plot_labels_the_flagged_injection(troubled):
     checks = _section((results / REPORT_HTML).read_text(), "checks")
     plot = re.search(r"<svg.*?flumatinib-d3 response by injection.*?</svg>", checks, re.S).group(0)
     assert "QC-MQC-2" in plot  # the labelled point
-    table = checks[checks.index("flumatinib-d3 area"):]
+    table = checks[checks.index("flumatinib-d3 area") :]
     assert "QC-MQC-2" in table.split("</table>")[0]
     assert "carry-over" in checks and "selectivity" in checks
 
@@ -521,10 +547,15 @@ def test_file_names_are_never_broken_inside_a_name(troubled, chromium, tmp_path)
     folder = re.search(r'<td>batch folder</td><td class="code">(.*?)</td>', provenance).group(1)
     assert "<wbr>" in folder and re.search(r"<span>[^<]*batch</span>", folder)  # a path breaks only after a "/"
     # In the browser, on a narrow screen: every name is on one line (one box), none wider than its text
-    measured = _measured(html, tmp_path, """
+    measured = _measured(
+        html,
+        tmp_path,
+        """
     window.measured = Array.prototype.map.call(document.querySelectorAll(".file > span"), function (s) {
       return [s.textContent, s.getClientRects().length];
-    });""", width=420)
+    });""",
+        width=420,
+    )
     assert len(measured) > 2 * len(names)
     broken = [name for name, boxes in measured if boxes != 1]
     assert not broken, broken
@@ -535,8 +566,9 @@ def test_the_report_fits_the_printed_page(troubled, chromium, tmp_path):
     printing width made every text of the PDF two thirds of its size."""
     results, *_ = troubled
     html = (results / REPORT_HTML).read_text()
-    printed = _measured(html, tmp_path, "window.measured = document.documentElement.scrollWidth;",
-                        width=PRINT_WIDTH_PX, print_css=True)
+    printed = _measured(
+        html, tmp_path, "window.measured = document.documentElement.scrollWidth;", width=PRINT_WIDTH_PX, print_css=True
+    )
     assert printed <= PRINT_WIDTH_PX
 
 
@@ -569,16 +601,39 @@ def _as_if_the_run_wrote_it(folder, run: dict) -> None:
 
 def test_reanalysis_csv_and_rule_categories_are_used_when_the_run_wrote_them(accepted, tmp_path):
     copy = shutil.copytree(accepted, tmp_path / "results")
-    pd.DataFrame([{
-        "injection": 20, "file": "020_X.mzML", "sample_id": "S-REPEAT", "matrix": "plasma", "subject_id": "S001",
-        "visit": "C1D15", "timepoint": "trough", "analyte": "M3", "reason": "carry-over suspected",
-        "action": "reanalyse", "detail": "after ULOQ", "suggested_dilution_factor": "",
-    }]).to_csv(copy / "reanalysis.csv", index=False)
+    pd.DataFrame(
+        [
+            {
+                "injection": 20,
+                "file": "020_X.mzML",
+                "sample_id": "S-REPEAT",
+                "matrix": "plasma",
+                "subject_id": "S001",
+                "visit": "C1D15",
+                "timepoint": "trough",
+                "analyte": "M3",
+                "reason": "carry-over suspected",
+                "action": "reanalyse",
+                "detail": "after ULOQ",
+                "suggested_dilution_factor": "",
+            }
+        ]
+    ).to_csv(copy / "reanalysis.csv", index=False)
     run = json.loads((copy / "run.json").read_text())
-    run["rules"].append({
-        "analyte": "M3", "calibrator_set": "plasma", "rule": "carry-over (analyte)", "category": "carryover",
-        "section": "3.2.6", "measured": "3.1 % of LLOQ", "limit": "<= 20 %", "passed": True, "critical": True, "detail": "",
-    })
+    run["rules"].append(
+        {
+            "analyte": "M3",
+            "calibrator_set": "plasma",
+            "rule": "carry-over (analyte)",
+            "category": "carryover",
+            "section": "3.2.6",
+            "measured": "3.1 % of LLOQ",
+            "limit": "<= 20 %",
+            "passed": True,
+            "critical": True,
+            "detail": "",
+        }
+    )
     _as_if_the_run_wrote_it(copy, run)
     html = render_report(copy)
     samples = _section(html, "samples")
@@ -614,14 +669,10 @@ def test_a_results_folder_without_its_files_is_refused_with_their_names(tmp_path
     assert "peaks.csv is missing" in str(err.value) and "run.json is missing" in str(err.value)
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "lcmsquant", *map(str, args)], capture_output=True, text=True, timeout=300)
-
-
-def test_report_command_rerenders_and_prints_the_pdf(accepted, chromium, tmp_path):
+def test_report_command_rerenders_and_prints_the_pdf(accepted, chromium, tmp_path, cli):
     copy = shutil.copytree(accepted, tmp_path / "results")
     (copy / REPORT_HTML).unlink()
-    done = _cli("report", copy, "--pdf")
+    done = cli("report", copy, "--pdf")
     assert done.returncode == 0, done.stderr
     assert (copy / REPORT_HTML).read_bytes() == (accepted / REPORT_HTML).read_bytes()
     assert (copy / "report.pdf").read_bytes()[:5] == b"%PDF-"
@@ -649,7 +700,10 @@ def test_a_run_without_a_curve_or_qcs_still_renders_and_says_so(accepted, tmp_pa
     calibration = pd.read_csv(copy / "calibration.csv", dtype=str, keep_default_na=False)
     flumatinib = calibration["analyte"] == "flumatinib"
     calibration.loc[flumatinib, ["model", "weighting", "intercept", "slope", "r_squared", "lloq", "uloq"]] = ""
-    calibration.loc[flumatinib, ["accepted", "problem"]] = ["False", "only 2 usable calibrators: a linear curve needs 3"]
+    calibration.loc[flumatinib, ["accepted", "problem"]] = [
+        "False",
+        "only 2 usable calibrators: a linear curve needs 3",
+    ]
     calibration.to_csv(copy / "calibration.csv", index=False)
     _as_if_the_run_wrote_it(copy, json.loads((copy / "run.json").read_text()))
     html = render_report(copy)
@@ -676,8 +730,12 @@ def test_thumbnails_of_every_real_sciex_trace_stay_inside_their_frame(sciex_dir)
     # 23dpg heavy (Q1 268, Q3 170), apex near 953.67 s in SmartPeak: drawn with its integration
     trace = next(t for t in traces if abs(t.q1 - 268) < 0.5 and abs(t.q3 - 170) < 0.5 and t.covers(953.67 / 60))
     peak = find_peak(trace.time, trace.intensity, PeakSearch(953.67 / 60, 0.3))
-    drawn = chromatogram_thumbnail("23dpg", trace.time, trace.intensity, Integration(
-        peak.start, peak.end, peak.baseline_start, peak.baseline_end, peak.rt, 953.67 / 60))
+    drawn = chromatogram_thumbnail(
+        "23dpg",
+        trace.time,
+        trace.intensity,
+        Integration(peak.start, peak.end, peak.baseline_start, peak.baseline_end, peak.rt, 953.67 / 60),
+    )
     assert '<polygon class="ta"' in drawn and drawn.count('<line class="tk"') == 2
 
 
@@ -695,7 +753,7 @@ def test_sorting_and_opening_work_in_the_browser(troubled, chromium, tmp_path):
     keys = re.findall(r'<td class="n" data-sort="([^"]*)">[^<]*</td><td>(?:<span|</td>)', table)
     numbers = [float(k) for k in keys if k]
     assert len(numbers) > 50 and numbers == sorted(numbers)
-    assert all(k == "" for k in keys[len(numbers):])  # rows without a value go last
+    assert all(k == "" for k in keys[len(numbers) :])  # rows without a value go last
     details = re.findall(r'<details class="inj"([^>]*)>', dom)
     opened = [d for d in details if " open" in d]
     assert opened and all('data-flagged="1"' in d for d in opened)

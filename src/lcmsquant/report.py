@@ -27,7 +27,14 @@ from lcmsquant import acceptance
 from lcmsquant import report_figures as figures
 from lcmsquant.chromatograms import EXACT_MZ, ChromatogramReadError, Trace, read_traces
 from lcmsquant.files import (
-    REPORT_HASH_META, REPORT_HTML, REPORT_PDF, InputError, atomic_write_all, read_set, report_run_json_sha256, sha256,
+    REPORT_HASH_META,
+    REPORT_HTML,
+    REPORT_PDF,
+    InputError,
+    atomic_write_all,
+    read_set,
+    report_run_json_sha256,
+    sha256,
 )
 from lcmsquant.method import ACCEPTANCE_LABELS, PEAKS_ONLY
 from lcmsquant.reanalysis import COLUMNS as REANALYSIS_COLUMNS
@@ -104,7 +111,8 @@ def file_name(name) -> Markup:
     on its parts), a line allowed to break only after a path separator."""
     parts = [part for part in re.split(r"(?<=[/\\])", str(name or "")) if part]
     return Markup('<span class="file">{}</span>').format(
-        Markup("<wbr>").join(Markup("<span>{}</span>").format(part) for part in parts))
+        Markup("<wbr>").join(Markup("<span>{}</span>").format(part) for part in parts)
+    )
 
 
 def breakable_at(text, separators: str = "/\\") -> Markup:
@@ -182,25 +190,39 @@ def verdict_section(files: RunOutputs) -> dict:
     why = peaks_only(files)
     if why:
         return {
-            "accepted": False, "peaks_only": True, "headline": PEAKS_ONLY[:1].upper() + PEAKS_ONLY[1:],
-            "why": why[:1].upper() + why[1:] + ".", "rows": [], "overview": peak_overview(files),
+            "accepted": False,
+            "peaks_only": True,
+            "headline": PEAKS_ONLY[:1].upper() + PEAKS_ONLY[1:],
+            "why": why[:1].upper() + why[1:] + ".",
+            "rows": [],
+            "overview": peak_overview(files),
             "injection_errors": sorted(files.summary.get("injection_errors", {}).items(), key=lambda kv: int(kv[0])),
         }
     analytes = files.summary.get("analytes", {})
     rows = []
     for analyte, cal_set in _sets(files):
         stored = analytes.get(analyte, {}).get(cal_set, {})
-        accepted = stored.get("verdict") == "accepted" if stored else bool(
-            files.calibration[(files.calibration["analyte"] == analyte) & (files.calibration["calibrator_set"] == cal_set)]["accepted"].iloc[0]
+        accepted = (
+            stored.get("verdict") == "accepted"
+            if stored
+            else bool(
+                files.calibration[
+                    (files.calibration["analyte"] == analyte) & (files.calibration["calibrator_set"] == cal_set)
+                ]["accepted"].iloc[0]
+            )
         )
         failing = [r for r in _rules(files, analyte, cal_set) if not r["passed"]]
         unknown = _rows(files, analyte, cal_set, "unknown")
-        rows.append({
-            "analyte": analyte, "set": cal_set, "accepted": accepted,
-            "failing": [_rule_words(r) for r in failing if r.get("critical", True)],
-            "warnings": [_rule_words(r) for r in failing if not r.get("critical", True)],
-            "counts": sample_counts(unknown),
-        })
+        rows.append(
+            {
+                "analyte": analyte,
+                "set": cal_set,
+                "accepted": accepted,
+                "failing": [_rule_words(r) for r in failing if r.get("critical", True)],
+                "warnings": [_rule_words(r) for r in failing if not r.get("critical", True)],
+                "counts": sample_counts(unknown),
+            }
+        )
     rejected = [f"{r['analyte']} ({r['set']})" for r in rows if not r["accepted"]]
     accepted_run = bool(files.summary.get("run_accepted", not rejected)) and not rejected
     if accepted_run:
@@ -210,7 +232,10 @@ def verdict_section(files: RunOutputs) -> dict:
         if len(rows) - len(rejected) > 0:
             headline += f"; {len(rows) - len(rejected)} of {len(rows)} accepted"
     return {
-        "accepted": accepted_run, "peaks_only": False, "headline": headline, "rows": rows,
+        "accepted": accepted_run,
+        "peaks_only": False,
+        "headline": headline,
+        "rows": rows,
         "injection_errors": sorted(files.summary.get("injection_errors", {}).items(), key=lambda kv: int(kv[0])),
     }
 
@@ -231,7 +256,9 @@ def calibrator_table(files: RunOutputs, analyte: str, cal_set: str) -> pd.DataFr
     lowest = cals["nominal"].min()
     cals["excluded"] = has_flag(cals, "EXCLUDED") if len(cals) else pd.Series(dtype=bool)
     cals["re_pct"] = cals["accuracy_pct"] - 100.0
-    cals["tolerance_pct"] = np.where(np.isclose(cals["nominal"], lowest), acc.lloq_tolerance_pct, acc.calibrator_tolerance_pct)
+    cals["tolerance_pct"] = np.where(
+        np.isclose(cals["nominal"], lowest), acc.lloq_tolerance_pct, acc.calibrator_tolerance_pct
+    )
     return cals.sort_values(["nominal", "injection"], kind="stable")
 
 
@@ -255,29 +282,53 @@ def calibration_section(files: RunOutputs) -> list[dict]:
             ("calibrators used", f"{int(cal['n_used'])} of {int(cal['n_calibrators'])}"),
             ("levels used", str(cal["levels_used"]).replace(";", ", ") or "–"),
             ("levels failing", str(cal["levels_excluded"]).replace(";", ", ") or "none"),
-            ("run range", f"{fmt_nominal(cal['lloq'])} – {fmt_nominal(cal['uloq'])} {units}" if _finite(cal["lloq"]) else "none"),
+            (
+                "run range",
+                f"{fmt_nominal(cal['lloq'])} – {fmt_nominal(cal['uloq'])} {units}" if _finite(cal["lloq"]) else "none",
+            ),
         ]
         if cal.get("problem"):
             coefficients.append(("problem", cal["problem"]))
-        blocks.append({
-            "analyte": analyte, "set": cal_set, "accepted": bool(cal["accepted"]), "anchor": f"cal-{analyte}-{cal_set}",
-            "curve_svg": Markup(figures.calibration_curve(key + "-curve", plot_points, curve, analyte, units)),
-            "residual_svg": Markup(figures.residuals(key + "-residuals", plot_points, acc.calibrator_tolerance_pct,
-                                                     acc.lloq_tolerance_pct, analyte, units)),
-            "coefficients": coefficients,
-            "calibrators": [
-                {
-                    "injection": int(r["injection"]), "sample_id": r["sample_id"], "level": r["level"],
-                    "nominal": fmt_nominal(r["nominal"]), "area_ratio": fmt(r["area_ratio"]),
-                    "back_calculated": fmt(r["back_calculated"]), "accuracy": fmt_pct(r["accuracy_pct"]),
-                    "re": fmt_pct(r["re_pct"]), "limit": f"±{r['tolerance_pct']:g}",
-                    "excluded": bool(r["excluded"]), "reason": r["exclusion_reason"],
-                    "ok": bool(not r["excluded"] and _finite(r["re_pct"]) and abs(r["re_pct"]) <= r["tolerance_pct"] + 1e-9),
-                }
-                for _, r in cals.iterrows()
-            ],
-            "rules": _rules(files, analyte, cal_set, ("calibration",)),
-        })
+        blocks.append(
+            {
+                "analyte": analyte,
+                "set": cal_set,
+                "accepted": bool(cal["accepted"]),
+                "anchor": f"cal-{analyte}-{cal_set}",
+                "curve_svg": Markup(figures.calibration_curve(key + "-curve", plot_points, curve, analyte, units)),
+                "residual_svg": Markup(
+                    figures.residuals(
+                        key + "-residuals",
+                        plot_points,
+                        acc.calibrator_tolerance_pct,
+                        acc.lloq_tolerance_pct,
+                        analyte,
+                        units,
+                    )
+                ),
+                "coefficients": coefficients,
+                "calibrators": [
+                    {
+                        "injection": int(r["injection"]),
+                        "sample_id": r["sample_id"],
+                        "level": r["level"],
+                        "nominal": fmt_nominal(r["nominal"]),
+                        "area_ratio": fmt(r["area_ratio"]),
+                        "back_calculated": fmt(r["back_calculated"]),
+                        "accuracy": fmt_pct(r["accuracy_pct"]),
+                        "re": fmt_pct(r["re_pct"]),
+                        "limit": f"±{r['tolerance_pct']:g}",
+                        "excluded": bool(r["excluded"]),
+                        "reason": r["exclusion_reason"],
+                        "ok": bool(
+                            not r["excluded"] and _finite(r["re_pct"]) and abs(r["re_pct"]) <= r["tolerance_pct"] + 1e-9
+                        ),
+                    }
+                    for _, r in cals.iterrows()
+                ],
+                "rules": _rules(files, analyte, cal_set, ("calibration",)),
+            }
+        )
     return blocks
 
 
@@ -310,30 +361,54 @@ def qc_section(files: RunOutputs) -> list[dict]:
             levels = []
             for level, level_rows in rows.groupby("level", sort=False):
                 n, ok = len(level_rows), int(level_rows["passed"].sum())
-                levels.append({
-                    "level": level, "nominal": fmt_nominal(level_rows["nominal"].iloc[0]),
-                    "limit": f"±{level_rows['tolerance_pct'].iloc[0]:g}",
-                    "injections": [
-                        {"injection": int(r["injection"]), "sample_id": r["sample_id"], "found": fmt(r["found"]),
-                         "accuracy": fmt_pct(r["accuracy_pct"]), "passed": bool(r["passed"]),
-                         "dilution": fmt_factor(r["dilution_factor"])}
-                        for _, r in level_rows.iterrows()
-                    ],
-                    "count": f"{ok}/{n}", "fraction_ok": n > 0 and ok / n >= acc.min_qc_level_fraction - 1e-9,
-                })
+                levels.append(
+                    {
+                        "level": level,
+                        "nominal": fmt_nominal(level_rows["nominal"].iloc[0]),
+                        "limit": f"±{level_rows['tolerance_pct'].iloc[0]:g}",
+                        "injections": [
+                            {
+                                "injection": int(r["injection"]),
+                                "sample_id": r["sample_id"],
+                                "found": fmt(r["found"]),
+                                "accuracy": fmt_pct(r["accuracy_pct"]),
+                                "passed": bool(r["passed"]),
+                                "dilution": fmt_factor(r["dilution_factor"]),
+                            }
+                            for _, r in level_rows.iterrows()
+                        ],
+                        "count": f"{ok}/{n}",
+                        "fraction_ok": n > 0 and ok / n >= acc.min_qc_level_fraction - 1e-9,
+                    }
+                )
             judged = rows[rows["level"] != QCLevel.DQC]
             n, ok = len(judged), int(judged["passed"].sum())
-            tables.append({
-                "analyte": analyte, "levels": levels, "total": f"{ok}/{n}",
-                "total_ok": n > 0 and ok / n >= acc.min_qc_fraction - 1e-9,
-                "rules": _rules(files, analyte, cal_set, ("qc",)),
-            })
-        svg = figures.qc_accuracy(f"qc{number}-{cal_set}", in_set, analytes, acc.qc_tolerance_pct, acc.lloq_qc_tolerance_pct,
-                                  f"QC accuracy by injection ({cal_set} curve)")
-        blocks.append({
-            "set": cal_set, "plot_svg": Markup(svg), "tables": tables,
-            "min_level_pct": f"{100 * acc.min_qc_level_fraction:.0f}", "min_total_pct": f"{100 * acc.min_qc_fraction:.1f}",
-        })
+            tables.append(
+                {
+                    "analyte": analyte,
+                    "levels": levels,
+                    "total": f"{ok}/{n}",
+                    "total_ok": n > 0 and ok / n >= acc.min_qc_fraction - 1e-9,
+                    "rules": _rules(files, analyte, cal_set, ("qc",)),
+                }
+            )
+        svg = figures.qc_accuracy(
+            f"qc{number}-{cal_set}",
+            in_set,
+            analytes,
+            acc.qc_tolerance_pct,
+            acc.lloq_qc_tolerance_pct,
+            f"QC accuracy by injection ({cal_set} curve)",
+        )
+        blocks.append(
+            {
+                "set": cal_set,
+                "plot_svg": Markup(svg),
+                "tables": tables,
+                "min_level_pct": f"{100 * acc.min_qc_level_fraction:.0f}",
+                "min_total_pct": f"{100 * acc.min_qc_fraction:.1f}",
+            }
+        )
     return blocks
 
 
@@ -362,24 +437,52 @@ def blank_checks(files: RunOutputs) -> pd.DataFrame:
             previous = order.loc[row["injection"] - 1] if row["injection"] - 1 in order.index else None
             role = "carry-over" if row["injection"] in carryover else "selectivity"
             analyte_limit, is_limit = (
-                (acc.carryover_pct_of_lloq, acc.carryover_is_pct) if role == "carry-over"
+                (acc.carryover_pct_of_lloq, acc.carryover_is_pct)
+                if role == "carry-over"
                 else (acc.selectivity_pct_of_lloq, acc.selectivity_is_pct)
             )
             area = row["area"] if _finite(row["area"]) else 0.0
             analyte_pct = 100.0 * area / lloq_area if _finite(lloq_area) and lloq_area > 0 else np.nan
             is_area = row["is_area"] if _finite(row["is_area"]) else 0.0
-            is_pct = 100.0 * is_area / reference if row["sample_type"] == SampleType.BLANK and _finite(reference) and reference > 0 else np.nan
+            is_pct = (
+                100.0 * is_area / reference
+                if row["sample_type"] == SampleType.BLANK and _finite(reference) and reference > 0
+                else np.nan
+            )
             analyte_ok = not _finite(analyte_pct) or analyte_pct <= analyte_limit + 1e-9
             is_ok = not _finite(is_pct) or is_pct <= is_limit + 1e-9
-            rows.append({
-                "injection": int(row["injection"]), "sample_id": row["sample_id"], "sample_type": row["sample_type"],
-                "after": previous["sample_id"] if previous is not None else "", "check": role,
-                "analyte": analyte, "calibrator_set": cal_set, "internal_standard": row["internal_standard"],
-                "analyte_area": row["area"], "analyte_pct_lloq": analyte_pct, "is_area": row["is_area"],
-                "is_pct": is_pct, "passed": analyte_ok and is_ok,
-            })
-    columns = ["injection", "sample_id", "sample_type", "after", "check", "analyte", "calibrator_set",
-               "internal_standard", "analyte_area", "analyte_pct_lloq", "is_area", "is_pct", "passed"]
+            rows.append(
+                {
+                    "injection": int(row["injection"]),
+                    "sample_id": row["sample_id"],
+                    "sample_type": row["sample_type"],
+                    "after": previous["sample_id"] if previous is not None else "",
+                    "check": role,
+                    "analyte": analyte,
+                    "calibrator_set": cal_set,
+                    "internal_standard": row["internal_standard"],
+                    "analyte_area": row["area"],
+                    "analyte_pct_lloq": analyte_pct,
+                    "is_area": row["is_area"],
+                    "is_pct": is_pct,
+                    "passed": analyte_ok and is_ok,
+                }
+            )
+    columns = [
+        "injection",
+        "sample_id",
+        "sample_type",
+        "after",
+        "check",
+        "analyte",
+        "calibrator_set",
+        "internal_standard",
+        "analyte_area",
+        "analyte_pct_lloq",
+        "is_area",
+        "is_pct",
+        "passed",
+    ]
     return pd.DataFrame(rows, columns=columns).sort_values(["injection", "analyte"], kind="stable")
 
 
@@ -389,11 +492,18 @@ def is_response_table(files: RunOutputs) -> list[dict]:
     results = files.results
     out = []
     for (istd, cal_set), table in results.groupby(["internal_standard", "calibrator_set"], sort=False):
-        per_injection = table.sort_values("injection").groupby("injection", sort=True).agg(
-            sample_id=("sample_id", "first"), sample_type=("sample_type", "first"), is_area=("is_area", "first"),
-            is_response_pct=("is_response_pct", "first"),
-            flagged=("flags", lambda f: any(Flag.IS_RESPONSE in flag_list(x) for x in f)),
-        ).reset_index()
+        per_injection = (
+            table.sort_values("injection")
+            .groupby("injection", sort=True)
+            .agg(
+                sample_id=("sample_id", "first"),
+                sample_type=("sample_type", "first"),
+                is_area=("is_area", "first"),
+                is_response_pct=("is_response_pct", "first"),
+                flagged=("flags", lambda f: any(Flag.IS_RESPONSE in flag_list(x) for x in f)),
+            )
+            .reset_index()
+        )
         with np.errstate(divide="ignore", invalid="ignore"):
             implied = per_injection["is_area"] * 100.0 / per_injection["is_response_pct"]
         reference = float(implied.dropna().median()) if implied.notna().any() else np.nan
@@ -417,28 +527,45 @@ def checks_section(files: RunOutputs) -> dict:
         title = f"{item['internal_standard']} response by injection ({item['set']} curve)"
         key = f"is{number}-{item['internal_standard']}-{item['set']}"
         flagged = points[points["flagged"]]
-        is_blocks.append({
-            "internal_standard": item["internal_standard"], "set": item["set"],
-            "reference": fmt(item["reference"]),
-            "plot_svg": Markup(figures.is_response(key, points, item["reference"], acc.is_response_band_pct, title)),
-            "flagged": [
-                {"injection": int(r["injection"]), "sample_id": r["sample_id"], "sample_type": r["sample_type"],
-                 "is_area": fmt(r["is_area"]), "pct": fmt_pct(r["is_response_pct"])}
-                for _, r in flagged.iterrows()
-            ],
-        })
+        is_blocks.append(
+            {
+                "internal_standard": item["internal_standard"],
+                "set": item["set"],
+                "reference": fmt(item["reference"]),
+                "plot_svg": Markup(
+                    figures.is_response(key, points, item["reference"], acc.is_response_band_pct, title)
+                ),
+                "flagged": [
+                    {
+                        "injection": int(r["injection"]),
+                        "sample_id": r["sample_id"],
+                        "sample_type": r["sample_type"],
+                        "is_area": fmt(r["is_area"]),
+                        "pct": fmt_pct(r["is_response_pct"]),
+                    }
+                    for _, r in flagged.iterrows()
+                ],
+            }
+        )
     return {
         "rules": _rules(files, categories=("carryover", "selectivity", "is_response")),
         "blanks": [
-            {**r, "analyte_area": fmt(r["analyte_area"]) if _finite(r["analyte_area"]) else "not detected",
-             "analyte_pct_lloq": fmt_pct(r["analyte_pct_lloq"]), "is_area_text": fmt(r["is_area"]) if _finite(r["is_area"]) else "not detected",
-             "is_pct": fmt_pct(r["is_pct"]) if r["sample_type"] == SampleType.BLANK else "IS added"}
+            {
+                **r,
+                "analyte_area": fmt(r["analyte_area"]) if _finite(r["analyte_area"]) else "not detected",
+                "analyte_pct_lloq": fmt_pct(r["analyte_pct_lloq"]),
+                "is_area_text": fmt(r["is_area"]) if _finite(r["is_area"]) else "not detected",
+                "is_pct": fmt_pct(r["is_pct"]) if r["sample_type"] == SampleType.BLANK else "IS added",
+            }
             for r in blanks.to_dict("records")
         ],
-        "analyte_limit": f"{acc.carryover_pct_of_lloq:g}", "is_limit": f"{acc.carryover_is_pct:g}",
-        "selectivity_analyte_limit": f"{acc.selectivity_pct_of_lloq:g}", "selectivity_is_limit": f"{acc.selectivity_is_pct:g}",
+        "analyte_limit": f"{acc.carryover_pct_of_lloq:g}",
+        "is_limit": f"{acc.carryover_is_pct:g}",
+        "selectivity_analyte_limit": f"{acc.selectivity_pct_of_lloq:g}",
+        "selectivity_is_limit": f"{acc.selectivity_is_pct:g}",
         "band": f"{acc.is_response_band_pct[0]:g}-{acc.is_response_band_pct[1]:g}",
-        "is_blocks": is_blocks, "peaks_only": only_peaks,
+        "is_blocks": is_blocks,
+        "peaks_only": only_peaks,
     }
 
 
@@ -465,20 +592,48 @@ def samples_section(files: RunOutputs, reanalysis: pd.DataFrame) -> dict:
             shown, key = "not detected", "-2"
         else:
             shown, key = "–", ""
-        rows.append({
-            "injection": int(r["injection"]), "sample_id": r["sample_id"], "matrix": r["matrix"],
-            "subject_id": r["subject_id"], "visit": r["visit"], "timepoint": r["timepoint"],
-            "dilution": fmt_factor(r["dilution_factor"]), "analyte": r["analyte"],
-            "area_ratio": fmt(r["area_ratio"]), "area_ratio_key": sort_key(r["area_ratio"]),
-            "concentration": shown, "concentration_key": key,
-            "flags": flags, "reportable": bool(r["reportable"]),
-            **({"sample_type": r["sample_type"], "rt": fmt(r["rt_min"]), "rt_key": sort_key(r["rt_min"]),
-                "area": fmt(r["area"]), "area_key": sort_key(r["area"]), "is_area": fmt(r["is_area"]),
-                "is_area_key": sort_key(r["is_area"])} if only_peaks else {}),
-        })
+        rows.append(
+            {
+                "injection": int(r["injection"]),
+                "sample_id": r["sample_id"],
+                "matrix": r["matrix"],
+                "subject_id": r["subject_id"],
+                "visit": r["visit"],
+                "timepoint": r["timepoint"],
+                "dilution": fmt_factor(r["dilution_factor"]),
+                "analyte": r["analyte"],
+                "area_ratio": fmt(r["area_ratio"]),
+                "area_ratio_key": sort_key(r["area_ratio"]),
+                "concentration": shown,
+                "concentration_key": key,
+                "flags": flags,
+                "reportable": bool(r["reportable"]),
+                **(
+                    {
+                        "sample_type": r["sample_type"],
+                        "rt": fmt(r["rt_min"]),
+                        "rt_key": sort_key(r["rt_min"]),
+                        "area": fmt(r["area"]),
+                        "area_key": sort_key(r["area"]),
+                        "is_area": fmt(r["is_area"]),
+                        "is_area_key": sort_key(r["is_area"]),
+                    }
+                    if only_peaks
+                    else {}
+                ),
+            }
+        )
     columns, reanalysis_rows = reanalysis_cells(reanalysis)
-    return {"rows": rows, "peaks_only": only_peaks, "reanalysis_columns": columns, "reanalysis": reanalysis_rows,
-            "units": files.units, "source": "reanalysis.csv" if files.reanalysis is not None else "no reanalysis.csv (a results folder written before it existed)"}
+    return {
+        "rows": rows,
+        "peaks_only": only_peaks,
+        "reanalysis_columns": columns,
+        "reanalysis": reanalysis_rows,
+        "units": files.units,
+        "source": "reanalysis.csv"
+        if files.reanalysis is not None
+        else "no reanalysis.csv (a results folder written before it existed)",
+    }
 
 
 # The reanalysis list as the page shows it: the sample's subject, visit, timepoint and matrix in
@@ -489,7 +644,9 @@ REANALYSIS_HEADERS = {"injection": "inj.", "sample_id": "sample", "suggested_dil
 
 def reanalysis_cells(reanalysis: pd.DataFrame) -> tuple[list[str], list[list[Markup]]]:
     """Column headers and rows of cells (markup) of the reanalysis table."""
-    columns = [c for c in reanalysis.columns if not (c in REANALYSIS_SAMPLE_DETAIL and "sample_id" in reanalysis.columns)]
+    columns = [
+        c for c in reanalysis.columns if not (c in REANALYSIS_SAMPLE_DETAIL and "sample_id" in reanalysis.columns)
+    ]
 
     def text(value) -> str:
         if isinstance(value, float):
@@ -522,8 +679,14 @@ def _integration(peak: dict | None) -> figures.Integration:
     if peak is None:
         return figures.Integration()
     get = lambda k: float(peak[k]) if _finite(peak.get(k)) else float("nan")  # noqa: E731
-    return figures.Integration(get("start_min"), get("end_min"), get("baseline_start"), get("baseline_end"),
-                               get("rt_min"), get("expected_rt_min"))
+    return figures.Integration(
+        get("start_min"),
+        get("end_min"),
+        get("baseline_start"),
+        get("baseline_end"),
+        get("rt_min"),
+        get("expected_rt_min"),
+    )
 
 
 def _is_manual(peak: dict | None) -> bool:
@@ -544,8 +707,11 @@ def _panel(peak: dict | None, traces: list[Trace], label: str, flags: list[str],
     shown_flags = ([Flag.MANUAL] if manual else []) + flags
     title = label if peak is None else f"{label} {peak['q1']:g}>{peak['q3']:g}"
     time, intensity = (trace.time, trace.intensity) if trace is not None else (None, None)
-    return Markup(figures.chromatogram_thumbnail(title, time, intensity, _integration(peak), note, state, absent,
-                                                 " · ".join(shown_flags)))
+    return Markup(
+        figures.chromatogram_thumbnail(
+            title, time, intensity, _integration(peak), note, state, absent, " · ".join(shown_flags)
+        )
+    )
 
 
 def _trace_of(peak: dict | None, traces: list[Trace]) -> Trace | None:
@@ -554,7 +720,7 @@ def _trace_of(peak: dict | None, traces: list[Trace]) -> Trace | None:
     transition's, then, as chromatograms.match_transitions prefers, a usable one, one covering
     the peak (else the expected RT), the one centred nearest it, and the first in the file."""
     native_id = str(peak.get("native_id") or "") if peak is not None else ""
-    if not native_id:
+    if peak is None or not native_id:
         return None  # the run found no trace for this transition
     same = [t for t in traces if t.native_id == native_id]
     if len(same) <= 1:
@@ -564,9 +730,14 @@ def _trace_of(peak: dict | None, traces: list[Trace]) -> Trace | None:
     nearest = min(distance.values())
     same = [t for t in same if distance[id(t)] <= nearest + EXACT_MZ]
     rt = float(peak["rt_min"]) if _finite(peak.get("rt_min")) else float(peak.get("expected_rt_min", float("nan")))
-    return min(same, key=lambda t: (
-        not t.usable, not t.covers(rt), abs((t.start + t.end) / 2 - rt) if len(t.time) and math.isfinite(rt) else math.inf,
-    ))
+    return min(
+        same,
+        key=lambda t: (
+            not t.usable,
+            not t.covers(rt),
+            abs((t.start + t.end) / 2 - rt) if len(t.time) and math.isfinite(rt) else math.inf,
+        ),
+    )
 
 
 def _injection_traces(path: Path) -> tuple[list[Trace], str]:
@@ -590,7 +761,9 @@ def _recorded_files(files: RunOutputs) -> dict[str, tuple[str, str]]:
     return recorded
 
 
-def chromatogram_section(files: RunOutputs, batch_dir: Path | str | None = None, warnings: list[str] | None = None) -> dict:
+def chromatogram_section(
+    files: RunOutputs, batch_dir: Path | str | None = None, warnings: list[str] | None = None
+) -> dict:
     """Small multiples of quantifier, qualifier(s) and IS for every injection, read from the
     batch folder's mzML files; a missing folder or file is said, not fatal.
 
@@ -601,11 +774,19 @@ def chromatogram_section(files: RunOutputs, batch_dir: Path | str | None = None,
     recorded = files.session.get("batch_folder")
     folder = Path(batch_dir) if batch_dir is not None else (Path(recorded) if recorded else None)
     if folder is None:
-        return {"available": False, "message": "The batch folder is not recorded in session.json: "
-                "rerun `lcmsquant report RESULTS_DIR --batch BATCH_DIR` to draw the chromatograms.", "injections": []}
+        return {
+            "available": False,
+            "message": "The batch folder is not recorded in session.json: "
+            "rerun `lcmsquant report RESULTS_DIR --batch BATCH_DIR` to draw the chromatograms.",
+            "injections": [],
+        }
     if not folder.is_dir():
-        return {"available": False, "message": f"The batch folder {folder} was not found, so the chromatograms "
-                "are not drawn: rerun `lcmsquant report RESULTS_DIR --batch BATCH_DIR` with the mzML files.", "injections": []}
+        return {
+            "available": False,
+            "message": f"The batch folder {folder} was not found, so the chromatograms "
+            "are not drawn: rerun `lcmsquant report RESULTS_DIR --batch BATCH_DIR` with the mzML files.",
+            "injections": [],
+        }
     peaks: dict[tuple, list[dict]] = {}
     for peak in files.peaks.to_dict("records"):
         peaks.setdefault((peak["injection"], peak["compound"], peak["role"]), []).append(peak)
@@ -631,26 +812,43 @@ def chromatogram_section(files: RunOutputs, batch_dir: Path | str | None = None,
             istd = next(iter(peaks.get((injection, row["internal_standard"], "internal_standard"), [])), None)
             quant_flags = [f for f in flags if f in PEAK_FLAGS and not (quiet and f == Flag.NO_PEAK)]
             panels = [_panel(quant, traces, "quant", quant_flags, absent)]
-            panels += [_panel(q, traces, "qual", [f for f in flags if f in ("ION_RATIO", "NO_QUALIFIER")], absent) for q in quals]
+            panels += [
+                _panel(q, traces, "qual", [f for f in flags if f in ("ION_RATIO", "NO_QUALIFIER")], absent)
+                for q in quals
+            ]
             panels.append(_panel(istd, traces, "IS", [f for f in flags if f in ("IS_RESPONSE", "NO_IS")], absent))
             manual = manual or any(_is_manual(p) for p in [quant, *quals, istd])
             lines.append({"analyte": row["analyte"], "panels": panels})
-        injections.append({
-            "injection": injection, "sample_id": first["sample_id"], "sample_type": first["sample_type"],
-            "level": first["level"], "file": first["file"], "manual": manual, "problem": problem,
-            "flags": list(dict.fromkeys(f for f in all_flags if not (quiet and f == Flag.NO_PEAK))), "lines": lines,
-        })
+        injections.append(
+            {
+                "injection": injection,
+                "sample_id": first["sample_id"],
+                "sample_type": first["sample_type"],
+                "level": first["level"],
+                "file": first["file"],
+                "manual": manual,
+                "problem": problem,
+                "flags": list(dict.fromkeys(f for f in all_flags if not (quiet and f == Flag.NO_PEAK))),
+                "lines": lines,
+            }
+        )
     if warnings is not None:
         warnings.extend(f"{text}: its chromatograms are not drawn ({REDRAW})" for text in undrawn)
     if injections and missing == len(injections):
-        return {"available": False, "message": f"None of the mzML files was found in {folder}: rerun "
-                "`lcmsquant report RESULTS_DIR --batch BATCH_DIR` with the folder that holds them.", "injections": []}
+        return {
+            "available": False,
+            "message": f"None of the mzML files was found in {folder}: rerun "
+            "`lcmsquant report RESULTS_DIR --batch BATCH_DIR` with the folder that holds them.",
+            "injections": [],
+        }
     notes = []
     if missing:
         notes.append(f"{missing} of {len(injections)} mzML files were not found in {folder}.")
     if undrawn:
-        notes.append(f"The chromatograms of {len(undrawn)} of {len(injections)} injections are not drawn, as their "
-                     "mzML files are not those the run integrated: " + "; ".join(undrawn) + f". To draw them, {REDRAW}.")
+        notes.append(
+            f"The chromatograms of {len(undrawn)} of {len(injections)} injections are not drawn, as their "
+            "mzML files are not those the run integrated: " + "; ".join(undrawn) + f". To draw them, {REDRAW}."
+        )
     return {"available": True, "message": " ".join(notes), "injections": injections}
 
 
@@ -665,12 +863,18 @@ def _checked_traces(folder: Path, name: str, recorded: tuple[str, str] | None) -
     if not path.is_file():
         return [], "file not found", ""
     if not expected:
-        return [], "not drawn: no SHA-256 in run.json", (
-            f"has no SHA-256 of its own in {RUN_JSON}, so it cannot be told to be the file the run read")
+        return (
+            [],
+            "not drawn: no SHA-256 in run.json",
+            (f"has no SHA-256 of its own in {RUN_JSON}, so it cannot be told to be the file the run read"),
+        )
     found = sha256(path)
     if found != expected:
-        return [], "not drawn: the file changed since the run", (
-            f"changed since the run (SHA-256 {found[:12]}..., the run read {expected[:12]}...)")
+        return (
+            [],
+            "not drawn: the file changed since the run",
+            (f"changed since the run (SHA-256 {found[:12]}..., the run read {expected[:12]}...)"),
+        )
     traces, problem = _injection_traces(path)
     return traces, problem, ""
 
@@ -683,6 +887,7 @@ def acceptance_limits(limits: Mapping[str, object]) -> list[tuple[str, str]]:
     """The acceptance limits the run applied as (words, value) rows, in method.ACCEPTANCE_LABELS'
     words and order (fractions as %); a key it does not know (results of a newer version) is
     shown as it is, after the others."""
+
     def value_text(value, factor: float) -> str:
         if isinstance(value, (list, tuple)):
             return "–".join(value_text(v, factor) for v in value)
@@ -690,7 +895,9 @@ def acceptance_limits(limits: Mapping[str, object]) -> list[tuple[str, str]]:
             return f"{round(float(value) * factor, 1):g}"
         return str(value)
 
-    known = [(words, value_text(limits[key], factor)) for key, (words, factor) in ACCEPTANCE_LABELS.items() if key in limits]
+    known = [
+        (words, value_text(limits[key], factor)) for key, (words, factor) in ACCEPTANCE_LABELS.items() if key in limits
+    ]
     unknown = [(key, value_text(limits[key], 1.0)) for key in sorted(set(limits) - set(ACCEPTANCE_LABELS))]
     return known + unknown
 
@@ -710,19 +917,31 @@ def provenance_section(files: RunOutputs) -> dict:
     audit = files.audit if files.audit is not None else pd.DataFrame()
     return {
         "audit_columns": list(audit.columns),
-        "audit": [{k: ("" if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in audit.to_dict("records")],
+        "audit": [
+            {k: ("" if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
+            for r in audit.to_dict("records")
+        ],
         "exclusions": [
-            {"injection": int(r["injection"]), "sample_id": r["sample_id"], "analyte": r["analyte"], "level": r["level"],
-             "reason": r["exclusion_reason"] or "excluded"}
+            {
+                "injection": int(r["injection"]),
+                "sample_id": r["sample_id"],
+                "analyte": r["analyte"],
+                "level": r["level"],
+                "reason": r["exclusion_reason"] or "excluded",
+            }
             for _, r in excluded.sort_values(["analyte", "injection"]).iterrows()
         ],
-        "method": prov.get("method", {}), "calibrator_sets": prov.get("calibrator_sets", []),
+        "method": prov.get("method", {}),
+        "calibrator_sets": prov.get("calibrator_sets", []),
         "acceptance": acceptance_limits(prov.get("acceptance") or asdict(files.acceptance)),
-        "inputs": prov.get("inputs", []), "software": sorted(software.items()),
-        "batch": files.summary.get("batch", ""), "lcmsquant": files.summary.get("lcmsquant", ""),
+        "inputs": prov.get("inputs", []),
+        "software": sorted(software.items()),
+        "batch": files.summary.get("batch", ""),
+        "lcmsquant": files.summary.get("lcmsquant", ""),
         "finished_at": session.get("finished_at", "not recorded"),
         "command": shlex.join(command) if isinstance(command, list) else str(command),
-        "host": session.get("host", ""), "batch_folder": session.get("batch_folder", ""),
+        "host": session.get("host", ""),
+        "batch_folder": session.get("batch_folder", ""),
         "run_json_sha256": files.sha256[RUN_JSON],
     }
 
@@ -733,8 +952,11 @@ def provenance_section(files: RunOutputs) -> dict:
 
 def _environment() -> Environment:
     env = Environment(
-        loader=PackageLoader("lcmsquant", "templates"), autoescape=True, undefined=StrictUndefined,
-        trim_blocks=True, lstrip_blocks=True,
+        loader=PackageLoader("lcmsquant", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
     env.filters["num"] = fmt
     env.filters["file"] = file_name
@@ -742,7 +964,9 @@ def _environment() -> Environment:
     return env
 
 
-def render_report(results_dir: Path | str, batch_dir: Path | str | None = None, warnings: list[str] | None = None) -> str:
+def render_report(
+    results_dir: Path | str, batch_dir: Path | str | None = None, warnings: list[str] | None = None
+) -> str:
     """The report's HTML for a results folder (chromatograms from `batch_dir`, else the batch
     folder recorded in session.json); what the reader should know (an mzML file changed since
     the run) is added to `warnings`, when given."""
@@ -776,7 +1000,9 @@ def render_outputs(files: RunOutputs, batch_dir: Path | str | None = None, warni
     return _environment().get_template("report.html.j2").render(**context)
 
 
-def write_report(results_dir: Path | str, batch_dir: Path | str | None = None, warnings: list[str] | None = None) -> Path:
+def write_report(
+    results_dir: Path | str, batch_dir: Path | str | None = None, warnings: list[str] | None = None
+) -> Path:
     """Write RESULTS_DIR/report.html (atomically) from the results as they now are, and return its path.
 
     A report.pdf is kept only beside the very report it was printed from: when report.html
@@ -811,8 +1037,11 @@ def write_pdf(results_dir: Path | str) -> Path:
     if not html.is_file():
         raise ReportError(results_dir, [f"{REPORT_HTML} is missing: write it first (`lcmsquant report RESULTS_DIR`)"])
     if not report_matches(results_dir):
-        raise ReportError(results_dir, [
-            f"{REPORT_HTML} was not drawn from the {RUN_JSON} beside it (it names another SHA-256, or none): "
-            f"write it again first (`lcmsquant report {results_dir}`)"
-        ])
+        raise ReportError(
+            results_dir,
+            [
+                f"{REPORT_HTML} was not drawn from the {RUN_JSON} beside it (it names another SHA-256, or none): "
+                f"write it again first (`lcmsquant report {results_dir}`)"
+            ],
+        )
     return print_pdf(html, Path(results_dir) / REPORT_PDF)

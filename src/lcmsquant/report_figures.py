@@ -46,7 +46,7 @@ MIN_TEXT_PX = 11.0
 TICK_PT = 9.0  # tick labels and axis labels: 12 px
 TITLE_PT = 10.0
 SMALL_PT = 8.5  # legends and point labels: 11.3 px
-QC_MARKERS = {QCLevel.LLOQ: "P", QCLevel.LQC: "o", QCLevel.MQC: "s", QCLevel.HQC: "D", QCLevel.DQC: "*"}
+QC_MARKERS: dict[str, str] = {QCLevel.LLOQ: "P", QCLevel.LQC: "o", QCLevel.MQC: "s", QCLevel.HQC: "D", QCLevel.DQC: "*"}
 MARKER_AREA = {"P": 42, "o": 28, "s": 26, "D": 22, "*": 70}  # points^2: the shapes look alike in size
 
 
@@ -64,7 +64,7 @@ def _svg(fig: Figure, key: str) -> str:
     with matplotlib.rc_context({"svg.hashsalt": prefix, "svg.fonttype": "none", "svg.id": None}):
         fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
     text = buffer.getvalue()
-    text = text[text.index("<svg"):]  # drop the XML prolog and doctype: the SVG sits inside HTML
+    text = text[text.index("<svg") :]  # drop the XML prolog and doctype: the SVG sits inside HTML
     ids = set(re.findall(r'\bid="([^"]+)"', text))
 
     def prefixed(match: re.Match) -> str:
@@ -93,8 +93,16 @@ def _labels(ax: Axes, xlabel: str, ylabel: str, title: str) -> None:
 
 
 def _legend_beside(ax: Axes, handles: list) -> None:
-    ax.legend(handles=handles, fontsize=SMALL_PT, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-              borderaxespad=0.0, handlelength=1.3, labelspacing=0.35)
+    ax.legend(
+        handles=handles,
+        fontsize=SMALL_PT,
+        frameon=False,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        borderaxespad=0.0,
+        handlelength=1.3,
+        labelspacing=0.35,
+    )
 
 
 def _log_axis(ax, which: str) -> None:
@@ -127,8 +135,9 @@ def calibration_curve(
     return _svg(calibration_curve_figure(calibrators, curve, analyte, units), key)
 
 
-def calibration_curve_figure(calibrators: pd.DataFrame, curve: CurveCoefficients | None, analyte: str,
-                             units: str) -> Figure:
+def calibration_curve_figure(
+    calibrators: pd.DataFrame, curve: CurveCoefficients | None, analyte: str, units: str
+) -> Figure:
     """The figure of calibration_curve."""
     fig, ax = _figure()
     cals = calibrators[calibrators["nominal"] > 0]
@@ -142,10 +151,18 @@ def calibration_curve_figure(calibrators: pd.DataFrame, curve: CurveCoefficients
     excluded = cals[cals["excluded"] & (cals["area_ratio"] > 0)]
     ax.scatter(used["nominal"], used["area_ratio"], s=22, color=ANALYTE_COLOURS[0], label="used", zorder=3)
     if len(excluded):
-        ax.scatter(excluded["nominal"], excluded["area_ratio"], s=40, marker="x", color=FAIL, label="excluded", zorder=4)
+        ax.scatter(
+            excluded["nominal"], excluded["area_ratio"], s=40, marker="x", color=FAIL, label="excluded", zorder=4
+        )
         for _, row in excluded.iterrows():
-            ax.annotate(str(row["level"]), (row["nominal"], row["area_ratio"]), xytext=(5, -12),
-                        textcoords="offset points", fontsize=SMALL_PT, color=FAIL)
+            ax.annotate(
+                str(row["level"]),
+                (row["nominal"], row["area_ratio"]),
+                xytext=(5, -12),
+                textcoords="offset points",
+                fontsize=SMALL_PT,
+                color=FAIL,
+            )
     if len(used) + len(excluded):
         _log_axis(ax, "x")
         _log_axis(ax, "y")
@@ -154,8 +171,9 @@ def calibration_curve_figure(calibrators: pd.DataFrame, curve: CurveCoefficients
     return fig
 
 
-def residuals(key: str, calibrators: pd.DataFrame, tolerance_pct: float, lloq_tolerance_pct: float,
-              analyte: str, units: str) -> str:
+def residuals(
+    key: str, calibrators: pd.DataFrame, tolerance_pct: float, lloq_tolerance_pct: float, analyte: str, units: str
+) -> str:
     """%RE of each back-calculated calibrator against its nominal, with the acceptance band: the
     LLOQ's (+-20 %) around the lowest calibrator only, the others' (+-15 %) above it.
 
@@ -164,8 +182,9 @@ def residuals(key: str, calibrators: pd.DataFrame, tolerance_pct: float, lloq_to
     return _svg(residuals_figure(calibrators, tolerance_pct, lloq_tolerance_pct, analyte, units), key)
 
 
-def residuals_figure(calibrators: pd.DataFrame, tolerance_pct: float, lloq_tolerance_pct: float,
-                     analyte: str, units: str) -> Figure:
+def residuals_figure(
+    calibrators: pd.DataFrame, tolerance_pct: float, lloq_tolerance_pct: float, analyte: str, units: str
+) -> Figure:
     """The figure of residuals; the LLOQ band is the artist with gid "lloq-band", the other "band"."""
     fig, ax = _figure()
     nominals = np.unique(calibrators.loc[calibrators["nominal"] > 0, "nominal"].to_numpy(float))
@@ -175,11 +194,27 @@ def residuals_figure(calibrators: pd.DataFrame, tolerance_pct: float, lloq_toler
         lo, hi = min(cals["nominal"].min(), nominals[0]) / 1.5, cals["nominal"].max() * 1.5
         # The LLOQ's limit holds up to halfway (on the log axis) to the next calibrator level.
         split = float(np.sqrt(nominals[0] * nominals[1])) if len(nominals) > 1 else hi
-        ax.fill_between([lo, split], -lloq_tolerance_pct, lloq_tolerance_pct, color=LLOQ_BAND, linewidth=0, zorder=0,
-                        label=f"±{lloq_tolerance_pct:g} % (LLOQ)", gid="lloq-band")
+        ax.fill_between(
+            [lo, split],
+            -lloq_tolerance_pct,
+            lloq_tolerance_pct,
+            color=LLOQ_BAND,
+            linewidth=0,
+            zorder=0,
+            label=f"±{lloq_tolerance_pct:g} % (LLOQ)",
+            gid="lloq-band",
+        )
         if split < hi:
-            ax.fill_between([split, hi], -tolerance_pct, tolerance_pct, color=BAND, linewidth=0, zorder=0,
-                            label=f"±{tolerance_pct:g} %", gid="band")
+            ax.fill_between(
+                [split, hi],
+                -tolerance_pct,
+                tolerance_pct,
+                color=BAND,
+                linewidth=0,
+                zorder=0,
+                label=f"±{tolerance_pct:g} %",
+                gid="band",
+            )
         ax.set_xlim(lo, hi)
     ax.axhline(0, color="#888888", linewidth=0.8)
     used, excluded = cals[~cals["excluded"]], cals[cals["excluded"]]
@@ -189,8 +224,16 @@ def residuals_figure(calibrators: pd.DataFrame, tolerance_pct: float, lloq_toler
     limit = max(lloq_tolerance_pct * 1.9, float(cals["re_pct"].abs().max()) * 1.15 if len(cals) else 0)
     ax.set_ylim(-limit, limit)
     _labels(ax, f"nominal concentration ({units})", "%RE vs nominal", f"{analyte}: residuals")
-    ax.legend(fontsize=SMALL_PT, frameon=False, loc="lower center", ncols=2, handlelength=1.3, borderaxespad=0.2,
-              columnspacing=1.0, labelspacing=0.2)
+    ax.legend(
+        fontsize=SMALL_PT,
+        frameon=False,
+        loc="lower center",
+        ncols=2,
+        handlelength=1.3,
+        borderaxespad=0.2,
+        columnspacing=1.0,
+        labelspacing=0.2,
+    )
     return fig
 
 
@@ -198,8 +241,9 @@ QC_AXIS_LIMIT_PCT = 60.0  # the accuracy axis never spans more than 100 +- this;
 DODGE = 0.6  # injections: the spread of the analytes of one injection
 
 
-def qc_accuracy(key: str, qcs: pd.DataFrame, analytes: Sequence[str], tolerance_pct: float,
-                lloq_tolerance_pct: float, title: str) -> str:
+def qc_accuracy(
+    key: str, qcs: pd.DataFrame, analytes: Sequence[str], tolerance_pct: float, lloq_tolerance_pct: float, title: str
+) -> str:
     """QC accuracy (% of nominal) against injection order: one marker shape per QC level, one
     colour per analyte; failing QCs red-edged. The +-15 % band runs across; the LLOQ QCs' +-20 %
     is drawn only at the injections of LLOQ QCs. A QC far off (an IS drop-out reads 500 %) is
@@ -210,8 +254,9 @@ def qc_accuracy(key: str, qcs: pd.DataFrame, analytes: Sequence[str], tolerance_
     return _svg(qc_accuracy_figure(qcs, analytes, tolerance_pct, lloq_tolerance_pct, title), key)
 
 
-def qc_accuracy_figure(qcs: pd.DataFrame, analytes: Sequence[str], tolerance_pct: float,
-                       lloq_tolerance_pct: float, title: str) -> Figure:
+def qc_accuracy_figure(
+    qcs: pd.DataFrame, analytes: Sequence[str], tolerance_pct: float, lloq_tolerance_pct: float, title: str
+) -> Figure:
     """The figure of qc_accuracy; the LLOQ QCs' band is the artist with gid "lloq-band"."""
     fig, ax = _figure(WIDE_SIZE, legend_outside=True)
     ax.axhspan(100 - tolerance_pct, 100 + tolerance_pct, color=BAND, linewidth=0, zorder=0, gid="band")
@@ -232,8 +277,10 @@ def qc_accuracy_figure(qcs: pd.DataFrame, analytes: Sequence[str], tolerance_pct
     for i, analyte in enumerate(analytes):
         rows = qcs[(qcs["analyte"] == analyte) & qcs["accuracy_pct"].notna()]
         # The analytes of one injection sit side by side (within +-0.3 of it), not on one another.
-        rows = rows.assign(order=rows["injection"],
-                           injection=rows["injection"] + DODGE * (i - (len(analytes) - 1) / 2) / max(len(analytes) - 1, 1))
+        rows = rows.assign(
+            order=rows["injection"],
+            injection=rows["injection"] + DODGE * (i - (len(analytes) - 1) / 2) / max(len(analytes) - 1, 1),
+        )
         colour = ANALYTE_COLOURS[i % len(ANALYTE_COLOURS)]
         inside = rows["accuracy_pct"].between(low, high)
         for level in levels:
@@ -245,27 +292,71 @@ def qc_accuracy_figure(qcs: pd.DataFrame, analytes: Sequence[str], tolerance_pct
                 ax.scatter(ok["injection"], ok["accuracy_pct"], s=area, marker=marker, color=colour, zorder=3)
             if len(bad):
                 any_failing = True
-                ax.scatter(bad["injection"], bad["accuracy_pct"], s=area * 1.4, marker=marker, color=colour,
-                           edgecolors=FAIL, linewidths=1.5, zorder=4)
+                ax.scatter(
+                    bad["injection"],
+                    bad["accuracy_pct"],
+                    s=area * 1.4,
+                    marker=marker,
+                    color=colour,
+                    edgecolors=FAIL,
+                    linewidths=1.5,
+                    zorder=4,
+                )
         for _, row in rows[~inside].iterrows():
             any_off_scale = True
             above = row["accuracy_pct"] > high
             edge = high - span * 0.04 if above else low + span * 0.04
-            ax.scatter([row["injection"]], [edge], s=40, marker="^" if above else "v", color=colour,
-                       edgecolors=FAIL, linewidths=1.2, zorder=4)
+            ax.scatter(
+                [row["injection"]],
+                [edge],
+                s=40,
+                marker="^" if above else "v",
+                color=colour,
+                edgecolors=FAIL,
+                linewidths=1.2,
+                zorder=4,
+            )
             k = stacked[(row["order"], above)] = stacked.get((row["order"], above), -1) + 1
-            ax.annotate(f"{analyte} {row['level']} {row['accuracy_pct']:.0f} %", (row["order"], edge),
-                        xytext=(6, -4 - 11 * k if above else -4 + 11 * k), textcoords="offset points",
-                        fontsize=SMALL_PT, color=FAIL)
-    handles += [Line2D([], [], linestyle="none", marker=QC_MARKERS.get(lv, "o"), markersize=6.5, color=NEUTRAL, label=lv)
-                for lv in levels]
+            ax.annotate(
+                f"{analyte} {row['level']} {row['accuracy_pct']:.0f} %",
+                (row["order"], edge),
+                xytext=(6, -4 - 11 * k if above else -4 + 11 * k),
+                textcoords="offset points",
+                fontsize=SMALL_PT,
+                color=FAIL,
+            )
+    handles += [
+        Line2D([], [], linestyle="none", marker=QC_MARKERS.get(lv, "o"), markersize=6.5, color=NEUTRAL, label=lv)
+        for lv in levels
+    ]
     handles += [Patch(color=ANALYTE_COLOURS[i % len(ANALYTE_COLOURS)], label=a) for i, a in enumerate(analytes)]
     if any_failing:
-        handles.append(Line2D([], [], linestyle="none", marker="o", markersize=6.5, markerfacecolor="white",
-                              markeredgecolor=FAIL, markeredgewidth=1.5, label="failing"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                linestyle="none",
+                marker="o",
+                markersize=6.5,
+                markerfacecolor="white",
+                markeredgecolor=FAIL,
+                markeredgewidth=1.5,
+                label="failing",
+            )
+        )
     if any_off_scale:
-        handles.append(Line2D([], [], linestyle="none", marker="^", markersize=6.5, color=NEUTRAL,
-                              markeredgecolor=FAIL, label="off scale"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                linestyle="none",
+                marker="^",
+                markersize=6.5,
+                color=NEUTRAL,
+                markeredgecolor=FAIL,
+                label="off scale",
+            )
+        )
     ax.set_ylim(low, high)
     _labels(ax, "injection", "accuracy (% of nominal)", title)
     _legend_beside(ax, handles)
@@ -281,8 +372,14 @@ def is_response(key: str, points: pd.DataFrame, reference: float, band_pct: tupl
     fig, ax = _figure(WIDE_SIZE, legend_outside=True)
     low, high = band_pct
     if np.isfinite(reference):
-        ax.axhspan(reference * low / 100, reference * high / 100, color=BAND, linewidth=0, zorder=0,
-                   label=f"{low:g}–{high:g} % of mean")
+        ax.axhspan(
+            reference * low / 100,
+            reference * high / 100,
+            color=BAND,
+            linewidth=0,
+            zorder=0,
+            label=f"{low:g}–{high:g} % of mean",
+        )
         ax.axhline(reference, color="#6a8fb5", linewidth=0.8, label="mean cal/QC")
     for sample_type, colour in TYPE_COLOURS.items():
         rows = points[(points["sample_type"] == sample_type) & points["is_area"].notna()]
@@ -290,11 +387,25 @@ def is_response(key: str, points: pd.DataFrame, reference: float, band_pct: tupl
             ax.scatter(rows["injection"], rows["is_area"], s=18, color=colour, label=sample_type, zorder=3)
     flagged = points[points["flagged"] & points["is_area"].notna()]
     if len(flagged):
-        ax.scatter(flagged["injection"], flagged["is_area"], s=50, facecolors="none", edgecolors=FAIL,
-                   linewidths=1.4, zorder=4, label="outside band")
+        ax.scatter(
+            flagged["injection"],
+            flagged["is_area"],
+            s=50,
+            facecolors="none",
+            edgecolors=FAIL,
+            linewidths=1.4,
+            zorder=4,
+            label="outside band",
+        )
         for _, row in flagged.iterrows():
-            ax.annotate(str(row["sample_id"]), (row["injection"], row["is_area"]), xytext=(5, 3),
-                        textcoords="offset points", fontsize=SMALL_PT, color=FAIL)
+            ax.annotate(
+                str(row["sample_id"]),
+                (row["injection"], row["is_area"]),
+                xytext=(5, 3),
+                textcoords="offset points",
+                fontsize=SMALL_PT,
+                color=FAIL,
+            )
     ax.set_ylim(bottom=0)
     _labels(ax, "injection", "IS area (counts)", title)
     ax.yaxis.get_offset_text().set_fontsize(TICK_PT)
@@ -331,14 +442,14 @@ def decimate(time: np.ndarray, intensity: np.ndarray, max_points: int = MAX_POIN
         return time, intensity
     buckets = max_points // 2
     edges = np.linspace(0, n, buckets + 1).astype(int)
-    keep = []
+    picked: list[int] = []
     for a, b in itertools.pairwise(edges):
         if b <= a:
             continue
         segment = intensity[a:b]
         i, j = a + int(np.argmin(segment)), a + int(np.argmax(segment))
-        keep.extend((i, j) if i <= j else (j, i))
-    keep = np.unique(np.asarray(keep))
+        picked.extend((i, j) if i <= j else (j, i))
+    keep = np.unique(np.asarray(picked))
     return time[keep], intensity[keep]
 
 
@@ -375,20 +486,28 @@ def _compact(value: float) -> str:
     exponent = int(np.floor(np.log10(abs(value))))
     if -2 <= exponent <= 3:
         return f"{value:.{max(0, 2 - exponent)}f}"
-    return f"{value / 10.0 ** exponent:.1f}e{exponent}"
+    return f"{value / 10.0**exponent:.1f}e{exponent}"
 
 
 def chromatogram_thumbnail(
-    title: str, time: np.ndarray | None, intensity: np.ndarray | None, peak: Integration,
-    note: str = "", state: str = "", absent: str = "no data", flags: str = "",
+    title: str,
+    time: np.ndarray | None,
+    intensity: np.ndarray | None,
+    peak: Integration,
+    note: str = "",
+    state: str = "",
+    absent: str = "no data",
+    flags: str = "",
 ) -> str:
     """One SRM trace as a small SVG: the trace, the integrated area shaded above its baseline,
     the boundaries, the baseline and the expected RT. `state` is "" / "flagged" / "manual"
     (drawn as a coloured frame); `note` is printed bottom right (the area), `flags` under the
     title, over the trace; `absent` in the middle when there is no trace."""
     w, h = THUMB_W, THUMB_H
-    parts = [f'<svg class="thumb {state}" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
-             f'viewBox="0 0 {w} {h}" role="img"><title>{_escape(title)}</title>']
+    parts = [
+        f'<svg class="thumb {state}" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+        f'viewBox="0 0 {w} {h}" role="img"><title>{_escape(title)}</title>'
+    ]
     parts.append(f'<text x="{PAD_L}" y="11" class="tt">{_escape(title)}</text>')
     if note:
         parts.append(f'<text x="{w - PAD_R}" y="{h - 3}" class="tn" text-anchor="end">{_escape(note)}</text>')
