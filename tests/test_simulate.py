@@ -19,6 +19,7 @@ from lcmsquant.method import default_method_path, load_method
 from lcmsquant.mzml_writer import Chromatogram, srm_native_id, write_chromatogram_mzml
 from lcmsquant.simulate import SimulationOptions, simulate_batch
 
+# What a lab's worklist has (the simulator must write what load_batch reads).
 WORKLIST_COLUMNS = [
     "file",
     "sample_id",

@@ -20,7 +20,7 @@ from lcmsquant.measure import measure_batch
 from lcmsquant.method import Analyte, CalibratorSet, Method, load_method
 from lcmsquant.reanalysis import COLUMNS as REANALYSIS_COLUMNS
 from lcmsquant.reanalysis import reanalysis_list
-from lcmsquant.results import CALIBRATION_COLUMNS
+from lcmsquant.results import CALIBRATION_COLUMNS, QUANTIFIER_FIELDS
 from lcmsquant.vocabulary import BLOCKING_FLAGS, REVIEW_FLAGS, Flag, PeakStatus, QCLevel, SampleType
 
 
@@ -248,21 +248,8 @@ def _manual_exclusions(batch: Batch) -> dict[tuple[int, str], str]:
     }
 
 
-# The peak fields analyte_table takes from the quantifier (same name) and from the IS ("is_" first).
-QUANTIFIER_FIELDS = (
-    "rt_min",
-    "expected_rt_min",
-    "start_min",
-    "end_min",
-    "area",
-    "height",
-    "sn",
-    "fwhm_s",
-    "tailing_factor",
-    "asymmetry",
-    "points",
-    "points_fwhm",
-)
+# The peak fields analyte_table takes from the IS ("is_" first); those of the quantifier are
+# results.QUANTIFIER_FIELDS.
 IS_FIELDS = ("rt_min", "expected_rt_min", "area")
 
 

@@ -35,6 +35,7 @@ import pandas as pd
 
 from lcmsquant import __version__
 from lcmsquant.batch import CALIBRATORS, WORKLIST, Batch
+from lcmsquant.batch import COLUMNS as WORKLIST_COLUMNS
 from lcmsquant.files import (
     REPORT_HTML,
     REPORT_PDF,
@@ -63,22 +64,9 @@ except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
     import msvcrt
 
-RESULT_COLUMNS = (
-    "injection",
-    "file",
-    "sample_id",
-    "sample_type",
-    "level",
-    "matrix",
-    "subject_id",
-    "visit",
-    "timepoint",
-    "dilution_factor",
-)
-MEASURE_COLUMNS = (
-    "analyte",
-    "calibrator_set",
-    "internal_standard",
+RESULT_COLUMNS = ("injection", *WORKLIST_COLUMNS)
+# The peak fields results.csv takes from the quantifier's peak (same names as in peaks.csv).
+QUANTIFIER_FIELDS = (
     "rt_min",
     "expected_rt_min",
     "start_min",
@@ -91,6 +79,12 @@ MEASURE_COLUMNS = (
     "asymmetry",
     "points",
     "points_fwhm",
+)
+MEASURE_COLUMNS = (
+    "analyte",
+    "calibrator_set",
+    "internal_standard",
+    *QUANTIFIER_FIELDS,
     "is_rt_min",
     "rrt",
     "is_area",

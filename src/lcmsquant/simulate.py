@@ -123,6 +123,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import exponnorm
 
+from lcmsquant.batch import COLUMNS
 from lcmsquant.files import atomic_write
 from lcmsquant.method import CALIBRATOR_LEVEL, CalibratorSet, Method, Transition, default_method_path, load_method
 from lcmsquant.mzml_writer import Chromatogram, srm_native_id, write_chromatogram_mzml
@@ -138,17 +139,7 @@ __all__ = [
     "SimulatedStudy",
 ]
 
-WORKLIST_COLUMNS = (
-    "file",
-    "sample_id",
-    "sample_type",
-    "level",
-    "matrix",
-    "subject_id",
-    "visit",
-    "timepoint",
-    "dilution_factor",
-)
+WORKLIST_COLUMNS = COLUMNS  # the worklist the simulator writes is one a lab would
 TRUTH_COLUMNS = (
     "sample_id",
     "sample_type",
