@@ -226,6 +226,19 @@ def qc_levels_in_study_range(analyte: str, cal_set: str, qcs: pd.DataFrame, samp
     )
 
 
+def _no_reference(rule_id: RuleId, analyte: str, cal_set: str, limit: float) -> Rule:
+    """A response rule that cannot be judged: the LLOQ calibrator or the IS has no peak (fails)."""
+    return Rule.of(
+        rule_id,
+        analyte,
+        cal_set,
+        "no reference response",
+        f"<= {limit:g} %",
+        False,
+        detail="the LLOQ calibrator or the IS has no peak",
+    )
+
+
 def carryover_blanks(samples: pd.DataFrame) -> tuple[int, ...]:
     """Injection numbers of blanks injected right after a ULOQ (highest level) calibrator."""
     cals = samples[samples["sample_type"] == SampleType.CALIBRATOR]
@@ -294,17 +307,7 @@ def carryover(
         (RuleId.CARRYOVER_IS, blanks["is_area"], is_reference, acc.carryover_is_pct, "of the mean IS response"),
     ):
         if not np.isfinite(ref) or ref <= 0:
-            rules.append(
-                Rule.of(
-                    rule_id,
-                    analyte,
-                    cal_set,
-                    "no reference response",
-                    f"<= {limit:g} %",
-                    False,
-                    detail="the LLOQ calibrator or the IS has no peak",
-                )
-            )
+            rules.append(_no_reference(rule_id, analyte, cal_set, limit))
             continue
         worst, where = _worst(blanks, _response_pct(area, ref))
         rules.append(
@@ -378,17 +381,7 @@ def selectivity(
             )
             continue
         if not np.isfinite(ref) or ref <= 0:
-            rules.append(
-                Rule.of(
-                    rule_id,
-                    analyte,
-                    cal_set,
-                    "no reference response",
-                    f"<= {limit:g} %",
-                    False,
-                    detail="the LLOQ calibrator or the IS has no peak",
-                )
-            )
+            rules.append(_no_reference(rule_id, analyte, cal_set, limit))
             continue
         worst, where = _worst(rows, _response_pct(rows[column], ref))
         rules.append(
