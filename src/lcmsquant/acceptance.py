@@ -58,6 +58,7 @@ class Rule:
         )
 
     def as_dict(self) -> dict:
+        """The rule as run.json records it."""
         return asdict(self)
 
 

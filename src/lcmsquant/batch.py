@@ -66,11 +66,14 @@ class Injection:
 
     @property
     def file_name(self) -> str:
+        """The mzML file's name, without its folder."""
         return self.file.name
 
 
 @dataclass(frozen=True)
 class Batch:
+    """A validated batch folder: its method, worklist, injections in worklist order and overrides."""
+
     folder: Path
     method: Method  # with the batch's calibrators.csv applied
     worklist: pd.DataFrame = field(repr=False)  # validated, one row per injection, all columns as text
@@ -84,6 +87,7 @@ class Batch:
 
     @property
     def extra_columns(self) -> tuple[str, ...]:
+        """The worklist's own columns beyond lcmsquant's (carried into results.csv)."""
         return tuple(c for c in self.worklist.columns if c not in COLUMNS and c != "line")
 
 

@@ -31,17 +31,21 @@ class Curve:
 
     @property
     def intercept(self) -> float:
+        """The curve's response at zero concentration (0 through zero)."""
         return self.coefficients[0]
 
     @property
     def slope(self) -> float:
+        """The linear coefficient: response per unit concentration."""
         return self.coefficients[1]
 
     @property
     def quadratic(self) -> float:
+        """The quadratic coefficient (0 for a straight line)."""
         return self.coefficients[2] if len(self.coefficients) > 2 else 0.0
 
     def response(self, x) -> np.ndarray:
+        """The area ratio the curve gives at each concentration."""
         x = np.asarray(x, dtype=float)
         return self.intercept + self.slope * x + self.quadratic * x * x
 

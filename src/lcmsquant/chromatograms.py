@@ -68,13 +68,16 @@ class Trace:
 
     @property
     def start(self) -> float:
+        """The first time point (minutes); NaN for an empty trace."""
         return float(self.time[0]) if len(self.time) else float("nan")
 
     @property
     def end(self) -> float:
+        """The last time point (minutes); NaN for an empty trace."""
         return float(self.time[-1]) if len(self.time) else float("nan")
 
     def covers(self, rt: float) -> bool:
+        """Whether `rt` (minutes) lies within the trace's time range."""
         return len(self.time) > 0 and self.start <= rt <= self.end
 
 

@@ -151,6 +151,8 @@ class CohortError(InputError):
 
 @dataclass(frozen=True)
 class MethodRecord:
+    """The method a cohort's runs were processed with, as the database stores it."""
+
     name: str
     version: str
     file: str
@@ -184,6 +186,8 @@ class CohortRun:
 
 @dataclass(frozen=True)
 class Addition:
+    """What one `cohort add` did with one run: added or replaced, and how many rows."""
+
     run_id: str
     batch: str
     action: str  # "added" or "replaced"
@@ -792,6 +796,7 @@ def _check_conflicts(con: sqlite3.Connection, run: CohortRun) -> None:
 
 
 def cohort_method(con: sqlite3.Connection) -> MethodRecord:
+    """The cohort's method (one per database), read from the database."""
     row = con.execute(
         "SELECT name, version, file, sha256, units, analytes, settings FROM methods "
         "WHERE sha256 IN (SELECT method_sha256 FROM runs) LIMIT 1"
@@ -824,6 +829,7 @@ def load_analyses(con: sqlite3.Connection) -> pd.DataFrame:
 
 
 def load_runs(con: sqlite3.Connection) -> pd.DataFrame:
+    """The runs table of the cohort database: one row per run added."""
     return pd.read_sql_query(
         "SELECT r.run_id, r.batch, r.acquired, r.run_accepted, r.results_sha256, m.name AS method, m.version "
         "AS method_version, m.sha256 AS method_sha256 FROM runs r JOIN methods m ON m.sha256 = r.method_sha256 "
@@ -876,6 +882,7 @@ class LogCheck:
 
     @property
     def intact(self) -> bool:
+        """Whether the log and the history agree with every hash they record."""
         return not self.problems
 
 
@@ -1325,6 +1332,7 @@ def write_penetration(db: Path | str, out_dir: Path | str) -> tuple[list[Path], 
 
 
 def write_cohort_table(table: pd.DataFrame, path: Path) -> Path:
+    """Write a cohort table as spreadsheet-safe CSV, atomically."""
     return atomic_write(path, csv_text(table))
 
 
@@ -1410,6 +1418,7 @@ def penetration_plot(pairs: pd.DataFrame, summary: pd.DataFrame, units: str = "n
 
 
 def describe(additions: Iterable[Addition]) -> list[str]:
+    """One line per addition, as `cohort add` prints them."""
     return [
         f"{a.action} run '{a.batch}' ({a.run_id[:12]}): {a.analyses} results, {a.reportable} reportable"
         + (

@@ -72,6 +72,8 @@ NOT_DONE_REASON = {
 
 
 class ExportError(CohortError):
+    """An export that cannot be written as asked (format, study id, SDTM rules)."""
+
     kind = "export"
 
 
@@ -119,6 +121,7 @@ def export_cohort(
 
 
 def parquet_bytes(table: pd.DataFrame) -> bytes:
+    """A table as Parquet (zstd), in memory."""
     buffer = io.BytesIO()
     table.to_parquet(buffer, engine="pyarrow", index=False, compression="zstd")
     return buffer.getvalue()

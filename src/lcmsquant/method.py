@@ -53,6 +53,7 @@ class Transition:
 
     @property
     def name(self) -> str:
+        """A readable name: 'M1 quantifier', 'M1 qualifier', 'M1 qualifier 2', 'M3-d4 internal standard'."""
         if self.role == "qualifier":
             return f"{self.compound} qualifier {self.index}" if self.index > 1 else f"{self.compound} qualifier"
         return f"{self.compound} {self.role.replace('_', ' ')}"
@@ -60,6 +61,8 @@ class Transition:
 
 @dataclass(frozen=True)
 class InternalStandard:
+    """An internal standard: its transition and expected RT."""
+
     name: str
     transition: Transition
     rt: float  # expected retention time, minutes
@@ -67,6 +70,8 @@ class InternalStandard:
 
 @dataclass(frozen=True)
 class Analyte:
+    """An analyte: quantifier and qualifier transitions, its internal standard, expected RT and curve."""
+
     name: str
     quantifier: Transition
     qualifiers: tuple[Transition, ...]
@@ -86,6 +91,7 @@ class CalibratorSet:
     source: str = ""
 
     def nominal(self, level: str, analyte: str) -> float | None:
+        """The nominal concentration of a level for an analyte, or None when the set has none."""
         return self._by_level_analyte.get((level, analyte))
 
     @cached_property
@@ -96,6 +102,7 @@ class CalibratorSet:
 
     @property
     def levels(self) -> tuple[str, ...]:
+        """The set's levels (CAL1.., LLOQ, LQC, ...), in file order."""
         return tuple(dict.fromkeys(self.nominals["level"]))
 
 
@@ -168,6 +175,8 @@ class CohortSettings:
 
 @dataclass(frozen=True)
 class Method:
+    """An assay: transitions, calibrator sets and the limits a run is judged against (a method TOML file)."""
+
     name: str
     version: str
     units: str
@@ -183,12 +192,15 @@ class Method:
     cohort: CohortSettings = CohortSettings()
 
     def analyte(self, name: str) -> Analyte:
+        """The analyte of that name."""
         return next(a for a in self.analytes if a.name == name)
 
     def internal_standard(self, name: str) -> InternalStandard:
+        """The internal standard of that name."""
         return next(i for i in self.internal_standards if i.name == name)
 
     def calibrator_set_for(self, matrix: str) -> CalibratorSet | None:
+        """The calibrator set serving a matrix, or None."""
         return next((s for s in self.calibrator_sets if matrix in s.matrices), None)
 
     @property
@@ -206,6 +218,7 @@ class Method:
         return tuple(out)
 
     def expected_rt(self, transition: Transition) -> float:
+        """The expected RT (minutes) of a transition: its compound's."""
         if transition.role == "internal_standard":
             return self.internal_standard(transition.compound).rt
         return self.analyte(transition.compound).rt
@@ -233,6 +246,7 @@ def shipped_path(*parts: str) -> Path:
 
 
 def default_method_path() -> Path:
+    """The shipped flumatinib method (installed with the package, or in the checkout)."""
     return shipped_path("methods", "flumatinib.toml")
 
 

@@ -48,6 +48,7 @@ class Chromatogram:
 
     @property
     def is_tic(self) -> bool:
+        """Whether this is a total ion current chromatogram rather than an SRM trace."""
         return self.q1 is None and self.q3 is None
 
 

@@ -39,6 +39,8 @@ class Override:
 
 
 class OverrideError(InputError):
+    """An overrides.csv that cannot be applied; `problems` lists every line at fault."""
+
     kind = "overrides"
 
 

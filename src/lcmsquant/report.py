@@ -58,6 +58,7 @@ def read_run_files(results_dir: Path | str) -> RunOutputs:
 
 
 def has_flag(table: pd.DataFrame, flag: str) -> pd.Series:
+    """Rows of a results table whose flags include `flag`."""
     return table["flags"].map(lambda f: flag in flag_list(f))
 
 
@@ -123,10 +124,12 @@ def breakable_at(text, separators: str = "/\\") -> Markup:
 
 
 def fmt_pct(value) -> str:
+    """A percentage with one decimal, or an en dash when there is none."""
     return f"{float(value):.1f}" if _finite(value) else "–"
 
 
 def sort_key(value) -> str:
+    """The text a table column sorts a number by in the browser ("" for none: sorted last)."""
     return repr(float(value)) if _finite(value) else ""
 
 
@@ -187,6 +190,7 @@ def peak_overview(files: RunOutputs) -> list[dict]:
 
 
 def verdict_section(files: RunOutputs) -> dict:
+    """Section 1: the run's verdict per analyte, with failing rules and warnings."""
     why = peaks_only(files)
     if why:
         return {
@@ -263,6 +267,7 @@ def calibrator_table(files: RunOutputs, analyte: str, cal_set: str) -> pd.DataFr
 
 
 def calibration_section(files: RunOutputs) -> list[dict]:
+    """Section 2: each curve with its calibrators, residuals and plot."""
     acc, units = files.acceptance, files.units
     blocks = []
     for number, (_, cal) in enumerate(files.calibration.iterrows(), 1):
@@ -349,6 +354,7 @@ def qc_table(files: RunOutputs) -> pd.DataFrame:
 
 
 def qc_section(files: RunOutputs) -> list[dict]:
+    """Section 3: QC accuracy per level and run, and the QC plot."""
     acc = files.acceptance
     qcs = qc_table(files)
     blocks = []
@@ -512,6 +518,7 @@ def is_response_table(files: RunOutputs) -> list[dict]:
 
 
 def checks_section(files: RunOutputs) -> dict:
+    """Section 4: carry-over, blank and zero selectivity, and the IS response."""
     acc = files.acceptance
     # Without a curve there is no LLOQ response to judge blanks against; the IS response is
     # judged where the batch has calibrators or QCs to give its reference.
@@ -574,6 +581,7 @@ def checks_section(files: RunOutputs) -> dict:
 
 
 def samples_section(files: RunOutputs, reanalysis: pd.DataFrame) -> dict:
+    """Section 5: study samples with their concentrations and flags, and the reanalysis list."""
     results = files.results
     only_peaks = bool(peaks_only(files))
     # A peaks-only run has no study-sample result: every injection is listed with its peak.
@@ -903,6 +911,7 @@ def acceptance_limits(limits: Mapping[str, object]) -> list[tuple[str, str]]:
 
 
 def provenance_section(files: RunOutputs) -> dict:
+    """Section 7: input files, method and software with their hashes, and the session."""
     prov = files.summary.get("provenance", {})
     session = files.session
     command = session.get("command", [])

@@ -116,11 +116,14 @@ def _log_axis(ax, which: str) -> None:
 
 @dataclass(frozen=True)
 class CurveCoefficients:
+    """A calibration curve as calibration.csv records it."""
+
     intercept: float
     slope: float
     quadratic: float = 0.0
 
     def response(self, x: np.ndarray) -> np.ndarray:
+        """The area ratio the curve gives at each concentration."""
         return self.intercept + self.slope * x + self.quadratic * x * x
 
 

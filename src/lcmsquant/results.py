@@ -409,6 +409,7 @@ def provenance(batch: Batch) -> dict:
 
 @functools.cache
 def software_versions() -> dict:
+    """Versions of lcmsquant, Python and the libraries that make the numbers (cached)."""
     versions = {"lcmsquant": __version__, "python": platform.python_version()}
     for name in SOFTWARE:
         try:
@@ -621,6 +622,7 @@ def _holder(fd: int) -> str:
 
 
 def write_csv(table: pd.DataFrame, path: Path) -> Path:
+    """Write a table as spreadsheet-safe CSV, atomically."""
     return atomic_write(path, csv_text(table))
 
 
@@ -764,6 +766,7 @@ class RunOutputs:
 
     @property
     def units(self) -> str:
+        """The concentration units the run reported in."""
         return self.summary.get("provenance", {}).get("units", "ng/mL")
 
     @property

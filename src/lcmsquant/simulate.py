@@ -674,6 +674,7 @@ class CycleProfile:
         cycle_range: tuple[float, float] = CYCLE_RANGE_S,
         knot_min: float = CYCLE_KNOT_MIN,
     ) -> CycleProfile:
+        """A cycle time per knot along the run, drawn log-uniform from cycle_range (seconds)."""
         knots = np.arange(0.0, end_min + 2 * knot_min, knot_min)
         cycle = np.exp(rng.uniform(math.log(cycle_range[0]), math.log(cycle_range[1]), len(knots)))
         return cls(knots, cycle)

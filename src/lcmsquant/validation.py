@@ -70,6 +70,7 @@ class ValidationRun:
 
     @property
     def method(self) -> dict:
+        """The method the run was made with: name, version, file and SHA-256."""
         return self.summary.get("provenance", {}).get("method", {})
 
     def calibration_accepted(self, analyte: str, calibrator_set: str) -> bool:
@@ -170,10 +171,12 @@ class OneWayAnova:
 
     @property
     def df_between(self) -> int:
+        """Degrees of freedom between runs."""
         return self.k - 1
 
     @property
     def df_within(self) -> int:
+        """Degrees of freedom within runs."""
         return self.n_total - self.k
 
     @property
@@ -393,6 +396,7 @@ class Validation:
 
     @property
     def passed(self) -> bool:
+        """Whether every analyte and QC level met the accuracy and precision limits."""
         return bool(len(self.levels)) and bool(self.levels["passed"].all())
 
 
@@ -511,6 +515,7 @@ class Isr:
 
     @property
     def passed(self) -> bool:
+        """Whether every analyte passed ISR (at least 2/3 of its pairs within +-20 %)."""
         return bool(len(self.summary)) and bool(self.summary["passed"].all())
 
 
