@@ -100,7 +100,26 @@ def resolve_method_path(folder: Path | str, method_path: Path | str | None = Non
 
 
 def load_batch(folder: Path | str, method: Method | None = None) -> Batch:
-    """Read and validate a batch folder; raise BatchError (or MethodError) listing every problem."""
+    """Read and validate a batch folder: its worklist, calibrators.csv and overrides.csv.
+
+    Parameters
+    ----------
+    folder : path-like
+        The batch folder holding worklist.csv and the mzML files.
+    method : Method, optional
+        The method to use; by default the folder's method.toml, else the shipped method.
+
+    Returns
+    -------
+    Batch
+        The injections in worklist order, with the method (its calibrator sets replaced by a
+        calibrators.csv in the folder) and the manual overrides.
+
+    Raises
+    ------
+    BatchError, MethodError
+        Listing every problem, each naming its file and line.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise BatchError(folder, [f"{folder} is not a folder: give the batch folder that holds {WORKLIST}"])

@@ -84,7 +84,25 @@ def export_cohort(
     study: str | None = None,
     lab: str = "",
 ) -> list[Path]:
-    """Write the cohort in `fmt` (csv, parquet or sdtm) into out_dir; return the files written.
+    """Write the cohort's results for the study dataset.
+
+    Parameters
+    ----------
+    db : path-like
+        The cohort database (`lcmsquant cohort add`).
+    fmt : {"csv", "parquet", "sdtm"}
+        The format.
+    out_dir : path-like
+        Where the files go (created if missing).
+    study : str, optional
+        STUDYID; required for sdtm, added as a first column to csv and parquet.
+    lab : str
+        PCNAM, the laboratory's name (sdtm).
+
+    Returns
+    -------
+    list of Path
+        The files written.
 
     csv / parquet: cohort_results (the reported value of every study sample and analyte) and
     cohort_analyses (every analysis, originals and repeats). sdtm: pc.csv and pc.xpt.

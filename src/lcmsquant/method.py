@@ -361,7 +361,23 @@ class _Problems(list):
 
 
 def load_method(path: Path | str) -> Method:
-    """Read and validate a method TOML file; raise MethodError listing every problem."""
+    """Read and validate a method TOML file.
+
+    Parameters
+    ----------
+    path : path-like
+        The method file (see the documentation's "The method file" page for every key).
+
+    Returns
+    -------
+    Method
+        The assay, with the file's path and SHA-256 (recorded in every run's provenance).
+
+    Raises
+    ------
+    MethodError
+        Listing every problem, each naming its table and key.
+    """
     path = Path(path)
     if (problem := not_a_file(path)) and not problem.startswith("does not exist"):
         raise MethodError(path, [f"the method file {problem}: give a method TOML file"])

@@ -536,7 +536,24 @@ def run_batch(
 ) -> tuple[Batch, RunResult]:
     """Load, measure and quantify a batch folder: the whole `lcmsquant run` without writing files.
 
-    `jobs`: processes measuring injections at once (see measure_batch)."""
+    Parameters
+    ----------
+    folder : path-like
+        The batch folder.
+    method_path : path-like, optional
+        The method file; by default the folder's method.toml, else the shipped method.
+    progress : callable, optional
+        Called with each Injection once it is measured.
+    jobs : int or None
+        Processes measuring injections at once (1: this process; None: every core for large
+        batches, see measure_batch).
+
+    Returns
+    -------
+    (Batch, RunResult)
+        The batch as read, and its peaks, curves, rules, verdicts, flagged results and
+        reanalysis list (write them with write_outputs).
+    """
     batch = load_batch(folder, load_method(resolve_method_path(folder, method_path)))
     peaks, errors = measure_batch(batch, progress, jobs)
     return batch, quantify(batch, peaks, errors)

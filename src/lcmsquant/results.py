@@ -426,7 +426,23 @@ def write_outputs(
     command: list[str] | None = None,
     report: ReportRenderer | None = None,
 ) -> list[Path]:
-    """Write every output file as one set (see files.atomic_write_all); return their paths.
+    """Write every output file of a run as one set (see files.atomic_write_all).
+
+    Parameters
+    ----------
+    batch, run : Batch, RunResult
+        What run_batch returns.
+    out_dir : Path
+        The results folder (created if missing).
+    command : list of str, optional
+        The command line recorded in session.json (default: this process's).
+    report : callable, optional
+        Draws report.html from the set's bytes (see below).
+
+    Returns
+    -------
+    list of Path
+        The files written.
 
     run.json records the SHA-256 of the five tables it goes with, so a reader can tell that a
     set belongs together; temporary files a killed run left behind are removed first.
@@ -784,6 +800,18 @@ class RunOutputs:
 
 def read_results(results_dir: Path | str, error: type[InputError] = ResultsFolderError) -> RunOutputs:
     """Read back what write_outputs wrote into results_dir, as it wrote it (the inverse of write_outputs).
+
+    Parameters
+    ----------
+    results_dir : path-like
+        A results folder.
+    error : type of InputError
+        The error raised (each command raises its own kind).
+
+    Returns
+    -------
+    RunOutputs
+        The five tables typed as COLUMN_TYPES says, run.json, session.json and their SHA-256.
 
     Refused with one `error` listing every problem: no such folder, a file missing or not
     parsing, a run.json of a results format this version does not know or with a field of the

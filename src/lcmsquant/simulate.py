@@ -332,7 +332,25 @@ def simulate_batch(
     method: Method | None = None,
     options: SimulationOptions = SimulationOptions(),
 ) -> Path:
-    """Write a batch folder (worklist.csv + one mzML per injection) and return the truth file path."""
+    """Write a simulated batch folder (worklist.csv and one mzML per injection) with known truth.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        The batch folder to write.
+    seed : int
+        The same seed and options give byte-identical files.
+    matrix : {"plasma", "csf"}
+        The matrix of the calibrators and QCs.
+    method : Method, optional
+        The assay to simulate (default: the shipped method).
+    options : SimulationOptions
+        Batch design and acquisition (the library default is the smooth acquisition).
+
+    Returns
+    -------
+    Path
+        The truth file beside the folder (OUT_DIR_truth.csv): every injection's true values."""
     return _simulate(out_dir, seed, matrix, method, options)
 
 
