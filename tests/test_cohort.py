@@ -99,11 +99,11 @@ def test_penetration_files_are_byte_identical_on_rerun(cohort, tmp_path):
 # The store: replace, refuse, keep
 
 
-def test_adding_a_run_twice_replaces_it(cohort, processed_study):
+def test_adding_a_run_twice_replaces_it_and_a_batch_folder_stands_for_its_results(cohort, processed_study):
     _, results = processed_study
     before = {t: count(cohort, t) for t in ("runs", "analyses", "nominals", "verdicts")}
     assert before["runs"] == 3 and before["analyses"] == (12 + 6 + 2) * 3
-    additions = add_runs(cohort, [results[1]])
+    additions = add_runs(cohort, [results[1].parent])  # the batch folder, as a user may give it
     assert [a.action for a in additions] == ["replaced"]
     assert {t: count(cohort, t) for t in before} == before
     with sqlite3.connect(cohort) as con:

@@ -121,6 +121,11 @@ def test_importing_twice_writes_the_same_bytes(sciex_dir, imported, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["yeast.toml"]  # no temporary left behind
 
 
+def test_the_method_is_named_after_the_file_it_is_written_to(sciex_dir, tmp_path):
+    written = import_transition_list(sciex_dir / "traML.csv", tmp_path / "yeast-central-carbon.toml")
+    assert tomllib.loads(written.read_text())["name"] == "yeast-central-carbon"
+
+
 # ---------------------------------------------------------------------------------------------
 # Measuring the real injections with it
 

@@ -43,7 +43,7 @@ from lcmsquant.method import (
     default_method_path,
     load_method,
 )
-from lcmsquant.results import read_results
+from lcmsquant.results import read_results, results_dir_of
 from lcmsquant.vocabulary import Flag, Matrix, SampleType
 
 SCHEMA_VERSION = 2  # 2 added the log; a schema 1 database gets it at its next `cohort add`
@@ -208,7 +208,7 @@ def read_cohort_run(results_dir: Path | str, method_path: Path | str | None = No
     parent), else the shipped method; it must be the very file named in run.json (same SHA-256),
     because its [cohort] table decides how the cohort reports and pairs the results.
     """
-    outputs = read_results(results_dir, error=CohortError)
+    outputs = read_results(results_dir_of(results_dir), error=CohortError)
     folder, summary = outputs.folder, outputs.summary
     provenance = summary["provenance"]
     inputs = {item["file"]: item["sha256"] for item in provenance["inputs"]}

@@ -798,6 +798,16 @@ class RunOutputs:
         return Acceptance(**known)
 
 
+def results_dir_of(path: Path | str) -> Path:
+    """The results folder `path` means: `path/results` when `path` is a batch folder that has
+    one (and is no results folder itself), else `path`; so a command given the batch folder
+    reads its results, as `lcmsquant validate` does."""
+    path = Path(path)
+    if (path / "results").is_dir() and not (path / RUN_JSON).exists() and (path / WORKLIST).is_file():
+        return path / "results"
+    return path
+
+
 def read_results(results_dir: Path | str, error: type[InputError] = ResultsFolderError) -> RunOutputs:
     """Read back what write_outputs wrote into results_dir, as it wrote it (the inverse of write_outputs).
 

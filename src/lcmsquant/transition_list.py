@@ -757,7 +757,7 @@ def import_transition_list(path: Path | str, out_path: Path | str, name: str | N
     that load_method accepts the very bytes, and write them atomically to out_path."""
     path, out_path = Path(path), Path(out_path)
     table = read_transition_list(path)
-    text = method_from_transition_list(table, name or path.stem, source=str(path), **options)
+    text = method_from_transition_list(table, name or out_path.stem, source=str(path), **options)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".import-") as tmp:
         probe = Path(tmp) / out_path.name  # beside the target: relative paths resolve alike
