@@ -214,6 +214,7 @@ def test_a_draw_outside_the_trough_window_is_flagged_not_dropped(cohort, process
     pairs = penetration(reported, method.settings, method.analytes)
     s006 = pairs[pairs["subject_id"] == "S006"]
     assert len(s006) == 3 and s006["trough"].str.startswith("OUTSIDE_TROUGH: serum 31.0 h").all()
+    assert (pairs.loc[pairs["subject_id"] != "S006", "trough"] == "in window").all()  # as cohort_results says
     summary = penetration_summary(pairs, method.settings)
     assert (summary.loc[summary["ratio"] == "marrow:serum", "n_outside_trough"] == 1).all()
 

@@ -1165,7 +1165,9 @@ def penetration(reported: pd.DataFrame, settings: CohortSettings, analyte_order:
         outside = [
             f"{m} {r['hours_since_dose']:.1f} h" for m, r in by_matrix.items() if r["trough"] == "OUTSIDE_TROUGH"
         ]
-        row["trough"] = f"OUTSIDE_TROUGH: {', '.join(outside)}" if outside else ""
+        judged = [r["trough"] for r in by_matrix.values() if r["trough"]]
+        # as cohort_results says it per draw: "in window", the draws outside, or "" (no dose times)
+        row["trough"] = f"OUTSIDE_TROUGH: {', '.join(outside)}" if outside else ("in window" if judged else "")
         rows.append(row)
     columns = [
         "subject_id",
@@ -1281,7 +1283,7 @@ def penetration_summary(
                 "n_censored": int(paired[f"{target}_censored"].astype(bool).sum()),
                 "n_quantified": len(values),
                 "n_plasma_reference": int((paired["reference_matrix"] == Matrix.PLASMA).sum()),
-                "n_outside_trough": int((paired["trough"] != "").sum()),
+                "n_outside_trough": int(paired["trough"].str.startswith("OUTSIDE_TROUGH").sum()),
                 **dict.fromkeys(SUMMARY_COLUMNS[7:15], np.nan),
                 "blq_ratio_policy": settings.blq_ratio_policy,
             }
