@@ -163,7 +163,10 @@ def clean_trace(native_id: str, q1: float, q3: float, time, intensity) -> Trace:
     if len(time) > 1 and np.any(np.diff(time) == 0):
         unique, index = np.unique(time, return_inverse=True)
         notes.append(f"{len(time) - len(unique)} repeated time point(s): intensities at the same time averaged")
-        intensity = np.bincount(index, weights=intensity) / np.bincount(index)
+        counts = np.bincount(index)
+        intensity = np.bincount(
+            index, weights=intensity / counts[index]
+        )  # divided first: no overflow near the float maximum
         time = unique
     negative = intensity < 0
     if negative.any():
