@@ -35,7 +35,7 @@ def command_line() -> None:
     """The `lcmsquant` program: runs the command, then leaves without the interpreter's teardown.
 
     When a command returns, its outputs are written and closed (atomic writes, the results lock
-    released, the worker processes joined); freeing pandas', statsmodels' and pyopenms' objects
+    released, the worker processes stopped); freeing pandas', statsmodels' and pyopenms' objects
     one by one still took 0.5-0.6 s after every run, a tenth of a 384-injection batch. An
     exception other than an exit leaves the ordinary way, with its traceback.
     """
@@ -47,9 +47,6 @@ def command_line() -> None:
     if code is not None and not isinstance(code, int):
         print(code, file=sys.stderr)
         code = 1
-    workers = sys.modules.get("lcmsquant.workers")
-    if workers is not None:  # kept worker processes, and the semaphores of their queues
-        workers.wait_released()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code or 0)
@@ -120,12 +117,12 @@ def _run_batches(
     batch_dirs: list[Path], method: Path | None, out: Path | None, jobs: int | None, scheduler: str | None, with_report: bool = True,
 ):
     """run_batches with a progress bar per batch and each batch's summary as it ends."""
-    from lcmsquant.workers import start_early, worklist_length
+    from lcmsquant.workers import start_server, worklist_length
 
     if scheduler is None and (jobs or 0) != 1 and (
         jobs is not None or max(map(worklist_length, batch_dirs)) >= PARALLEL_MIN_INJECTIONS
     ):
-        start_early()  # workers come from a fork server that imports lcmsquant: let it do so while we do
+        start_server()  # workers come from a fork server that imports lcmsquant: let it do so while we do
     from lcmsquant.runs import run_batches
 
     several = len(batch_dirs) > 1
