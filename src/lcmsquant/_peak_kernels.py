@@ -24,9 +24,14 @@ NAN = math.nan
 
 
 class KernelPeak(NamedTuple):
-    """What find_peak and integrate return, built inside the compiled code (numba compiles named
-    tuples like plain ones): the fields of peaks.Peak, in its units, and whether a peak was found
-    at all (found False: every other field is NaN, 0 or False)."""
+    """A peak as the compiled code finds it: the fields of peaks.Peak, in its units, and whether
+    a peak was found at all (found False: every other field is NaN, 0 or False).
+
+    Inside the compiled code it is a KernelPeak (numba compiles named tuples like plain ones);
+    find_peak and integrate hand it to Python as a plain tuple in this order (as_tuple), which
+    peaks.py names again with KernelPeak(*result). Returning the named tuple itself would have
+    numba build it by calling this class from C, and a Ctrl-C arriving during that call crashes
+    the process (a segmentation fault) instead of raising KeyboardInterrupt."""
 
     found: bool
     rt: float
@@ -584,7 +589,22 @@ def no_peak():
 
 
 @_jit
+def as_tuple(peak):
+    """A KernelPeak as the plain tuple find_peak and integrate return (see KernelPeak)."""
+    return (peak.found, peak.rt, peak.start, peak.end, peak.area, peak.height, peak.sn, peak.noise,
+            peak.baseline_start, peak.baseline_end, peak.points, peak.edge, peak.fwhm, peak.tailing_factor,
+            peak.asymmetry, peak.points_fwhm, peak.saturated, peak.split, peak.shoulder)
+
+
+@_jit
 def integrate(time, intensity, start, end, intercept, slope, sigma, reference_trace, split, apex_trace):
+    """integrate_peak as a plain tuple, for Python (see KernelPeak)."""
+    return as_tuple(integrate_peak(time, intensity, start, end, intercept, slope, sigma, reference_trace, split,
+                                   apex_trace))
+
+
+@_jit
+def integrate_peak(time, intensity, start, end, intercept, slope, sigma, reference_trace, split, apex_trace):
     """Integrate raw intensity minus baseline between point indices start..end (inclusive): a
     KernelPeak (no_peak() for fewer than 3 points; shoulder is not looked for)."""
     if end - start < 2:
@@ -759,7 +779,8 @@ def own_smoothing_width(light, base, apex, noise, default, n):
 
 @_jit
 def find_peak(time, intensity, expected_rt, window, min_sn, smoothing, second_derivative):
-    """The most prominent peak with its apex in the window, a KernelPeak (found False: none).
+    """The most prominent peak with its apex in the window, a KernelPeak (found False: none) as a
+    plain tuple, for Python (see KernelPeak).
 
     `smoothing` are the Savitzky-Golay weights over about 3 s (peaks.smoothing_width), used to
     find the peak; it is then smoothed again over OWN_WIDTH_FRACTION of its width at half height
@@ -770,7 +791,7 @@ def find_peak(time, intensity, expected_rt, window, min_sn, smoothing, second_de
     smoothed = convolve_nearest(intensity, smoothing)
     apex, intercept, slope, sigma = choose_apex(time, intensity, smoothed, expected_rt, window, min_sn)
     if apex < 0:
-        return no_peak()
+        return as_tuple(no_peak())
     # Height, S/N and shape are measured on the lightly smoothed trace: smoothing over the
     # peak's whole width would broaden it and lower its top.
     light = smoothed
@@ -787,7 +808,7 @@ def find_peak(time, intensity, expected_rt, window, min_sn, smoothing, second_de
         smoothed = convolve_nearest(median3(intensity), smoothing)
         apex, intercept, slope, sigma = choose_apex(time, intensity, smoothed, expected_rt, window, min_sn)
         if apex < 0:
-            return no_peak()
+            return as_tuple(no_peak())
     centre_weight = smoothing[width // 2]
     noise = smoothed_noise(smoothed, intercept + slope * time, sigma, gain, centre_weight)
     start, end, split, lo, hi = boundaries(smoothed, intensity, intercept + slope * time, apex, sigma, noise)
@@ -801,19 +822,19 @@ def find_peak(time, intensity, expected_rt, window, min_sn, smoothing, second_de
         if new_start == start and new_end == end:
             break
         start, end, split = new_start, new_end, new_split
-    peak = integrate(time, intensity, start, end, intercept, slope, sigma, light, split, smoothed)
+    peak = integrate_peak(time, intensity, start, end, intercept, slope, sigma, light, split, smoothed)
     if not peak.found or peak.sn < min_sn:
-        return no_peak()
+        return as_tuple(no_peak())
     # A shoulder is looked for at the light smoothing's resolution: the peak's own width would
     # smooth it away.
     shoulder = has_shoulder(intensity, light - (intercept + slope * time), start, end, apex,
                             len(second_derivative), second_derivative, sigma, gain)
-    return KernelPeak(
+    return as_tuple(KernelPeak(
         found=True, rt=peak.rt, start=peak.start, end=peak.end, area=peak.area, height=peak.height, sn=peak.sn,
         noise=peak.noise, baseline_start=peak.baseline_start, baseline_end=peak.baseline_end, points=peak.points,
         edge=peak.edge, fwhm=peak.fwhm, tailing_factor=peak.tailing_factor, asymmetry=peak.asymmetry,
         points_fwhm=peak.points_fwhm, saturated=peak.saturated, split=peak.split, shoulder=shoulder,
-    )
+    ))
 
 
 def _warm_up() -> None:

@@ -207,8 +207,10 @@ def _clean(time: np.ndarray, intensity: np.ndarray) -> tuple[np.ndarray, np.ndar
     return time, intensity
 
 
-def _peak(found) -> Peak | None:
-    """The kernels' result (a _peak_kernels.KernelPeak) as a Peak, None when no peak was found."""
+def _peak(result: tuple) -> Peak | None:
+    """The kernels' result (the fields of _peak_kernels.KernelPeak) as a Peak, None when no peak
+    was found."""
+    found = _kernels().KernelPeak(*result)
     if not found.found:
         return None
     return Peak(
