@@ -117,13 +117,14 @@ def _run_batches(
     batch_dirs: list[Path], method: Path | None, out: Path | None, jobs: int | None, scheduler: str | None, with_report: bool = True,
 ):
     """run_batches with a progress bar per batch and each batch's summary as it ends."""
-    from lcmsquant.workers import start_server, worklist_length
+    from lcmsquant.workers import interrupt_deferred, start_server, worklist_length
 
     if scheduler is None and (jobs or 0) != 1 and (
         jobs is not None or max(map(worklist_length, batch_dirs)) >= PARALLEL_MIN_INJECTIONS
     ):
         start_server()  # workers come from a fork server that imports lcmsquant: let it do so while we do
-    from lcmsquant.runs import run_batches
+    with interrupt_deferred():
+        from lcmsquant.runs import run_batches
 
     several = len(batch_dirs) > 1
     with Progress(

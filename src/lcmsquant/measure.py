@@ -22,7 +22,7 @@ from lcmsquant.chromatograms import ChromatogramReadError, Trace, read_injection
 from lcmsquant.method import Analyte, Method, Transition
 from lcmsquant.overrides import OVERRIDES, Override, OverrideError
 from lcmsquant.peaks import Peak, PeakSearch, find_peak, integrate_between, peak_candidates
-from lcmsquant.workers import PARALLEL_MIN_INJECTIONS, WorkerDeath, WorkerPool
+from lcmsquant.workers import PARALLEL_MIN_INJECTIONS, WorkerDeath, WorkerPool, interrupt_deferred
 
 AUDITED = ("status", "rt_min", "start_min", "end_min", "area")
 PEAK_FIELDS = (
@@ -280,7 +280,7 @@ def measure_batch(
     results = {}
     with nullcontext(workers) if workers is not None or n_jobs == 1 else WorkerPool(n_jobs) as pool:
         if n_jobs == 1:
-            measured = (_measure_work(batch.method, item) for item in work)
+            measured = (_measure_whole(batch.method, item) for item in work)
         else:
             measured = _measure_in_processes(work, batch.method, min(n_jobs, pool.jobs), pool)
         for order, peaks, error in measured:
@@ -323,6 +323,14 @@ def _measure_work(method: Method, item: tuple[int, Path, Mapping[str, Override]]
     order, path, overrides = item
     peaks, error = measure_injection(path, method, overrides)
     return order, peaks, error
+
+
+def _measure_whole(method: Method, item: tuple[int, Path, Mapping[str, Override]]) -> tuple[int, list[dict], str]:
+    """_measure_work with a Ctrl-C held until the injection is measured: interrupted inside the
+    compiled peak finder, numba returns with the KeyboardInterrupt pending (a SystemError) or
+    crashes. (Workers ignore Ctrl-C: the main process stops them.)"""
+    with interrupt_deferred():
+        return _measure_work(method, item)
 
 
 def _measure_in_processes(work: list, method: Method, jobs: int, pool: WorkerPool):

@@ -21,7 +21,7 @@ from lcmsquant.files import InputError, file_kind
 from lcmsquant.method import load_method
 from lcmsquant.measure import default_jobs, measure_batch, resolve_jobs
 from lcmsquant.results import peak_counts, results_lock, sample_counts, write_outputs
-from lcmsquant.workers import WorkerPool
+from lcmsquant.workers import WorkerPool, interrupt_deferred
 
 if TYPE_CHECKING:
     from lcmsquant.pipeline import RunResult
@@ -122,7 +122,8 @@ def process_batch(
                     pool.start()
                 # Imported before measuring: with workers, while the fork server imports what
                 # measuring needs (statsmodels and scipy.stats take about 1 s).
-                from lcmsquant.pipeline import quantify
+                with interrupt_deferred():
+                    from lcmsquant.pipeline import quantify
 
                 peaks, errors = measure_batch(batch, advance if progress is not None else None, jobs, pool)
                 if release_workers and pool is not None:
@@ -153,7 +154,8 @@ def _remove_report(out: Path) -> str:
 
 def _write_report(out: Path) -> str:
     """Write report.html beside the results; a failure is reported, never loses the results."""
-    from lcmsquant.report import write_report  # matplotlib loads only when a report is made
+    with interrupt_deferred():
+        from lcmsquant.report import write_report  # matplotlib loads only when a report is made
 
     try:
         write_report(out)

@@ -19,7 +19,6 @@ the rest.
 
 from __future__ import annotations
 
-import gc
 import multiprocessing
 import os
 import signal
@@ -91,10 +90,6 @@ def worker_started(main_pid: int, marks=None) -> None:
     notes the items it starts and finishes (see WorkerPool.map)."""
     global _marks
     _marks = marks
-    # What the worker inherited from the fork server stays as it is: its garbage collections
-    # leave those objects alone instead of walking (and so copying) their pages (gc.freeze's
-    # documented use in forked processes).
-    gc.freeze()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_end_with, args=(main_pid,), daemon=True, name="end-with-main").start()
 
@@ -250,8 +245,8 @@ def interrupt_deferred() -> Iterator[None]:
     """Hold a Ctrl-C (SIGINT) until the block is done, then raise KeyboardInterrupt (in the main
     thread; elsewhere the block runs as it is). Submitting work starts workers; interrupted while
     the fork server forks one, the main process would leave it reading a queue whose semaphores
-    it then removes (a FileNotFoundError traceback). An import interrupted inside C code makes
-    CPython end the process by SIGINT at exit, whatever exit code the program then gives."""
+    it then removes (a FileNotFoundError traceback). An import cut off inside a C extension's
+    initialisation becomes an ImportError ("initialization failed") instead of the interruption."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
