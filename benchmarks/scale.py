@@ -9,9 +9,11 @@ and parallel runs taking turns):
   bare load, subprocess  the same load in a fresh Python process (start-up and `import pyopenms`
                          included): the floor of any command, the fair reference of the CLI rows;
   in-process, warm       runs.process_batch(--jobs every core, no report) called again in a process
-                         that has already run it once (imports done, fork server and workers
-                         running): the cost of one more batch, what `run A B C ...` and a
-                         notebook pay per batch;
+                         that has already run it once (imports done, fork server running): the
+                         cost of one more batch. "pool held": given the same WorkerPool each time
+                         (its workers measure every batch), as `run A B C ...` does; "pool per
+                         call": without one, so each call starts and stops its own workers, as a
+                         notebook calling process_batch does;
   lcmsquant run --jobs J `lcmsquant run` as a fresh process (start-up included), for J = 1
                          (in-process) and J = every core; its peak memory is the sum over the
                          process and all its children (the fork server and the workers) of PSS
@@ -79,24 +81,28 @@ def bare_load_subprocess(files: list[Path]) -> float:
 
 WARM = """
 import sys, time
+from contextlib import nullcontext
 from lcmsquant.runs import process_batch
-folder, out, jobs, repeat = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+from lcmsquant.workers import WorkerPool
+folder, out, jobs, repeat, held = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "held"
 times = []
-for _ in range(repeat + 1):  # the first call pays the imports, the fork server and numba's cache
-    start = time.perf_counter()
-    outcome = process_batch(folder, out_dir=out, jobs=jobs, report=False)
-    times.append(time.perf_counter() - start)
-    if outcome.error:
-        sys.exit(outcome.error)
+with WorkerPool(jobs) if held else nullcontext() as pool:
+    for _ in range(repeat + 1):  # the first call pays the imports, the fork server and numba's cache
+        start = time.perf_counter()
+        outcome = process_batch(folder, out_dir=out, jobs=jobs, report=False, workers=pool)
+        times.append(time.perf_counter() - start)
+        if outcome.error:
+            sys.exit(outcome.error)
 print(min(times[1:]))
 """
 
 
-def in_process_warm(folder: Path, out: Path, jobs: int, repeat: int) -> float:
+def in_process_warm(folder: Path, out: Path, jobs: int, repeat: int, held: bool) -> float:
     """Best seconds of one more runs.process_batch (no report) in a process that has run one
-    already. Run with `python -c`, as a notebook would: worker processes import the main module,
-    and this script's imports would be charged to every batch."""
-    return float(subprocess_run(WARM, str(folder), str(out), str(jobs), str(repeat)).split()[-1])
+    already, with one WorkerPool for every call (held) or none. Run with `python -c`, as a
+    notebook would: worker processes import the main module, and this script's imports would
+    be charged to every batch."""
+    return float(subprocess_run(WARM, str(folder), str(out), str(jobs), str(repeat), "held" if held else "").split()[-1])
 
 
 class PeakMemory:
@@ -206,10 +212,12 @@ def main() -> None:
         bare_load(files)  # warm the file cache and pyopenms
         bare = min(_timed(lambda: bare_load(files)) for _ in range(repeat))
         bare_sub = min(bare_load_subprocess(files) for _ in range(repeat))
-        warm = in_process_warm(folder, out, cores, repeat)
+        warm = in_process_warm(folder, out, cores, repeat, held=True)
+        per_call = in_process_warm(folder, out, cores, repeat, held=False)
         rows = [("bare pyopenms load (in-process)", bare, 0, 0),
                 ("bare load, subprocess (start-up + import)", bare_sub, 0, 0),
-                (f"in-process, warm: one more batch, --jobs {cores}", warm, 0, 0)]
+                (f"in-process, warm: one more batch, --jobs {cores}, pool held", warm, 0, 0),
+                (f"in-process, warm: one more batch, --jobs {cores}, pool per call", per_call, 0, 0)]
         for jobs, runs in interleaved(folder, out, sorted({1, cores}), repeat).items():
             rows.append((f"lcmsquant run --jobs {jobs} --no-report (CLI)", *best(runs)))
         with_report = best([cli_run(folder, out, cores, report=True) for _ in range(repeat)])
@@ -246,7 +254,7 @@ def main() -> None:
     def verdict(ok: bool) -> str:
         return "PASS" if ok else "MISS"
 
-    cli_rows = rows[3:]
+    cli_rows = rows[4:]
     fastest = min(cli_rows, key=lambda r: r[1])
     rate, memory = n / fastest[1], max(r[2] for r in cli_rows)
     print(f"aims: {rate:.0f} injections/s ({fastest[0]}; >= {AIM_RATE:g}: {verdict(rate >= AIM_RATE)}), "
