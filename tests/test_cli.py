@@ -1,6 +1,7 @@
 """The `lcmsquant` command as a chemist uses it: exit codes, messages, files, reruns."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +19,10 @@ REQUIRED_COLUMNS = [
 DETERMINISTIC = ("results.csv", "peaks.csv", "calibration.csv", "reanalysis.csv", "run.json")
 
 
-def lcmsquant_cli(*args, cwd=None):
+def lcmsquant_cli(*args, cwd=None, env=None):
     return subprocess.run(
-        [sys.executable, "-m", "lcmsquant", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
+        [sys.executable, "-m", "lcmsquant", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300,
+        env=env,
     )
 
 
@@ -79,15 +81,20 @@ def test_rerun_gives_byte_identical_outputs(plasma_batch, tmp_path):
     assert not (plasma_batch / "results").exists()
 
 
-def test_a_run_with_workers_writes_what_a_serial_run_writes_and_warns_of_nothing(plasma_batch, tmp_path):
-    """Worker processes are kept from batch to batch; the command stops them before it leaves,
-    so multiprocessing has no leaked semaphores to warn about on stderr."""
+def test_a_run_with_workers_writes_what_a_serial_run_writes_and_leaves_nothing_behind(plasma_batch, tmp_path):
+    """The command stops its worker processes before it leaves, so multiprocessing has no leaked
+    semaphores to warn about on stderr, and it removes multiprocessing's temporary folder (the
+    fork server's socket), which leaving with os._exit would otherwise skip."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    env = dict(os.environ, TMPDIR=str(temporary))
     serial = lcmsquant_cli("run", plasma_batch, "--out", tmp_path / "serial", "--jobs", "1", "--no-report")
-    parallel = lcmsquant_cli("run", plasma_batch, "--out", tmp_path / "parallel", "--jobs", "2", "--no-report")
+    parallel = lcmsquant_cli("run", plasma_batch, "--out", tmp_path / "parallel", "--jobs", "2", "--no-report", env=env)
     assert serial.returncode == parallel.returncode == 0, parallel.stderr
     for name in DETERMINISTIC:
         assert (tmp_path / "serial" / name).read_bytes() == (tmp_path / "parallel" / name).read_bytes(), name
     assert "Warning" not in parallel.stderr and "leaked" not in parallel.stderr, parallel.stderr
+    assert list(temporary.iterdir()) == []
 
 
 def test_no_report_gives_the_same_tables_and_removes_a_report_that_no_longer_fits(plasma_batch, tmp_path):

@@ -32,10 +32,10 @@ def test_quantifying_does_not_load_the_compiled_peak_finder():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
-def test_a_run_imports_the_statistics_stack_while_its_workers_measure_not_before():
+def test_a_run_imports_the_statistics_stack_only_once_its_fork_server_is_starting():
     """statsmodels and scipy.stats (about 1.4 s) are only needed to quantify: lcmsquant.runs and
-    lcmsquant.results leave them out, and process_batch imports them in a thread once the
-    workers are measuring (runs.import_in_background)."""
+    lcmsquant.results leave them out, and process_batch imports them once the workers' fork
+    server is importing what measuring needs (both at once, on two cores)."""
     code = (
         "import sys, lcmsquant.runs, lcmsquant.results\n"
         "print(' '.join(m for m in ('statsmodels', 'scipy.stats', 'lcmsquant.pipeline') if m in sys.modules))"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import signal
 import threading
 import time
@@ -108,102 +109,79 @@ def test_a_file_that_kills_every_worker_reading_it_is_flagged_and_the_batch_fini
     pd.testing.assert_frame_equal(peaks[~poisoned], expected)
 
 
-def test_the_fork_server_is_released_after_the_last_batch_and_starts_again_when_needed(tmp_path):
-    """run_batches stops the workers' fork server once its last batch is measured (its ~200 MB
-    are not needed to quantify and draw the report); workers asked for later still come."""
-    from multiprocessing import forkserver
+def _workers() -> set[int]:
+    """The worker processes of this process: the fork server's children (this process's
+    grandchildren), alive."""
+    me = os.getpid()
+    return {p.pid for p in psutil.Process().children(recursive=True)
+            if p.ppid() != me and p.status() != psutil.STATUS_ZOMBIE}
 
+
+def test_run_batches_stops_its_workers_once_the_last_batch_is_measured(tmp_path, monkeypatch):
+    """run_batches measures every batch with one pool and stops it before the last batch is
+    quantified (its workers' memory is not needed to quantify and draw the report); nothing is
+    left running for the caller to release, and workers asked for later still come."""
+    import lcmsquant.pipeline
     from lcmsquant.runs import run_batches
 
     folder = tmp_path / "batch"
     simulate_batch(folder, seed=12, options=SimulationOptions(n_unknowns=8))
-    [outcome] = run_batches([folder], out=tmp_path / "results", jobs=2, report=False)
-    assert outcome.ok
-    server = forkserver._forkserver
-    for _ in range(100):  # stopped in the background: it has to finish its own exit
-        if server._forkserver_pid is None:
-            break
-        time.sleep(0.05)
-    assert server._forkserver_pid is None
+    other = Path(shutil.copytree(folder, tmp_path / "batch2"))
+    quantify, seen = lcmsquant.pipeline.quantify, []
+
+    def watched(*args, **kwargs):
+        seen.append(_workers())
+        return quantify(*args, **kwargs)
+
+    monkeypatch.setattr(lcmsquant.pipeline, "quantify", watched)
+    outcomes = run_batches([folder, other], out=tmp_path / "results", jobs=2, report=False)
+    assert [o.ok for o in outcomes] == [True, True]
+    assert seen[0] and seen[1] == set()  # kept after the first batch, stopped after the last
+    assert _workers() == set()
     again, _ = measure_batch(_load(folder), jobs=2)
-    assert server._forkserver_pid is not None
     pd.testing.assert_frame_equal(again, measure_batch(_load(folder), jobs=1)[0])
 
 
-SCRIPT = """
-import os, sys
-with open(sys.argv[2], "a") as log:  # outside the guard on purpose: runs wherever the script is imported
-    log.write(f"{os.getpid()}\\n")
-from pathlib import Path
-from lcmsquant.batch import load_batch, resolve_method_path
-from lcmsquant.measure import measure_batch
-from lcmsquant.method import load_method
-
-if __name__ == "__main__":
-    folder = Path(sys.argv[1])
-    batch = load_batch(folder, load_method(resolve_method_path(folder, None)))
-    for _ in range(2):
-        measure_batch(batch, jobs=2)
-"""
-
-
-def test_a_script_measuring_in_workers_is_imported_once_by_the_fork_server_not_by_every_worker(tmp_path):
-    """multiprocessing re-runs the main script in each new worker unless its fork server has
-    preloaded it, which CPython before 3.13.8 never did (python/cpython#126631): a script that
-    imports lcmsquant.runs paid about 1 s per worker, per batch. Here: the script runs twice, in
-    its own process and in the server, however many workers two batches start."""
-    import subprocess
-    import sys
-
+def test_measuring_with_workers_leaves_nothing_to_release(tmp_path):
+    """measure_batch without a pool starts one for the batch and stops it before it returns: a
+    notebook or script has no worker process to release."""
     folder = tmp_path / "batch"
     simulate_batch(folder, seed=13, options=SimulationOptions(n_unknowns=8))
-    script, log = tmp_path / "measure_twice.py", tmp_path / "imports.log"
-    script.write_text(SCRIPT)
-    subprocess.run([sys.executable, str(script), str(folder), str(log)], check=True, timeout=300)
-    pids = log.read_text().split()
-    assert len(pids) == 2, f"the script ran in {len(pids)} processes"
+    batch = _load(folder)
+    for _ in range(2):
+        measure_batch(batch, jobs=2)
+        assert _workers() == set()
 
 
-def _descendants() -> set[int]:
-    """The fork server and workers of this process (not multiprocessing's resource tracker, which
-    lives as long as this process does)."""
-    from multiprocessing import resource_tracker
-
-    tracker = resource_tracker._resource_tracker._pid
-    return {p.pid for p in psutil.Process().children(recursive=True)
-            if p.pid != tracker and p.status() != psutil.STATUS_ZOMBIE}
-
-
-def test_workers_are_kept_from_one_batch_to_the_next_and_released_with_the_server(tmp_path):
-    """Starting and stopping workers costs about 0.2 s a batch: the second batch of a run is
-    measured by the same processes; release_server ends them."""
-    from lcmsquant.workers import release_server
+def test_a_pool_is_kept_from_one_batch_to_the_next_by_whoever_holds_it(tmp_path):
+    """A WorkerPool's workers measure every batch given to it (starting them costs a little each
+    time) and end with the `with` block."""
+    from lcmsquant.workers import WorkerPool
 
     folder = tmp_path / "batch"
     simulate_batch(folder, seed=14, options=SimulationOptions(n_unknowns=8))
     batch = _load(folder)
-    first, _ = measure_batch(batch, jobs=2)
-    processes = _descendants()
-    second, _ = measure_batch(batch, jobs=2)
-    assert _descendants() == processes  # the fork server and the same two workers
+    with WorkerPool(2) as pool:
+        first, _ = measure_batch(batch, jobs=2, workers=pool)
+        processes = _workers()
+        second, _ = measure_batch(batch, jobs=2, workers=pool)
+        assert len(processes) == 2 and _workers() == processes  # the same two workers
     pd.testing.assert_frame_equal(first, second)
-    release_server()
-    for _ in range(100):
-        if not _descendants() & processes:
-            break
-        time.sleep(0.05)
-    assert not _descendants() & processes
+    assert not _workers() & processes
 
 
 def test_a_kept_worker_that_died_while_idle_is_replaced_without_losing_an_injection(tmp_path, serial, slow_batch):
     """The out-of-memory killer may take an idle worker between two batches: the next batch
-    finds its pool broken, starts a new one and loses nothing."""
+    finds its pool broken, starts new workers and loses nothing."""
+    from lcmsquant.workers import WorkerPool
+
     batch = _load(slow_batch)
-    measure_batch(batch, jobs=2)
-    server_children = [p for p in psutil.Process().children(recursive=True) if p.ppid() != os.getpid()]
-    assert server_children, "no kept worker to kill"
-    os.kill(server_children[0].pid, signal.SIGKILL)
-    time.sleep(0.2)
-    peaks, errors = measure_batch(batch, jobs=2)
+    with WorkerPool(2) as pool:
+        measure_batch(batch, jobs=2, workers=pool)
+        idle = sorted(_workers())
+        assert idle, "no kept worker to kill"
+        os.kill(idle[0], signal.SIGKILL)
+        time.sleep(0.2)
+        peaks, errors = measure_batch(batch, jobs=2, workers=pool)
     assert not errors
     pd.testing.assert_frame_equal(peaks, serial[0])

@@ -13,6 +13,7 @@ with worker processes) does not pay numba's import time and memory.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
@@ -20,11 +21,37 @@ from numba import njit
 SECONDS_PER_MINUTE = 60.0
 NAN = math.nan
 
-# find_peak's result: (found, *PEAK_FIELDS) with the fields in this order.
-PEAK_FIELDS = (
-    "rt", "start", "end", "area", "height", "sn", "noise", "baseline_start", "baseline_end", "points", "edge",
-    "fwhm", "tailing_factor", "asymmetry", "points_fwhm", "saturated", "split", "shoulder",
-)
+
+
+class KernelPeak(NamedTuple):
+    """A peak as the compiled code finds it: the fields of peaks.Peak, in its units, and whether
+    a peak was found at all (found False: every other field is NaN, 0 or False).
+
+    Inside the compiled code it is a KernelPeak (numba compiles named tuples like plain ones);
+    find_peak and integrate hand it to Python as a plain tuple in this order (as_tuple), which
+    peaks.py names again with KernelPeak(*result). Returning the named tuple itself would have
+    numba build it by calling this class from C, and a Ctrl-C arriving during that call crashes
+    the process (a segmentation fault) instead of raising KeyboardInterrupt."""
+
+    found: bool
+    rt: float
+    start: float
+    end: float
+    area: float
+    height: float
+    sn: float
+    noise: float
+    baseline_start: float
+    baseline_end: float
+    points: int
+    edge: bool
+    fwhm: float
+    tailing_factor: float
+    asymmetry: float
+    points_fwhm: int
+    saturated: bool
+    split: bool
+    shoulder: bool  # integrate leaves it False: find_peak looks for a shoulder after integrating
 
 _jit = njit(cache=True, nogil=True)
 
@@ -554,12 +581,34 @@ def shape(t, y, apex):
 
 
 @_jit
+def no_peak():
+    """The KernelPeak of no peak."""
+    return KernelPeak(found=False, rt=NAN, start=NAN, end=NAN, area=NAN, height=NAN, sn=NAN, noise=NAN,
+                      baseline_start=NAN, baseline_end=NAN, points=0, edge=False, fwhm=NAN, tailing_factor=NAN,
+                      asymmetry=NAN, points_fwhm=0, saturated=False, split=False, shoulder=False)
+
+
+@_jit
+def as_tuple(peak):
+    """A KernelPeak as the plain tuple find_peak and integrate return (see KernelPeak)."""
+    return (peak.found, peak.rt, peak.start, peak.end, peak.area, peak.height, peak.sn, peak.noise,
+            peak.baseline_start, peak.baseline_end, peak.points, peak.edge, peak.fwhm, peak.tailing_factor,
+            peak.asymmetry, peak.points_fwhm, peak.saturated, peak.split, peak.shoulder)
+
+
+@_jit
 def integrate(time, intensity, start, end, intercept, slope, sigma, reference_trace, split, apex_trace):
-    """Integrate raw intensity minus baseline between point indices start..end (inclusive):
-    (found, rt, start, end, area, height, sn, noise, baseline_start, baseline_end, points, edge,
-    fwhm, tailing_factor, asymmetry, points_fwhm, saturated, split)."""
+    """integrate_peak as a plain tuple, for Python (see KernelPeak)."""
+    return as_tuple(integrate_peak(time, intensity, start, end, intercept, slope, sigma, reference_trace, split,
+                                   apex_trace))
+
+
+@_jit
+def integrate_peak(time, intensity, start, end, intercept, slope, sigma, reference_trace, split, apex_trace):
+    """Integrate raw intensity minus baseline between point indices start..end (inclusive): a
+    KernelPeak (no_peak() for fewer than 3 points; shoulder is not looked for)."""
     if end - start < 2:
-        return (False, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, False, NAN, NAN, NAN, 0, False, False)
+        return no_peak()
     t = time[start: end + 1]
     base = intercept + slope * t
     corrected = intensity[start: end + 1] - base
@@ -570,13 +619,15 @@ def integrate(time, intensity, start, end, intercept, slope, sigma, reference_tr
     smoothed_height = reference[apex]
     fwhm, tailing, asymmetry, points_fwhm = shape(t, reference, apex)
     rt_trace = apex_trace[start: end + 1] - base
-    return (
-        True, refine_apex(t, rt_trace, int(np.argmax(rt_trace))), t[0], t[-1], area, height,
-        smoothed_height / sigma if sigma > 0 else math.inf, sigma, base[0], base[-1], len(t),
-        (start == 0 and reference[0] > EDGE_FRACTION * smoothed_height)
-        or (end == len(time) - 1 and reference[-1] > EDGE_FRACTION * smoothed_height),
-        fwhm, tailing, asymmetry, points_fwhm,
-        flat_top(intensity[start: end + 1]), split,
+    # Computed before the call: numba cannot compile branches inside a call with many keywords.
+    sn = smoothed_height / sigma if sigma > 0 else math.inf
+    edge = ((start == 0 and reference[0] > EDGE_FRACTION * smoothed_height)
+            or (end == len(time) - 1 and reference[-1] > EDGE_FRACTION * smoothed_height))
+    return KernelPeak(
+        found=True, rt=refine_apex(t, rt_trace, int(np.argmax(rt_trace))), start=t[0], end=t[-1], area=area,
+        height=height, sn=sn, noise=sigma, baseline_start=base[0], baseline_end=base[-1], points=len(t), edge=edge,
+        fwhm=fwhm, tailing_factor=tailing, asymmetry=asymmetry, points_fwhm=points_fwhm,
+        saturated=flat_top(intensity[start: end + 1]), split=split, shoulder=False,
     )
 
 
@@ -728,19 +779,19 @@ def own_smoothing_width(light, base, apex, noise, default, n):
 
 @_jit
 def find_peak(time, intensity, expected_rt, window, min_sn, smoothing, second_derivative):
-    """The most prominent peak with its apex in the window: (found, *PEAK_FIELDS).
+    """The most prominent peak with its apex in the window, a KernelPeak (found False: none) as a
+    plain tuple, for Python (see KernelPeak).
 
     `smoothing` are the Savitzky-Golay weights over about 3 s (peaks.smoothing_width), used to
     find the peak; it is then smoothed again over OWN_WIDTH_FRACTION of its width at half height
     (after a 3-point running median), so that apex, valleys and boundaries follow the peak and
     not the noise on its top. `second_derivative`
     are the matching weights of the second derivative, for the shoulder test."""
-    none = (False, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0, False, NAN, NAN, NAN, 0, False, False, False)
     n = len(time)
     smoothed = convolve_nearest(intensity, smoothing)
     apex, intercept, slope, sigma = choose_apex(time, intensity, smoothed, expected_rt, window, min_sn)
     if apex < 0:
-        return none
+        return as_tuple(no_peak())
     # Height, S/N and shape are measured on the lightly smoothed trace: smoothing over the
     # peak's whole width would broaden it and lower its top.
     light = smoothed
@@ -757,7 +808,7 @@ def find_peak(time, intensity, expected_rt, window, min_sn, smoothing, second_de
         smoothed = convolve_nearest(median3(intensity), smoothing)
         apex, intercept, slope, sigma = choose_apex(time, intensity, smoothed, expected_rt, window, min_sn)
         if apex < 0:
-            return none
+            return as_tuple(no_peak())
     centre_weight = smoothing[width // 2]
     noise = smoothed_noise(smoothed, intercept + slope * time, sigma, gain, centre_weight)
     start, end, split, lo, hi = boundaries(smoothed, intensity, intercept + slope * time, apex, sigma, noise)
@@ -771,14 +822,19 @@ def find_peak(time, intensity, expected_rt, window, min_sn, smoothing, second_de
         if new_start == start and new_end == end:
             break
         start, end, split = new_start, new_end, new_split
-    peak = integrate(time, intensity, start, end, intercept, slope, sigma, light, split, smoothed)
-    if not peak[0] or peak[6] < min_sn:
-        return none
+    peak = integrate_peak(time, intensity, start, end, intercept, slope, sigma, light, split, smoothed)
+    if not peak.found or peak.sn < min_sn:
+        return as_tuple(no_peak())
     # A shoulder is looked for at the light smoothing's resolution: the peak's own width would
     # smooth it away.
     shoulder = has_shoulder(intensity, light - (intercept + slope * time), start, end, apex,
                             len(second_derivative), second_derivative, sigma, gain)
-    return peak + (shoulder,)
+    return as_tuple(KernelPeak(
+        found=True, rt=peak.rt, start=peak.start, end=peak.end, area=peak.area, height=peak.height, sn=peak.sn,
+        noise=peak.noise, baseline_start=peak.baseline_start, baseline_end=peak.baseline_end, points=peak.points,
+        edge=peak.edge, fwhm=peak.fwhm, tailing_factor=peak.tailing_factor, asymmetry=peak.asymmetry,
+        points_fwhm=peak.points_fwhm, saturated=peak.saturated, split=peak.split, shoulder=shoulder,
+    ))
 
 
 def _warm_up() -> None:

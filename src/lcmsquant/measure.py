@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from lcmsquant.chromatograms import ChromatogramReadError, Trace, read_injection
 from lcmsquant.method import Analyte, Method, Transition
 from lcmsquant.overrides import OVERRIDES, Override, OverrideError
 from lcmsquant.peaks import Peak, PeakSearch, find_peak, integrate_between, peak_candidates
-from lcmsquant.workers import PARALLEL_MIN_INJECTIONS, WorkerDeath, map_in_workers
+from lcmsquant.workers import PARALLEL_MIN_INJECTIONS, WorkerDeath, WorkerPool, interrupt_deferred
 
 AUDITED = ("status", "rt_min", "start_min", "end_min", "area")
 PEAK_FIELDS = (
@@ -260,7 +261,8 @@ def _peak_row(
 
 
 def measure_batch(
-    batch: Batch, progress: Callable[[Injection], None] | None = None, jobs: int | None = 1
+    batch: Batch, progress: Callable[[Injection], None] | None = None, jobs: int | None = 1,
+    workers: WorkerPool | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """The peak table of every injection (one row per injection x transition) and read errors.
 
@@ -268,20 +270,23 @@ def measure_batch(
     uses every core, or this process alone for a batch of fewer than PARALLEL_MIN_INJECTIONS
     (starting workers would cost more than it saves). Workers get file paths and the method and
     send back peak rows, so each holds one injection at a time; the table is the same whatever
-    `jobs`. Raises OverrideError when a manual integration finds no data to integrate.
+    `jobs`. `workers`: the pool to measure with when more than one process measures (the
+    caller's, kept open for its next batch); without it one is started and stopped for this
+    batch. Raises OverrideError when a manual integration finds no data to integrate.
     """
     work = [(inj.order, inj.file, batch.overrides_for(inj)) for inj in batch.injections]
     by_order = {inj.order: inj for inj in batch.injections}
     n_jobs = resolve_jobs(jobs, len(work))
-    if n_jobs == 1:
-        measured = (_measure_work(batch.method, item) for item in work)
-    else:
-        measured = _measure_in_processes(work, batch.method, n_jobs)
     results = {}
-    for order, peaks, error in measured:
-        results[order] = (peaks, error)
-        if progress is not None:
-            progress(by_order[order])
+    with nullcontext(workers) if workers is not None or n_jobs == 1 else WorkerPool(n_jobs) as pool:
+        if n_jobs == 1:
+            measured = (_measure_whole(batch.method, item) for item in work)
+        else:
+            measured = _measure_in_processes(work, batch.method, min(n_jobs, pool.jobs), pool)
+        for order, peaks, error in measured:
+            results[order] = (peaks, error)
+            if progress is not None:
+                progress(by_order[order])
     rows, errors = [], {}
     for order, _, _ in work:  # injection order, however the workers finished
         peaks, error = results[order]
@@ -320,15 +325,23 @@ def _measure_work(method: Method, item: tuple[int, Path, Mapping[str, Override]]
     return order, peaks, error
 
 
-def _measure_in_processes(work: list, method: Method, jobs: int):
-    """(order, peak rows, error) of every injection, measured by `jobs` worker processes.
+def _measure_whole(method: Method, item: tuple[int, Path, Mapping[str, Override]]) -> tuple[int, list[dict], str]:
+    """_measure_work with a Ctrl-C held until the injection is measured: interrupted inside the
+    compiled peak finder, numba returns with the KeyboardInterrupt pending (a SystemError) or
+    crashes. (Workers ignore Ctrl-C: the main process stops them.)"""
+    with interrupt_deferred():
+        return _measure_work(method, item)
+
+
+def _measure_in_processes(work: list, method: Method, jobs: int, pool: WorkerPool):
+    """(order, peak rows, error) of every injection, measured by `jobs` worker processes of `pool`.
 
     If a worker dies (the C++ reader crashing on a damaged file, the out-of-memory killer), the
     injection it held is measured once more in a process of its own and the others go on in a
     fresh pool; an injection whose own process dies too is flagged NO_DATA, naming the signal.
     """
     size = max(1, min(8, len(work) // (4 * jobs)))  # small chunks: the progress bar moves, the load stays even
-    for position, measured in map_in_workers(partial(_measure_work, method), work, jobs, size):
+    for position, measured in pool.map(partial(_measure_work, method), work, size):
         if isinstance(measured, WorkerDeath):
             order, path, _ = work[position]
             yield order, _no_data_rows(method), (

@@ -136,7 +136,7 @@ def integrate_between(time: np.ndarray, intensity: np.ndarray, start_rt: float, 
     found = kernels.integrate(
         time, intensity, start, end, y0 - slope * t0, slope, noise_sigma(intensity), smoothed, False, smoothed
     )
-    return _peak(found + (False,))
+    return _peak(found)
 
 
 def smooth(intensity: np.ndarray, time: np.ndarray, width: int | None = None) -> np.ndarray:
@@ -207,13 +207,16 @@ def _clean(time: np.ndarray, intensity: np.ndarray) -> tuple[np.ndarray, np.ndar
     return time, intensity
 
 
-def _peak(found: tuple) -> Peak | None:
-    """The kernels' result tuple (found, *fields) as a Peak."""
-    if not found[0]:
+def _peak(result: tuple) -> Peak | None:
+    """The kernels' result (the fields of _peak_kernels.KernelPeak) as a Peak, None when no peak
+    was found."""
+    found = _kernels().KernelPeak(*result)
+    if not found.found:
         return None
-    fields = dict(zip(_kernels().PEAK_FIELDS, found[1:]))
-    for name in ("points", "points_fwhm"):
-        fields[name] = int(fields[name])
-    for name in ("edge", "saturated", "split", "shoulder"):
-        fields[name] = bool(fields[name])
-    return Peak(**{k: (float(v) if isinstance(v, float) else v) for k, v in fields.items()})
+    return Peak(
+        rt=found.rt, start=found.start, end=found.end, area=found.area, height=found.height, sn=found.sn,
+        noise=found.noise, baseline_start=found.baseline_start, baseline_end=found.baseline_end,
+        points=found.points, edge=found.edge, fwhm=found.fwhm, tailing_factor=found.tailing_factor,
+        asymmetry=found.asymmetry, points_fwhm=found.points_fwhm, saturated=found.saturated, split=found.split,
+        shoulder=found.shoulder,
+    )

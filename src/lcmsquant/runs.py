@@ -1,18 +1,17 @@
 """Many batches at once: each is loaded, measured, quantified and written to its own results
 folder on its own, so that one unusable batch reports its problem and the others finish.
 
-Locally the batches run one after the other, each measured by worker processes; given the
-address of a Dask distributed scheduler, one task per batch runs on that cluster (its workers
-must see the batch folders at the same paths). Dask is imported only then.
+Locally the batches run one after the other, each measured by the same worker processes (one
+WorkerPool for the whole call); given the address of a Dask distributed scheduler, one task per
+batch runs on that cluster (its workers must see the batch folders at the same paths). Dask is
+imported only then.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
-import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,10 +19,10 @@ from typing import TYPE_CHECKING
 from lcmsquant.batch import load_batch, resolve_method_path
 from lcmsquant.files import InputError, file_kind
 from lcmsquant.method import load_method
-from lcmsquant.measure import measure_batch, resolve_jobs
+from lcmsquant.measure import default_jobs, measure_batch, resolve_jobs
 from lcmsquant.results import peak_counts, results_lock, sample_counts, write_outputs
-from lcmsquant.workers import release_server
 from lcmsquant.vocabulary import QCLevel, SampleType
+from lcmsquant.workers import WorkerPool, interrupt_deferred
 
 if TYPE_CHECKING:
     from lcmsquant.pipeline import RunResult
@@ -88,13 +87,16 @@ def process_batch(
     command: list[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
     report: bool = True,
+    workers: WorkerPool | None = None,
     release_workers: bool = False,
 ) -> BatchOutcome:
     """Run one batch and write its results (default BATCH/results); never raises for the batch's
     own problems, so that a list of batches always finishes.
 
-    release_workers: stop the worker processes and their fork server once the batch is measured
-    (the last batch of a run): their memory is not needed to quantify and draw the report.
+    workers: the pool that measures the batch when more than one process does (run_batches
+    keeps one for all its batches); without it one is started for this batch and stopped once
+    the batch is measured. release_workers: stop the given pool's workers once the batch is
+    measured (the last batch of a run): their memory is not needed to quantify and draw the report.
 
     progress(done, total) is called once the batch is loaded (done = 0) and after each injection.
     report.html is drawn from the new results before they are written and written with them;
@@ -117,13 +119,19 @@ def process_batch(
                 progress(done, total)
 
             jobs = resolve_jobs(jobs, total)
-            if jobs > 1:
-                import_in_background("lcmsquant.pipeline")
-            peaks, errors = measure_batch(batch, advance if progress is not None else None, jobs)
-            if release_workers:
-                release_server()
-            from lcmsquant.pipeline import quantify
+            with ExitStack() as owned:
+                pool = None
+                if jobs > 1:
+                    pool = workers if workers is not None else owned.enter_context(WorkerPool(jobs))
+                    pool.start()
+                # Imported before measuring: with workers, while the fork server imports what
+                # measuring needs (statsmodels and scipy.stats take about 1 s).
+                with interrupt_deferred():
+                    from lcmsquant.pipeline import quantify
 
+                peaks, errors = measure_batch(batch, advance if progress is not None else None, jobs, pool)
+                if release_workers and pool is not None:
+                    pool.close()
             result = quantify(batch, peaks, errors)
             drawn = ReportDrawing(out) if report else None
             write_outputs(batch, result, out, command=command, report=drawn)
@@ -142,21 +150,6 @@ def process_batch(
     )
 
 
-def import_in_background(module: str) -> None:
-    """Import `module` in a thread, unless it is imported already: quantifying needs statsmodels
-    and scipy.stats (about 1.4 s of imports), which a fresh `lcmsquant run` can import while
-    the worker processes measure, instead of before."""
-    if module not in sys.modules:
-        threading.Thread(target=_try_import, args=(module,), daemon=True, name=f"import {module}").start()
-
-
-def _try_import(module: str) -> None:
-    try:
-        importlib.import_module(module)
-    except Exception:  # noqa: BLE001  imported again where it is needed, which reports the error
-        pass
-
-
 class ReportDrawing:
     """Draws report.html from the set write_outputs is about to write (results.ReportRenderer),
     and keeps why it could not: a failure never loses the results, and write_outputs then
@@ -169,7 +162,8 @@ class ReportDrawing:
 
     def __call__(self, data: Mapping[str, bytes]) -> str | None:
         try:
-            from lcmsquant.report import render_set  # matplotlib loads only when a report is made
+            with interrupt_deferred():  # a Ctrl-C during the import would leave half a module
+                from lcmsquant.report import render_set  # matplotlib loads only when a report is made
 
             return render_set(self.out, data, self.warnings)
         except Exception as err:  # noqa: BLE001  the tables are valid; the report can be re-rendered
@@ -224,13 +218,15 @@ def run_batches(
     if scheduler is not None:
         return _on_cluster(scheduler, folders, method_path, outs, command, on_done, report)
     outcomes = []
-    for position, (folder, out_dir) in enumerate(zip(folders, outs)):
-        advance = (lambda done, total, folder=folder: progress(folder, done, total)) if progress else None
-        outcome = process_batch(folder, method_path, out_dir, jobs, command, advance, report,
-                                release_workers=position == len(folders) - 1)
-        if on_done is not None:
-            on_done(outcome)
-        outcomes.append(outcome)
+    # Started only if a batch is measured in workers; stopped once the last one is measured.
+    with WorkerPool(jobs or default_jobs()) as workers:
+        for position, (folder, out_dir) in enumerate(zip(folders, outs)):
+            advance = (lambda done, total, folder=folder: progress(folder, done, total)) if progress else None
+            outcome = process_batch(folder, method_path, out_dir, jobs, command, advance, report,
+                                    workers=workers, release_workers=position == len(folders) - 1)
+            if on_done is not None:
+                on_done(outcome)
+            outcomes.append(outcome)
     return outcomes
 
 

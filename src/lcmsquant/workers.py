@@ -1,19 +1,24 @@
 """The worker processes that read and integrate injections in parallel.
 
-Forking a process that has run pyopenms deadlocked, so workers are forked from a server process
-that has only imported what measuring needs: lcmsquant.measure and the compiled peak finder
-(multiprocessing's "forkserver"; "spawn" where there is none), and the main script, once
-(lcmsquant._fork_main). That import costs about 1 s of CPU once per run; `start_early` lets the
-command line begin it while it is still importing itself, on another core.
+A WorkerPool is a concurrent.futures.ProcessPoolExecutor that belongs to whoever creates it
+(`with WorkerPool(jobs) as pool:` stops its workers at the end of the block): measure_batch makes
+one per call unless it is given one, run_batches one for all its batches. Nothing is kept
+between calls, so a notebook has nothing to release.
+
+Workers are started with multiprocessing's "forkserver" method ("spawn" where there is none):
+forking a process that has run pyopenms deadlocked, so workers are forked from a server process
+that has imported only what measuring needs (PRELOAD). The server is multiprocessing's own: one
+per process, started on first use or earlier by start_server (the command line starts it before
+importing the rest of lcmsquant, so that both import at once on two cores), and it ends with the
+process.
 
 A worker that dies (the out-of-memory killer, a crash in C++ code) breaks the whole pool;
-`map_in_workers` gives what it held once more to a process of its own and starts the pool again
-for the rest.
+WorkerPool.map gives what it held once more to a process of its own and starts new workers for
+the rest.
 """
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import signal
@@ -26,17 +31,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-PRELOAD = ["lcmsquant._fork_main", "lcmsquant.measure", "lcmsquant._peak_kernels"]
-_START_LOCK = threading.Lock()
-_releasing: threading.Thread | None = None  # release_server's thread, joined by wait_released
+# What the fork server imports before it forks any worker. "__main__" is multiprocessing's way of
+# having the server import the main script once, instead of every worker as it starts; CPython
+# honours it from 3.13.8 (python/cpython#126631), earlier versions skip it.
+PRELOAD = ["__main__", "lcmsquant.measure", "lcmsquant._peak_kernels"]
 
-# Fewest injections for which measure_batch(jobs=None) starts workers. Measured on 2 cores with
-# the fork server started early (benchmarks/scale.py --sizes, README "Speed and scale"): the
-# server's imports run beside the command's own, and a worker saves about 1.6 ms per injection
-# (3.3 ms of reading and integrating, halved). At 31, 36 and 64 injections the two ways were
-# within noise (0.3 s) of each other, at 48, 96 and 192 workers were 0.4-0.9 s faster; workers
-# also add about 120 MB, so small batches stay in this process.
+# Fewest injections for which measure_batch(jobs=None) starts workers. Measured on 2 cores
+# (benchmarks/scale.py --sizes, README "Speed and scale"): a worker saves about 1.6 ms per
+# injection (3.3 ms of reading and integrating, halved), and below this size the two ways were
+# within noise of each other; workers also add about 120 MB, so small batches stay in this process.
 PARALLEL_MIN_INJECTIONS = 64
+
+MIN_MARKS = 4096  # items a pool's shared array can mark: longer calls get an array of their own
 
 
 def process_context():
@@ -48,9 +54,20 @@ def process_context():
     return multiprocessing.get_context("spawn")
 
 
+def start_server(context=None) -> None:
+    """Start multiprocessing's fork server now, without waiting for it: it imports PRELOAD while
+    the caller goes on, and the workers of every pool are forked from it. Does nothing where
+    workers are spawned, or when the server is running already."""
+    context = context or process_context()
+    if context.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()  # in the module's __all__; what starting the first worker calls
+
+
 def worklist_length(folder: Path) -> int:
     """Injections a batch folder's worklist.csv lists, counted cheaply (0 if unreadable): enough
-    to decide whether to start the fork server before anything is imported."""
+    to decide whether to start the fork server before anything else is imported."""
     try:
         lines = (Path(folder) / "worklist.csv").read_bytes().splitlines()
     except OSError:
@@ -58,70 +75,19 @@ def worklist_length(folder: Path) -> int:
     return max(sum(1 for line in lines if line.strip()) - 1, 0)
 
 
-def start_early() -> None:
-    """Start the fork server now (it imports lcmsquant in the background) so that the first
-    worker is ready when the batch is; does nothing where workers are spawned."""
-    start_server(process_context())
+# ---------------------------------------------------------------------------------------------
+# In a worker
 
 
-def start_server(context) -> None:
-    """Start the fork server, if it is not running, with the main script's path for
-    lcmsquant._fork_main (the server imports the script once, instead of every worker)."""
-    if context.get_start_method() != "forkserver":
-        return
-    from multiprocessing import forkserver, spawn
-
-    from lcmsquant._fork_main import MAIN_SCRIPT_VARIABLE
-
-    data = spawn.get_preparation_data("server")
-    with _START_LOCK:  # the variable is this process's for as long as the server takes to start
-        saved = os.environ.get(MAIN_SCRIPT_VARIABLE)
-        if data.get("init_main_from_path"):
-            os.environ[MAIN_SCRIPT_VARIABLE] = json.dumps([data["init_main_from_path"], data["sys_argv"]])
-        try:
-            forkserver.ensure_running()
-        finally:
-            if saved is None:
-                os.environ.pop(MAIN_SCRIPT_VARIABLE, None)
-            else:
-                os.environ[MAIN_SCRIPT_VARIABLE] = saved
-
-
-def release_server() -> None:
-    """Stop the kept workers and the fork server, in the background, once no more workers will
-    be needed (the last batch of a run is measured): they hold pyopenms and the compiled peak
-    finder, about 200 MB that quantifying and drawing the report do not use. Asked for workers
-    again, multiprocessing starts a new server. See wait_released."""
-    global _releasing
-    thread = threading.Thread(target=_release, daemon=True, name="release-workers")
-    thread.start()
-    _releasing = thread
-
-
-def _release() -> None:
-    from multiprocessing import forkserver
-
-    release_workers(wait=True)
-    server = forkserver._forkserver
-    stop = getattr(server, "_stop", None)  # CPython's own (its tests use it); elsewhere it stays
-    if stop is not None and getattr(server, "_forkserver_pid", None) is not None:
-        stop()
-
-
-def wait_released() -> None:
-    """Stop the kept workers and wait until they, and any release under way, are done: before
-    leaving with os._exit, which would skip closing their queues (multiprocessing's resource
-    tracker then warns of leaked semaphores)."""
-    release_workers(wait=True)
-    if _releasing is not None:
-        _releasing.join()
+STARTED, FINISHED = 1, 2
+_marks = None  # in a worker: its pool's shared array of item states, by position (set by worker_started)
 
 
 def worker_started(main_pid: int, marks=None) -> None:
     """Initialiser of every worker: Ctrl-C is the main process's to handle (it stops the pool),
     so workers print no tracebacks of their own; and a worker ends when the main process is
     gone (killed), instead of waiting for work forever. `marks`: the shared array in which it
-    notes the items it starts and finishes (see map_in_workers)."""
+    notes the items it starts and finishes (see WorkerPool.map)."""
     global _marks
     _marks = marks
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -134,16 +100,22 @@ def _end_with(main_pid: int, every_s: float = 1.0) -> None:
         try:
             os.kill(main_pid, 0)
         except ProcessLookupError:
-            os._exit(1)
+            os._exit(1)  # a worker with nothing to hand in: ends at once, without cleaning up
         except PermissionError:  # alive, and someone else's: cannot happen for our parent, but harmless
             pass
 
 
-# ---------------------------------------------------------------------------------------------
-# Surviving a worker's death
+def _run_chunk(task: Callable, chunk: list) -> list:
+    results = []
+    for position, item in chunk:
+        _marks[position] = STARTED
+        results.append((position, task(item)))
+        _marks[position] = FINISHED
+    return results
 
-STARTED, FINISHED = 1, 2
-_marks = None  # in a worker: the pool's shared array of item states, by position
+
+# ---------------------------------------------------------------------------------------------
+# The pool
 
 
 class WorkerError(RuntimeError):
@@ -171,64 +143,110 @@ class WorkerDeath:
         return f"it crashed ({name})"
 
 
-def map_in_workers(
-    task: Callable, items: Sequence, jobs: int, chunk_size: int, context=None
-) -> Iterator[tuple[int, object]]:
-    """(position, task(item)) of every item, computed by `jobs` worker processes, as they finish.
+class WorkerPool:
+    """`jobs` worker processes, started when work first comes and kept for the next map (the
+    next batch of a run) until close() or the end of a `with` block. One map at a time.
 
-    The workers are kept for the next call (the next batch of a run), which saves starting and
-    stopping them (about 0.2 s a batch); release_server ends them.
-
-    When a worker dies the pool breaks and every unfinished item is lost; the items that workers
-    were holding then are given once more each to a process of its own (so that one poisonous
-    item can only kill itself), and a fresh pool takes the rest. An item whose own process dies
-    too comes back as a WorkerDeath. Exceptions raised by `task` propagate as they are.
+        with WorkerPool(2) as pool:
+            for position, result in pool.map(task, items, chunk_size=4):
+                ...
     """
-    context = context or process_context()
-    start_server(context)
-    todo = list(enumerate(items))
-    fruitless = 0
-    while todo:
-        with _interrupt_deferred():  # a worker cut off while it starts would print a traceback
-            pool = _take_pool(context, jobs, len(items))
-        done: set[int] = set()
-        futures = []
-        finished = False
-        try:
+
+    def __init__(self, jobs: int, context=None):
+        if jobs < 1:
+            raise ValueError(f"jobs must be at least 1, got {jobs!r}")
+        self.jobs = jobs
+        self.context = context or process_context()
+        self._executor: ProcessPoolExecutor | None = None
+        self._marks = None  # multiprocessing RawArray of STARTED / FINISHED, by position
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Start the fork server now (see start_server): the workers are forked from it when the
+        first map comes, while the caller prepares it."""
+        start_server(self.context)
+
+    def close(self) -> None:
+        """Stop the worker processes and wait until they have exited (their queues closed). The
+        pool may be used again: it then starts new ones."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    def _ready(self, n_items: int) -> ProcessPoolExecutor:
+        """The running executor, or a new one if there is none or its array is too short."""
+        if self._executor is not None and len(self._marks) < n_items:
+            self.close()
+        if self._executor is None:
+            self._marks = self.context.RawArray("b", max(n_items, MIN_MARKS))
+            self._executor = ProcessPoolExecutor(
+                self.jobs, mp_context=self.context, initializer=worker_started, initargs=(os.getpid(), self._marks),
+            )
+        else:
+            self._marks[:] = bytes(len(self._marks))
+        return self._executor
+
+    def map(self, task: Callable, items: Sequence, chunk_size: int = 1) -> Iterator[tuple[int, object]]:
+        """(position, task(item)) of every item, computed by the workers in chunks, as they finish.
+
+        When a worker dies the pool breaks and every unfinished item is lost; the items that
+        workers were holding then are given once more each to a process of its own (so that one
+        poisonous item can only kill itself), and new workers take the rest. An item whose own
+        process dies too comes back as a WorkerDeath. Exceptions raised by `task` propagate as
+        they are (and stop the workers, as an interruption does).
+        """
+        todo = list(enumerate(items))
+        fruitless = 0
+        while todo:
+            done: set[int] = set()
+            finished = False
             try:
-                with _interrupt_deferred():
-                    for i in range(0, len(todo), chunk_size):  # a kept pool found broken raises here
-                        futures.append(pool.executor.submit(_run_chunk, task, todo[i:i + chunk_size]))
-                for future in as_completed(futures):
-                    for position, result in future.result():
-                        done.add(position)
-                        yield position, result
-                finished = True
-                return
-            except BrokenProcessPool:
-                pass
-            for future in futures:  # chunks that came back before the pool broke still count
-                if future.done() and future.exception() is None:
-                    for position, result in future.result():
-                        if position not in done:
+                with interrupt_deferred():  # a worker cut off while it starts would print a traceback
+                    executor = self._ready(len(items))
+                    marks = self._marks
+                futures = []
+                try:
+                    with interrupt_deferred():
+                        for i in range(0, len(todo), chunk_size):  # a pool found broken raises here
+                            futures.append(executor.submit(_run_chunk, task, todo[i:i + chunk_size]))
+                    for future in as_completed(futures):
+                        for position, result in future.result():
                             done.add(position)
                             yield position, result
-        finally:
-            _give_back(pool, keep=finished)
-        held = [(p, item) for p, item in todo if p not in done and pool.marks[p] == STARTED]
-        todo = [(p, item) for p, item in todo if p not in done and pool.marks[p] != STARTED]
-        fruitless = 0 if done or held else fruitless + 1
-        if fruitless >= 3:
-            raise WorkerError("worker processes stop as soon as they start; run with --jobs 1 (jobs=1)")
-        for position, item in held:
-            yield position, run_alone(task, item, context)
+                    finished = True
+                    return
+                except BrokenProcessPool:
+                    pass
+                for future in futures:  # chunks that came back before the pool broke still count
+                    if future.done() and not future.cancelled() and future.exception() is None:
+                        for position, result in future.result():
+                            if position not in done:
+                                done.add(position)
+                                yield position, result
+            finally:
+                if not finished:  # broken, interrupted, an error or abandoned: no worker left behind
+                    self.close()
+            held = [(p, item) for p, item in todo if p not in done and marks[p] == STARTED]
+            todo = [(p, item) for p, item in todo if p not in done and marks[p] != STARTED]
+            fruitless = 0 if done or held else fruitless + 1
+            if fruitless >= 3:
+                raise WorkerError("worker processes stop as soon as they start; run with --jobs 1 (jobs=1)")
+            for position, item in held:
+                yield position, run_alone(task, item, self.context)
 
 
 @contextmanager
-def _interrupt_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C (SIGINT) until the block is done, then raise KeyboardInterrupt. Submitting
-    work starts workers; interrupted while the fork server forks one, the main process would
-    leave it reading a queue whose semaphores it then removes (a FileNotFoundError traceback)."""
+def interrupt_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) until the block is done, then raise KeyboardInterrupt (in the main
+    thread; elsewhere the block runs as it is). Submitting work starts workers; interrupted while
+    the fork server forks one, the main process would leave it reading a queue whose semaphores
+    it then removes (a FileNotFoundError traceback). An import cut off inside a C extension's
+    initialisation becomes an ImportError ("initialization failed") instead of the interruption."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -242,73 +260,9 @@ def _interrupt_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-@dataclass
-class _Pool:
-    """Worker processes and the shared array in which they mark the items they start and finish."""
-
-    executor: ProcessPoolExecutor
-    jobs: int
-    start_method: str
-    marks: object  # multiprocessing RawArray of STARTED / FINISHED, by position
-
-
-_kept: _Pool | None = None  # the pool the last map_in_workers finished with, for the next
-_KEPT_LOCK = threading.Lock()
-MIN_MARKS = 4096  # positions a new pool can mark: batches up to this long reuse it
-
-
-def _take_pool(context, jobs: int, n_items: int) -> _Pool:
-    """The kept pool if it fits (same start method and size, enough marks), else a new one; it
-    is this caller's until _give_back (another thread meanwhile gets a pool of its own)."""
-    global _kept
-    with _KEPT_LOCK:
-        pool, _kept = _kept, None
-    method = context.get_start_method()
-    if pool is not None and (pool.jobs, pool.start_method) == (jobs, method) and len(pool.marks) >= n_items:
-        pool.marks[:] = bytes(len(pool.marks))
-        return pool
-    if pool is not None:  # idle, and of another size: closed now, so no queue outlives it
-        pool.executor.shutdown(wait=True, cancel_futures=True)
-    marks = context.RawArray("b", max(n_items, MIN_MARKS))
-    executor = ProcessPoolExecutor(jobs, mp_context=context, initializer=worker_started, initargs=(os.getpid(), marks))
-    return _Pool(executor, jobs, method, marks)
-
-
-def _give_back(pool: _Pool, keep: bool) -> None:
-    """Keep a pool that finished its work for the next call; stop one that broke or was left
-    with work undone (an error, Ctrl-C), or that another pool was kept before."""
-    global _kept
-    if keep:
-        with _KEPT_LOCK:
-            if _kept is None:
-                _kept = pool
-                return
-    pool.executor.shutdown(wait=True, cancel_futures=True)
-
-
-def release_workers(wait: bool = False) -> None:
-    """Stop the kept worker processes: in the background, or (wait) until they have exited and
-    their queues are closed, as a program that leaves with os._exit must."""
-    global _kept
-    with _KEPT_LOCK:
-        pool, _kept = _kept, None
-    if pool is not None:
-        pool.executor.shutdown(wait=wait, cancel_futures=True)
-
-
-def _run_chunk(task: Callable, chunk: list) -> list:
-    results = []
-    for position, item in chunk:
-        _marks[position] = STARTED
-        results.append((position, task(item)))
-        _marks[position] = FINISHED
-    return results
-
-
 def run_alone(task: Callable, item, context=None):
     """task(item) in a fresh process of its own; a WorkerDeath if that process dies too."""
     context = context or process_context()
-    start_server(context)
     reader, writer = context.Pipe(duplex=False)
     process = context.Process(target=_answer, args=(task, item, writer, os.getpid()), daemon=True)
     process.start()
