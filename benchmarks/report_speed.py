@@ -96,8 +96,12 @@ def main() -> None:
         total = best(args.repeat, lambda: report.write_report(out))
         rows.append(("write_report (all of it)", total))
         env = {**os.environ, "PYTHONPATH": str(SRC)}
-        cli = best(1, lambda: subprocess.run([sys.executable, "-m", "lcmsquant", "report", str(out)], check=True,
-                                             capture_output=True, env=env))
+        cli = best(
+            1,
+            lambda: subprocess.run(
+                [sys.executable, "-m", "lcmsquant", "report", str(out)], check=True, capture_output=True, env=env
+            ),
+        )
         rows.append(("CLI `lcmsquant report` (fresh process)", cli))
         html_size = (out / report.REPORT_HTML).stat().st_size
         pdf_size = None
@@ -108,16 +112,23 @@ def main() -> None:
             empty.write_text("<!DOCTYPE html><title>empty</title>")
             shot = out / "first-screen.png"
             rows.append(("Chromium: first screen, empty page", best(2, lambda: browser.screenshot(empty, shot))))
-            rows.append(("Chromium: first screen, report.html", best(2, lambda: browser.screenshot(out / report.REPORT_HTML, shot))))
+            rows.append(
+                (
+                    "Chromium: first screen, report.html",
+                    best(2, lambda: browser.screenshot(out / report.REPORT_HTML, shot)),
+                )
+            )
             empty.unlink()
             shot.unlink()
             rows.append(("Chromium: print PDF", best(1, lambda: report.write_pdf(out))))
             pdf_size = (out / report.REPORT_PDF).stat().st_size
 
-        print(f"\nreport of a {n_injections}-injection batch ({n_transitions} transitions each, "
-              f"{n_injections * n_transitions} chromatograms); best of {args.repeat}; "
-              f"{platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-              f"load average {os.getloadavg()[0]:.1f}\n")
+        print(
+            f"\nreport of a {n_injections}-injection batch ({n_transitions} transitions each, "
+            f"{n_injections * n_transitions} chromatograms); best of {args.repeat}; "
+            f"{platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+            f"load average {os.getloadavg()[0]:.1f}\n"
+        )
         print(f"| {'stage':<40} | {'seconds':>8} |")
         print(f"|{'-' * 42}|{'-' * 10}|")
         for name, seconds in rows:

@@ -102,7 +102,9 @@ def in_process_warm(folder: Path, out: Path, jobs: int, repeat: int, held: bool)
     already, with one WorkerPool for every call (held) or none. Run with `python -c`, as a
     notebook would: worker processes import the main module, and this script's imports would
     be charged to every batch."""
-    return float(subprocess_run(WARM, str(folder), str(out), str(jobs), str(repeat), "held" if held else "").split()[-1])
+    return float(
+        subprocess_run(WARM, str(folder), str(out), str(jobs), str(repeat), "held" if held else "").split()[-1]
+    )
 
 
 class PeakMemory:
@@ -160,10 +162,22 @@ def cli_run(folder: Path | list[Path], out: Path, jobs: int, report: bool = Fals
     with tempfile.TemporaryFile(mode="w+") as stderr:
         start = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "lcmsquant", "run", *map(str, folder if isinstance(folder, list) else [folder]),
-             "--out", str(out), "--jobs", str(jobs),
-             *([] if report else ["--no-report"])],
-            env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=stderr, text=True,
+            [
+                sys.executable,
+                "-m",
+                "lcmsquant",
+                "run",
+                *map(str, folder if isinstance(folder, list) else [folder]),
+                "--out",
+                str(out),
+                "--jobs",
+                str(jobs),
+                *([] if report else ["--no-report"]),
+            ],
+            env=subprocess_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            text=True,
         )
         with PeakMemory(proc.pid) as memory:
             proc.wait()
@@ -214,10 +228,12 @@ def main() -> None:
         bare_sub = min(bare_load_subprocess(files) for _ in range(repeat))
         warm = in_process_warm(folder, out, cores, repeat, held=True)
         per_call = in_process_warm(folder, out, cores, repeat, held=False)
-        rows = [("bare pyopenms load (in-process)", bare, 0, 0),
-                ("bare load, subprocess (start-up + import)", bare_sub, 0, 0),
-                (f"in-process, warm: one more batch, --jobs {cores}, pool held", warm, 0, 0),
-                (f"in-process, warm: one more batch, --jobs {cores}, pool per call", per_call, 0, 0)]
+        rows = [
+            ("bare pyopenms load (in-process)", bare, 0, 0),
+            ("bare load, subprocess (start-up + import)", bare_sub, 0, 0),
+            (f"in-process, warm: one more batch, --jobs {cores}, pool held", warm, 0, 0),
+            (f"in-process, warm: one more batch, --jobs {cores}, pool per call", per_call, 0, 0),
+        ]
         for jobs, runs in interleaved(folder, out, sorted({1, cores}), repeat).items():
             rows.append((f"lcmsquant run --jobs {jobs} --no-report (CLI)", *best(runs)))
         with_report = best([cli_run(folder, out, cores, report=True) for _ in range(repeat)])
@@ -236,9 +252,11 @@ def main() -> None:
             crossover.append((m, best(runs[1])[0], best(runs[cores])[0]))
             shutil.rmtree(small)
 
-    print(f"machine: {os.cpu_count()} CPUs ({cores} usable), {platform.machine()}, load avg "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, Python {platform.python_version()}, pyopenms "
-          f"{oms.__version__}, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} | batch: {n} injections | best of {repeat}")
+    print(
+        f"machine: {os.cpu_count()} CPUs ({cores} usable), {platform.machine()}, load avg "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, Python {platform.python_version()}, pyopenms "
+        f"{oms.__version__}, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} | batch: {n} injections | best of {repeat}"
+    )
     report_name = f"lcmsquant run --jobs {cores} (CLI, with report.html)"
     many_name = f"lcmsquant run of {len(copies)} batches, --jobs {cores} (CLI)"
     width = max(len(report_name), len(many_name), *(len(r[0]) for r in rows))
@@ -246,10 +264,14 @@ def main() -> None:
     print(f"{'-' * width}  {'-' * 8}  {'-' * 7}  {'-' * 7}  {'-' * 7}  {'-' * 7}")
     for name, seconds, pss, rss in rows:
         print(f"{name:<{width}}  {seconds:8.2f}  {n / seconds:7.1f}  {seconds / bare:7.2f}  {mb(pss)}  {mb(rss)}")
-    print(f"{report_name:<{width}}  {with_report[0]:8.2f}  "
-          f"{n / with_report[0]:7.1f}  {with_report[0] / bare:7.2f}  {mb(with_report[1])}  {mb(with_report[2])}")
-    print(f"{many_name:<{width}}  {many[0]:8.2f}  {len(copies) * n / many[0]:7.1f}  "
-          f"{many[0] / (len(copies) * bare):7.2f}  {mb(many[1])}  {mb(many[2])}")
+    print(
+        f"{report_name:<{width}}  {with_report[0]:8.2f}  "
+        f"{n / with_report[0]:7.1f}  {with_report[0] / bare:7.2f}  {mb(with_report[1])}  {mb(with_report[2])}"
+    )
+    print(
+        f"{many_name:<{width}}  {many[0]:8.2f}  {len(copies) * n / many[0]:7.1f}  "
+        f"{many[0] / (len(copies) * bare):7.2f}  {mb(many[1])}  {mb(many[2])}"
+    )
 
     def verdict(ok: bool) -> str:
         return "PASS" if ok else "MISS"
@@ -257,15 +279,19 @@ def main() -> None:
     cli_rows = rows[4:]
     fastest = min(cli_rows, key=lambda r: r[1])
     rate, memory = n / fastest[1], max(r[2] for r in cli_rows)
-    print(f"aims: {rate:.0f} injections/s ({fastest[0]}; >= {AIM_RATE:g}: {verdict(rate >= AIM_RATE)}), "
-          f"peak PSS {memory / 1e6:.0f} MB (< {AIM_MB:g}: "
-          f"{verdict(0 < memory < AIM_MB * 1e6) if memory else 'not measured'})")
-    print(f"      within {AIM_RATIO:g}x of the bare load: one more batch in-process {warm / bare:.2f}x "
-          f"({verdict(warm / bare <= AIM_RATIO)}); the CLI against the bare load in a fresh process "
-          f"{fastest[1] / bare_sub:.2f}x ({verdict(fastest[1] / bare_sub <= AIM_RATIO)}); "
-          f"the CLI against the in-process load {fastest[1] / bare:.2f}x ({verdict(fastest[1] / bare <= AIM_RATIO)}); "
-          f"{len(copies)} batches in one command {many[0] / (len(copies) * bare):.2f}x "
-          f"({verdict(many[0] / (len(copies) * bare) <= AIM_RATIO)})")
+    print(
+        f"aims: {rate:.0f} injections/s ({fastest[0]}; >= {AIM_RATE:g}: {verdict(rate >= AIM_RATE)}), "
+        f"peak PSS {memory / 1e6:.0f} MB (< {AIM_MB:g}: "
+        f"{verdict(0 < memory < AIM_MB * 1e6) if memory else 'not measured'})"
+    )
+    print(
+        f"      within {AIM_RATIO:g}x of the bare load: one more batch in-process {warm / bare:.2f}x "
+        f"({verdict(warm / bare <= AIM_RATIO)}); the CLI against the bare load in a fresh process "
+        f"{fastest[1] / bare_sub:.2f}x ({verdict(fastest[1] / bare_sub <= AIM_RATIO)}); "
+        f"the CLI against the in-process load {fastest[1] / bare:.2f}x ({verdict(fastest[1] / bare <= AIM_RATIO)}); "
+        f"{len(copies)} batches in one command {many[0] / (len(copies) * bare):.2f}x "
+        f"({verdict(many[0] / (len(copies) * bare) <= AIM_RATIO)})"
+    )
     if crossover:
         print(f"\n{'injections':>10}  {'--jobs 1 s':>10}  {f'--jobs {cores} s':>10}  faster")
         for m, serial, parallel in crossover:

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -12,27 +10,36 @@ import lcmsquant
 from lcmsquant.method import default_method_path
 
 REQUIRED_COLUMNS = [
-    "file", "sample_id", "sample_type", "level", "matrix", "subject_id", "visit", "timepoint",
-    "dilution_factor", "analyte", "rt_min", "area", "is_area", "area_ratio", "sn", "concentration",
-    "nominal", "accuracy_pct", "flags",
+    "file",
+    "sample_id",
+    "sample_type",
+    "level",
+    "matrix",
+    "subject_id",
+    "visit",
+    "timepoint",
+    "dilution_factor",
+    "analyte",
+    "rt_min",
+    "area",
+    "is_area",
+    "area_ratio",
+    "sn",
+    "concentration",
+    "nominal",
+    "accuracy_pct",
+    "flags",
 ]
 DETERMINISTIC = ("results.csv", "peaks.csv", "calibration.csv", "reanalysis.csv", "run.json")
 
 
-def lcmsquant_cli(*args, cwd=None, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "lcmsquant", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300,
-        env=env,
-    )
-
-
-def test_version():
-    done = lcmsquant_cli("--version")
+def test_version(cli):
+    done = cli("--version")
     assert done.returncode == 0 and done.stdout.strip() == f"lcmsquant {lcmsquant.__version__}"
 
 
-def test_run_writes_results_and_prints_the_summary(plasma_batch):
-    done = lcmsquant_cli("run", plasma_batch)
+def test_run_writes_results_and_prints_the_summary(plasma_batch, cli):
+    done = cli("run", plasma_batch)
     assert done.returncode == 0, done.stderr
     for analyte in ("flumatinib", "M1", "M3"):
         assert analyte in done.stdout
@@ -61,35 +68,48 @@ def test_the_run_summary_fits_an_80_column_terminal_without_cutting_a_cell(plasm
     lines = terminal.export_text().splitlines()
     assert "…" not in "".join(lines) and max(map(len, (line.rstrip() for line in lines))) <= 80
     header = next(line for line in lines if line.startswith("analyte"))
-    assert header.split() == ["analyte", "set", "curve", "r²", "QCs", "ok", "verdict", "quant", "BLQ", "ALQ", "flag", "redo"]
+    assert header.split() == [
+        "analyte",
+        "set",
+        "curve",
+        "r²",
+        "QCs",
+        "ok",
+        "verdict",
+        "quant",
+        "BLQ",
+        "ALQ",
+        "flag",
+        "redo",
+    ]
 
 
-def test_help_shows_choices_and_flags_as_such():
-    simulate = lcmsquant_cli("simulate", "--help").stdout
+def test_help_shows_choices_and_flags_as_such(cli):
+    simulate = cli("simulate", "--help").stdout
     assert "--matrix <plasma|csf>" in simulate and "--acquisition <instrument|smooth>" in simulate
     assert "<bool>" not in simulate and "--matrix-peak  " in simulate
-    assert "--format <csv|parquet|sdtm>" in lcmsquant_cli("cohort", "export", "--help").stdout
+    assert "--format <csv|parquet|sdtm>" in cli("cohort", "export", "--help").stdout
 
 
-def test_rerun_gives_byte_identical_outputs(plasma_batch, tmp_path):
+def test_rerun_gives_byte_identical_outputs(plasma_batch, tmp_path, cli):
     first, second = tmp_path / "first", tmp_path / "second"
-    assert lcmsquant_cli("run", plasma_batch, "--out", first).returncode == 0
-    assert lcmsquant_cli("run", plasma_batch, "--out", second).returncode == 0
+    assert cli("run", plasma_batch, "--out", first).returncode == 0
+    assert cli("run", plasma_batch, "--out", second).returncode == 0
     for name in DETERMINISTIC:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
     assert (first / "session.json").is_file()
     assert not (plasma_batch / "results").exists()
 
 
-def test_a_run_with_workers_writes_what_a_serial_run_writes_and_leaves_nothing_behind(plasma_batch, tmp_path):
+def test_a_run_with_workers_writes_what_a_serial_run_writes_and_leaves_nothing_behind(plasma_batch, tmp_path, cli):
     """The command stops its worker processes before it leaves, so multiprocessing has no leaked
     semaphores to warn about on stderr, and it removes multiprocessing's temporary folder (the
     fork server's socket), which leaving with os._exit would otherwise skip."""
     temporary = tmp_path / "tmp"
     temporary.mkdir()
     env = dict(os.environ, TMPDIR=str(temporary))
-    serial = lcmsquant_cli("run", plasma_batch, "--out", tmp_path / "serial", "--jobs", "1", "--no-report")
-    parallel = lcmsquant_cli("run", plasma_batch, "--out", tmp_path / "parallel", "--jobs", "2", "--no-report", env=env)
+    serial = cli("run", plasma_batch, "--out", tmp_path / "serial", "--jobs", "1", "--no-report")
+    parallel = cli("run", plasma_batch, "--out", tmp_path / "parallel", "--jobs", "2", "--no-report", env=env)
     assert serial.returncode == parallel.returncode == 0, parallel.stderr
     for name in DETERMINISTIC:
         assert (tmp_path / "serial" / name).read_bytes() == (tmp_path / "parallel" / name).read_bytes(), name
@@ -97,23 +117,23 @@ def test_a_run_with_workers_writes_what_a_serial_run_writes_and_leaves_nothing_b
     assert list(temporary.iterdir()) == []
 
 
-def test_no_report_gives_the_same_tables_and_removes_a_report_that_no_longer_fits(plasma_batch, tmp_path):
+def test_no_report_gives_the_same_tables_and_removes_a_report_that_no_longer_fits(plasma_batch, tmp_path, cli):
     out = tmp_path / "out"
-    assert lcmsquant_cli("run", plasma_batch, "--out", out).returncode == 0
+    assert cli("run", plasma_batch, "--out", out).returncode == 0
     tables = {name: (out / name).read_bytes() for name in DETERMINISTIC}
-    done = lcmsquant_cli("run", plasma_batch, "--out", out, "--no-report")
+    done = cli("run", plasma_batch, "--out", out, "--no-report")
     assert done.returncode == 0 and "report.html" not in done.stdout
     assert {name: (out / name).read_bytes() for name in DETERMINISTIC} == tables
     assert not (out / "report.html").exists()
 
 
-def test_unusable_batch_exits_2_with_every_problem_and_writes_nothing(plasma_batch):
+def test_unusable_batch_exits_2_with_every_problem_and_writes_nothing(plasma_batch, cli):
     worklist = plasma_batch / "worklist.csv"
     lines = worklist.read_text().splitlines()
     lines[3] = lines[3].replace("calibrator", "standard")
     lines[5] = lines[5].replace(".mzML", ".mzXML", 1)
     worklist.write_text("\n".join(lines) + "\n")
-    done = lcmsquant_cli("run", plasma_batch)
+    done = cli("run", plasma_batch)
     assert done.returncode == 2
     assert "worklist.csv line 4: unknown sample_type 'standard'" in done.stderr
     assert "worklist.csv line 6: file" in done.stderr and "does not exist" in done.stderr
@@ -121,40 +141,50 @@ def test_unusable_batch_exits_2_with_every_problem_and_writes_nothing(plasma_bat
     assert not (plasma_batch / "results").exists()
 
 
-def test_missing_folder_and_bad_method_exit_2_without_traceback(tmp_path, plasma_batch):
-    done = lcmsquant_cli("run", tmp_path / "nowhere")
+def test_missing_folder_and_bad_method_exit_2_without_traceback(tmp_path, plasma_batch, cli):
+    done = cli("run", tmp_path / "nowhere")
     assert done.returncode == 2 and "is not a folder" in done.stderr
     bad = tmp_path / "bad.toml"
     text = default_method_path().read_text().replace('weighting = "1/x^2"  ', 'weighting = "1/x^3"  ')
     bad.write_text(text.replace('file = "../calibrators/', f'file = "{default_method_path().parents[1]}/calibrators/'))
-    done = lcmsquant_cli("run", plasma_batch, "--method", bad)
+    done = cli("run", plasma_batch, "--method", bad)
     assert done.returncode == 2
     assert "[calibration].weighting: unknown value '1/x^3'" in done.stderr
     assert "Traceback" not in done.stderr
 
 
-def test_corrupt_injection_is_a_warning_not_a_failure(plasma_batch):
+def test_corrupt_injection_is_a_warning_not_a_failure(plasma_batch, cli):
     victim = sorted(plasma_batch.glob("*.mzML"))[-5]
     victim.write_bytes(victim.read_bytes()[:5000])
-    done = lcmsquant_cli("run", plasma_batch)
+    done = cli("run", plasma_batch)
     assert done.returncode == 0
     assert f"{victim.name}: not a readable mzML file" in done.stderr
     results = pd.read_csv(plasma_batch / "results" / "results.csv")
     assert results.loc[results["file"] == victim.name, "flags"].str.contains("NO_DATA").all()
 
 
-def test_simulate_writes_a_batch_and_its_truth_beside_it(tmp_path):
-    done = lcmsquant_cli("simulate", tmp_path / "sim", "--seed", 3, "--matrix", "csf", "--unknowns", 8)
+def test_simulate_writes_a_batch_and_its_truth_beside_it(tmp_path, cli):
+    done = cli("simulate", tmp_path / "sim", "--seed", 3, "--matrix", "csf", "--unknowns", 8)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "sim" / "worklist.csv").is_file() and (tmp_path / "sim_truth.csv").is_file()
-    assert lcmsquant_cli("simulate", tmp_path / "x", "--matrix", "urine").returncode == 2
+    assert cli("simulate", tmp_path / "x", "--matrix", "urine").returncode == 2
 
 
-def test_simulate_looks_like_the_instrument_and_adds_the_situations(tmp_path):
+def test_simulate_looks_like_the_instrument_and_adds_the_situations(tmp_path, cli):
     from lcmsquant.chromatograms import read_traces
 
-    done = lcmsquant_cli("simulate", tmp_path / "sim", "--seed", 2, "--unknowns", 6, "--matrix-peak",
-                         "--neighbour-peak", "--rt-offset", "-0.4")
+    done = cli(
+        "simulate",
+        tmp_path / "sim",
+        "--seed",
+        2,
+        "--unknowns",
+        6,
+        "--matrix-peak",
+        "--neighbour-peak",
+        "--rt-offset",
+        "-0.4",
+    )
     assert done.returncode == 0, done.stderr
     worklist = pd.read_csv(tmp_path / "sim" / "worklist.csv")
     trace = read_traces(tmp_path / "sim" / worklist["file"].iloc[0])[0]
@@ -162,17 +192,17 @@ def test_simulate_looks_like_the_instrument_and_adds_the_situations(tmp_path):
     assert (trace.intensity == trace.intensity.round()).all()
     assert len(set((trace.time[1:] - trace.time[:-1]).round(5))) > 1
     assert trace.end - trace.start > 1.75
-    smooth = lcmsquant_cli("simulate", tmp_path / "smooth", "--unknowns", 6, "--acquisition", "smooth")
+    smooth = cli("simulate", tmp_path / "smooth", "--unknowns", 6, "--acquisition", "smooth")
     assert smooth.returncode == 0, smooth.stderr
     for bad in (("--rt-offset", "2"), ("--acquisition", "perfect"), ("--unknowns", "3")):
-        done = lcmsquant_cli("simulate", tmp_path / "x", *bad)
+        done = cli("simulate", tmp_path / "x", *bad)
         assert done.returncode == 2 and bad[0] in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "x").exists()
 
 
-def test_shipped_example_runs(tmp_path):
+def test_shipped_example_runs(tmp_path, cli):
     example = Path(__file__).resolve().parents[1] / "examples" / "plasma-batch"
-    done = lcmsquant_cli("run", example, "--out", tmp_path)
+    done = cli("run", example, "--out", tmp_path)
     assert done.returncode == 0, done.stderr
     results = pd.read_csv(tmp_path / "results.csv")
     assert results.loc[results["sample_type"] == "unknown", "concentration"].notna().sum() >= 20
@@ -186,15 +216,15 @@ def test_shipped_method_is_found_inside_an_installed_package():
         assert package in path.parents
 
 
-def test_method_import_writes_a_loadable_method(sciex_dir, tmp_path):
+def test_method_import_writes_a_loadable_method(sciex_dir, tmp_path, cli):
     out = tmp_path / "methods" / "yeast.toml"
-    done = lcmsquant_cli("method", "import", sciex_dir / "traML.csv", "-o", out)
+    done = cli("method", "import", sciex_dir / "traML.csv", "-o", out)
     assert done.returncode == 0, done.stderr
     from lcmsquant.method import load_method
 
     assert len(load_method(out).analytes) == 115
     bad = tmp_path / "bad.csv"
     bad.write_text("transition_group_id,PrecursorMz\nx,abc\n")
-    done = lcmsquant_cli("method", "import", bad, "-o", tmp_path / "bad.toml")
+    done = cli("method", "import", bad, "-o", tmp_path / "bad.toml")
     assert done.returncode == 2 and "missing required column" in done.stderr
     assert not (tmp_path / "bad.toml").exists()

@@ -14,6 +14,7 @@ from lcmsquant.method import default_method_path, load_method
 from lcmsquant.peaks import PeakSearch, find_peak
 
 
+@pytest.mark.subprocess
 def test_the_measuring_stage_leaves_the_statistics_stack_out():
     """Workers import lcmsquant.measure and the compiled peak finder only: statsmodels, scipy.stats
     and scipy.signal would cost each run's fork server about 1.4 s of CPU and their memory."""
@@ -26,12 +27,17 @@ def test_the_measuring_stage_leaves_the_statistics_stack_out():
     assert loaded == []
 
 
+@pytest.mark.subprocess
 def test_quantifying_does_not_load_the_compiled_peak_finder():
     """The main process of a run with workers quantifies without numba (0.3 s and ~70 MB)."""
     code = "import sys, lcmsquant.pipeline, lcmsquant.results\nprint('numba' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )
 
 
+@pytest.mark.subprocess
 def test_a_run_imports_the_statistics_stack_only_once_its_fork_server_is_starting():
     """statsmodels and scipy.stats (about 1.4 s) are only needed to quantify: lcmsquant.runs and
     lcmsquant.results leave them out, and process_batch imports them once the workers' fork
@@ -65,8 +71,10 @@ def test_the_quantifier_peak_is_the_one_its_qualifier_co_elutes_with():
     time = np.arange(2.1, 3.1, 0.35 / 60)
     quant = 200 + _gauss(time, 2.60, 5000) + _gauss(time, 2.75, 9000) + rng.normal(0, 40, time.size)
     qual = 200 + _gauss(time, 2.60, 2200) + rng.normal(0, 40, time.size)
-    traces = {analyte.quantifier: _trace(analyte.quantifier, time, quant),
-              analyte.qualifiers[0]: _trace(analyte.qualifiers[0], time, qual)}
+    traces = {
+        analyte.quantifier: _trace(analyte.quantifier, time, quant),
+        analyte.qualifiers[0]: _trace(analyte.qualifiers[0], time, qual),
+    }
     search = coeluting_search(traces, analyte, PeakSearch(2.62, 0.3))
     peak = find_peak(time, quant, search)
     assert abs(peak.rt - 2.60) * 60 < 1.0
@@ -79,8 +87,10 @@ def test_without_a_competing_candidate_the_search_is_left_as_it_is():
     time = np.arange(2.1, 3.1, 0.35 / 60)
     quant = 200 + _gauss(time, 2.60, 5000)
     qual = 200 + _gauss(time, 2.60, 2200)
-    traces = {analyte.quantifier: _trace(analyte.quantifier, time, quant),
-              analyte.qualifiers[0]: _trace(analyte.qualifiers[0], time, qual)}
+    traces = {
+        analyte.quantifier: _trace(analyte.quantifier, time, quant),
+        analyte.qualifiers[0]: _trace(analyte.qualifiers[0], time, qual),
+    }
     search = PeakSearch(2.62, 0.3)
     assert coeluting_search(traces, analyte, search) == search
 

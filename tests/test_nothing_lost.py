@@ -38,8 +38,11 @@ def test_a_failed_write_leaves_every_previous_file_and_no_temporary(tmp_path):
     old = {"results.csv": b"old results\n", "run.json": b"{}\n"}
     for name, data in old.items():
         (tmp_path / name).write_bytes(data)
-    new = {tmp_path / "results.csv": "new results\n", tmp_path / "run.json": "{}\n",
-           tmp_path / ("x" * 300 + ".csv"): "a name no file system accepts\n"}
+    new = {
+        tmp_path / "results.csv": "new results\n",
+        tmp_path / "run.json": "{}\n",
+        tmp_path / ("x" * 300 + ".csv"): "a name no file system accepts\n",
+    }
     with pytest.raises(OSError):
         atomic_write_all(new)
     assert _contents(tmp_path) == old  # nothing replaced, nothing left behind
@@ -53,6 +56,7 @@ def test_a_set_is_written_under_temporary_names_then_renamed(tmp_path):
     assert oct((tmp_path / "b.csv").stat().st_mode & 0o777) == "0o644"
 
 
+@pytest.mark.subprocess
 def test_temporary_files_of_a_killed_writer_are_removed_and_others_kept(tmp_path):
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(done.stdout)
@@ -78,6 +82,7 @@ def test_run_json_names_the_tables_it_belongs_with(batch, tmp_path):
         assert hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() == digest
 
 
+@pytest.mark.subprocess
 def test_workers_give_the_same_bytes_as_one_process(batch, tmp_path):
     for jobs in (1, 2):
         loaded, result = run_batch(batch, jobs=jobs)
@@ -86,13 +91,19 @@ def test_workers_give_the_same_bytes_as_one_process(batch, tmp_path):
         assert (tmp_path / "jobs1" / name).read_bytes() == (tmp_path / "jobs2" / name).read_bytes(), name
 
 
-@pytest.mark.parametrize("jobs, stop", [(1, signal.SIGKILL), (2, signal.SIGKILL), (2, signal.SIGINT)],
-                         ids=["killed-serial", "killed-with-workers", "ctrl-c-with-workers"])
+@pytest.mark.subprocess
+@pytest.mark.parametrize(
+    "jobs, stop",
+    [(1, signal.SIGKILL), (2, signal.SIGKILL), (2, signal.SIGINT)],
+    ids=["killed-serial", "killed-with-workers", "ctrl-c-with-workers"],
+)
 def test_a_run_stopped_midway_leaves_the_previous_results_whole(jobs, stop, batch, tmp_path):
     """SIGKILL: no chance to clean up; SIGINT (Ctrl-C): one message, no traceback, exit 130."""
     folder = Path(shutil.copytree(batch, tmp_path / "batch"))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    first = subprocess.run([sys.executable, "-m", "lcmsquant", "run", folder, "--jobs", "1"], capture_output=True, env=env, timeout=600)
+    first = subprocess.run(
+        [sys.executable, "-m", "lcmsquant", "run", folder, "--jobs", "1"], capture_output=True, env=env, timeout=600
+    )
     assert first.returncode == 0, first.stderr
     out = folder / "results"
     before = _contents(out)
@@ -101,8 +112,13 @@ def test_a_run_stopped_midway_leaves_the_previous_results_whole(jobs, stop, batc
     lines = worklist.read_text().splitlines()
     worklist.write_text("\n".join([lines[0] + ",tray"] + [f"{line},P{i}" for i, line in enumerate(lines[1:])]) + "\n")
 
-    run = subprocess.Popen([sys.executable, "-m", "lcmsquant", "run", str(folder), "--jobs", str(jobs)],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "lcmsquant", "run", str(folder), "--jobs", str(jobs)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
     try:
         line = run.stdout.readline()  # "<folder>: N injections": loaded, now measuring
         assert "injections" in line, line + run.stderr.read()
@@ -131,7 +147,9 @@ def test_a_run_stopped_midway_leaves_the_previous_results_whole(jobs, stop, batc
     # Left behind: temporaries, and the lock file of a killed run (the kernel released its lock).
     assert all(name.endswith(".tmp") or name == LOCK_FILE for name in after if name.startswith("."))
 
-    rerun = subprocess.run([sys.executable, "-m", "lcmsquant", "run", folder, "--jobs", "1"], capture_output=True, env=env, timeout=600)
+    rerun = subprocess.run(
+        [sys.executable, "-m", "lcmsquant", "run", folder, "--jobs", "1"], capture_output=True, env=env, timeout=600
+    )
     assert rerun.returncode == 0, rerun.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(before)  # stray temporaries cleaned
     assert b"tray" in (out / "results.csv").read_bytes()

@@ -1,5 +1,7 @@
 """Peak finding and integration on traces of known area."""
 
+import sys
+
 import numpy as np
 import pytest
 from scipy.ndimage import convolve1d
@@ -273,24 +275,30 @@ def test_compiled_smoothing_is_scipys_convolution_at_nearest_edges():
             weights = savgol_coeffs(width, polyorder=2, deriv=deriv)
             x = rng.normal(size=200).cumsum()
             np.testing.assert_allclose(
-                _peak_kernels.convolve_nearest(x, weights), convolve1d(x, weights, mode="nearest"), rtol=1e-12, atol=1e-9
+                _peak_kernels.convolve_nearest(x, weights),
+                convolve1d(x, weights, mode="nearest"),
+                rtol=1e-12,
+                atol=1e-9,
             )
 
 
 def test_savitzky_golay_weights_are_scipys():
     for width in (5, 7, 9, 11, 13, 15):
         for deriv in (0, 2):
-            np.testing.assert_allclose(savgol_weights(width, deriv), savgol_coeffs(width, 2, deriv=deriv),
-                                       rtol=1e-10, atol=1e-13)
+            np.testing.assert_allclose(
+                savgol_weights(width, deriv), savgol_coeffs(width, 2, deriv=deriv), rtol=1e-10, atol=1e-13
+            )
 
 
 def test_the_compiled_closed_form_savitzky_golay_weights_are_scipys():
     """The peak's own smoothing (any odd width up to 51) computes its weights in closed form."""
     for width in range(5, 52, 2):
-        np.testing.assert_allclose(_peak_kernels.savgol_smoothing(width), savgol_coeffs(width, 2),
-                                   rtol=1e-10, atol=1e-13)
-        np.testing.assert_allclose(_peak_kernels.savgol_second_derivative(width), savgol_coeffs(width, 2, deriv=2),
-                                   rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(
+            _peak_kernels.savgol_smoothing(width), savgol_coeffs(width, 2), rtol=1e-10, atol=1e-13
+        )
+        np.testing.assert_allclose(
+            _peak_kernels.savgol_second_derivative(width), savgol_coeffs(width, 2, deriv=2), rtol=1e-10, atol=1e-13
+        )
 
 
 def test_compiled_median_and_mad_are_numpys():
@@ -352,7 +360,9 @@ def test_the_counting_gain_of_a_pulse_counting_peak_is_one_over_the_dwell_time()
         for seed in range(7):
             y = _counted(true, dwell_s=dwell, seed=seed)
             light = _peak_kernels.convolve_nearest(y, weights)
-            gains.append(_peak_kernels.counting_gain(y, light, np.full(y.size, 2000.0), noise_sigma(y[:40]), weights[4]))
+            gains.append(
+                _peak_kernels.counting_gain(y, light, np.full(y.size, 2000.0), noise_sigma(y[:40]), weights[4])
+            )
         assert np.median(gains) == pytest.approx(1 / dwell, rel=0.35)
 
 
@@ -367,3 +377,17 @@ def test_a_tailing_neighbour_one_and_a_quarter_widths_away_is_cut_off_at_the_val
     peak = find_peak(TIME, _counted(main + neighbour + 500, seed=2), PeakSearch(2.6, 0.3))
     assert peak.split
     assert peak.area == pytest.approx(1e5, rel=0.2)  # a perpendicular drop between tailing peaks
+
+
+def test_the_first_run_is_told_when_the_peak_finder_is_not_compiled_yet(tmp_path, monkeypatch):
+    from lcmsquant import peaks
+
+    find_peak(TIME, emg(1e4) + 300, PeakSearch(2.6, 0.3))  # compiled (or loaded from the cache): cached now
+    assert peaks.peak_finder_compiled()
+    monkeypatch.setattr(peaks, "__file__", str(tmp_path / "peaks.py"))  # an installation never run
+    (tmp_path / "_peak_kernels.py").write_text("@_jit\ndef find_peak(x):\n    return x\n")
+    assert not peaks.peak_finder_compiled()
+    (tmp_path / "__pycache__").mkdir()
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}"
+    (tmp_path / "__pycache__" / f"_peak_kernels.find_peak-1.{tag}.nbi").write_bytes(b"")
+    assert peaks.peak_finder_compiled()

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,21 +26,16 @@ def batches(tmp_path_factory) -> list[Path]:
     return folders
 
 
-def lcmsquant_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "lcmsquant", *map(str, args)], capture_output=True, text=True,
-                          timeout=600, env=env)
-
-
 def _copies(batches, tmp_path) -> list[Path]:
     return [Path(shutil.copytree(b, tmp_path / b.name)) for b in batches]
 
 
-def test_each_batch_gets_its_own_results_and_a_bad_one_does_not_stop_the_others(batches, tmp_path):
+def test_each_batch_gets_its_own_results_and_a_bad_one_does_not_stop_the_others(batches, tmp_path, cli):
     plasma, csf = _copies(batches, tmp_path)
     broken = tmp_path / "broken-run"
     shutil.copytree(plasma, broken)
     (broken / "worklist.csv").write_text("file,sample_id\n")
-    done = lcmsquant_cli("run", plasma, broken, csf, "--jobs", "1")
+    done = cli("run", plasma, broken, csf, "--jobs", "1")
     assert done.returncode == 2  # one batch had unusable input
     assert "broken-run" in done.stderr and "missing column(s)" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
@@ -74,14 +67,16 @@ def test_a_batch_that_cannot_be_read_is_an_outcome_not_an_exception(tmp_path):
     assert outcome.out_dir is None
 
 
-def test_a_dask_cluster_gives_the_same_files_as_a_local_run(batches, tmp_path):
+@pytest.mark.dask
+def test_a_dask_cluster_gives_the_same_files_as_a_local_run(batches, tmp_path, cli):
     distributed = pytest.importorskip("distributed")
     local = _copies(batches, tmp_path / "local")
     remote = _copies(batches, tmp_path / "remote")
-    assert lcmsquant_cli("run", *local, "--jobs", "1").returncode == 0
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp",
-                                  host="127.0.0.1", dashboard_address=None) as cluster:
-        done = lcmsquant_cli("run", *remote, "--scheduler", cluster.scheduler_address)
+    assert cli("run", *local, "--jobs", "1").returncode == 0
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None
+    ) as cluster:
+        done = cli("run", *remote, "--scheduler", cluster.scheduler_address)
     assert done.returncode == 0, done.stderr
     for here, there in zip(local, remote):
         for name in DETERMINISTIC:
@@ -89,10 +84,11 @@ def test_a_dask_cluster_gives_the_same_files_as_a_local_run(batches, tmp_path):
     assert "2 of 2 batches processed" in done.stdout
 
 
-def test_an_unreachable_scheduler_is_one_clear_message(batches, tmp_path):
+@pytest.mark.dask
+def test_an_unreachable_scheduler_is_one_clear_message(batches, tmp_path, cli):
     pytest.importorskip("distributed")
     env = dict(os.environ, DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="2s")
-    done = lcmsquant_cli("run", *batches, "--scheduler", "tcp://127.0.0.1:9", env=env)
+    done = cli("run", *batches, "--scheduler", "tcp://127.0.0.1:9", env=env)
     assert done.returncode == 2
     assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in done.stderr
     assert "Traceback" not in done.stderr

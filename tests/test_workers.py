@@ -26,6 +26,8 @@ from lcmsquant.measure import measure_batch
 from lcmsquant.method import load_method
 from lcmsquant.simulate import SimulationOptions, simulate_batch
 
+pytestmark = pytest.mark.subprocess  # every test here starts worker processes
+
 SLOW_INJECTION = 5  # early in the batch, so that most of the work is left when its worker dies
 
 
@@ -113,8 +115,11 @@ def _workers() -> set[int]:
     """The worker processes of this process: the fork server's children (this process's
     grandchildren), alive."""
     me = os.getpid()
-    return {p.pid for p in psutil.Process().children(recursive=True)
-            if p.ppid() != me and p.status() != psutil.STATUS_ZOMBIE}
+    return {
+        p.pid
+        for p in psutil.Process().children(recursive=True)
+        if p.ppid() != me and p.status() != psutil.STATUS_ZOMBIE
+    }
 
 
 def test_run_batches_stops_its_workers_once_the_last_batch_is_measured(tmp_path, monkeypatch):

@@ -150,7 +150,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE, help="folder for the PNG files")
     args = parser.parse_args()
     if not (args.data / "RawDataProcessor_mzML_1.mzML").is_file():
-        parser.error(f"{args.data} holds no RawDataProcessor_mzML_1.mzML: clone the project beside shared/, or give --data")
+        parser.error(
+            f"{args.data} holds no RawDataProcessor_mzML_1.mzML: clone the project beside shared/, or give --data"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     peak_figures(args.data, args.out)
     calibration_figures(args.out)

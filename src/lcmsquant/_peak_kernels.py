@@ -22,7 +22,6 @@ SECONDS_PER_MINUTE = 60.0
 NAN = math.nan
 
 
-
 class KernelPeak(NamedTuple):
     """A peak as the compiled code finds it: the fields of peaks.Peak, in its units, and whether
     a peak was found at all (found False: every other field is NaN, 0 or False).
@@ -52,6 +51,7 @@ class KernelPeak(NamedTuple):
     saturated: bool
     split: bool
     shoulder: bool  # integrate leaves it False: find_peak looks for a shoulder after integrating
+
 
 _jit = njit(cache=True, nogil=True)
 
@@ -323,8 +323,8 @@ def baseline_around(time, intensity, smoothed, apex):
         hi = n - k - 1
     span = local_span(apex - left, right - apex)
     first, last = max(lo - span, 0), min(hi + span, n - 1)
-    x = np.concatenate((time[first:lo], time[hi + 1: last + 1]))
-    y = np.concatenate((intensity[first:lo], intensity[hi + 1: last + 1]))
+    x = np.concatenate((time[first:lo], time[hi + 1 : last + 1]))
+    y = np.concatenate((intensity[first:lo], intensity[hi + 1 : last + 1]))
     if len(x) >= 2 and x[-1] > x[0]:
         off = off_peaks(x, y)
         slope, intercept, _, _ = robust_line_kept(x[off], y[off])
@@ -355,12 +355,14 @@ def baseline_outside(time, intensity, start, end, intercept, slope, lo, hi):
     side when the other has fewer than 3 points; (intercept, slope) unchanged when neither has 3."""
     n_left, n_right = start - lo, hi - end
     if n_left >= 3 and n_right >= 3:
-        return level_or_line(np.concatenate((time[lo:start], time[end + 1: hi + 1])),
-                             np.concatenate((intensity[lo:start], intensity[end + 1: hi + 1])))
+        return level_or_line(
+            np.concatenate((time[lo:start], time[end + 1 : hi + 1])),
+            np.concatenate((intensity[lo:start], intensity[end + 1 : hi + 1])),
+        )
     if n_left >= 3:
         return level_or_line(np.zeros(n_left), intensity[lo:start])
     if n_right >= 3:
-        return level_or_line(np.zeros(n_right), intensity[end + 1: hi + 1])
+        return level_or_line(np.zeros(n_right), intensity[end + 1 : hi + 1])
     return intercept, slope
 
 
@@ -489,11 +491,13 @@ def boundaries(smoothed, raw, base, apex, sigma, noise):
     end, right_valley, right_split = walk(above, apex, 1, noise, reach_right, resolved)
     n = len(above)
     floor = 1e-4 * above[apex]  # what is not worth integrating even on noise-free data
-    if not left_valley and (start > apex - reach_left
-                            or not holds_signal(raw, base, start, apex - reach_left, sigma, floor)):
+    if not left_valley and (
+        start > apex - reach_left or not holds_signal(raw, base, start, apex - reach_left, sigma, floor)
+    ):
         start = apex - reach_left
-    if not right_valley and (end < apex + reach_right
-                             or not holds_signal(raw, base, apex + reach_right + 1, end + 1, sigma, floor)):
+    if not right_valley and (
+        end < apex + reach_right or not holds_signal(raw, base, apex + reach_right + 1, end + 1, sigma, floor)
+    ):
         end = apex + reach_right
     # Never less than the peak's own width at half height.
     start = min(max(start, apex - 6 * hw_left, 0), max(apex - hw_left, 0))
@@ -583,24 +587,61 @@ def shape(t, y, apex):
 @_jit
 def no_peak():
     """The KernelPeak of no peak."""
-    return KernelPeak(found=False, rt=NAN, start=NAN, end=NAN, area=NAN, height=NAN, sn=NAN, noise=NAN,
-                      baseline_start=NAN, baseline_end=NAN, points=0, edge=False, fwhm=NAN, tailing_factor=NAN,
-                      asymmetry=NAN, points_fwhm=0, saturated=False, split=False, shoulder=False)
+    return KernelPeak(
+        found=False,
+        rt=NAN,
+        start=NAN,
+        end=NAN,
+        area=NAN,
+        height=NAN,
+        sn=NAN,
+        noise=NAN,
+        baseline_start=NAN,
+        baseline_end=NAN,
+        points=0,
+        edge=False,
+        fwhm=NAN,
+        tailing_factor=NAN,
+        asymmetry=NAN,
+        points_fwhm=0,
+        saturated=False,
+        split=False,
+        shoulder=False,
+    )
 
 
 @_jit
 def as_tuple(peak):
     """A KernelPeak as the plain tuple find_peak and integrate return (see KernelPeak)."""
-    return (peak.found, peak.rt, peak.start, peak.end, peak.area, peak.height, peak.sn, peak.noise,
-            peak.baseline_start, peak.baseline_end, peak.points, peak.edge, peak.fwhm, peak.tailing_factor,
-            peak.asymmetry, peak.points_fwhm, peak.saturated, peak.split, peak.shoulder)
+    return (
+        peak.found,
+        peak.rt,
+        peak.start,
+        peak.end,
+        peak.area,
+        peak.height,
+        peak.sn,
+        peak.noise,
+        peak.baseline_start,
+        peak.baseline_end,
+        peak.points,
+        peak.edge,
+        peak.fwhm,
+        peak.tailing_factor,
+        peak.asymmetry,
+        peak.points_fwhm,
+        peak.saturated,
+        peak.split,
+        peak.shoulder,
+    )
 
 
 @_jit
 def integrate(time, intensity, start, end, intercept, slope, sigma, reference_trace, split, apex_trace):
     """integrate_peak as a plain tuple, for Python (see KernelPeak)."""
-    return as_tuple(integrate_peak(time, intensity, start, end, intercept, slope, sigma, reference_trace, split,
-                                   apex_trace))
+    return as_tuple(
+        integrate_peak(time, intensity, start, end, intercept, slope, sigma, reference_trace, split, apex_trace)
+    )
 
 
 @_jit
@@ -609,25 +650,41 @@ def integrate_peak(time, intensity, start, end, intercept, slope, sigma, referen
     KernelPeak (no_peak() for fewer than 3 points; shoulder is not looked for)."""
     if end - start < 2:
         return no_peak()
-    t = time[start: end + 1]
+    t = time[start : end + 1]
     base = intercept + slope * t
-    corrected = intensity[start: end + 1] - base
+    corrected = intensity[start : end + 1] - base
     area = (np.diff(t) * (corrected[1:] + corrected[:-1]) / 2.0).sum() * SECONDS_PER_MINUTE
-    reference = reference_trace[start: end + 1] - base
+    reference = reference_trace[start : end + 1] - base
     apex = int(np.argmax(reference))
-    height = corrected[max(apex - 2, 0): apex + 3].max()
+    height = corrected[max(apex - 2, 0) : apex + 3].max()
     smoothed_height = reference[apex]
     fwhm, tailing, asymmetry, points_fwhm = shape(t, reference, apex)
-    rt_trace = apex_trace[start: end + 1] - base
+    rt_trace = apex_trace[start : end + 1] - base
     # Computed before the call: numba cannot compile branches inside a call with many keywords.
     sn = smoothed_height / sigma if sigma > 0 else math.inf
-    edge = ((start == 0 and reference[0] > EDGE_FRACTION * smoothed_height)
-            or (end == len(time) - 1 and reference[-1] > EDGE_FRACTION * smoothed_height))
+    edge = (start == 0 and reference[0] > EDGE_FRACTION * smoothed_height) or (
+        end == len(time) - 1 and reference[-1] > EDGE_FRACTION * smoothed_height
+    )
     return KernelPeak(
-        found=True, rt=refine_apex(t, rt_trace, int(np.argmax(rt_trace))), start=t[0], end=t[-1], area=area,
-        height=height, sn=sn, noise=sigma, baseline_start=base[0], baseline_end=base[-1], points=len(t), edge=edge,
-        fwhm=fwhm, tailing_factor=tailing, asymmetry=asymmetry, points_fwhm=points_fwhm,
-        saturated=flat_top(intensity[start: end + 1]), split=split, shoulder=False,
+        found=True,
+        rt=refine_apex(t, rt_trace, int(np.argmax(rt_trace))),
+        start=t[0],
+        end=t[-1],
+        area=area,
+        height=height,
+        sn=sn,
+        noise=sigma,
+        baseline_start=base[0],
+        baseline_end=base[-1],
+        points=len(t),
+        edge=edge,
+        fwhm=fwhm,
+        tailing_factor=tailing,
+        asymmetry=asymmetry,
+        points_fwhm=points_fwhm,
+        saturated=flat_top(intensity[start : end + 1]),
+        split=split,
+        shoulder=False,
     )
 
 
@@ -641,9 +698,9 @@ def has_shoulder(intensity, above, start, end, apex, width, second_derivative, s
     if start + len(intensity) - 1 - end < 10:
         return False
     curvature = -convolve_nearest(intensity, second_derivative)
-    outside = 1.4826 * mad(np.concatenate((curvature[:start], curvature[end + 1:])))
+    outside = 1.4826 * mad(np.concatenate((curvature[:start], curvature[end + 1 :])))
     scale = math.sqrt((second_derivative * second_derivative).sum())
-    inside = curvature[start: end + 1]
+    inside = curvature[start : end + 1]
     local = np.empty(len(inside))
     for k in range(len(inside)):
         local[k] = max(outside, scale * math.sqrt(sigma * sigma + gain * max(above[start + k], 0.0)))
@@ -651,8 +708,12 @@ def has_shoulder(intensity, above, start, end, apex, width, second_derivative, s
     # Cheap test first: most peaks have no local maximum of curvature that could qualify.
     candidate = False
     for k in range(1, len(inside) - 1):
-        if (inside[k] >= inside[k - 1] and inside[k] >= inside[k + 1] and inside[k] > SHOULDER_Z * local[k]
-                and abs(start + k - apex) >= clear):
+        if (
+            inside[k] >= inside[k - 1]
+            and inside[k] >= inside[k + 1]
+            and inside[k] > SHOULDER_Z * local[k]
+            and abs(start + k - apex) >= clear
+        ):
             candidate = True
             break
     if not candidate:
@@ -660,9 +721,13 @@ def has_shoulder(intensity, above, start, end, apex, width, second_derivative, s
     tops, _ = prominent_peaks(inside, max(6.0 * outside, 0.15 * curvature[apex]))
     for top in tops:
         lo, hi = min(top, apex - start), max(top, apex - start)
-        dip = lo + np.argmin(inside[lo: hi + 1])
-        if (abs(start + top - apex) >= clear and inside[top] > SHOULDER_Z * local[top] and inside[dip] < -local[dip]
-                and above[start + top] >= 0.2 * above[apex]):
+        dip = lo + np.argmin(inside[lo : hi + 1])
+        if (
+            abs(start + top - apex) >= clear
+            and inside[top] > SHOULDER_Z * local[top]
+            and inside[dip] < -local[dip]
+            and above[start + top] >= 0.2 * above[apex]
+        ):
             return True
     return False
 
@@ -710,7 +775,7 @@ def window_candidates(time, intensity, smoothed, expected_rt, window, min_sn):
     # Padding lets a peak cut by the end of a scheduled trace (apex on the last point) be found.
     padded = np.empty(n + 2)
     padded[0] = padded[n + 1] = smoothed.min()
-    padded[1: n + 1] = smoothed
+    padded[1 : n + 1] = smoothed
     apices, proms = prominent_peaks(padded, min_sn * sigma)
     apices = apices - 1
     inside = (apices >= first) & (apices <= last)
@@ -723,7 +788,8 @@ def choose_apex(time, intensity, smoothed, expected_rt, window, min_sn):
     nearest the expected RT among equals), with the baseline (intercept, slope) and noise around
     it; apex -1 when there is none."""
     apices, proms, tallest, intercept, slope, sigma = window_candidates(
-        time, intensity, smoothed, expected_rt, window, min_sn)
+        time, intensity, smoothed, expected_rt, window, min_sn
+    )
     apex = -1
     best_prominence, best_distance = -math.inf, math.inf
     for k in range(len(apices)):
@@ -817,8 +883,9 @@ def find_peak(time, intensity, expected_rt, window, min_sn, smoothing, second_de
     for _ in range(3):
         intercept, slope = baseline_outside(time, intensity, start, end, intercept, slope, lo, hi)
         noise = smoothed_noise(smoothed, intercept + slope * time, sigma, gain, centre_weight)
-        new_start, new_end, new_split, lo, hi = boundaries(smoothed, intensity, intercept + slope * time, apex,
-                                                           sigma, noise)
+        new_start, new_end, new_split, lo, hi = boundaries(
+            smoothed, intensity, intercept + slope * time, apex, sigma, noise
+        )
         if new_start == start and new_end == end:
             break
         start, end, split = new_start, new_end, new_split
@@ -827,14 +894,40 @@ def find_peak(time, intensity, expected_rt, window, min_sn, smoothing, second_de
         return as_tuple(no_peak())
     # A shoulder is looked for at the light smoothing's resolution: the peak's own width would
     # smooth it away.
-    shoulder = has_shoulder(intensity, light - (intercept + slope * time), start, end, apex,
-                            len(second_derivative), second_derivative, sigma, gain)
-    return as_tuple(KernelPeak(
-        found=True, rt=peak.rt, start=peak.start, end=peak.end, area=peak.area, height=peak.height, sn=peak.sn,
-        noise=peak.noise, baseline_start=peak.baseline_start, baseline_end=peak.baseline_end, points=peak.points,
-        edge=peak.edge, fwhm=peak.fwhm, tailing_factor=peak.tailing_factor, asymmetry=peak.asymmetry,
-        points_fwhm=peak.points_fwhm, saturated=peak.saturated, split=peak.split, shoulder=shoulder,
-    ))
+    shoulder = has_shoulder(
+        intensity,
+        light - (intercept + slope * time),
+        start,
+        end,
+        apex,
+        len(second_derivative),
+        second_derivative,
+        sigma,
+        gain,
+    )
+    return as_tuple(
+        KernelPeak(
+            found=True,
+            rt=peak.rt,
+            start=peak.start,
+            end=peak.end,
+            area=peak.area,
+            height=peak.height,
+            sn=peak.sn,
+            noise=peak.noise,
+            baseline_start=peak.baseline_start,
+            baseline_end=peak.baseline_end,
+            points=peak.points,
+            edge=peak.edge,
+            fwhm=peak.fwhm,
+            tailing_factor=peak.tailing_factor,
+            asymmetry=peak.asymmetry,
+            points_fwhm=peak.points_fwhm,
+            saturated=peak.saturated,
+            split=peak.split,
+            shoulder=shoulder,
+        )
+    )
 
 
 def _warm_up() -> None:

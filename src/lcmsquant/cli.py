@@ -6,13 +6,13 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from lcmsquant import __version__
@@ -20,7 +20,7 @@ from lcmsquant.files import InputError
 from lcmsquant.workers import PARALLEL_MIN_INJECTIONS
 
 # Plain (click) help: typer's rich help shows `<bool>` beside every flag.
-PLAIN_HELP = {"rich_markup_mode": None}
+PLAIN_HELP: dict[str, Any] = {"rich_markup_mode": None}
 app = typer.Typer(
     help="Triple-quadrupole LC-MS/MS quantitation judged by ICH M10.",
     no_args_is_help=True,
@@ -52,7 +52,7 @@ def command_line() -> None:
     """
     try:
         app(prog_name="lcmsquant")
-        code = 0
+        code: str | int | None = 0
     except SystemExit as done:
         code = done.code
     if code is not None and not isinstance(code, int):
@@ -90,30 +90,51 @@ def _fail(err: Exception) -> None:
 @app.command()
 def run(
     batch_dirs: Annotated[
-        list[Path], typer.Argument(help="Batch folder(s), each with worklist.csv and the mzML files.", metavar="BATCH_DIR",
-                                   show_default=False)
+        list[Path],
+        typer.Argument(
+            help="Batch folder(s), each with worklist.csv and the mzML files.", metavar="BATCH_DIR", show_default=False
+        ),
     ],
     method: Annotated[
-        Path | None, typer.Option("--method", help="Method TOML (default: the batch's method.toml, else the shipped flumatinib method).")
+        Path | None,
+        typer.Option(
+            "--method", help="Method TOML (default: the batch's method.toml, else the shipped flumatinib method)."
+        ),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Output folder (default: BATCH_DIR/results; with several batches, OUT/<batch name>).")
+        Path | None,
+        typer.Option(
+            "--out", help="Output folder (default: BATCH_DIR/results; with several batches, OUT/<batch name>)."
+        ),
     ] = None,
     jobs: Annotated[
-        int | None, typer.Option("--jobs", "-j", min=1, show_default=False,
-                                 help="Processes reading and integrating injections at once (default: every core, "
-                                      f"batches under {PARALLEL_MIN_INJECTIONS} injections in this process; 1: in this process).")
+        int | None,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=1,
+            show_default=False,
+            help="Processes reading and integrating injections at once (default: every core, "
+            f"batches under {PARALLEL_MIN_INJECTIONS} injections in this process; 1: in this process).",
+        ),
     ] = None,
     scheduler: Annotated[
-        str | None, typer.Option("--scheduler", help="Dask scheduler address (tcp://host:port): one task per batch on that cluster.")
+        str | None,
+        typer.Option(
+            "--scheduler", help="Dask scheduler address (tcp://host:port): one task per batch on that cluster."
+        ),
     ] = None,
     no_report: Annotated[
-        bool, typer.Option("--no-report", help="Leave out report.html (bulk reprocessing; `lcmsquant report` writes it later).")
+        bool,
+        typer.Option(
+            "--no-report", help="Leave out report.html (bulk reprocessing; `lcmsquant report` writes it later)."
+        ),
     ] = False,
 ) -> None:
     """Quantify batches: peaks, calibration curves, ICH M10 acceptance, results files.
 
-    Each batch gets its own results folder; an unusable batch is reported and the others still run (exit code 2 if any batch was unusable, 1 on an unexpected error).
+    Each batch gets its own results folder; an unusable batch is reported and the others still
+    run (exit code 2 if any batch was unusable, 1 on an unexpected error).
     """
     try:
         outcomes = _run_batches(batch_dirs, method, out, jobs, scheduler, with_report=not no_report)
@@ -122,31 +143,51 @@ def run(
         raise typer.Exit(130) from None
     failed = [o for o in outcomes if not o.ok]
     if len(outcomes) > 1:
-        console.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} batches processed"
-                      + (": " + ", ".join(escape(str(o.folder)) for o in failed) + " failed" if failed else ""))
+        console.print(
+            f"{len(outcomes) - len(failed)} of {len(outcomes)} batches processed"
+            + (": " + ", ".join(escape(str(o.folder)) for o in failed) + " failed" if failed else "")
+        )
     if failed:
         raise typer.Exit(EXIT_BAD_INPUT if all(o.bad_input for o in failed) else 1)
 
 
 def _run_batches(
-    batch_dirs: list[Path], method: Path | None, out: Path | None, jobs: int | None, scheduler: str | None, with_report: bool = True,
+    batch_dirs: list[Path],
+    method: Path | None,
+    out: Path | None,
+    jobs: int | None,
+    scheduler: str | None,
+    with_report: bool = True,
 ):
     """run_batches with a progress bar per batch and each batch's summary as it ends."""
     from lcmsquant.workers import interrupt_deferred, start_server, worklist_length
 
-    if scheduler is None and (jobs or 0) != 1 and (
-        jobs is not None or max(map(worklist_length, batch_dirs)) >= PARALLEL_MIN_INJECTIONS
+    if (
+        scheduler is None
+        and (jobs or 0) != 1
+        and (jobs is not None or max(map(worklist_length, batch_dirs)) >= PARALLEL_MIN_INJECTIONS)
     ):
         start_server()  # workers come from a fork server that imports lcmsquant: let it do so while we do
     with interrupt_deferred():
         from lcmsquant.runs import run_batches
 
     several = len(batch_dirs) > 1
+    from lcmsquant.peaks import peak_finder_compiled
+
+    if not peak_finder_compiled():  # said on stderr: seen in a terminal and in a log alike
+        errors.print(
+            "note: compiling the peak finder, once after installing: this first run takes 30-45 s longer",
+            highlight=False,
+        )
     with Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=console, transient=True,
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
     ) as progress:
-        tasks: dict[Path, int] = {}
+        tasks: dict[Path, TaskID] = {}
 
         def advance(folder: Path, done: int, total: int) -> None:
             if folder not in tasks:
@@ -161,7 +202,15 @@ def _run_batches(
 
         try:
             return run_batches(
-                batch_dirs, method, out, jobs, scheduler, ["lcmsquant", *sys.argv[1:]], advance, report, report=with_report,
+                batch_dirs,
+                method,
+                out,
+                jobs,
+                scheduler,
+                ["lcmsquant", *sys.argv[1:]],
+                advance,
+                report,
+                report=with_report,
             )
         except InputError as err:
             _fail(err)
@@ -176,7 +225,8 @@ def _print_outcome(outcome, several: bool) -> None:
     if outcome.read_warnings:
         errors.print(
             f"[yellow]warning:[/] reading changed or doubted something in {outcome.read_warnings} injection(s): "
-            f"see read_warnings in {escape(str(outcome.out_dir / 'run.json'))}", highlight=False,
+            f"see read_warnings in {escape(str(outcome.out_dir / 'run.json'))}",
+            highlight=False,
         )
     if outcome.peaks_only:
         _print_peaks_only(outcome, several)
@@ -191,7 +241,8 @@ def _print_outcome(outcome, several: bool) -> None:
     _warn(f"report.html: {warning}" for warning in outcome.report_warnings)
     has_report = (outcome.out_dir / "report.html").is_file()
     console.print(
-        f"Results written to {escape(str(outcome.out_dir))}" + (" (open report.html in a browser)" if has_report else ""),
+        f"Results written to {escape(str(outcome.out_dir))}"
+        + (" (open report.html in a browser)" if has_report else ""),
         highlight=False,
     )
 
@@ -210,9 +261,17 @@ def _print_peaks_only(outcome, several: bool) -> None:
     )
 
 
-SUMMARY_COLUMNS = (  # header, justification; the table fits 80 columns (see summary_table)
-    ("analyte", "left"), ("set", "left"), ("curve", "left"), ("r²", "right"), ("QCs ok", "right"),
-    ("verdict", "left"), ("quant", "right"), ("BLQ", "right"), ("ALQ", "right"), ("flag", "right"),
+SUMMARY_COLUMNS: tuple[tuple[str, Literal["left", "right"]], ...] = (  # header, justification; fits 80 columns
+    ("analyte", "left"),
+    ("set", "left"),
+    ("curve", "left"),
+    ("r²", "right"),
+    ("QCs ok", "right"),
+    ("verdict", "left"),
+    ("quant", "right"),
+    ("BLQ", "right"),
+    ("ALQ", "right"),
+    ("flag", "right"),
     ("redo", "right"),
 )
 CURVE_WORDS = {"linear": "lin", "quadratic": "quad", "linear_through_zero": "lin/0"}
@@ -226,16 +285,28 @@ def summary_table(rows) -> Table:
         from lcmsquant.runs import summary_rows
 
         rows = summary_rows(rows)
-    table = Table(title="Run summary", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0), show_edge=False,
-                  caption="study samples: quant = quantified, flag = flagged for review, redo = to reanalyse",
-                  caption_justify="left")
+    table = Table(
+        title="Run summary",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 0),
+        show_edge=False,
+        caption="study samples: quant = with a value, flag = any flag (BLQ, ALQ too), redo = to reanalyse",
+        caption_justify="left",
+    )
     for header, justify in SUMMARY_COLUMNS:
         table.add_column(header, justify=justify, no_wrap=True)
     for row in rows:
-        curve = f"{CURVE_WORDS.get(row['model'], row['model'])} {row['weighting'].replace('^2', '²')}" if row["model"] else "none"
+        curve = (
+            f"{CURVE_WORDS.get(row['model'], row['model'])} {row['weighting'].replace('^2', '²')}"
+            if row["model"]
+            else "none"
+        )
         verdict = "[green]accepted[/]" if row["accepted"] else "[bold red]rejected[/]"
         table.add_row(
-            row["analyte"], row["calibrator_set"], curve,
+            row["analyte"],
+            row["calibrator_set"],
+            curve,
             f"{row['r_squared']:.4f}" if row["model"] else "-",
             f"{row['qcs_passed']}/{row['qcs']}",
             verdict,
@@ -246,10 +317,13 @@ def summary_table(rows) -> Table:
 
 @app.command()
 def report(
-    results_dir: Annotated[Path, typer.Argument(help="Results folder of a run (BATCH_DIR/results).", metavar="RESULTS_DIR")],
+    results_dir: Annotated[
+        Path, typer.Argument(help="Results folder of a run (BATCH_DIR/results).", metavar="RESULTS_DIR")
+    ],
     pdf: Annotated[bool, typer.Option("--pdf", help="Also print report.pdf for signing (needs Chromium).")] = False,
     batch: Annotated[
-        Path | None, typer.Option("--batch", help="Batch folder with the mzML files (default: the one the run recorded).")
+        Path | None,
+        typer.Option("--batch", help="Batch folder with the mzML files (default: the one the run recorded)."),
     ] = None,
 ) -> None:
     """Re-render the run's report.html from its results folder, and optionally report.pdf."""
@@ -257,8 +331,9 @@ def report(
 
     from lcmsquant.browser import BrowserError
     from lcmsquant.report import write_pdf, write_report
-    from lcmsquant.results import results_lock
+    from lcmsquant.results import results_dir_of, results_lock
 
+    results_dir = results_dir_of(results_dir)  # a batch folder stands for its results
     if batch is not None and not batch.is_dir():
         _fail(ValueError(f"--batch {batch}: not a folder; give the batch folder that holds the mzML files"))
     warnings: list[str] = []
@@ -281,7 +356,9 @@ app.add_typer(method_app, name="method")
 
 @method_app.command("import")
 def method_import(
-    transition_list: Annotated[Path, typer.Argument(help="OpenMS/Skyline-style transition list (CSV or TSV).", metavar="TRANSITION_LIST")],
+    transition_list: Annotated[
+        Path, typer.Argument(help="OpenMS/Skyline-style transition list (CSV or TSV).", metavar="TRANSITION_LIST")
+    ],
     out: Annotated[Path, typer.Option("-o", "--out", help="Method TOML to write, e.g. methods/NAME.toml.")],
     name: Annotated[str | None, typer.Option("--name", help="Method name (default: the output file's stem).")] = None,
 ) -> None:
@@ -294,41 +371,73 @@ def method_import(
         _fail(err)
     except OSError as err:
         _fail(ValueError(f"{transition_list}: {err.strerror}"))
-    console.print(f"Method written to {written}; without [calibrator_sets] it runs peaks only (areas, retention times, "
-                  f"flags): add them, or a calibrators.csv to a batch, to quantify with it", markup=False)
+    console.print(
+        f"Method written to {written}; without [calibrator_sets] it runs peaks only (areas, retention times, "
+        f"flags): add them, or a calibrators.csv to a batch, to quantify with it",
+        markup=False,
+    )
 
 
 @app.command()
 def simulate(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the simulated batch to.", metavar="OUT_DIR")],
     seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same files.")] = 1,
-    matrix: Annotated[Literal["plasma", "csf"], typer.Option("--matrix", help="Matrix of the calibrators and QCs.")] = "plasma",
+    matrix: Annotated[
+        Literal["plasma", "csf"], typer.Option("--matrix", help="Matrix of the calibrators and QCs.")
+    ] = "plasma",
     unknowns: Annotated[int, typer.Option("--unknowns", help="Number of study samples.")] = 24,
-    matrix_peak: Annotated[bool, typer.Option(
-        "--matrix-peak", help="Add a baseline-resolved plasma peak 0.3-0.4 min after each analyte, in every sample.")] = False,
-    neighbour_peak: Annotated[bool, typer.Option(
-        "--neighbour-peak", help="Add a partly resolved neighbour 1.25-1.5 FWHM from each analyte.")] = False,
-    rt_offset: Annotated[float, typer.Option(
-        "--rt-offset", help="Minutes the whole run elutes from the method's RTs (windows widened to match).")] = 0.0,
-    acquisition: Annotated[Literal["instrument", "smooth"], typer.Option(
-        "--acquisition", help="instrument: counting noise and jagged tops, as measured on real files; smooth: ideal peaks.")] = "instrument",
+    matrix_peak: Annotated[
+        bool,
+        typer.Option(
+            "--matrix-peak", help="Add a baseline-resolved plasma peak 0.3-0.4 min after each analyte, in every sample."
+        ),
+    ] = False,
+    neighbour_peak: Annotated[
+        bool, typer.Option("--neighbour-peak", help="Add a partly resolved neighbour 1.25-1.5 FWHM from each analyte.")
+    ] = False,
+    rt_offset: Annotated[
+        float,
+        typer.Option(
+            "--rt-offset", help="Minutes the whole run elutes from the method's RTs (windows widened to match)."
+        ),
+    ] = 0.0,
+    acquisition: Annotated[
+        Literal["instrument", "smooth"],
+        typer.Option(
+            "--acquisition",
+            help="instrument: counting noise and jagged tops, as measured on real files; smooth: ideal peaks.",
+        ),
+    ] = "instrument",
 ) -> None:
     """Write a realistic simulated batch (and its true concentrations beside the folder)."""
     from lcmsquant.simulate import SimulationOptions, simulate_batch
 
     try:
-        options = SimulationOptions(n_unknowns=unknowns, matrix_peak=matrix_peak, neighbour_peak=neighbour_peak,
-                                    rt_offset_min=rt_offset, acquisition=acquisition)
+        options = SimulationOptions(
+            n_unknowns=unknowns,
+            matrix_peak=matrix_peak,
+            neighbour_peak=neighbour_peak,
+            rt_offset_min=rt_offset,
+            acquisition=acquisition,
+        )
     except ValueError as err:
-        _fail(ValueError(str(err).replace("rt_offset_min", "--rt-offset").replace("acquisition", "--acquisition")
-                         .replace("n_unknowns", "--unknowns")))
+        _fail(
+            ValueError(
+                str(err)
+                .replace("rt_offset_min", "--rt-offset")
+                .replace("acquisition", "--acquisition")
+                .replace("n_unknowns", "--unknowns")
+            )
+        )
     truth = simulate_batch(out_dir, seed=seed, matrix=matrix, options=options)
     console.print(f"Simulated batch written to {out_dir}; true concentrations in {truth}")
 
 
 # --- Across runs: calibration model comparison, accuracy and precision, ISR (lcmsquant.validation) ---
 
-calibration_app = typer.Typer(help="Calibration across runs: choose the model and weighting once.", no_args_is_help=True, **PLAIN_HELP)
+calibration_app = typer.Typer(
+    help="Calibration across runs: choose the model and weighting once.", no_args_is_help=True, **PLAIN_HELP
+)
 app.add_typer(calibration_app, name="calibration")
 
 
@@ -352,7 +461,12 @@ def _warn(warnings) -> None:
 
 @calibration_app.command("compare")
 def calibration_compare(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Results folders of `lcmsquant run` (or batch folders holding results/).", metavar="RUN_DIR...")],
+    run_dirs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Results folders of `lcmsquant run` (or batch folders holding results/).", metavar="RUN_DIR..."
+        ),
+    ],
     out: Annotated[Path | None, typer.Option("--out", help="Also write the table to this CSV file.")] = None,
 ) -> None:
     """Sum of |%RE| of the calibrators for every model x weighting, best first (ICH M10 3.2.4)."""
@@ -368,8 +482,14 @@ def calibration_compare(
             view.add_column(column, justify="left" if column in ("model", "weighting", "") else "right", no_wrap=True)
         for r in rows.itertuples():
             view.add_row(
-                str(r.rank), r.model, r.weighting, _pct(r.sum_abs_re_pct), _pct(r.max_abs_re_pct),
-                f"{r.n_within}/{r.n_calibrators}", f"{r.n_passing}/{r.n_calibrators}", f"{r.runs_accepted}/{r.n_runs}",
+                str(r.rank),
+                r.model,
+                r.weighting,
+                _pct(r.sum_abs_re_pct),
+                _pct(r.max_abs_re_pct),
+                f"{r.n_within}/{r.n_calibrators}",
+                f"{r.n_passing}/{r.n_calibrators}",
+                f"{r.runs_accepted}/{r.n_runs}",
                 ("[bold]<- method[/] " if r.current else "") + escape(r.note),
             )
         console.print(view)
@@ -379,8 +499,13 @@ def calibration_compare(
 
 @app.command()
 def validate(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Results folders of the validation runs (or their batch folders).", metavar="RUN_DIR...")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for validation.csv, validation_runs.csv, validation.json.")] = Path("."),
+    run_dirs: Annotated[
+        list[Path],
+        typer.Argument(help="Results folders of the validation runs (or their batch folders).", metavar="RUN_DIR..."),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for validation.csv, validation_runs.csv, validation.json.")
+    ] = Path("."),
 ) -> None:
     """Accuracy and precision over validation runs: per QC level, within- and between-run (ICH M10 3.2.5)."""
     from lcmsquant.validation import validate_runs, write_validation
@@ -392,18 +517,42 @@ def validate(
         _fail(err)
     write_validation(result, runs, out)
     view = Table(
-        title=f"Accuracy and precision: {len(runs)} run(s), values in %", title_justify="left", box=box.SIMPLE_HEAD,
+        title=f"Accuracy and precision: {len(runs)} run(s), values in %",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
         caption="worst run: the run mean furthest from nominal; run CV: the largest CV of one run; within and "
-        "between CV from a one-way ANOVA over runs", caption_justify="left",
+        "between CV from a one-way ANOVA over runs",
+        caption_justify="left",
     )
-    for column in ("analyte", "level", "nominal", "runs", "n", "accuracy", "worst run", "run CV", "within CV", "between CV", "limit", "verdict"):
+    for column in (
+        "analyte",
+        "level",
+        "nominal",
+        "runs",
+        "n",
+        "accuracy",
+        "worst run",
+        "run CV",
+        "within CV",
+        "between CV",
+        "limit",
+        "verdict",
+    ):
         view.add_column(column, justify="left" if column in ("analyte", "level", "verdict") else "right", no_wrap=True)
     several_sets = result.levels["calibrator_set"].nunique() > 1
     for r in result.levels.itertuples():
         view.add_row(
-            f"{r.analyte} ({r.calibrator_set})" if several_sets else r.analyte, r.level, f"{r.nominal:g}",
-            str(r.n_runs), str(r.n_replicates), _pct(r.mean_accuracy_pct), _pct(r.worst_run_accuracy_pct),
-            _pct(r.max_run_cv_pct), _pct(r.within_run_cv_pct), _pct(r.between_run_cv_pct), f"{r.limit_pct:g}",
+            f"{r.analyte} ({r.calibrator_set})" if several_sets else r.analyte,
+            r.level,
+            f"{r.nominal:g}",
+            str(r.n_runs),
+            str(r.n_replicates),
+            _pct(r.mean_accuracy_pct),
+            _pct(r.worst_run_accuracy_pct),
+            _pct(r.max_run_cv_pct),
+            _pct(r.within_run_cv_pct),
+            _pct(r.between_run_cv_pct),
+            f"{r.limit_pct:g}",
             "[green]pass[/]" if r.passed else "[bold red]fail[/]",
         )
     console.print(view)
@@ -419,7 +568,8 @@ def isr(
     repeat: Annotated[Path, typer.Argument(help="Results folder of the reanalysis.", metavar="REPEAT")],
     out: Annotated[Path, typer.Option("--out", help="Folder for isr.csv and isr.json.")] = Path("."),
     study_samples: Annotated[
-        int | None, typer.Option("--study-samples", min=0, help="Study samples in the whole study (default: those in ORIGINAL).")
+        int | None,
+        typer.Option("--study-samples", min=0, help="Study samples in the whole study (default: those in ORIGINAL)."),
     ] = None,
 ) -> None:
     """Incurred sample reanalysis: % difference to the mean, 2/3 within +-20 % (ICH M10 5)."""
@@ -435,24 +585,40 @@ def isr(
     for column in ("analyte", "pairs", "within +-20 %", "%", "verdict"):
         view.add_column(column, justify="left" if column in ("analyte", "verdict") else "right", no_wrap=True)
     for r in result.summary.itertuples():
-        view.add_row(r.analyte, str(r.n_evaluated), str(r.n_within), _pct(100 * r.fraction_within),
-                     "[green]pass[/]" if r.passed else "[bold red]fail[/]")
+        view.add_row(
+            r.analyte,
+            str(r.n_evaluated),
+            str(r.n_within),
+            _pct(100 * r.fraction_within),
+            "[green]pass[/]" if r.passed else "[bold red]fail[/]",
+        )
     console.print(view)
     console.print(f"ISR samples: {result.done} done, {result.needed} needed for {result.n_study_samples} study samples")
     _warn(result.warnings)
     console.print(f"ISR {'passed' if result.passed else 'FAILED'}; written to {out}")
 
-cohort_app = typer.Typer(help="Cohort: results of many runs in one database, penetration ratios, exports.", no_args_is_help=True, **PLAIN_HELP)
+
+cohort_app = typer.Typer(
+    help="Cohort: results of many runs in one database, penetration ratios, exports.",
+    no_args_is_help=True,
+    **PLAIN_HELP,
+)
 app.add_typer(cohort_app, name="cohort")
 DbOption = Annotated[Path, typer.Option("--db", help="Cohort database file (SQLite).")]
 
 
 @cohort_app.command("add")
 def cohort_add(
-    results_dirs: Annotated[list[Path], typer.Argument(help="Results folders written by `lcmsquant run`.", metavar="RESULTS_DIR...")],
+    results_dirs: Annotated[
+        list[Path], typer.Argument(help="Results folders written by `lcmsquant run`.", metavar="RESULTS_DIR...")
+    ],
     db: DbOption,
     method: Annotated[
-        Path | None, typer.Option("--method", help="Method file the runs were processed with (default: the batch's method.toml, else the shipped one).")
+        Path | None,
+        typer.Option(
+            "--method",
+            help="Method file the runs were processed with (default: the batch's method.toml, else the shipped one).",
+        ),
     ] = None,
 ) -> None:
     """Add processed runs to the cohort (a run added again replaces itself; the log keeps what it replaced)."""
@@ -467,7 +633,8 @@ def cohort_add(
         console.print(
             f"note: {db} was made by an earlier lcmsquant without a log of additions; it now keeps one, starting with "
             "an 'already held' entry for each run it held (see `lcmsquant cohort log`)",
-            markup=False, highlight=False,
+            markup=False,
+            highlight=False,
         )
     for line in describe(additions):
         console.print(line, markup=False, highlight=False)
@@ -489,13 +656,24 @@ def cohort_log(db: DbOption) -> None:
     table = Table(title=f"Log of {escape(str(db))}", title_justify="left", box=box.SIMPLE_HEAD)
     for column in ("#", "recorded (UTC)", "action", "run", "run id", "analyses", "replaced", "by", "run.json", "entry"):
         wraps = column in ("action", "run", "by")
-        table.add_column(column, justify="right" if column in ("#", "analyses", "replaced") else "left",
-                         no_wrap=not wraps, overflow="fold" if wraps else "ellipsis")
+        table.add_column(
+            column,
+            justify="right" if column in ("#", "analyses", "replaced") else "left",
+            no_wrap=not wraps,
+            overflow="fold" if wraps else "ellipsis",
+        )
     for e in check.entries.to_dict("records"):
         cells = (
-            e["number"], str(e["recorded_at"]).replace("T", " ").removesuffix("+00:00"), e["action"], e["batch"],
-            str(e["run_id"])[:8], e["analyses_added"], e["analyses_replaced"], f"{e['os_user']}@{e['host']}",
-            str(e["run_json_sha256"])[:8] or "-", str(e["entry_sha256"])[:8],
+            e["number"],
+            str(e["recorded_at"]).replace("T", " ").removesuffix("+00:00"),
+            e["action"],
+            e["batch"],
+            str(e["run_id"])[:8],
+            e["analyses_added"],
+            e["analyses_replaced"],
+            f"{e['os_user']}@{e['host']}",
+            str(e["run_json_sha256"])[:8] or "-",
+            str(e["entry_sha256"])[:8],
         )
         table.add_row(*(escape(str(c)) for c in cells))
     console.print(table)
@@ -508,7 +686,8 @@ def cohort_log(db: DbOption) -> None:
     console.print(
         f"Log intact: {len(check.entries)} entries, hash chain unbroken, every run's rows as logged; "
         f"last entry SHA-256 {last} (note it outside the database to anchor the log)",
-        markup=False, highlight=False,
+        markup=False,
+        highlight=False,
     )
 
 
@@ -524,7 +703,9 @@ def cohort_penetration(
         written, summary = write_penetration(db, out if out is not None else db.parent)
     except InputError as err:
         _fail(err)
-    table = Table(title="Penetration (ratio to serum, or plasma where no serum)", title_justify="left", box=box.SIMPLE_HEAD)
+    table = Table(
+        title="Penetration (ratio to serum, or plasma where no serum)", title_justify="left", box=box.SIMPLE_HEAD
+    )
     for column in ("analyte", "ratio", "paired", "censored", "median", "IQR", "range", "geo. mean (95 % CI)"):
         table.add_column(column, justify="left" if column in ("analyte", "ratio") else "right", no_wrap=True)
 
@@ -533,8 +714,13 @@ def cohort_penetration(
 
     for _, s in summary.iterrows():
         table.add_row(
-            s["analyte"], s["ratio"], str(s["n_paired"]), str(s["n_censored"]), g(s["median"]),
-            f"{g(s['q1'])}-{g(s['q3'])}", f"{g(s['min'])}-{g(s['max'])}",
+            s["analyte"],
+            s["ratio"],
+            str(s["n_paired"]),
+            str(s["n_censored"]),
+            g(s["median"]),
+            f"{g(s['q1'])}-{g(s['q3'])}",
+            f"{g(s['min'])}-{g(s['max'])}",
             f"{g(s['geometric_mean'])} ({g(s['gm_ci95_low'])}-{g(s['gm_ci95_high'])})",
         )
     console.print(table)
@@ -544,8 +730,12 @@ def cohort_penetration(
 @cohort_app.command("export")
 def cohort_export(
     db: DbOption,
-    fmt: Annotated[Literal["csv", "parquet", "sdtm"], typer.Option(
-        "--format", help="csv or parquet: every result and analysis; sdtm: the PC domain as CSV and SAS XPT v5.")] = "csv",
+    fmt: Annotated[
+        Literal["csv", "parquet", "sdtm"],
+        typer.Option(
+            "--format", help="csv or parquet: every result and analysis; sdtm: the PC domain as CSV and SAS XPT v5."
+        ),
+    ] = "csv",
     study: Annotated[str | None, typer.Option("--study", help="Study identifier (STUDYID; required for sdtm).")] = None,
     lab: Annotated[str, typer.Option("--lab", help="Laboratory name for PCNAM (sdtm).")] = "",
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: the database's folder).")] = None,

@@ -26,8 +26,20 @@ from lcmsquant.workers import PARALLEL_MIN_INJECTIONS, WorkerDeath, WorkerPool, 
 
 AUDITED = ("status", "rt_min", "start_min", "end_min", "area")
 PEAK_FIELDS = (
-    "rt_min", "start_min", "end_min", "area", "height", "sn", "noise", "points", "fwhm_s",
-    "tailing_factor", "asymmetry", "points_fwhm", "baseline_start", "baseline_end",
+    "rt_min",
+    "start_min",
+    "end_min",
+    "area",
+    "height",
+    "sn",
+    "noise",
+    "points",
+    "fwhm_s",
+    "tailing_factor",
+    "asymmetry",
+    "points_fwhm",
+    "baseline_start",
+    "baseline_end",
 )
 
 
@@ -65,7 +77,11 @@ def measure_injection(
             return peak
         manual = _manual_peak(trace, override)
         row = _peak_row(
-            t, search.expected_rt, trace, manual, "NO_PEAK" if manual is None and trace is not None else None,
+            t,
+            search.expected_rt,
+            trace,
+            manual,
+            "NO_PEAK" if manual is None and trace is not None else None,
             read_warnings=warnings,
         )
         automatic = _peak_row(t, search.expected_rt, trace, peak)
@@ -166,8 +182,9 @@ def offset_anchors(traces: Mapping[Transition, Trace | None], method: Method) ->
         trace = traces.get(istd.transition)
         if trace is None or not trace.usable:
             continue
-        peak = find_peak(trace.time, trace.intensity,
-                         PeakSearch(istd.rt, max(integ.rt_window, OFFSET_SEARCH_MIN), OFFSET_MIN_SN))
+        peak = find_peak(
+            trace.time, trace.intensity, PeakSearch(istd.rt, max(integ.rt_window, OFFSET_SEARCH_MIN), OFFSET_MIN_SN)
+        )
         if peak is not None and not peak.edge and peak.sn >= OFFSET_MIN_SN and peak.points_fwhm >= 3:
             anchors[istd.name] = peak
     return anchors
@@ -195,6 +212,7 @@ def _no_data_rows(method: Method) -> list[dict]:
 def _manual_peak(trace: Trace | None, override: Override) -> Peak | None:
     if trace is None or override.action == "no_peak":
         return None
+    assert override.start is not None and override.end is not None  # an integrate override has both (read_overrides)
     return integrate_between(trace.time, trace.intensity, override.start, override.end)
 
 
@@ -231,27 +249,55 @@ def _search(trace: Trace | None, search: PeakSearch, anchored: bool) -> Peak | N
 
 
 def _peak_row(
-    t: Transition, expected: float, trace: Trace | None, peak: Peak | None, status: str | None = None,
+    t: Transition,
+    expected: float,
+    trace: Trace | None,
+    peak: Peak | None,
+    status: str | None = None,
     read_warnings: tuple[str, ...] | list[str] = (),
 ) -> dict:
     if status is None:
         status = "NO_DATA" if trace is None else ("NO_PEAK" if peak is None else "OK")
     row = {
-        "transition": t.name, "compound": t.compound, "role": t.role, "q1": t.q1, "q3": t.q3,
-        "status": status, "expected_rt_min": expected,
+        "transition": t.name,
+        "compound": t.compound,
+        "role": t.role,
+        "q1": t.q1,
+        "q3": t.q3,
+        "status": status,
+        "expected_rt_min": expected,
         "native_id": trace.native_id if trace is not None else "",
         **dict.fromkeys(PEAK_FIELDS, np.nan),
-        "edge": False, "saturated": False, "split": False, "shoulder": False, "manual": False, "override_line": np.nan,
-        **{f"auto_{k}": np.nan for k in AUDITED}, "override_problem": "",
+        "edge": False,
+        "saturated": False,
+        "split": False,
+        "shoulder": False,
+        "manual": False,
+        "override_line": np.nan,
+        **{f"auto_{k}": np.nan for k in AUDITED},
+        "override_problem": "",
         "read_warnings": " | ".join(read_warnings),
     }
     if peak is not None:
         row.update(
-            rt_min=peak.rt, start_min=peak.start, end_min=peak.end, area=peak.area, height=peak.height,
-            sn=peak.sn, noise=peak.noise, points=peak.points, fwhm_s=peak.fwhm * 60,
-            tailing_factor=peak.tailing_factor, asymmetry=peak.asymmetry, points_fwhm=peak.points_fwhm,
-            baseline_start=peak.baseline_start, baseline_end=peak.baseline_end,
-            edge=peak.edge, saturated=peak.saturated, split=peak.split, shoulder=peak.shoulder,
+            rt_min=peak.rt,
+            start_min=peak.start,
+            end_min=peak.end,
+            area=peak.area,
+            height=peak.height,
+            sn=peak.sn,
+            noise=peak.noise,
+            points=peak.points,
+            fwhm_s=peak.fwhm * 60,
+            tailing_factor=peak.tailing_factor,
+            asymmetry=peak.asymmetry,
+            points_fwhm=peak.points_fwhm,
+            baseline_start=peak.baseline_start,
+            baseline_end=peak.baseline_end,
+            edge=peak.edge,
+            saturated=peak.saturated,
+            split=peak.split,
+            shoulder=peak.shoulder,
         )
     return row
 
@@ -261,7 +307,9 @@ def _peak_row(
 
 
 def measure_batch(
-    batch: Batch, progress: Callable[[Injection], None] | None = None, jobs: int | None = 1,
+    batch: Batch,
+    progress: Callable[[Injection], None] | None = None,
+    jobs: int | None = 1,
     workers: WorkerPool | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """The peak table of every injection (one row per injection x transition) and read errors.
@@ -282,12 +330,14 @@ def measure_batch(
         if n_jobs == 1:
             measured = (_measure_whole(batch.method, item) for item in work)
         else:
+            assert pool is not None
             measured = _measure_in_processes(work, batch.method, min(n_jobs, pool.jobs), pool)
         for order, peaks, error in measured:
             results[order] = (peaks, error)
             if progress is not None:
                 progress(by_order[order])
-    rows, errors = [], {}
+    rows: list[dict] = []
+    errors: dict[int, str] = {}
     for order, _, _ in work:  # injection order, however the workers finished
         peaks, error = results[order]
         if error:
@@ -344,9 +394,13 @@ def _measure_in_processes(work: list, method: Method, jobs: int, pool: WorkerPoo
     for position, measured in pool.map(partial(_measure_work, method), work, size):
         if isinstance(measured, WorkerDeath):
             order, path, _ = work[position]
-            yield order, _no_data_rows(method), (
-                f"{Path(path).name}: the process measuring this injection died twice ({measured}); "
-                f"check the file or convert it again, and rerun"
+            yield (
+                order,
+                _no_data_rows(method),
+                (
+                    f"{Path(path).name}: the process measuring this injection died twice ({measured}); "
+                    f"check the file or convert it again, and rerun"
+                ),
             )
         else:
             yield measured

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 from lcmsquant.batch import load_batch, resolve_method_path
 from lcmsquant.files import InputError, file_kind
-from lcmsquant.method import load_method
 from lcmsquant.measure import default_jobs, measure_batch, resolve_jobs
+from lcmsquant.method import load_method
 from lcmsquant.results import peak_counts, results_lock, sample_counts, write_outputs
 from lcmsquant.vocabulary import QCLevel, SampleType
 from lcmsquant.workers import WorkerPool, interrupt_deferred
@@ -65,17 +65,19 @@ def summary_rows(result: RunResult) -> tuple[dict, ...]:
     for _, cal in result.calibration.iterrows():
         mine = results[(results["analyte"] == cal["analyte"]) & (results["calibrator_set"] == cal["calibrator_set"])]
         qcs = mine[(mine["sample_type"] == SampleType.QC) & (mine["level"] != QCLevel.DQC)]
-        rows.append({
-            "analyte": cal["analyte"],
-            "calibrator_set": cal["calibrator_set"],
-            "model": cal["model"],
-            "weighting": cal["weighting"],
-            "r_squared": float(cal["r_squared"]),
-            "qcs_passed": int(qcs["qc_passed"].fillna(False).sum()),
-            "qcs": len(qcs),
-            "accepted": bool(cal["accepted"]),
-            **sample_counts(mine[mine["sample_type"] == SampleType.UNKNOWN]),
-        })
+        rows.append(
+            {
+                "analyte": cal["analyte"],
+                "calibrator_set": cal["calibrator_set"],
+                "model": cal["model"],
+                "weighting": cal["weighting"],
+                "r_squared": float(cal["r_squared"]),
+                "qcs_passed": int(qcs["qc_passed"].fillna(False).sum()),
+                "qcs": len(qcs),
+                "accepted": bool(cal["accepted"]),
+                **sample_counts(mine[mine["sample_type"] == SampleType.UNKNOWN]),
+            }
+        )
     return tuple(rows)
 
 
@@ -116,7 +118,8 @@ def process_batch(
             def advance(_injection) -> None:
                 nonlocal done
                 done += 1
-                progress(done, total)
+                if progress is not None:
+                    progress(done, total)
 
             jobs = resolve_jobs(jobs, total)
             with ExitStack() as owned:
@@ -141,11 +144,20 @@ def process_batch(
         return BatchOutcome(folder, error=f"{folder}: {err.strerror or err}: {err.filename or ''}", bad_input=True)
     except Exception as err:  # a fault of ours must not stop the other batches; it is reported by name
         return BatchOutcome(folder, error=f"{folder}: unexpected {type(err).__name__}: {err} (please report this)")
-    warned = set(result.peaks.loc[result.peaks["read_warnings"] != "", "injection"]) if "read_warnings" in result.peaks else set()
+    warned = (
+        set(result.peaks.loc[result.peaks["read_warnings"] != "", "injection"])
+        if "read_warnings" in result.peaks
+        else set()
+    )
     return BatchOutcome(
-        folder, out, summary=summary_rows(result), injection_errors=dict(result.injection_errors),
-        read_warnings=len(warned), report_problem=drawn.problem if drawn else "",
-        report_warnings=tuple(drawn.warnings) if drawn else (), peaks_only=result.peaks_only,
+        folder,
+        out,
+        summary=summary_rows(result),
+        injection_errors=dict(result.injection_errors),
+        read_warnings=len(warned),
+        report_problem=drawn.problem if drawn else "",
+        report_warnings=tuple(drawn.warnings) if drawn else (),
+        peaks_only=result.peaks_only,
         peak_counts=peak_counts(result.results) if result.peaks_only else {},
     )
 
@@ -168,8 +180,10 @@ class ReportDrawing:
             return render_set(self.out, data, self.warnings)
         except Exception as err:  # noqa: BLE001  the tables are valid; the report can be re-rendered
             self.warnings.clear()  # of a report that is not written
-            self.problem = (f"{type(err).__name__}: {err} (the results are complete and the previous report was removed; "
-                            f"write the report with `lcmsquant report {self.out}`)")
+            self.problem = (
+                f"{type(err).__name__}: {err} (the results are complete and the previous report was removed; "
+                f"write the report with `lcmsquant report {self.out}`)"
+            )
             return None
 
 
@@ -188,8 +202,10 @@ def output_folders(folders: Sequence[Path], out: Path | None) -> list[Path | Non
     for folder in folders:
         name = Path(folder).resolve().name
         if name in names:
-            problems.append(f"batches {names[name]} and {folder} would both write to {Path(out) / name}: "
-                            f"run them separately or rename one folder")
+            problems.append(
+                f"batches {names[name]} and {folder} would both write to {Path(out) / name}: "
+                f"run them separately or rename one folder"
+            )
         names.setdefault(name, Path(folder))
     if problems:
         raise RunRequestError(out, problems)
@@ -213,17 +229,26 @@ def run_batches(
     that cluster, each measured in its worker (jobs is then not used). progress(folder, done,
     total) follows the injections of local runs; on_done(outcome) is called as each batch ends.
     """
-    folders = [Path(f) for f in folders]
-    outs = output_folders(folders, Path(out) if out is not None else None)
+    paths = [Path(f) for f in folders]
+    outs = output_folders(paths, Path(out) if out is not None else None)
     if scheduler is not None:
-        return _on_cluster(scheduler, folders, method_path, outs, command, on_done, report)
+        return _on_cluster(scheduler, paths, method_path, outs, command, on_done, report)
     outcomes = []
     # Started only if a batch is measured in workers; stopped once the last one is measured.
     with WorkerPool(jobs or default_jobs()) as workers:
-        for position, (folder, out_dir) in enumerate(zip(folders, outs)):
+        for position, (folder, out_dir) in enumerate(zip(paths, outs)):
             advance = (lambda done, total, folder=folder: progress(folder, done, total)) if progress else None
-            outcome = process_batch(folder, method_path, out_dir, jobs, command, advance, report,
-                                    workers=workers, release_workers=position == len(folders) - 1)
+            outcome = process_batch(
+                folder,
+                method_path,
+                out_dir,
+                jobs,
+                command,
+                advance,
+                report,
+                workers=workers,
+                release_workers=position == len(paths) - 1,
+            )
             if on_done is not None:
                 on_done(outcome)
             outcomes.append(outcome)
@@ -231,14 +256,20 @@ def run_batches(
 
 
 def _on_cluster(
-    address: str, folders: list[Path], method_path, outs: list[Path | None], command, on_done, report: bool = True,
+    address: str,
+    folders: list[Path],
+    method_path,
+    outs: list[Path | None],
+    command,
+    on_done,
+    report: bool = True,
 ) -> list[BatchOutcome]:
     try:
         from distributed import Client, as_completed
     except ImportError:
-        raise RunRequestError("--scheduler", [
-            "--scheduler needs Dask's distributed package: pip install 'lcmsquant[dask]'"
-        ]) from None
+        raise RunRequestError(
+            "--scheduler", ["--scheduler needs Dask's distributed package: pip install 'lcmsquant[dask]'"]
+        ) from None
     # Workers run elsewhere: they get absolute paths, valid wherever the folders are mounted alike.
     method = str(Path(method_path).resolve()) if method_path is not None else None
     try:
@@ -249,8 +280,15 @@ def _on_cluster(
     try:
         futures = {
             client.submit(
-                process_batch, str(folder.resolve()), method, str(out.resolve()) if out is not None else None, 1, command,
-                report=report, key=f"lcmsquant-batch-{i}-{folder.name}", pure=False,
+                process_batch,
+                str(folder.resolve()),
+                method,
+                str(out.resolve()) if out is not None else None,
+                1,
+                command,
+                report=report,
+                key=f"lcmsquant-batch-{i}-{folder.name}",
+                pure=False,
             ): i
             for i, (folder, out) in enumerate(zip(folders, outs))
         }
@@ -259,7 +297,9 @@ def _on_cluster(
             try:
                 outcome = future.result()
             except Exception as err:  # the worker died or the cluster lost the task
-                outcome = BatchOutcome(folders[i], error=f"{folders[i]}: the Dask cluster could not run it: {type(err).__name__}: {err}")
+                outcome = BatchOutcome(
+                    folders[i], error=f"{folders[i]}: the Dask cluster could not run it: {type(err).__name__}: {err}"
+                )
             outcome = _as_given(outcome, folders[i])
             outcomes[i] = outcome
             if on_done is not None:

@@ -30,6 +30,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # What the fork server imports before it forks any worker. "__main__" is multiprocessing's way of
 # having the server import the main script once, instead of every worker as it starts; CPython
@@ -80,7 +81,7 @@ def worklist_length(folder: Path) -> int:
 
 
 STARTED, FINISHED = 1, 2
-_marks = None  # in a worker: its pool's shared array of item states, by position (set by worker_started)
+_marks: Any = None  # in a worker: its pool's shared array of item states, by position (set by worker_started)
 
 
 def worker_started(main_pid: int, marks=None) -> None:
@@ -158,7 +159,7 @@ class WorkerPool:
         self.jobs = jobs
         self.context = context or process_context()
         self._executor: ProcessPoolExecutor | None = None
-        self._marks = None  # multiprocessing RawArray of STARTED / FINISHED, by position
+        self._marks: Any = None  # multiprocessing RawArray of STARTED / FINISHED, by position
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -185,7 +186,10 @@ class WorkerPool:
         if self._executor is None:
             self._marks = self.context.RawArray("b", max(n_items, MIN_MARKS))
             self._executor = ProcessPoolExecutor(
-                self.jobs, mp_context=self.context, initializer=worker_started, initargs=(os.getpid(), self._marks),
+                self.jobs,
+                mp_context=self.context,
+                initializer=worker_started,
+                initargs=(os.getpid(), self._marks),
             )
         else:
             self._marks[:] = bytes(len(self._marks))
@@ -213,7 +217,7 @@ class WorkerPool:
                 try:
                     with interrupt_deferred():
                         for i in range(0, len(todo), chunk_size):  # a pool found broken raises here
-                            futures.append(executor.submit(_run_chunk, task, todo[i:i + chunk_size]))
+                            futures.append(executor.submit(_run_chunk, task, todo[i : i + chunk_size]))
                     for future in as_completed(futures):
                         for position, result in future.result():
                             done.add(position)
