@@ -304,6 +304,7 @@ finite_or_not = st.floats(allow_nan=True, allow_infinity=True, width=64)
     intensity=arrays(np.float64, st.integers(0, 40), elements=finite_or_not),
 )
 @example(time=np.array([0.0, 0.0]), intensity=np.array([8.98846567e307, 8.98846567e307]))  # averaged without overflow
+@example(time=np.array([1.79769313e308] * 3 + [1.0]), intensity=np.array([1.79e308, 1.7e308, 1.79e308, 1.0]))
 def test_a_cleaned_trace_is_finite_ordered_and_says_what_changed(time, intensity):
     trace = clean_trace("x", 563.3, 463.2, time, intensity)
     assert len(trace.time) == len(trace.intensity)

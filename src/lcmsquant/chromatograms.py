@@ -163,10 +163,11 @@ def clean_trace(native_id: str, q1: float, q3: float, time, intensity) -> Trace:
     if len(time) > 1 and np.any(np.diff(time) == 0):
         unique, index = np.unique(time, return_inverse=True)
         notes.append(f"{len(time) - len(unique)} repeated time point(s): intensities at the same time averaged")
-        counts = np.bincount(index)
-        intensity = np.bincount(
-            index, weights=intensity / counts[index]
-        )  # divided first: no overflow near the float maximum
+        # The mean at each time, of values scaled to at most 1 and clipped to the values averaged,
+        # so that no sum or rounding overflows near the float maximum.
+        scale = float(np.max(np.abs(intensity))) or 1.0
+        mean = np.bincount(index, weights=intensity / scale) / np.bincount(index) * scale
+        intensity = np.clip(mean, intensity.min(), intensity.max())
         time = unique
     negative = intensity < 0
     if negative.any():
