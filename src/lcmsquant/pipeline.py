@@ -22,6 +22,7 @@ from lcmsquant.reanalysis import COLUMNS as REANALYSIS_COLUMNS
 from lcmsquant.reanalysis import reanalysis_list
 from lcmsquant.results import CALIBRATION_COLUMNS, QUANTIFIER_FIELDS
 from lcmsquant.vocabulary import BLOCKING_FLAGS, REVIEW_FLAGS, Flag, PeakStatus, QCLevel, SampleType
+from lcmsquant.workers import WorkerPool
 
 
 @dataclass(frozen=True)
@@ -533,6 +534,7 @@ def run_batch(
     method_path: Path | str | None = None,
     progress: Callable[[Injection], None] | None = None,
     jobs: int | None = 1,
+    workers: WorkerPool | None = None,
 ) -> tuple[Batch, RunResult]:
     """Load, measure and quantify a batch folder: the whole `lcmsquant run` without writing files.
 
@@ -547,6 +549,8 @@ def run_batch(
     jobs : int or None
         Processes measuring injections at once (1: this process; None: every core for large
         batches, see measure_batch).
+    workers : WorkerPool, optional
+        A pool to measure with, kept open for the caller's next batch.
 
     Returns
     -------
@@ -555,5 +559,5 @@ def run_batch(
         reanalysis list (write them with write_outputs).
     """
     batch = load_batch(folder, load_method(resolve_method_path(folder, method_path)))
-    peaks, errors = measure_batch(batch, progress, jobs)
+    peaks, errors = measure_batch(batch, progress, jobs, workers)
     return batch, quantify(batch, peaks, errors)
