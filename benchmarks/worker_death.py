@@ -1,7 +1,7 @@
-"""What a worker's death costs a run: measure_batch with worker processes on a simulated batch,
-undisturbed and with one worker SIGKILLed once a tenth of the injections are done (as the
-out-of-memory killer would), best of --repeat; the killed run's peak table is checked against
-the undisturbed one.
+"""What a worker's death costs a run: measure_batch with worker processes (one WorkerPool for
+every run, as `lcmsquant run A B C` has) on a simulated batch, undisturbed and with one worker
+SIGKILLed once a tenth of the injections are done (as the out-of-memory killer would), best of
+--repeat; the killed run's peak table is checked against the undisturbed one.
 
     cd /work/main && PYTHONPATH=src python benchmarks/worker_death.py [--injections 96] [--jobs 2] [--repeat 3]
 """
@@ -24,11 +24,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
-from run_speed import simulate  # noqa: E402  (same batch design and seed as run_speed.py)
-
-from lcmsquant.batch import load_batch, resolve_method_path  # noqa: E402
-from lcmsquant.measure import measure_batch  # noqa: E402
-from lcmsquant.method import load_method  # noqa: E402
+# lcmsquant and run_speed (pandas, pyopenms, statsmodels) are imported in the functions: each
+# worker process runs this script's top level again as it starts (multiprocessing does so before
+# Python 3.13.8), and those imports would be charged to every worker.
 
 
 def workers() -> list[psutil.Process]:
@@ -37,7 +35,9 @@ def workers() -> list[psutil.Process]:
     return [p for p in me.children(recursive=True) if p.ppid() != me.pid]
 
 
-def timed_run(batch, jobs: int, kill_after: int | None):
+def timed_run(batch, jobs: int, kill_after: int | None, pool=None):
+    from lcmsquant.measure import measure_batch
+
     killed = []
 
     def progress(_injection) -> None:
@@ -51,7 +51,7 @@ def timed_run(batch, jobs: int, kill_after: int | None):
 
     done = 0
     start = time.perf_counter()
-    peaks, errors = measure_batch(batch, progress, jobs=jobs)
+    peaks, errors = measure_batch(batch, progress, jobs=jobs, workers=pool)
     return time.perf_counter() - start, peaks, errors, len(killed)
 
 
@@ -61,16 +61,23 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    from run_speed import simulate  # same batch design and seed as run_speed.py
+
+    from lcmsquant.batch import load_batch, resolve_method_path
+    from lcmsquant.measure import measure_batch
+    from lcmsquant.method import load_method
+    from lcmsquant.workers import WorkerPool
+
+    with tempfile.TemporaryDirectory() as tmp, WorkerPool(args.jobs) as pool:
         folder = Path(tmp) / "batch"
         n = simulate(folder, args.injections)
         batch = load_batch(folder, load_method(resolve_method_path(folder, None)))
-        measure_batch(batch, jobs=args.jobs)  # warm the file cache and the fork server
+        measure_batch(batch, jobs=args.jobs, workers=pool)  # warm the file cache, the fork server and the workers
         rows = {"undisturbed": [], "one worker killed": []}
         reference = None
         for _ in range(args.repeat):  # the two cases take turns, so both see the same machine
             for name, kill_after in (("undisturbed", None), ("one worker killed", max(1, n // 10))):
-                seconds, peaks, errors, killed = timed_run(batch, args.jobs, kill_after)
+                seconds, peaks, errors, killed = timed_run(batch, args.jobs, kill_after, pool)
                 if reference is None:
                     reference = peaks
                 same = peaks.equals(reference) and not errors
