@@ -228,3 +228,10 @@ def test_method_import_writes_a_loadable_method(sciex_dir, tmp_path, cli):
     done = cli("method", "import", bad, "-o", tmp_path / "bad.toml")
     assert done.returncode == 2 and "missing required column" in done.stderr
     assert not (tmp_path / "bad.toml").exists()
+
+
+def test_simulate_refuses_a_folder_that_holds_earlier_results(tmp_path, cli):
+    (tmp_path / "batch" / "results").mkdir(parents=True)
+    done = cli("simulate", tmp_path / "batch", "--unknowns", "6")
+    assert done.returncode == 2 and "holds the results of an earlier run" in done.stderr
+    assert sorted(p.name for p in (tmp_path / "batch").iterdir()) == ["results"]

@@ -429,6 +429,10 @@ def simulate(
                 .replace("n_unknowns", "--unknowns")
             )
         )
+    if (out_dir / "results").exists():  # results of another batch would stay beside the new files
+        _fail(
+            ValueError(f"{out_dir} holds the results of an earlier run: simulate into a new folder, or remove it first")
+        )
     truth = simulate_batch(out_dir, seed=seed, matrix=matrix, options=options)
     console.print(f"Simulated batch written to {out_dir}; true concentrations in {truth}")
 

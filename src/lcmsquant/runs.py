@@ -268,7 +268,11 @@ def _on_cluster(
         from distributed import Client, as_completed
     except ImportError:
         raise RunRequestError(
-            "--scheduler", ["--scheduler needs Dask's distributed package: pip install 'lcmsquant[dask]'"]
+            "--scheduler",
+            [
+                "--scheduler needs Dask's distributed package: pip install distributed (or the dask extra, "
+                "pip install '.[dask]' in a checkout)"
+            ],
         ) from None
     # Workers run elsewhere: they get absolute paths, valid wherever the folders are mounted alike.
     method = str(Path(method_path).resolve()) if method_path is not None else None
