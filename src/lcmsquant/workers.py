@@ -63,7 +63,16 @@ def start_server(context=None) -> None:
     if context.get_start_method() == "forkserver":
         from multiprocessing import forkserver
 
-        forkserver.ensure_running()  # in the module's __all__; what starting the first worker calls
+        # The server ignores Ctrl-C once it runs, but not while it imports PRELOAD: started with
+        # SIGINT ignored (a disposition that survives exec) it never prints a traceback of its own;
+        # a Ctrl-C in these few milliseconds of spawning is lost, the next one stops the run.
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
+        try:
+            forkserver.ensure_running()  # in the module's __all__; what starting the first worker calls
+        finally:
+            if in_main:
+                signal.signal(signal.SIGINT, previous)
 
 
 def worklist_length(folder: Path) -> int:
