@@ -313,8 +313,6 @@ def analyte_table(batch: Batch, peaks: pd.DataFrame) -> pd.DataFrame:
     with np.errstate(divide="ignore", invalid="ignore"):
         table["area_ratio"] = table["area"] / table["is_area"]
     table["calibrator_set"] = ""
-    table["analyte_accepted"] = True
-    table["dilution_qc_failed"] = False
     return table
 
 
