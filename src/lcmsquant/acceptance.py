@@ -227,16 +227,31 @@ def qc_levels_in_study_range(analyte: str, cal_set: str, qcs: pd.DataFrame, samp
     )
 
 
-def _no_reference(rule_id: RuleId, analyte: str, cal_set: str, limit: float) -> Rule:
-    """A response rule that cannot be judged: the LLOQ calibrator or the IS has no peak (fails)."""
+def _response_rule(
+    rule_id: RuleId,
+    analyte: str,
+    cal_set: str,
+    rows: pd.DataFrame,
+    response: pd.Series,
+    reference: float,
+    limit: float,
+    of: str,
+) -> Rule:
+    """The worst response of `rows` as % of `reference` against `limit` (carry-over, selectivity);
+    failed when there is no reference (the LLOQ calibrator or the IS has no peak)."""
+    if not np.isfinite(reference) or reference <= 0:
+        return Rule.of(
+            rule_id,
+            analyte,
+            cal_set,
+            "no reference response",
+            f"<= {limit:g} %",
+            False,
+            detail="the LLOQ calibrator or the IS has no peak",
+        )
+    worst, where = _worst(rows, _response_pct(response, reference))
     return Rule.of(
-        rule_id,
-        analyte,
-        cal_set,
-        "no reference response",
-        f"<= {limit:g} %",
-        False,
-        detail="the LLOQ calibrator or the IS has no peak",
+        rule_id, analyte, cal_set, f"{worst:.1f} % {of} ({where})", f"<= {limit:g} %", worst <= limit + EPSILON
     )
 
 
@@ -307,20 +322,7 @@ def carryover(
         (RuleId.CARRYOVER_ANALYTE, blanks["area"], reference, acc.carryover_pct_of_lloq, "of the LLOQ response"),
         (RuleId.CARRYOVER_IS, blanks["is_area"], is_reference, acc.carryover_is_pct, "of the mean IS response"),
     ):
-        if not np.isfinite(ref) or ref <= 0:
-            rules.append(_no_reference(rule_id, analyte, cal_set, limit))
-            continue
-        worst, where = _worst(blanks, _response_pct(area, ref))
-        rules.append(
-            Rule.of(
-                rule_id,
-                analyte,
-                cal_set,
-                f"{worst:.1f} % {of} ({where})",
-                f"<= {limit:g} %",
-                worst <= limit + EPSILON,
-            )
-        )
+        rules.append(_response_rule(rule_id, analyte, cal_set, blanks, area, ref, limit, of))
     return rules
 
 
@@ -381,20 +383,7 @@ def selectivity(
                 )
             )
             continue
-        if not np.isfinite(ref) or ref <= 0:
-            rules.append(_no_reference(rule_id, analyte, cal_set, limit))
-            continue
-        worst, where = _worst(rows, _response_pct(rows[column], ref))
-        rules.append(
-            Rule.of(
-                rule_id,
-                analyte,
-                cal_set,
-                f"{worst:.1f} % {of} ({where})",
-                f"<= {limit:g} %",
-                worst <= limit + EPSILON,
-            )
-        )
+        rules.append(_response_rule(rule_id, analyte, cal_set, rows, rows[column], ref, limit, of))
     return rules
 
 
