@@ -410,6 +410,7 @@ def simulate(
     ] = "instrument",
 ) -> None:
     """Write a realistic simulated batch (and its true concentrations beside the folder)."""
+    from lcmsquant.results import RESULTS_FOLDER
     from lcmsquant.simulate import SimulationOptions, simulate_batch
 
     try:
@@ -429,7 +430,7 @@ def simulate(
                 .replace("n_unknowns", "--unknowns")
             )
         )
-    if (out_dir / "results").exists():  # results of another batch would stay beside the new files
+    if (out_dir / RESULTS_FOLDER).exists():  # results of another batch would stay beside the new files
         _fail(
             ValueError(f"{out_dir} holds the results of an earlier run: simulate into a new folder, or remove it first")
         )

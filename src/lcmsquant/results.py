@@ -798,13 +798,18 @@ class RunOutputs:
         return Acceptance(**known)
 
 
+RESULTS_FOLDER = "results"  # BATCH/results, where `lcmsquant run` writes by default
+
+
 def results_dir_of(path: Path | str) -> Path:
-    """The results folder `path` means: `path/results` when `path` is a batch folder that has
-    one (and is no results folder itself), else `path`; so a command given the batch folder
-    reads its results, as `lcmsquant validate` does."""
+    """The results folder `path` means: a results.csv's folder; `path/results` when `path` is
+    no results folder itself but holds one (a batch folder); else `path`. Every command that
+    reads results takes the batch folder this way."""
     path = Path(path)
-    if (path / "results").is_dir() and not (path / RUN_JSON).exists() and (path / WORKLIST).is_file():
-        return path / "results"
+    if path.is_file() and path.name == "results.csv":
+        return path.parent
+    if not any((path / name).exists() for name in ("results.csv", RUN_JSON)) and (path / RESULTS_FOLDER).is_dir():
+        return path / RESULTS_FOLDER
     return path
 
 

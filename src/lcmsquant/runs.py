@@ -20,14 +20,14 @@ from lcmsquant.batch import load_batch, resolve_method_path
 from lcmsquant.files import InputError, file_kind
 from lcmsquant.measure import default_jobs, measure_batch, resolve_jobs
 from lcmsquant.method import load_method
-from lcmsquant.results import peak_counts, results_lock, sample_counts, write_outputs
+from lcmsquant.results import RESULTS_FOLDER, peak_counts, results_lock, sample_counts, write_outputs
 from lcmsquant.vocabulary import QCLevel, SampleType
 from lcmsquant.workers import WorkerPool, interrupt_deferred
 
 if TYPE_CHECKING:
     from lcmsquant.pipeline import RunResult
 
-RESULTS = "results"
+RESULTS = RESULTS_FOLDER
 
 
 class RunRequestError(InputError):

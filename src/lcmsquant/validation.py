@@ -32,7 +32,7 @@ import pandas as pd
 from lcmsquant.calibration import calibrate, fit_curve
 from lcmsquant.files import InputError, atomic_write, csv_text
 from lcmsquant.method import MODELS, WEIGHTINGS, Acceptance
-from lcmsquant.results import read_results
+from lcmsquant.results import read_results, results_dir_of
 from lcmsquant.vocabulary import QCLevel, RuleId, SampleType
 
 RESULTS_CSV = "results.csv"
@@ -93,14 +93,11 @@ class ValidationRun:
 
 
 def results_folder(path: Path | str) -> Path:
-    """The results folder meant by `path`: itself, its `results/` (a batch folder) or a results.csv's folder."""
+    """The results folder meant by `path` (results.results_dir_of), which must hold a results.csv."""
+    folder = results_dir_of(path)
+    if (folder / RESULTS_CSV).is_file():
+        return folder
     path = Path(path)
-    if path.is_file() and path.name == RESULTS_CSV:
-        return path.parent
-    if (path / RESULTS_CSV).is_file():
-        return path
-    if (path / "results" / RESULTS_CSV).is_file():
-        return path / "results"
     raise ResultsError(
         path, [f"{path}: no {RESULTS_CSV} here nor in {path / 'results'}: give a folder written by `lcmsquant run`"]
     )
