@@ -698,14 +698,7 @@ COLUMN_TYPES = {
         ints=("injection",),
         bools=("reportable",),
         text=(
-            "file",
-            "sample_id",
-            "sample_type",
-            "level",
-            "matrix",
-            "subject_id",
-            "visit",
-            "timepoint",
+            *(c for c in WORKLIST_COLUMNS if c != "dilution_factor"),  # every worklist column is text but that one
             "analyte",
             "calibrator_set",
             "internal_standard",
