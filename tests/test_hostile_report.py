@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lcmsquant import report as report_module
+from lcmsquant.audit_trail import TRAIL
 from lcmsquant.cli import app
 from lcmsquant.files import REPORT_HASH_META, _set_agrees, report_run_json_sha256
 from lcmsquant.report import (
@@ -34,7 +35,10 @@ from lcmsquant.runs import process_batch
 from lcmsquant.simulate import SimulationOptions, simulate_batch
 
 RERUN = "rerun `lcmsquant run` on the batch to write the folder again"
-OUTPUTS = ["audit.csv", "calibration.csv", "peaks.csv", "reanalysis.csv", "results.csv", "run.json", "session.json"]
+# The results set and the folder's audit trail (appended, never replaced).
+OUTPUTS = sorted(
+    ["audit.csv", "calibration.csv", "peaks.csv", "reanalysis.csv", "results.csv", "run.json", "session.json", TRAIL]
+)
 OLD_PDF = b"%PDF-1.4 printed from the previous report\n"
 
 

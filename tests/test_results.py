@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from lcmsquant.audit_trail import TRAIL
 from lcmsquant.cohort import read_cohort_run
 from lcmsquant.files import atomic_write_all
 from lcmsquant.pipeline import run_batch
@@ -92,7 +93,8 @@ def test_a_lock_left_by_a_killed_run_does_not_block_and_leaves_nothing_behind(ba
     assert (plate / "results" / LOCK_FILE).is_file()  # the killed holder's details are still there
     outcome = process_batch(plate, report=False)
     assert outcome.ok, outcome.error
-    assert sorted(p.name for p in (plate / "results").iterdir()) == sorted(OUTPUTS)  # no lock file among the outputs
+    on_disk = sorted(p.name for p in (plate / "results").iterdir())
+    assert on_disk == sorted([*OUTPUTS, TRAIL])  # no lock file among the outputs
     recorded = json.loads((plate / "results" / "run.json").read_text())["outputs"]
     assert sorted(recorded) == sorted(OUTPUTS[:5])
 

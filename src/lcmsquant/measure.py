@@ -322,6 +322,16 @@ def measure_batch(
     caller's, kept open for its next batch); without it one is started and stopped for this
     batch. Raises OverrideError when a manual integration finds no data to integrate.
     """
+    return peak_table(batch, measure_injections(batch, progress, jobs, workers))
+
+
+def measure_injections(
+    batch: Batch,
+    progress: Callable[[Injection], None] | None = None,
+    jobs: int | None = 1,
+    workers: WorkerPool | None = None,
+) -> dict[int, tuple[list[dict], str]]:
+    """Injection order -> (peak rows, read error) of every injection (see measure_batch)."""
     work = [(inj.order, inj.file, batch.overrides_for(inj)) for inj in batch.injections]
     by_order = {inj.order: inj for inj in batch.injections}
     n_jobs = resolve_jobs(jobs, len(work))
@@ -336,13 +346,20 @@ def measure_batch(
             results[order] = (peaks, error)
             if progress is not None:
                 progress(by_order[order])
+    return {inj.order: results[inj.order] for inj in batch.injections}
+
+
+def peak_table(batch: Batch, measured: Mapping[int, tuple[list[dict], str]]) -> tuple[pd.DataFrame, dict]:
+    """The peak table and read errors of a batch from each injection's peak rows, in worklist
+    order however they were measured. Raises OverrideError when a manual integration found no
+    data to integrate."""
     rows: list[dict] = []
     errors: dict[int, str] = {}
-    for order, _, _ in work:  # injection order, however the workers finished
-        peaks, error = results[order]
+    for inj in batch.injections:
+        peaks, error = measured[inj.order]
         if error:
-            errors[order] = error
-        rows.extend({"injection": order, **p} for p in peaks)
+            errors[inj.order] = error
+        rows.extend({"injection": inj.order, **p} for p in peaks)
     table = pd.DataFrame(rows)
     problems = [p for p in table["override_problem"] if p]
     if problems:

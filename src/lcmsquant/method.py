@@ -159,6 +159,21 @@ REANALYSIS_RULES = ("first_valid", "repeat")
 BLQ_RATIO_POLICIES = ("censor", "half_lloq")
 
 
+# Why a reviewer changes an integration: the pick list `lcmsquant review` offers (free text may
+# follow), unless the method's [review] table gives its own `reasons`.
+REVIEW_REASONS = (
+    "Baseline drawn incorrectly",
+    "Peak split at noise",
+    "Wrong peak integrated",
+    "Peak not detected",
+    "Interference / co-eluting peak",
+    "No peak present",
+    "Same window for all injections (SOP)",
+    "Calibrator excluded: assignable cause",
+)
+MAX_REASON = 200
+
+
 @dataclass(frozen=True)
 class CohortSettings:
     """How results of many runs are combined ([cohort] table): which analysis of a reanalysed
@@ -190,6 +205,7 @@ class Method:
     path: str = ""
     sha256: str = ""
     cohort: CohortSettings = CohortSettings()
+    review_reasons: tuple[str, ...] = REVIEW_REASONS  # [review] reasons: the pick list of lcmsquant review
 
     def analyte(self, name: str) -> Analyte:
         """The analyte of that name."""
@@ -268,6 +284,7 @@ _TOP_KEYS = {
     "internal_standards",
     "analytes",
     "cohort",
+    "review",
 }
 _ANALYTE_KEYS = {"internal_standard", "rt", "quantifier", "qualifiers", "model", "weighting"}
 _IS_KEYS = {"q1", "q3", "rt"}
@@ -518,10 +535,28 @@ def parse_method(doc: dict[str, Any], base_dir: Path, source: str = "method") ->
         p.extend(check_calibrator_set(s, method_stub))
 
     cohort = _cohort(_table(doc, "cohort", p), [a.name for a in analytes], p)
+    review_reasons = _review_reasons(_table(doc, "review", p), p)
 
     if p:
         raise MethodError(source, list(p))
-    return replace(method_stub, calibrator_sets=tuple(sets), cohort=cohort)
+    return replace(method_stub, calibrator_sets=tuple(sets), cohort=cohort, review_reasons=review_reasons)
+
+
+def _review_reasons(table: dict, p: _Problems) -> tuple[str, ...]:
+    p.unknown_keys(table, {"reasons"}, "[review]")
+    if "reasons" not in table:
+        return REVIEW_REASONS
+    reasons = table["reasons"]
+    if (
+        not isinstance(reasons, list)
+        or not reasons
+        or not all(isinstance(r, str) and r.strip() and r.isprintable() and len(r) <= MAX_REASON for r in reasons)
+    ):
+        p.append(
+            f"[review].reasons: expected a list of reasons (one line of text each, at most {MAX_REASON} characters), got {reasons!r}"
+        )
+        return REVIEW_REASONS
+    return tuple(dict.fromkeys(r.strip() for r in reasons))
 
 
 def _table(doc: dict, key: str, p: _Problems) -> dict:

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from lcmsquant import __version__
+from lcmsquant.audit_trail import TrailNote, account, append_entry
 from lcmsquant.batch import CALIBRATORS, WORKLIST, Batch
 from lcmsquant.batch import COLUMNS as WORKLIST_COLUMNS
 from lcmsquant.files import (
@@ -53,7 +54,7 @@ from lcmsquant.measure import AUDITED, PEAK_FIELDS
 from lcmsquant.method import Acceptance
 from lcmsquant.overrides import OVERRIDES
 from lcmsquant.reanalysis import COLUMNS as REANALYSIS_COLUMNS
-from lcmsquant.vocabulary import Flag, SampleType
+from lcmsquant.vocabulary import Flag, SampleType, TrailEvent
 
 if TYPE_CHECKING:  # lcmsquant.pipeline imports statsmodels: see runs.process_batch
     from lcmsquant.pipeline import RunResult
@@ -425,8 +426,10 @@ def write_outputs(
     out_dir: Path,
     command: list[str] | None = None,
     report: ReportRenderer | None = None,
+    note: TrailNote | None = None,
 ) -> list[Path]:
-    """Write every output file of a run as one set (see files.atomic_write_all).
+    """Write every output file of a run as one set (see files.atomic_write_all), and record it
+    in the folder's audit trail.
 
     Parameters
     ----------
@@ -438,6 +441,9 @@ def write_outputs(
         The command line recorded in session.json (default: this process's).
     report : callable, optional
         Draws report.html from the set's bytes (see below).
+    note : TrailNote, optional
+        What the audit trail records of this set (default: a run by this account, with the
+        command line).
 
     Returns
     -------
@@ -452,12 +458,27 @@ def write_outputs(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
+    files = output_set(batch, run, out_dir, command)
+    written = _write_set(out_dir, files, report)
+    if note is None:
+        command = command if command is not None else sys.argv
+        note = TrailNote(TrailEvent.RUN, account(), "results written", {"command": list(map(str, command))})
+    run_json = files[out_dir / "run.json"]
+    sha = hashlib.sha256(run_json if isinstance(run_json, bytes) else run_json.encode("utf-8")).hexdigest()
+    append_entry(out_dir, note.event, note.by, note.summary, note.details, sha)
+    return written
+
+
+def output_set(
+    batch: Batch, run: RunResult, out_dir: Path, command: list[str] | None = None
+) -> dict[Path, bytes | str]:
+    """The files of a results set by path, as write_outputs writes them (without the report)."""
     tables = output_tables(batch, run)
     table_bytes = {out_dir / name: csv_text(table).encode("utf-8") for name, table in tables.items()}
     summary = run_summary(batch, run)
     summary["outputs"] = {path.name: hashlib.sha256(data).hexdigest() for path, data in table_bytes.items()}
     run_json = json.dumps(_jsonable(summary), indent=2) + "\n"
-    files: dict[Path, bytes | str] = {**table_bytes, out_dir / "run.json": run_json}
+    files: dict[Path, bytes | str] = {**table_bytes, out_dir / "run.json": run_json.encode("utf-8")}
     session = {
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": command if command is not None else sys.argv,
@@ -466,7 +487,7 @@ def write_outputs(
         "hashes": {"run.json": hashlib.sha256(run_json.encode("utf-8")).hexdigest()},  # see files.read_set
     }
     files[out_dir / "session.json"] = json.dumps(session, indent=2) + "\n"
-    return _write_set(out_dir, files, report)
+    return files
 
 
 def output_tables(batch: Batch, run: RunResult) -> dict[str, pd.DataFrame]:

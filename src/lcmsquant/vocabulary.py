@@ -212,3 +212,36 @@ class RuleId(StrEnum):
         if record.get("id") in cls.__members__:
             return cls[record["id"]]
         return next((r for r in cls if r.label == record.get("rule")), None)
+
+
+class TrailEvent(StrEnum):
+    """What an entry of a results folder's audit trail records (audit-trail.jsonl's `event`)."""
+
+    RUN = "run"  # a results set was written from the batch's files (lcmsquant run, or review's start)
+    CHANGE = "change"  # a manual integration or calibrator exclusion made in lcmsquant review
+    UNDO = "undo"  # a change taken back
+    REDO = "redo"  # an undone change made again
+    SIGNATURE = "signature"  # a person signed the results set
+    REPORT = "report"  # report.html was drawn
+
+
+class Meaning(StrEnum):
+    """What a signature means (21 CFR 11.50(a)(3)), with the statement the signer makes."""
+
+    statement: str
+
+    def __new__(cls, value: str, statement: str):
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.statement = statement
+        return member
+
+    REVIEWED = (
+        "reviewed",
+        "I reviewed the integration, the calibration and the acceptance of this run, and the manual "
+        "changes recorded with it.",
+    )
+    APPROVED = (
+        "approved",
+        "I approve these results as reviewed: they may be reported.",
+    )
