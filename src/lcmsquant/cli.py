@@ -350,6 +350,56 @@ def report(
         console.print(f"Report written to {path}", markup=False)
 
 
+@app.command()
+def review(
+    batch_dir: Annotated[Path, typer.Argument(help="Batch folder to review.", metavar="BATCH_DIR", show_default=False)],
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="Port on 127.0.0.1 (default 0: a free one).")
+    ] = 0,
+    analyst: Annotated[
+        str, typer.Option("--analyst", help="Your name, filled in for each change and signature (you can change it).")
+    ] = "",
+    no_browser: Annotated[bool, typer.Option("--no-browser", help="Only print the address; open no browser.")] = False,
+    method: Annotated[
+        Path | None, typer.Option("--method", help="Method TOML (default: as for `lcmsquant run`).")
+    ] = None,
+) -> None:
+    """Review, correct and sign a run in the browser: drag peak boundaries, exclude calibrators,
+    see curves and verdicts change, sign "reviewed" and "approved".
+
+    Holds BATCH_DIR/results while it runs (a `run` into it is refused meanwhile); every change
+    is written to overrides.csv, the results and the audit trail at once. Ctrl-C ends it.
+    """
+    import webbrowser
+
+    from lcmsquant.review import open_review
+    from lcmsquant.review_app import bind, new_token, serve
+
+    if not batch_dir.is_dir():
+        _fail(ValueError(f"{batch_dir}: not a folder; give the batch folder that holds worklist.csv"))
+    command = ["lcmsquant", *sys.argv[1:]]
+    try:
+        sock = bind(port)
+        errors.print(f"Measuring {batch_dir} ...", highlight=False)
+        with open_review(batch_dir, method, analyst=analyst or None, command=command) as session:
+
+            def ready(url: str) -> None:
+                console.print(f"Review of {session.folder.name} at {url}", markup=False, soft_wrap=True)
+                console.print("Keep this window open while you review; Ctrl-C ends the review.", markup=False)
+                if not no_browser:
+                    webbrowser.open(url)
+
+            serve(session, sock, new_token(), analyst, ready)
+            if session.undo_steps and not (session.out_dir / "report.html").is_file():
+                console.print(f"Report written to {session.write_report(analyst or None)}", markup=False)
+    except InputError as err:
+        _fail(err)
+    except OSError as err:
+        _fail(err)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
 method_app = typer.Typer(help="Method files: import a transition list.", no_args_is_help=True, **PLAIN_HELP)
 app.add_typer(method_app, name="method")
 

@@ -212,14 +212,11 @@ class ReviewSession:
             return entry
 
     def write_report(self, by: str | None = None) -> Path:
-        """Draw report.html from the results set on disk (with its signatures and trail)."""
-        from lcmsquant.report import render_set
+        """Draw report.html from the results set on disk, with its signatures and trail."""
+        from lcmsquant.report import write_report
 
         with self.lock:
-            names = ["results.csv", "peaks.csv", "calibration.csv", "audit.csv", "reanalysis.csv", "run.json"]
-            data = {name: (self.out_dir / name).read_bytes() for name in names}
-            html = render_set(self.out_dir, data, [])
-            path = atomic_write(self.out_dir / "report.html", html)
+            path = write_report(self.out_dir, self.folder)
             append_entry(self.out_dir, TrailEvent.REPORT, by or account(), "report.html drawn")
             self.version += 1
             return path
