@@ -40,6 +40,12 @@ _API = {
     "write_pdf": "report",
     "process_batch": "runs",
     "run_batches": "runs",
+    # reviewing, correcting and signing a run
+    "open_review": "review",
+    "ReviewSession": "review",
+    "Correction": "review",
+    "read_trail": "audit_trail",
+    "sign": "audit_trail",
     # across runs and the study
     "read_runs": "validation",
     "validate_runs": "validation",
@@ -60,6 +66,7 @@ _API = {
     "QCLevel": "vocabulary",
     "Matrix": "vocabulary",
     "PeakStatus": "vocabulary",
+    "Meaning": "vocabulary",
     "InputError": "files",
 }
 
@@ -80,6 +87,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
+    from lcmsquant.audit_trail import read_trail, sign
     from lcmsquant.batch import Batch, load_batch
     from lcmsquant.cohort import add_runs, cohort_tables, write_penetration
     from lcmsquant.export import export_cohort
@@ -89,8 +97,9 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from lcmsquant.pipeline import RunResult, quantify, run_batch
     from lcmsquant.report import write_pdf, write_report
     from lcmsquant.results import RunOutputs, read_results, write_outputs
+    from lcmsquant.review import Correction, ReviewSession, open_review
     from lcmsquant.runs import process_batch, run_batches
     from lcmsquant.simulate import SimulationOptions, simulate_batch, simulate_study
     from lcmsquant.transition_list import import_transition_list
     from lcmsquant.validation import compare_curves, isr_runs, read_runs, validate_runs
-    from lcmsquant.vocabulary import Flag, Matrix, PeakStatus, QCLevel, RuleId, SampleType
+    from lcmsquant.vocabulary import Flag, Matrix, Meaning, PeakStatus, QCLevel, RuleId, SampleType

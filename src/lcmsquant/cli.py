@@ -390,7 +390,7 @@ def review(
                     webbrowser.open(url)
 
             serve(session, sock, new_token(), analyst, ready)
-            if session.undo_steps and not (session.out_dir / "report.html").is_file():
+            if not (session.out_dir / "report.html").is_file():  # a change removed the report of the old results
                 console.print(f"Report written to {session.write_report(analyst or None)}", markup=False)
     except InputError as err:
         _fail(err)

@@ -35,7 +35,7 @@ from lcmsquant.audit_trail import (
     utc_now,
 )
 from lcmsquant.batch import Batch, Injection, load_batch, resolve_method_path
-from lcmsquant.chromatograms import Trace, read_injection
+from lcmsquant.chromatograms import ChromatogramReadError, Trace, read_injection
 from lcmsquant.files import InputError, atomic_write
 from lcmsquant.measure import measure_injection, measure_injections, peak_table
 from lcmsquant.method import MAX_REASON, Method, load_method
@@ -228,7 +228,10 @@ class ReviewSession:
         return quantify(self.batch, peaks, errors)
 
     def _read_traces(self, order: int) -> Mapping[str, Trace | None]:
-        traces = read_injection(self.injection(order).file, self.method)
+        try:
+            traces = read_injection(self.injection(order).file, self.method)
+        except ChromatogramReadError:  # flagged NO_DATA in the results: nothing to draw
+            return {}
         return {t.name: trace for t, trace in traces.items()}
 
     def _read_overrides_bytes(self) -> bytes | None:
