@@ -57,6 +57,29 @@ def test_run_writes_results_and_prints_the_summary(plasma_batch, cli):
     assert "Run accepted" in (out / "report.html").read_text()  # the reviewer's report comes with every run
 
 
+def test_the_summary_names_each_failing_rule_that_does_not_reject_its_analyte(tmp_path):
+    """A study sample's IS response outside the band does not reject the run (ICH M10 3.3), but
+    the chemist reading the summary must see it without opening the report."""
+    from typer.testing import CliRunner
+
+    from lcmsquant.cli import app
+    from lcmsquant.simulate import SimulationOptions, simulate_batch
+
+    simulate_batch(tmp_path / "design", seed=7)
+    worklist = pd.read_csv(tmp_path / "design" / "worklist.csv")
+    dropped = tuple(worklist.loc[worklist["sample_type"] == "unknown", "sample_id"][:6])
+    simulate_batch(tmp_path / "batch", seed=7, options=SimulationOptions(is_dropout=dropped))
+    done = CliRunner().invoke(app, ["run", str(tmp_path / "batch"), "--no-report", "--jobs", "1"])
+    assert done.exit_code == 0, done.output
+    warned = [" ".join(line.split()) for line in done.output.splitlines() if line.startswith("warning:")]
+    for analyte in ("flumatinib", "M1", "M3"):
+        assert (
+            f"warning: {analyte} (plasma): IS response within the band, 6 of 46 injections outside "
+            "(limit 50-150 % of the calibrator/QC mean): does not reject the analyte; see report.html"
+        ) in warned
+    assert "accepted" in done.output and "rejected" not in done.output
+
+
 def test_the_run_summary_fits_an_80_column_terminal_without_cutting_a_cell(plasma_run):
     from rich.console import Console
 

@@ -236,6 +236,7 @@ def _print_outcome(outcome, several: bool) -> None:
             table.title = None
             console.print(f"Run summary: {escape(str(outcome.folder))}", highlight=False, soft_wrap=True)
         console.print(table)
+        _warn(f"{warning}: does not reject the analyte; see report.html" for warning in outcome.rule_warnings)
     if outcome.report_problem:
         errors.print(f"[yellow]warning:[/] report.html not written: {escape(outcome.report_problem)}", highlight=False)
     _warn(f"report.html: {warning}" for warning in outcome.report_warnings)

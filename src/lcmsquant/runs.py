@@ -52,6 +52,7 @@ class BatchOutcome:
     report_warnings: tuple[str, ...] = ()  # what the report could not show (an mzML file changed since it was read)
     peaks_only: str = ""  # why the run has no calibration (pipeline.peaks_only_reason); "" when calibrated
     peak_counts: dict = field(default_factory=dict)  # a peaks-only run's summary (results.peak_counts)
+    rule_warnings: tuple[str, ...] = ()  # failing rules that do not reject the analyte (see rule_warnings)
 
     @property
     def ok(self) -> bool:
@@ -79,6 +80,16 @@ def summary_rows(result: RunResult) -> tuple[dict, ...]:
             }
         )
     return tuple(rows)
+
+
+def rule_warnings(result: RunResult) -> tuple[str, ...]:
+    """Each failing rule that does not reject its analyte (IS drift, QCs outside the study
+    samples' range, ...): "analyte (set): rule, measured (limit)"."""
+    return tuple(
+        f"{r.analyte} ({r.calibrator_set}): {r.rule}, {r.measured} (limit {r.limit})"
+        for r in result.rules
+        if not r.passed and not r.critical
+    )
 
 
 def process_batch(
@@ -159,6 +170,7 @@ def process_batch(
         report_warnings=tuple(drawn.warnings) if drawn else (),
         peaks_only=result.peaks_only,
         peak_counts=peak_counts(result.results) if result.peaks_only else {},
+        rule_warnings=rule_warnings(result),
     )
 
 

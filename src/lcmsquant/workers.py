@@ -38,9 +38,9 @@ from typing import Any
 PRELOAD = ["__main__", "lcmsquant.measure", "lcmsquant._peak_kernels"]
 
 # Fewest injections for which measure_batch(jobs=None) starts workers. Measured on 2 cores
-# (benchmarks/scale.py --sizes, README "Speed and scale"): a worker saves about 1.6 ms per
-# injection (3.3 ms of reading and integrating, halved), and below this size the two ways were
-# within noise of each other; workers also add about 120 MB, so small batches stay in this process.
+# (benchmarks/scale.py --sizes, docs/benchmarks.md "Speed and scale"): a worker saves about 1.6 ms
+# per injection (3.3 ms of reading and integrating, halved); at 48 injections two workers saved
+# 0.3-0.4 s of 3 s but add about 120 MB, so batches below this size stay in this process.
 PARALLEL_MIN_INJECTIONS = 64
 
 MIN_MARKS = 4096  # items a pool's shared array can mark: longer calls get an array of their own
