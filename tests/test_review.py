@@ -82,6 +82,23 @@ def test_a_review_of_current_results_rewrites_nothing(batch):
     assert [e.event for e in read_trail(batch / "results").entries] == [TrailEvent.RUN]  # the run's, not the review's
 
 
+def test_results_written_before_the_trail_existed_are_recorded_once_so_they_can_be_signed(batch):
+    assert process_batch(batch, report=False).ok
+    (batch / "results" / TRAIL).unlink()  # as an earlier lcmsquant left them
+    with open_review(batch, jobs=1) as session:
+        session.sign("A. Chemist", Meaning.REVIEWED)
+    with open_review(batch, jobs=1):
+        pass
+    assert [e.event for e in read_trail(batch / "results").entries] == [TrailEvent.RUN, TrailEvent.SIGNATURE]
+
+
+def test_results_the_trail_does_not_record_cannot_be_signed(batch):
+    with open_review(batch, jobs=1) as session:
+        (batch / "results" / "run.json").write_text((batch / "results" / "run.json").read_text() + " ")  # edited
+        with pytest.raises(SignatureError, match="not written by a run or review the audit trail records"):
+            session.sign("A. Chemist", Meaning.REVIEWED)
+
+
 def test_moved_boundaries_become_an_overrides_row_and_the_results_of_a_fresh_run(batch, monkeypatch):
     with open_review(batch, jobs=1) as session:
         file = _unknown_file(session, 2)

@@ -232,6 +232,11 @@ def signatures(trail: Trail, current_sha: str) -> tuple[Signature, ...]:
     )
 
 
+def recorded(trail: Trail, results_sha: str) -> bool:
+    """Whether an entry of the trail records writing the results set `results_sha`."""
+    return any(e.results_sha256 == results_sha for e in trail.entries if e.event != TrailEvent.SIGNATURE)
+
+
 def check_name(name: str, what: str = "name") -> str:
     """A declared name as the trail keeps it; raise ValueError for one that cannot be printed."""
     name = " ".join(str(name).split())
@@ -265,6 +270,14 @@ def sign(results_dir: Path | str, name: str, meaning: Meaning | str) -> TrailEnt
     if not trail.intact:
         raise SignatureError(
             results_dir, ["the audit trail is broken, so a signature would not be trustworthy:", *trail.problems]
+        )
+    if not recorded(trail, current):
+        raise SignatureError(
+            results_dir,
+            [
+                "the results on disk were not written by a run or review the audit trail records (edited, or a "
+                "writer stopped before recording them): run the batch again, then sign"
+            ],
         )
     valid = [s for s in signatures(trail, current) if s.current]
     if any(s.name == name and s.meaning == meaning for s in valid):

@@ -30,6 +30,7 @@ from lcmsquant.audit_trail import (
     append_entry,
     check_name,
     read_trail,
+    recorded,
     results_sha256,
     sign,
     utc_now,
@@ -140,21 +141,33 @@ class ReviewSession:
 
     def write_results(self, analyst: str | None = None) -> TrailEntry | None:
         """Write the results set when the one on disk is not what the batch's files give now
-        (no results yet, or results of other inputs or software); the trail records it as a run."""
+        (no results yet, or results of other inputs or software); the trail records it as a run.
+        Results that are current but that the trail does not record (written before trails
+        existed) get an entry saying so, so that they can be signed."""
         with self.lock:
             files = output_set(self.batch, self.result, self.out_dir, self.command)
             on_disk = self.out_dir / "run.json"
+            by = analyst or account()
             if on_disk.is_file() and on_disk.read_bytes() == files[on_disk]:
-                return None
-            write_outputs(
-                self.batch,
-                self.result,
-                self.out_dir,
-                self.command,
-                note=TrailNote(TrailEvent.RUN, analyst or account(), "results written at the start of a review"),
-            )
+                if recorded(self.trail, self.results_sha256):
+                    return None
+                entry = append_entry(
+                    self.out_dir,
+                    TrailEvent.RUN,
+                    by,
+                    "results found current at the start of a review (not yet in the trail)",
+                )
+            else:
+                write_outputs(
+                    self.batch,
+                    self.result,
+                    self.out_dir,
+                    self.command,
+                    note=TrailNote(TrailEvent.RUN, by, "results written at the start of a review"),
+                )
+                entry = self.trail.entries[-1]
             self.version += 1
-            return self.trail.entries[-1]
+            return entry
 
     def apply(self, corrections: Sequence[Correction], reason: str, analyst: str) -> TrailEntry:
         """Make one change (one or more corrections with one reason), write it to overrides.csv,
