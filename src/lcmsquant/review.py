@@ -110,6 +110,9 @@ class ReviewSession:
         self.batch: Batch = load_batch(self.folder, self.method)
         self._overrides = self._read_overrides_bytes()
         self._measured = measure_injections(self.batch, jobs=jobs)
+        if self.batch.injections:  # load the compiled peak finder here now, not on the first change (0.5 s)
+            first = self.batch.injections[0]
+            measure_injection(first.file, self.method, self.batch.overrides_for(first))
         self.result: RunResult = self._quantify()
         self._traces = lru_cache(maxsize=64)(self._read_traces)
 
