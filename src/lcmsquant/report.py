@@ -922,6 +922,14 @@ def acceptance_limits(limits: Mapping[str, object]) -> list[tuple[str, str]]:
     return known + unknown
 
 
+def _excluded_by(reason: str) -> str:
+    """Who excluded a calibrator: an analyst in overrides.csv (pipeline writes the reason as
+    "excluded by NAME: why") or the run's ICH M10 rule."""
+    if str(reason).startswith("excluded by "):
+        return "analyst (overrides.csv)"
+    return "lcmsquant, ICH M10 rule (automatic)"
+
+
 def provenance_section(files: RunOutputs) -> dict:
     """Section 7: input files, method and software with their hashes, and the session."""
     prov = files.summary.get("provenance", {})
@@ -949,6 +957,7 @@ def provenance_section(files: RunOutputs) -> dict:
                 "analyte": r["analyte"],
                 "level": r["level"],
                 "reason": r["exclusion_reason"] or "excluded",
+                "by": _excluded_by(r["exclusion_reason"]),
             }
             for _, r in excluded.sort_values(["analyte", "injection"]).iterrows()
         ],
