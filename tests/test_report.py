@@ -14,6 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from lcmsquant import browser
+from lcmsquant.audit_trail import account, read_trail, results_sha256
 from lcmsquant.cli import app
 from lcmsquant.files import sha256
 from lcmsquant.pipeline import run_batch
@@ -32,9 +33,13 @@ from lcmsquant.report import (
 )
 from lcmsquant.report_figures import MIN_TEXT_PX, THUMB_W, decimate
 from lcmsquant.results import write_outputs
+from lcmsquant.review import Correction, open_review
+from lcmsquant.runs import process_batch
 from lcmsquant.simulate import SimulationOptions, simulate_batch
+from lcmsquant.vocabulary import Meaning, TrailEvent
 
 SECTIONS = [
+    "Signatures",
     "1. Verdict",
     "2. Calibration",
     "3. QCs",
@@ -42,6 +47,7 @@ SECTIONS = [
     "5. Samples",
     "6. Chromatograms",
     "7. Audit and provenance",
+    "8. Audit trail",
 ]
 PRINT_WIDTH_PX = 703  # A4 (210 mm) less the report's 12 mm print margins, at 96 px per inch
 REJECTED_RED = (198, 40, 40)  # the rejected banner's background, #c62828
@@ -572,14 +578,21 @@ def test_the_report_fits_the_printed_page(troubled, chromium, tmp_path):
     assert printed <= PRINT_WIDTH_PX
 
 
-def test_report_is_identical_for_the_same_results_and_reruns_differ_only_in_the_session(troubled, tmp_path):
+def test_report_is_identical_for_the_same_results_and_reruns_differ_only_in_the_session_and_trail(troubled, tmp_path):
+    """The same results and trail give the same bytes. A rerun differs in its session (when, how)
+    and in its audit trail, whose entry records the time it was written; nothing else."""
     results, _, batch, result = troubled
     assert render_report(results) == (results / REPORT_HTML).read_text()  # same results, same bytes
     write_outputs(batch, result, tmp_path / "rerun", command=["lcmsquant", "run", "--again", str(batch.folder)])
     rerun = write_report(tmp_path / "rerun").read_text()
     first = (results / REPORT_HTML).read_text()
     assert rerun != first
-    strip = lambda html: re.sub(r'<table class="kv" id="session">.*?</table>', "", html, flags=re.S)  # noqa: E731
+
+    def strip(html: str) -> str:
+        for table in ('<table class="kv" id="session">', '<table class="wide" id="trail-table">'):
+            html = re.sub(re.escape(table) + r".*?</table>", "", html, flags=re.S)
+        return html
+
     assert strip(rerun) == strip(first)
 
 
@@ -758,3 +771,155 @@ def test_sorting_and_opening_work_in_the_browser(troubled, chromium, tmp_path):
     opened = [d for d in details if " open" in d]
     assert opened and all('data-flagged="1"' in d for d in opened)
     assert len(opened) == sum('data-flagged="1"' in d for d in details)
+
+
+# ---------------------------------------------------------------------------------------------
+# Signatures and the audit trail
+
+
+@pytest.fixture(scope="module")
+def processed_seed7(tmp_path_factory):
+    """A simulated plasma batch run as `lcmsquant run` runs it (results and report written)."""
+    folder = tmp_path_factory.mktemp("signed") / "batch"
+    simulate_batch(folder, seed=7)
+    assert process_batch(folder, command=["lcmsquant", "run", str(folder)]).ok
+    return folder
+
+
+@pytest.fixture
+def signed(processed_seed7, tmp_path):
+    """A copy of that batch reviewed in lcmsquant review: Ada Lovelace excluded flumatinib's CAL1
+    and signed "reviewed"; then integrated a QC by hand (her signature no longer covers the
+    results), signed again, and Grace Hopper approved. Returns the batch folder."""
+    batch = shutil.copytree(processed_seed7, tmp_path / "batch")
+    with open_review(batch) as review:
+        review.apply([Correction("003_CAL1.mzML", "flumatinib", "exclude")], "spoiled in preparation", "Ada Lovelace")
+        review.sign("Ada Lovelace", "reviewed")
+        review.apply(
+            [Correction("012_QC-LLOQ-1.mzML", "M1", "integrate", 1.50, 2.10)], "baseline under the tail", "Ada Lovelace"
+        )
+        review.sign("Ada Lovelace", "reviewed")
+        review.sign("Grace Hopper", "approved")
+    return batch
+
+
+def _rows(section: str, table_id: str) -> list[list[str]]:
+    table = re.search(rf'<table[^>]*id="{table_id}">(.*?)</table>', section, re.S).group(1)
+    body = table.split("<tbody>")[1]
+    return [
+        [
+            re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", cell)).strip()
+            for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+        ]
+        for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body, re.S)
+    ]
+
+
+def test_the_report_lists_each_signature_and_whether_it_covers_these_results(signed):
+    results = signed / "results"
+    html = write_report(results).read_text()
+    current = results_sha256(results)
+    section = _section(html, "signatures")
+    assert html.index('<section id="signatures">') < html.index('<section id="verdict">')  # read first
+    rows = _rows(section, "signature-table")
+    first_sha = rows[0][3]
+    assert first_sha != current and rows[1][3] == rows[2][3] == current
+    assert [[r[0], r[1], r[4]] for r in rows] == [
+        [
+            "Ada Lovelace",
+            f"reviewed {Meaning.REVIEWED.statement}",
+            "no longer covers these results: the results changed after signing",
+        ],
+        ["Ada Lovelace", f"reviewed {Meaning.REVIEWED.statement}", "covers these results"],
+        ["Grace Hopper", f"approved {Meaning.APPROVED.statement}", "covers these results"],
+    ]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", r[2]) for r in rows)  # UTC, to the second
+    assert f'<span class="mono">{current}</span>' in section  # the run.json the report is drawn from
+
+
+def test_the_report_lists_every_trail_entry_with_the_results_each_concerns(signed):
+    results = signed / "results"
+    html = write_report(results).read_text()
+    trail = _section(html, "audit-trail")
+    rows = _rows(trail, "trail-table")
+    assert [r[:4:2] + [r[3]] for r in rows] == [
+        ["1", "run", rows[0][3]],
+        ["2", "change", "Ada Lovelace"],
+        ["3", "signature", "Ada Lovelace"],
+        ["4", "change", "Ada Lovelace"],
+        ["5", "signature", "Ada Lovelace"],
+        ["6", "signature", "Grace Hopper"],
+    ]
+    assert rows[1][4] == "excluded calibrator from the flumatinib curve in 003_CAL1.mzML (spoiled in preparation)"
+    short = results_sha256(results)[:12]
+    assert [r[5] for r in rows[3:]] == [f"{short} these results"] * 3
+    assert "trail-broken" not in trail and "trail-mismatch" not in trail
+    assert "Entries appended after this report was drawn" in trail
+    manual = [e for e in _section(html, "provenance").split("<h3>") if e.startswith("Calibrator exclusions")][0]
+    assert "excluded by Ada Lovelace: spoiled in preparation" in manual and "analyst (overrides.csv)" in manual
+
+
+def test_a_report_drawn_by_run_says_the_entry_of_its_results_comes_after_it(processed_seed7):
+    results = processed_seed7 / "results"
+    trail = _section((results / REPORT_HTML).read_text(), "audit-trail")
+    assert 'id="no-trail"' in trail  # drawn before the first entry was written
+    assert (
+        f"This report was drawn while these results (SHA-256 {results_sha256(results)[:12]}...) were being written: "
+        "the entry recording them is appended to audit-trail.jsonl just after, so it is not listed here."
+    ) in trail
+    assert [e.event for e in read_trail(results).entries] == [TrailEvent.RUN]
+
+
+def test_a_broken_trail_is_shown_in_red_and_its_signatures_are_not_trusted(signed):
+    results = signed / "results"
+    lines = (results / "audit-trail.jsonl").read_text().splitlines(keepends=True)
+    lines[1] = lines[1].replace("spoiled in preparation", "as agreed")
+    (results / "audit-trail.jsonl").write_text("".join(lines))
+    warnings: list[str] = []
+    html = render_report(results, warnings=warnings)
+    assert "these signatures cannot be trusted" in _section(html, "signatures")
+    broken = _section(html, "audit-trail")
+    assert "The audit trail's chain is broken</b>" in broken
+    assert "entry 2 does not match its SHA-256 (edited after it was written)" in broken
+    assert warnings == [
+        "the audit trail's chain is broken: audit-trail.jsonl line 2: entry 2 does not match its SHA-256 "
+        "(edited after it was written)"
+    ]
+
+
+def test_entries_cut_from_the_end_of_the_trail_are_named_by_the_report(signed):
+    """The chain cannot see its last entries removed; the report can: the last entry that wrote
+    results no longer names the results in place."""
+    results = signed / "results"
+    lines = (results / "audit-trail.jsonl").read_text().splitlines(keepends=True)
+    (results / "audit-trail.jsonl").write_text("".join(lines[:3]))  # the second change and its signatures gone
+    assert read_trail(results).intact
+    warnings: list[str] = []
+    html = render_report(results, warnings=warnings)
+    assert "trail-mismatch" in _section(html, "audit-trail") and len(warnings) == 1
+    assert "entries were removed from the end of audit-trail.jsonl" in warnings[0]
+    assert "covers these results</td>" not in _section(html, "signatures")  # the remaining one is stale
+
+
+def test_lcmsquant_report_records_the_report_it_drew_in_the_trail(signed):
+    results = signed / "results"
+    before = read_trail(results).entries
+    done = CliRunner().invoke(app, ["report", str(signed)])
+    assert done.exit_code == 0, done.output
+    trail = read_trail(results)
+    assert trail.intact and trail.entries[:-1] == before
+    entry = trail.entries[-1]
+    assert (entry.event, entry.by, entry.summary) == (TrailEvent.REPORT, account(), "report.html drawn")
+    assert entry.results_sha256 == results_sha256(results)
+    assert entry.details["files"] == {"report.html": sha256(results / REPORT_HTML)}
+    assert entry.details["command"] == ["lcmsquant", *entry.details["command"][1:]]
+    drawn = _rows(_section((results / REPORT_HTML).read_text(), "audit-trail"), "trail-table")
+    assert len(drawn) == len(before)  # the report lists the entries before its own
+
+
+def test_lcmsquant_report_is_refused_while_a_review_holds_the_results(signed):
+    with open_review(signed):
+        before = (signed / "results" / "audit-trail.jsonl").read_bytes()
+        done = CliRunner().invoke(app, ["report", str(signed)])
+        assert done.exit_code == 2 and "another lcmsquant process is writing into it" in " ".join(done.output.split())
+        assert (signed / "results" / "audit-trail.jsonl").read_bytes() == before

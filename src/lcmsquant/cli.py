@@ -327,24 +327,42 @@ def report(
         typer.Option("--batch", help="Batch folder with the mzML files (default: the one the run recorded)."),
     ] = None,
 ) -> None:
-    """Re-render the run's report.html from its results folder, and optionally report.pdf."""
+    """Re-render the run's report.html from its results folder, and optionally report.pdf.
+
+    The results folder's audit trail records each report drawn (a `report` entry naming the
+    SHA-256 of the files written), after the report: a report lists the entries before its own.
+    """
     from contextlib import nullcontext
 
+    from lcmsquant.audit_trail import account, append_entry
     from lcmsquant.browser import BrowserError
+    from lcmsquant.files import sha256
     from lcmsquant.report import write_pdf, write_report
     from lcmsquant.results import results_dir_of, results_lock
+    from lcmsquant.vocabulary import TrailEvent
 
     results_dir = results_dir_of(results_dir)  # a batch folder stands for its results
     if batch is not None and not batch.is_dir():
         _fail(ValueError(f"--batch {batch}: not a folder; give the batch folder that holds the mzML files"))
     warnings: list[str] = []
+    command = ["lcmsquant", *sys.argv[1:]]
+    written: list[Path] = []
     try:
         # A run writing into the folder would replace the report; its lock refuses us meanwhile.
-        with results_lock(results_dir, ["lcmsquant", *sys.argv[1:]]) if results_dir.is_dir() else nullcontext():
-            written = [write_report(results_dir, batch, warnings)]
+        with results_lock(results_dir, command) if results_dir.is_dir() else nullcontext():
+            written.append(write_report(results_dir, batch, warnings))
             _warn(warnings)
-            if pdf:
-                written.append(write_pdf(results_dir))
+            try:
+                if pdf:
+                    written.append(write_pdf(results_dir))
+            finally:  # report.html was written even when printing the PDF failed
+                append_entry(
+                    results_dir,
+                    TrailEvent.REPORT,
+                    account(),
+                    " and ".join(path.name for path in written) + " drawn",
+                    {"command": command, "files": {path.name: sha256(path) for path in written}},
+                )
     except (InputError, BrowserError) as err:
         _fail(err)
     for path in written:

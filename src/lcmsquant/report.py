@@ -2,9 +2,10 @@
 
 Rendered from the results folder alone (results.csv, peaks.csv, calibration.csv, audit.csv,
 run.json, session.json, reanalysis.csv when present), so `lcmsquant report RESULTS_DIR` works
-long after the run; the mzML files are read only to draw the chromatograms. Sections follow the
-order a reviewer works in: verdict, calibration, QCs, carry-over/blanks/IS, samples,
-chromatograms, audit and provenance.
+long after the run; the mzML files are read only to draw the chromatograms, and the folder's
+audit-trail.jsonl to show the signatures and the trail. Sections follow the order a reviewer
+works in: signatures, verdict, calibration, QCs, carry-over/blanks/IS, samples, chromatograms,
+audit and provenance, audit trail.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from markupsafe import Markup
 
 from lcmsquant import acceptance
 from lcmsquant import report_figures as figures
+from lcmsquant.audit_trail import TRAIL, Trail, read_trail, signatures
 from lcmsquant.chromatograms import EXACT_MZ, ChromatogramReadError, Trace, read_traces
 from lcmsquant.files import (
     REPORT_HASH_META,
@@ -39,7 +41,17 @@ from lcmsquant.files import (
 from lcmsquant.method import ACCEPTANCE_LABELS, PEAKS_ONLY
 from lcmsquant.reanalysis import COLUMNS as REANALYSIS_COLUMNS
 from lcmsquant.results import RUN_JSON, RunOutputs, parse_results, peak_counts, read_results, sample_counts
-from lcmsquant.vocabulary import PEAK_FLAGS, QC_LEVELS, Flag, QCLevel, RuleCategory, RuleId, SampleType, flag_list
+from lcmsquant.vocabulary import (
+    PEAK_FLAGS,
+    QC_LEVELS,
+    Flag,
+    QCLevel,
+    RuleCategory,
+    RuleId,
+    SampleType,
+    TrailEvent,
+    flag_list,
+)
 
 
 class ReportError(InputError):
@@ -910,6 +922,14 @@ def acceptance_limits(limits: Mapping[str, object]) -> list[tuple[str, str]]:
     return known + unknown
 
 
+def _excluded_by(reason: str) -> str:
+    """Who excluded a calibrator: an analyst in overrides.csv (pipeline writes the reason as
+    "excluded by NAME: why") or the run's ICH M10 rule."""
+    if str(reason).startswith("excluded by "):
+        return "analyst (overrides.csv)"
+    return "lcmsquant, ICH M10 rule (automatic)"
+
+
 def provenance_section(files: RunOutputs) -> dict:
     """Section 7: input files, method and software with their hashes, and the session."""
     prov = files.summary.get("provenance", {})
@@ -937,6 +957,7 @@ def provenance_section(files: RunOutputs) -> dict:
                 "analyte": r["analyte"],
                 "level": r["level"],
                 "reason": r["exclusion_reason"] or "excluded",
+                "by": _excluded_by(r["exclusion_reason"]),
             }
             for _, r in excluded.sort_values(["analyte", "injection"]).iterrows()
         ],
@@ -953,6 +974,86 @@ def provenance_section(files: RunOutputs) -> dict:
         "batch_folder": session.get("batch_folder", ""),
         "run_json_sha256": files.sha256[RUN_JSON],
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Signatures and the audit trail
+
+# Entries that record a results set being written: the last of them names the results now in place.
+WRITING_EVENTS = (TrailEvent.RUN, TrailEvent.CHANGE, TrailEvent.UNDO, TrailEvent.REDO)
+SHORT_SHA = 12  # characters of a SHA-256 the trail table shows
+
+
+def signature_section(trail: Trail, run_json_sha256: str) -> dict:
+    """The signatures the audit trail holds, each marked whether it covers the results this
+    report shows (it signed the run.json with this SHA-256) or was given to results since changed."""
+    return {
+        "signatures": [
+            {
+                "name": s.name,
+                "meaning": str(s.meaning),
+                "statement": s.meaning.statement,
+                "at": s.at,
+                "results_sha256": s.results_sha256,
+                "entry": s.entry,
+                "current": s.current,
+            }
+            for s in signatures(trail, run_json_sha256)
+        ],
+        "intact": trail.intact,
+    }
+
+
+def trail_section(trail: Trail, run_json_sha256: str, drawn_during_run: bool = False) -> dict:
+    """Every entry of the audit trail, what checking its chain found, and what the report cannot
+    show: the entries appended after it was drawn.
+
+    `drawn_during_run`: the report is drawn from a results set before it is written
+    (render_set), so the trail does not yet hold the entry that records that set. Otherwise the
+    last entry that wrote results should name the results shown; when it does not, the report
+    says so (entries removed from the end, or results written without the trail).
+    """
+    entries = [
+        {
+            "number": e.number,
+            "at": e.at,
+            "event": str(e.event),
+            "by": e.by,
+            "summary": e.summary,
+            "results_sha256": e.results_sha256,
+            "short": e.results_sha256[:SHORT_SHA],
+            "these": bool(run_json_sha256) and e.results_sha256 == run_json_sha256,
+        }
+        for e in trail.entries
+    ]
+    short = run_json_sha256[:SHORT_SHA]
+    if drawn_during_run:
+        pending = (
+            f"This report was drawn while these results (SHA-256 {short}...) were being written: the entry "
+            f"recording them is appended to {TRAIL} just after, so it is not listed here."
+        )
+    else:
+        pending = f"Entries appended after this report was drawn (such as the one recording that it was drawn) are in {TRAIL} only."
+    mismatch = ""
+    written = [e for e in trail.entries if e.event in WRITING_EVENTS]
+    if not drawn_during_run and written and written[-1].results_sha256 != run_json_sha256:
+        mismatch = (
+            f"The last entry that wrote results (entry {written[-1].number}, SHA-256 {written[-1].results_sha256[:SHORT_SHA]}...) "
+            f"is not of the results this report shows (SHA-256 {short}...): entries were removed from the end of "
+            f"{TRAIL}, or these results were put in place without it."
+        )
+    return {
+        "entries": entries,
+        "problems": list(trail.problems),
+        "pending": pending,
+        "mismatch": mismatch,
+    }
+
+
+def _trail_warnings(trail: Trail, mismatch: str) -> list[str]:
+    """What the reader of the report must be told about the trail (added to the report's warnings)."""
+    found = [f"the audit trail's chain is broken: {problem}" for problem in trail.problems]
+    return found + ([mismatch] if mismatch else [])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -984,15 +1085,30 @@ def render_report(
 
 def render_set(results_dir: Path | str, data: Mapping[str, bytes], warnings: list[str] | None = None) -> str:
     """The report's HTML for a results set given as file name -> bytes: what `lcmsquant run`
-    is about to write into results_dir, drawn before any of it is renamed into place."""
-    return render_outputs(parse_results(Path(results_dir), data, ReportError), None, warnings)
+    is about to write into results_dir, drawn before any of it is renamed into place (so the
+    trail it shows lacks the entry that records this set, and says so)."""
+    return render_outputs(parse_results(Path(results_dir), data, ReportError), None, warnings, drawn_during_run=True)
 
 
-def render_outputs(files: RunOutputs, batch_dir: Path | str | None = None, warnings: list[str] | None = None) -> str:
+def render_outputs(
+    files: RunOutputs,
+    batch_dir: Path | str | None = None,
+    warnings: list[str] | None = None,
+    drawn_during_run: bool = False,
+) -> str:
     """The report's HTML for a results set read back; it names the SHA-256 of its run.json
-    (in a <meta> of its head and in the provenance section), which binds it to those results."""
+    (in a <meta> of its head and in the provenance section), which binds it to those results.
+    The signatures and the audit trail are read from the results folder's audit-trail.jsonl
+    (`drawn_during_run`: see trail_section)."""
     reanalysis = reanalysis_list(files)
+    trail = read_trail(files.folder)
+    run_sha = files.sha256[RUN_JSON]
+    audit_trail = trail_section(trail, run_sha, drawn_during_run)
+    if warnings is not None:
+        warnings.extend(_trail_warnings(trail, audit_trail["mismatch"]))
     context = {
+        "signatures": signature_section(trail, run_sha),
+        "trail": audit_trail,
         "batch": files.summary.get("batch", files.folder.parent.name),
         "method": files.summary.get("provenance", {}).get("method", {}),
         "units": files.units,
