@@ -217,3 +217,25 @@ def test_a_meaning_outside_the_vocabulary_and_a_folder_without_results_are_refus
     (tmp_path / "empty").mkdir()
     with pytest.raises(SignatureError, match="there are no results to sign: run the batch first"):
         sign(tmp_path / "empty", "Ada Lovelace", Meaning.REVIEWED)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_a_fifo_or_link_in_place_of_the_trail_is_named_and_never_waited_on(batch, tmp_path, kind):
+    import os
+
+    from lcmsquant.audit_trail import TrailError, append_entry
+
+    trail = batch / "results" / TRAIL
+    trail.unlink()
+    if kind == "fifo":
+        os.mkfifo(trail)
+    else:
+        (tmp_path / "elsewhere.jsonl").write_text("")
+        trail.symlink_to(tmp_path / "elsewhere.jsonl")
+    checked = read_trail(batch / "results")
+    assert not checked.intact and "not the trail lcmsquant writes" in checked.problems[0]
+    with pytest.raises(TrailError, match="remove it if lcmsquant did not write it"):
+        append_entry(batch / "results", TrailEvent.RUN, "A. Chemist", "a run")
+    with pytest.raises(SignatureError, match="audit trail is broken"):
+        sign(batch / "results", "A. Chemist", Meaning.REVIEWED)
+    assert (tmp_path / "elsewhere.jsonl").read_text() == "" if kind == "symlink" else trail.exists()

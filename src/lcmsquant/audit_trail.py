@@ -18,12 +18,13 @@ import getpass
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+import stat
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from lcmsquant.files import InputError
+from lcmsquant.files import InputError, not_a_file, sha256
 from lcmsquant.vocabulary import Meaning, TrailEvent
 
 TRAIL = "audit-trail.jsonl"
@@ -31,7 +32,14 @@ RUN_JSON = "run.json"
 FIRST_PREVIOUS = "0" * 64
 MAX_NAME = 100
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 MEANINGS = {str(m): m for m in Meaning}
+
+
+class TrailError(InputError):
+    """The audit trail cannot be written (a link, FIFO or folder in its place)."""
+
+    kind = "audit trail"
 
 
 class SignatureError(InputError):
@@ -132,10 +140,13 @@ def _digest(content: dict) -> str:
 def read_trail(results_dir: Path | str) -> Trail:
     """The trail of a results folder (empty when there is none), with every break of its chain."""
     path = Path(results_dir) / TRAIL
+    if not path.exists() and not path.is_symlink():
+        return Trail(())
+    if path.is_symlink() or (problem := not_a_file(path)):  # checked first: a FIFO would block the read
+        what = "is a symbolic link" if path.is_symlink() else problem
+        return Trail((), (f"{TRAIL} {what}: not the trail lcmsquant writes",))
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return Trail(())
     except (OSError, UnicodeDecodeError) as err:
         return Trail((), (f"{TRAIL} cannot be read ({err})",))
     entries: list[TrailEntry] = []
@@ -207,13 +218,31 @@ def append_entry(
     )
     content = entry.content()
     line = json.dumps({**content, "entry_sha256": _digest(content)}, sort_keys=True, separators=(",", ":")) + "\n"
-    fd = os.open(results_dir / TRAIL, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o644)
+    try:  # never through a link, never blocking on a FIFO put in its place
+        fd = os.open(results_dir / TRAIL, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _NONBLOCK, 0o644)
+    except OSError as err:
+        raise TrailError(
+            results_dir, [f"{TRAIL} cannot be appended to ({err.strerror}): remove it if lcmsquant did not write it"]
+        ) from None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise TrailError(results_dir, [f"{TRAIL} is not a regular file: remove it if lcmsquant did not write it"])
         os.write(fd, line.encode("utf-8"))
         os.fsync(fd)
     finally:
         os.close(fd)
     return TrailEntry(**{**content, "event": event, "entry_sha256": _digest(content)})
+
+
+def record_report(results_dir: Path | str, written: Sequence[Path], by: str, command: Sequence[str]) -> TrailEntry:
+    """Record a report drawn (report.html, report.pdf) with the SHA-256 of each file written."""
+    return append_entry(
+        results_dir,
+        TrailEvent.REPORT,
+        by,
+        " and ".join(path.name for path in written) + " drawn",
+        {"command": list(map(str, command)), "files": {path.name: sha256(path) for path in written}},
+    )
 
 
 def signatures(trail: Trail, current_sha: str) -> tuple[Signature, ...]:

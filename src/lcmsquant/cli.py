@@ -334,12 +334,10 @@ def report(
     """
     from contextlib import nullcontext
 
-    from lcmsquant.audit_trail import account, append_entry
+    from lcmsquant.audit_trail import account, record_report
     from lcmsquant.browser import BrowserError
-    from lcmsquant.files import sha256
     from lcmsquant.report import write_pdf, write_report
     from lcmsquant.results import results_dir_of, results_lock
-    from lcmsquant.vocabulary import TrailEvent
 
     results_dir = results_dir_of(results_dir)  # a batch folder stands for its results
     if batch is not None and not batch.is_dir():
@@ -356,13 +354,7 @@ def report(
                 if pdf:
                     written.append(write_pdf(results_dir))
             finally:  # report.html was written even when printing the PDF failed
-                append_entry(
-                    results_dir,
-                    TrailEvent.REPORT,
-                    account(),
-                    " and ".join(path.name for path in written) + " drawn",
-                    {"command": command, "files": {path.name: sha256(path) for path in written}},
-                )
+                record_report(results_dir, written, account(), command)
     except (InputError, BrowserError) as err:
         _fail(err)
     for path in written:

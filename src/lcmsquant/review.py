@@ -30,6 +30,7 @@ from lcmsquant.audit_trail import (
     append_entry,
     check_name,
     read_trail,
+    record_report,
     recorded,
     results_sha256,
     sign,
@@ -233,7 +234,7 @@ class ReviewSession:
 
         with self.lock:
             path = write_report(self.out_dir, self.folder)
-            append_entry(self.out_dir, TrailEvent.REPORT, by or account(), "report.html drawn")
+            record_report(self.out_dir, [path], by or account(), self.command)
             self.version += 1
             return path
 
