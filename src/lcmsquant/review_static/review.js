@@ -123,7 +123,7 @@ function badges(flags) {
 // ---------------------------------------------------------------------------------------------
 // State
 
-function setState(state, { keepWindow = false } = {}) {
+function setState(state) {
   const first = S.state === null;
   S.state = state;
   S.byId = new Map(state.rows.map((r) => [r.id, r]));
@@ -138,12 +138,12 @@ function setState(state, { keepWindow = false } = {}) {
   } else {
     markSelected();
     updateControls();
-    loadChromatogram({ keepWindow });
+    loadChromatogram();
   }
 }
 
-async function reloadState(options) {
-  setState(await api("/api/state"), options);
+async function reloadState() {
+  setState(await api("/api/state"));
 }
 
 function renderHeader() {
@@ -276,7 +276,9 @@ function selectedRow() {
 // ---------------------------------------------------------------------------------------------
 // The chromatogram view
 
-async function loadChromatogram({ keepWindow = false } = {}) {
+// Boundaries moved but not applied (S.window.dirty) stay when the same row is drawn again (a
+// change elsewhere, another tab's); selecting another row or sending a change drops them.
+async function loadChromatogram() {
   const row = selectedRow();
   const seq = ++S.chromSeq;
   if (!row) {
@@ -284,17 +286,20 @@ async function loadChromatogram({ keepWindow = false } = {}) {
     $("chart-title").textContent = "No row selected";
     return;
   }
+  S.chromPending = true;
   try {
     const view = await api(`/api/chromatogram?injection=${row.injection}&transition=${encodeURIComponent(row.transition)}`);
     if (seq !== S.chromSeq) return; // another row was selected meanwhile
     S.chrom = view;
     const panel = view.panels.find((p) => p.transition === row.transition);
     const peak = (panel && panel.peak) || {};
-    if (!(keepWindow && S.window && S.window.dirty)) S.window = defaultWindow(peak);
+    if (!(S.window && S.window.dirty)) S.window = defaultWindow(peak);
     drawChromatogram();
     updateControls();
   } catch (err) {
     if (seq === S.chromSeq) showError(err);
+  } finally {
+    if (seq === S.chromSeq) S.chromPending = false;
   }
 }
 
@@ -611,6 +616,7 @@ function askReason(summary, suggested = "") {
 
 async function post(path, body, describe) {
   S.busy = true;
+  if (S.window) S.window.dirty = false; // the change redraws the peak as it then is
   updateControls();
   const t0 = performance.now();
   try {
@@ -974,7 +980,7 @@ async function poll() {
   try {
     const { version } = await api("/api/version");
     if (version !== S.state.version && !S.busy) {
-      await reloadState({ keepWindow: true });
+      await reloadState();
       showMessage("Updated with a change made elsewhere (another tab or window).", "info");
     }
   } catch (err) {
