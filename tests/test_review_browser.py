@@ -47,7 +47,7 @@ def _open(browser, url):
     errors: list[str] = []
     page.on("pageerror", lambda err: errors.append(str(err)))
     page.goto(url)
-    page.wait_for_selector("#grid-body tr")
+    page.wait_for_selector("#grid-body tr[data-id]")
     page.wait_for_selector("#chart .main-svg")
     page.errors = errors  # type: ignore[attr-defined]
     return page
@@ -145,10 +145,12 @@ def test_a_review_from_the_grid_to_the_signatures(review, browser):
     page = _open(browser, url)
 
     # the grid: flagged rows only, then one calibrator's quantifier picked by filters and keys
-    total = page.locator("#grid-body tr").count()
+    shown = "() => window.__review.filtered.length"  # the grid draws only the rows in view
+    total = page.evaluate(shown)
+    assert total == 49 * 8 and f"{total} of {total} rows" in page.inner_text("#row-count")
     page.check("#f-flagged")
-    flagged = page.locator("#grid-body tr").count()
-    assert 0 < flagged < total
+    flagged = page.evaluate(shown)
+    assert 0 < flagged < total and f"{flagged} of {total} rows" in page.inner_text("#row-count")
     assert page.evaluate("() => window.__review.filtered.every(r => r.flags.some(f => f !== 'MANUAL'))")
     badge = page.locator("#grid-body .badge").first
     assert badge.get_attribute("title") not in (None, "", badge.inner_text())  # the flag's meaning
@@ -156,7 +158,7 @@ def test_a_review_from_the_grid_to_the_signatures(review, browser):
     page.select_option("#f-type", "calibrator")
     page.select_option("#f-analyte", "flumatinib")
     page.select_option("#f-role", "quantifier")
-    assert page.locator("#grid-body tr").count() == 8
+    assert page.locator("#grid-body tr[data-id]").count() == 8
     page.click('#grid-body tr[data-id="5|flumatinib quantifier"]')
     page.keyboard.press("ArrowDown")
     assert page.get_attribute("#grid-body tr.sel", "data-id") == CAL4
@@ -232,6 +234,8 @@ def test_a_review_from_the_grid_to_the_signatures(review, browser):
     _sign(page, APPROVER, "approved")
     assert page.locator("#signature-table td.covers").count() == 2
     second = _open(browser, url)  # a second tab, to follow the first one's change
+    second.select_option("#f-analyte", "M1")
+    second.select_option("#f-type", "calibrator")
     page.select_option("#f-analyte", "M1")
     page.click(f'#grid-body tr[data-id="{CAL3_M1}"]')
     _wait_chart(page, 5, "M1 quantifier")

@@ -216,42 +216,60 @@ function currentFilter() {
   };
 }
 
+// The grid draws only the rows in view (and a few around): a 384-injection run has 3000+ rows,
+// and laying all of them out took longer than the server's whole change.
+const ROW_H = 19; // px, as review.css fixes it
+const OVERSCAN = 12;
+
 function renderGrid() {
   const filter = currentFilter();
   S.filtered = S.state.rows.filter((r) => rowPasses(r, filter));
-  const html = [];
-  for (const r of S.filtered) {
-    const cls = (r.manual ? "manual " : "") + (r.id === S.selected ? "sel" : "");
-    html.push(
-      `<tr data-id="${esc(r.id)}" class="${cls}"><td class="num">${r.injection}</td><td>${esc(r.sample_id)}</td>` +
-        `<td>${esc(r.sample_type)}</td><td>${esc(r.level)}</td><td>${esc(r.analyte)}</td>` +
-        `<td class="role" title="${esc(r.transition)}">${ROLE_SHORT[r.role] || esc(r.role)}</td>` +
-        `<td class="num">${fmt(r.rt_min)}</td><td class="num area" data-area="${r.area ?? ""}">${fmtArea(r.area)}</td>` +
-        `<td class="num">${r.sn == null ? "" : fmtSig(r.sn, 3)}</td><td>${badges(r.flags)}</td></tr>`
-    );
-  }
-  $("grid-body").innerHTML = html.join("");
+  S.filteredIndex = new Map(S.filtered.map((r, i) => [r.id, i]));
+  renderSlice(true);
   const flagged = S.state.rows.filter(isFlagged).length;
   $("row-count").textContent = `${S.filtered.length} of ${S.state.rows.length} rows · ${flagged} flagged`;
 }
 
+function rowHtml(r) {
+  const cls = (r.manual ? "manual " : "") + (r.id === S.selected ? "sel" : "");
+  return (
+    `<tr data-id="${esc(r.id)}" class="${cls}"><td class="num">${r.injection}</td><td title="${esc(r.file)}">${esc(r.sample_id)}</td>` +
+    `<td>${esc(r.sample_type)}</td><td>${esc(r.level)}</td><td>${esc(r.analyte)}</td>` +
+    `<td class="role" title="${esc(r.transition)}">${ROLE_SHORT[r.role] || esc(r.role)}</td>` +
+    `<td class="num">${fmt(r.rt_min)}</td><td class="num area" data-area="${r.area ?? ""}">${fmtArea(r.area)}</td>` +
+    `<td class="num">${r.sn == null ? "" : fmtSig(r.sn, 3)}</td><td class="flags">${badges(r.flags)}</td></tr>`
+  );
+}
+
+function renderSlice(force) {
+  const box = $("grid-scroll");
+  const n = S.filtered.length;
+  const first = Math.max(0, Math.floor(box.scrollTop / ROW_H) - OVERSCAN);
+  const last = Math.min(n, Math.ceil((box.scrollTop + box.clientHeight) / ROW_H) + OVERSCAN);
+  if (!force && S.gridSlice && S.gridSlice[0] === first && S.gridSlice[1] === last) return;
+  S.gridSlice = [first, last];
+  const html = [`<tr class="spacer" style="height:${first * ROW_H}px"></tr>`];
+  for (let i = first; i < last; i++) html.push(rowHtml(S.filtered[i]));
+  html.push(`<tr class="spacer" style="height:${(n - last) * ROW_H}px"></tr>`);
+  $("grid-body").innerHTML = html.join("");
+}
+
 function markSelected() {
+  const box = $("grid-scroll");
+  const index = S.selected && S.filteredIndex ? S.filteredIndex.get(S.selected) : undefined;
+  if (index !== undefined) {
+    const head = box.querySelector("thead").offsetHeight;
+    const top = index * ROW_H;
+    if (top < box.scrollTop) box.scrollTop = top;
+    else if (top + ROW_H + head > box.scrollTop + box.clientHeight) box.scrollTop = top + ROW_H + head - box.clientHeight;
+    renderSlice(false);
+  }
   const body = $("grid-body");
   const old = body.querySelector("tr.sel");
   if (old) old.classList.remove("sel");
   if (!S.selected) return;
   const tr = body.querySelector(`tr[data-id="${CSS.escape(S.selected)}"]`);
-  if (tr) {
-    tr.classList.add("sel");
-    scrollIntoViewIfNeeded(tr, $("grid-scroll"));
-  }
-}
-
-function scrollIntoViewIfNeeded(tr, box) {
-  const head = box.querySelector("thead").offsetHeight;
-  const top = tr.offsetTop - head;
-  if (top < box.scrollTop) box.scrollTop = top;
-  else if (tr.offsetTop + tr.offsetHeight > box.scrollTop + box.clientHeight) box.scrollTop = tr.offsetTop + tr.offsetHeight - box.clientHeight;
+  if (tr) tr.classList.add("sel");
 }
 
 function select(id) {
@@ -296,6 +314,10 @@ async function loadChromatogram() {
     if (!(S.window && S.window.dirty)) S.window = defaultWindow(peak);
     drawChromatogram();
     updateControls();
+    if (S.timingOfChart) {
+      S.timingOfChart.timing.chart_ms = performance.now() - S.timingOfChart.t0;
+      S.timingOfChart = null;
+    }
   } catch (err) {
     if (seq === S.chromSeq) showError(err);
   } finally {
@@ -624,7 +646,11 @@ async function post(path, body, describe) {
     const t1 = performance.now();
     setState(state);
     const t2 = performance.now();
-    S.timings.push({ path, server_ms: t1 - t0, render_ms: t2 - t1, total_ms: t2 - t0, server_timing: S.lastServerTiming });
+    const timing = { path, server_ms: t1 - t0, render_ms: t2 - t1, total_ms: t2 - t0, server_timing: S.lastServerTiming };
+    S.timings.push(timing);
+    S.timingOfChart = { timing, t0 };
+    // painted: the frame after the new grid was drawn
+    requestAnimationFrame(() => setTimeout(() => (timing.painted_ms = performance.now() - t0), 0));
     if (describe) showMessage(describe(state), "info");
     return state;
   } catch (err) {
@@ -1026,6 +1052,15 @@ function wire() {
   })();
   $("analyst").value = stored;
   $("analyst").addEventListener("change", () => rememberAnalyst(analystName()));
+  $("grid-scroll").addEventListener("scroll", () => {
+    if (!S.sliceQueued) {
+      S.sliceQueued = true;
+      requestAnimationFrame(() => {
+        S.sliceQueued = false;
+        if (S.state) renderSlice(false);
+      });
+    }
+  });
   $("grid-body").addEventListener("click", (event) => {
     const tr = event.target.closest("tr[data-id]");
     if (tr) select(tr.dataset.id);
