@@ -106,6 +106,9 @@ function fmtSig(v, sig = 4) {
   if (a !== 0 && (a >= 1e6 || a < 1e-3)) return Number(v).toExponential(sig - 1);
   return Number(v).toPrecision(sig).replace(/\.?0+$/, (m) => (m.includes(".") ? "" : m));
 }
+function fmtSn(v) {
+  return v == null ? "" : v >= 100 ? String(Math.round(v)) : fmtSig(v, 3);
+}
 function fmtPct(v) {
   return v == null ? "" : `${Number(v).toFixed(1)} %`;
 }
@@ -237,7 +240,7 @@ function rowHtml(r) {
     `<td>${esc(r.sample_type)}</td><td>${esc(r.level)}</td><td>${esc(r.analyte)}</td>` +
     `<td class="role" title="${esc(r.transition)}">${ROLE_SHORT[r.role] || esc(r.role)}</td>` +
     `<td class="num">${fmt(r.rt_min)}</td><td class="num area" data-area="${r.area ?? ""}">${fmtArea(r.area)}</td>` +
-    `<td class="num">${r.sn == null ? "" : fmtSig(r.sn, 3)}</td><td class="flags">${badges(r.flags)}</td></tr>`
+    `<td class="num">${fmtSn(r.sn)}</td><td class="flags">${badges(r.flags)}</td></tr>`
   );
 }
 
@@ -476,7 +479,7 @@ function drawChromatogram() {
       }
     }
     const stat = pk.status === "OK"
-      ? `area ${fmtArea(pk.area)} · RT ${fmt(pk.rt_min)} · S/N ${fmtSig(pk.sn, 3)}`
+      ? `area ${fmtArea(pk.area)} · RT ${fmt(pk.rt_min)} · S/N ${fmtSn(pk.sn)}`
       : pk.status || "no data";
     annotations.push({
       text: `<b>${esc(p.transition)}</b>  ${esc(stat)}${pk.manual ? "  <b>MANUAL</b>" : ""}${pk.manual && pk.auto_area != null ? ` (automatic ${fmtArea(pk.auto_area)})` : ""}`,
