@@ -146,6 +146,28 @@ def test_a_change_and_its_undo_through_the_api(client, session):
     assert [e["event"] for e in _get(client, "/api/state").json()["trail"][-3:]] == ["undo", "redo", "undo"]
 
 
+def test_a_calibrator_excluded_and_included_again(client):
+    def cal4(state):
+        curve = next(c for c in state["calibration"] if c["analyte"] == "M3")
+        return next(c for c in curve["calibrators"] if c["file"] == "006_CAL4.mzML"), curve
+
+    body = {
+        "corrections": [{"file": "006_CAL4.mzML", "target": "M3", "action": "exclude"}],
+        "reason": "Calibrator excluded: assignable cause",
+        "analyst": "A. Chemist",
+    }
+    excluded = _post(client, "/api/change", body)
+    assert excluded.status_code == 200, excluded.text
+    calibrator, curve = cal4(excluded.json())
+    assert calibrator["excluded"] and calibrator["excluded_by_analyst"] and calibrator["exclusion_reason"]
+    assert curve["n_used"] == curve["n_calibrators"] - 1
+    body["corrections"][0]["action"] = "include"
+    included = _post(client, "/api/change", body).json()
+    calibrator, curve = cal4(included)
+    assert not calibrator["excluded"] and not calibrator["excluded_by_analyst"]
+    assert curve["n_used"] == curve["n_calibrators"]
+
+
 @pytest.mark.parametrize(
     ("body", "says"),
     [

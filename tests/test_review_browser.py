@@ -217,6 +217,20 @@ def test_a_review_from_the_grid_to_the_signatures(review, browser):
     page.wait_for_function("() => document.querySelector('#verdict-chips').textContent.includes('flumatinib ✓')")
     assert _area(page, CAL4) == area_after  # the change before it stays
 
+    # a calibrator out of its curve and back in
+    page.click('#tabs button[data-tab="curve"]')
+    assert "8 of 8 calibrators" in page.inner_text("#curve-params")
+    assert page.is_hidden("#include")
+    page.click("#exclude")
+    page.wait_for_selector("#reason-dialog[open]")
+    assert page.input_value("#reason-pick") == "Calibrator excluded: assignable cause"
+    _give_reason(page, text="pipetting error")
+    page.wait_for_function("() => document.querySelector('#curve-params').textContent.includes('7 of 8 calibrators')")
+    assert "EXCLUDED by analyst" in page.inner_text("#cal-table")
+    page.click("#include")
+    _give_reason(page, pick="Calibrator excluded: assignable cause", text="included again: no error found")
+    page.wait_for_function("() => document.querySelector('#curve-params').textContent.includes('8 of 8 calibrators')")
+
     # what the server refuses is shown, not swallowed: an approval before any review
     page.click('#tabs button[data-tab="signoff"]')
     page.click("#sign")

@@ -161,6 +161,7 @@ def grid_rows(session: ReviewSession) -> list[dict]:
 def calibration_views(session: ReviewSession) -> list[dict]:
     """Per analyte and calibrator set: the curve, its calibrators and their residuals."""
     results = session.result.results
+    by_analyst = {(o.file, o.analyte) for o in session.batch.overrides if o.action == "exclude"}
     views = []
     for cal in session.result.calibration.to_dict("records"):
         rows = results[
@@ -180,9 +181,12 @@ def calibration_views(session: ReviewSession) -> list[dict]:
                 "found",
                 "accuracy_pct",
                 "excluded",
+                "exclusion_reason",
                 "flags",
             ],
         )
+        for c in calibrators:  # only an analyst's exclusion can be taken back (include)
+            c["excluded_by_analyst"] = (c["file"], cal["analyte"]) in by_analyst
         x = np.array([c["nominal"] for c in calibrators if c["nominal"]], dtype=float)
         curve: dict = {"x": [], "y": []}
         if len(x) and _clean(cal["slope"]) is not None:

@@ -585,8 +585,9 @@ function updateControls() {
   $("restore").disabled = !has || !row.manual;
   $("apply-all").disabled = !has || !S.window;
   const cal = calibratorOf(row);
-  $("exclude").hidden = !cal || cal.excluded;
-  $("include").hidden = !cal || !cal.excluded;
+  $("exclude").hidden = !cal || cal.excluded_by_analyst;
+  $("include").hidden = !cal || !cal.excluded_by_analyst;
+  $("exclude").title = cal && cal.excluded ? `Excluded by the curve fit (${cal.exclusion_reason}); exclude it by hand` : "Leave this calibrator out of the curve";
   $("exclude").disabled = $("include").disabled = !has;
   for (const id of ["undo", "redo", "report", "report2", "sign"]) if (S.busy) $(id).disabled = true;
   if (!S.busy && S.state) {
@@ -793,8 +794,8 @@ function renderCurve() {
     return `<tr class="${bad && !c.excluded ? "fail" : ""}"><td class="num">${c.injection}</td><td>${esc(c.sample_id)}</td>` +
       `<td class="num">${fmtSig(c.nominal)}</td><td class="num">${fmtSig(c.area_ratio)}</td><td class="num">${fmtSig(c.found)}</td>` +
       `<td class="num">${dev == null ? "" : `${dev >= 0 ? "+" : ""}${dev.toFixed(1)} %`}</td>` +
-      `<td>${c.excluded ? '<span class="badge f-EXCLUDED">EXCLUDED</span>' : ""}</td>` +
-      `<td><button type="button" data-cal="${c.injection}" data-action="${c.excluded ? "include" : "exclude"}">${c.excluded ? "Include" : "Exclude"}</button></td></tr>`;
+      `<td>${c.excluded ? `<span class="badge f-EXCLUDED" title="${esc(c.exclusion_reason || "excluded")}">${c.excluded_by_analyst ? "EXCLUDED by analyst" : "EXCLUDED"}</span>` : ""}</td>` +
+      `<td><button type="button" data-cal="${c.injection}" data-action="${c.excluded_by_analyst ? "include" : "exclude"}">${c.excluded_by_analyst ? "Include" : "Exclude"}</button></td></tr>`;
   });
   $("cal-table").innerHTML =
     `<thead><tr><th class="num">Inj</th><th>Calibrator</th><th class="num">Nominal</th><th class="num">Area ratio</th><th class="num">Found</th><th class="num">Deviation</th><th></th><th></th></tr></thead><tbody>${rows.join("")}</tbody>`;
