@@ -200,9 +200,14 @@ def test_a_review_from_the_grid_to_the_signatures(review, browser):
     # a window typed in, applied to all injections of the flumatinib quantifier: off the peaks,
     # it leaves no curve, and the verdict says so at once; undo brings it back
     assert "flumatinib ✓" in page.inner_text("#verdict-chips")
+    page.fill("#start", "3")
+    page.fill("#end", "2")
+    page.press("#end", "Tab")
+    assert page.is_disabled("#apply-all") and "start must be" in page.inner_text("#message.error")
     page.fill("#start", "2.35")
     page.fill("#end", "2.55")
     page.press("#end", "Tab")
+    assert not page.is_disabled("#apply-all")
     page.select_option("#apply-scope", "all")
     page.click("#apply-all")
     page.wait_for_selector("#reason-dialog[open]")
@@ -216,6 +221,16 @@ def test_a_review_from_the_grid_to_the_signatures(review, browser):
     page.click("#undo")
     page.wait_for_function("() => document.querySelector('#verdict-chips').textContent.includes('flumatinib ✓')")
     assert _area(page, CAL4) == area_after  # the change before it stays
+
+    # a QC row leads to its quantifier
+    page.click('#tabs button[data-tab="qcs"]')
+    page.click('#qc-table tr[data-inj="13"][data-analyte="M1"]')
+    assert page.get_attribute("#grid-body tr.sel", "data-id") == "13|M1 quantifier"
+    page.select_option("#f-analyte", "flumatinib")
+    page.select_option("#f-type", "calibrator")
+    page.select_option("#f-role", "quantifier")
+    page.click(f'#grid-body tr[data-id="{CAL4}"]')
+    _settled(page)
 
     # a calibrator out of its curve and back in
     page.click('#tabs button[data-tab="curve"]')

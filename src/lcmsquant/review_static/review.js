@@ -104,7 +104,8 @@ function fmtSig(v, sig = 4) {
   if (v == null) return "";
   const a = Math.abs(v);
   if (a !== 0 && (a >= 1e6 || a < 1e-3)) return Number(v).toExponential(sig - 1);
-  return Number(v).toPrecision(sig).replace(/\.?0+$/, (m) => (m.includes(".") ? "" : m));
+  const text = Number(v).toPrecision(sig);
+  return text.includes(".") && !text.includes("e") ? text.replace(/0+$/, "").replace(/\.$/, "") : text;
 }
 function fmtSn(v) {
   return v == null ? "" : v >= 100 ? String(Math.round(v)) : fmtSig(v, 3);
@@ -547,6 +548,8 @@ function placeBoundaries() {
 
 function syncInputs() {
   if (!S.window) return;
+  S.inputsInvalid = false;
+  for (const id of ["start", "end"]) $(id).classList.remove("invalid");
   $("start").value = S.window.start.toFixed(3);
   $("end").value = S.window.end.toFixed(3);
 }
@@ -554,9 +557,17 @@ function syncInputs() {
 function onInputChange() {
   const start = parseFloat($("start").value);
   const end = parseFloat($("end").value);
-  if (!Number.isFinite(start) || !Number.isFinite(end) || start < 0 || start >= end) {
-    showMessage("The start must be a number of minutes before the end.", "error");
+  const valid = Number.isFinite(start) && Number.isFinite(end) && start >= 0 && start < end;
+  // while the pair is wrong (e.g. the start typed past the old end) nothing can be applied
+  S.inputsInvalid = !valid;
+  for (const id of ["start", "end"]) $(id).classList.toggle("invalid", !valid);
+  if (!valid) {
+    showMessage("The start must be a number of minutes before the end: correct the boundaries to apply them.", "error");
+    updateControls();
     return;
+  }
+  if (!$("message").hidden && $("message").className === "error" && $("message-text").textContent.startsWith("The start")) {
+    $("message").hidden = true;
   }
   setWindow(start, end);
 }
@@ -579,11 +590,11 @@ function updateControls() {
   const has = Boolean(row) && !S.busy;
   const dirty = Boolean(S.window && S.window.dirty);
   $("controls").classList.toggle("dirty", dirty);
-  $("apply").disabled = !has || !S.window;
+  $("apply").disabled = !has || !S.window || S.inputsInvalid;
   $("reset-window").disabled = !has || !dirty;
   $("no-peak").disabled = !has || row.status === "NO_PEAK" && !row.manual;
   $("restore").disabled = !has || !row.manual;
-  $("apply-all").disabled = !has || !S.window;
+  $("apply-all").disabled = !has || !S.window || S.inputsInvalid;
   const cal = calibratorOf(row);
   $("exclude").hidden = !cal || cal.excluded_by_analyst;
   $("include").hidden = !cal || !cal.excluded_by_analyst;
@@ -880,14 +891,14 @@ function renderQcs() {
     groups.set(q.analyte, g);
   }
   $("qc-summary").innerHTML = [...groups]
-    .map(([a, g]) => `<span class="chip ${g.pass / g.n >= 2 / 3 ? "ok" : "bad"}">${esc(a)}: ${g.pass}/${g.n} QCs within limits</span>`)
+    .map(([a, g]) => `<span class="chip neutral">${esc(a)}: ${g.pass} of ${g.n} QCs within limits</span>`)
     .join(" ");
   table(
     $("qc-table"),
     ["#Inj", "QC", "Analyte", "Set", "Level", "#Nominal", "#Found", "#Accuracy", "Result", "Flags"],
     qcs.map(
       (q) =>
-        `<tr class="${q.qc_passed ? "" : "fail"}"><td class="num">${q.injection}</td><td>${esc(q.sample_id)}</td><td>${esc(q.analyte)}</td>` +
+        `<tr class="${q.qc_passed ? "" : "fail"} goto" data-inj="${q.injection}" data-analyte="${esc(q.analyte)}"><td class="num">${q.injection}</td><td>${esc(q.sample_id)}</td><td>${esc(q.analyte)}</td>` +
         `<td>${esc(q.calibrator_set)}</td><td>${esc(q.level)}</td><td class="num">${fmtSig(q.nominal)}</td><td class="num">${fmtSig(q.found)}</td>` +
         `<td class="num">${fmtPct(q.accuracy_pct)}</td><td class="${q.qc_passed ? "pass" : "failtext"}">${q.qc_passed ? "pass" : "FAIL"}</td>` +
         `<td>${badges(String(q.flags || "").split(";").filter(Boolean))}</td></tr>`
@@ -923,7 +934,7 @@ function renderReanalysis() {
   table(
     $("reanalysis-table"),
     cols.map((c) => (c === "injection" || c === "suggested_dilution_factor" ? `#${c.replace(/_/g, " ")}` : c.replace(/_/g, " "))),
-    rows.map((r) => `<tr>${cols.map((c) => `<td class="${typeof r[c] === "number" ? "num" : ""}">${esc(r[c])}</td>`).join("")}</tr>`)
+    rows.map((r) => `<tr class="goto" data-inj="${r.injection}" data-analyte="${esc(r.analyte)}">${cols.map((c) => `<td class="${typeof r[c] === "number" ? "num" : ""}">${esc(r[c])}</td>`).join("")}</tr>`)
   );
 }
 
@@ -1105,6 +1116,17 @@ function wire() {
       renderCurve();
     }
   });
+  for (const id of ["qc-table", "reanalysis-table"]) {
+    // a QC or a sample to reanalyse: its quantifier in the grid and the chart
+    $(id).addEventListener("click", (event) => {
+      const tr = event.target.closest("tr[data-inj]");
+      if (!tr) return;
+      const row = S.state.rows.find(
+        (r) => r.injection === Number(tr.dataset.inj) && r.role === "quantifier" && r.analyte === tr.dataset.analyte
+      );
+      if (row) selectVisible(row.id);
+    });
+  }
   $("cal-table").addEventListener("click", (event) => {
     const b = event.target.closest("button[data-cal]");
     if (!b) return;
