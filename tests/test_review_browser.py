@@ -328,3 +328,27 @@ def test_a_request_without_the_token_is_refused(review, browser):
     assert response is not None and response.status == 403
     assert "forbidden" in page.inner_text("body")
     page.close()
+
+
+def test_the_report_and_a_broken_trail(review, browser):
+    folder, url = review
+    page = _open(browser, url)
+    page.click('#tabs button[data-tab="signoff"]')
+    assert page.is_hidden("#trail-banner")
+    page.click("#report2")
+    page.wait_for_selector("#message.info", timeout=60_000)
+    assert "report.html" in page.inner_text("#message")
+    assert (folder / "results" / "report.html").is_file()
+    assert "report" in page.inner_text("#trail-table tbody tr:first-child")
+
+    # someone edits the trail behind the review's back: the page says so at its next load
+    trail = folder / "results" / "audit-trail.jsonl"
+    lines = trail.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[1] = lines[1].replace("A. Chemist", "Someone Else", 1)
+    trail.write_text("".join(lines), encoding="utf-8")
+    page.reload()
+    page.wait_for_selector("#grid-body tr[data-id]")
+    page.click('#tabs button[data-tab="signoff"]')
+    assert page.is_visible("#trail-banner")
+    assert "not intact" in page.inner_text("#trail-banner")
+    page.close()
