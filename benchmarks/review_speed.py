@@ -37,7 +37,10 @@ Linux, Python 3.11.7, Chromium 156; batches of seed 11: 768 and 3072 grid rows, 
     painted                          289           579
     chart redrawn                    366           649
 
-96 injections meet the aim (0.34 s); 384 take 0.63 s, most of it the server's change
+A second run, with another engineer's tests on the machine (load 1.7), gave 411 and 632 ms
+click -> grid (server change 270 and 428 ms, render 36 and 28 ms).
+
+96 injections meet the aim (0.34-0.41 s); 384 take 0.63 s, most of it the server's change
 (re-quantifying and rewriting the whole results set). Drawing every grid row took 0.11 s
 (96) and 0.36 s (384) of render alone before the grid drew only the rows in view.
 """
