@@ -13,7 +13,10 @@ import hmac
 import math
 import secrets
 import socket
-from collections.abc import Callable, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
@@ -158,6 +161,7 @@ def grid_rows(session: ReviewSession) -> list[dict]:
 def calibration_views(session: ReviewSession) -> list[dict]:
     """Per analyte and calibrator set: the curve, its calibrators and their residuals."""
     results = session.result.results
+    by_analyst = {(o.file, o.analyte) for o in session.batch.overrides if o.action == "exclude"}
     views = []
     for cal in session.result.calibration.to_dict("records"):
         rows = results[
@@ -177,9 +181,12 @@ def calibration_views(session: ReviewSession) -> list[dict]:
                 "found",
                 "accuracy_pct",
                 "excluded",
+                "exclusion_reason",
                 "flags",
             ],
         )
+        for c in calibrators:  # only an analyst's exclusion can be taken back (include)
+            c["excluded_by_analyst"] = (c["file"], cal["analyte"]) in by_analyst
         x = np.array([c["nominal"] for c in calibrators if c["nominal"]], dtype=float)
         curve: dict = {"x": [], "y": []}
         if len(x) and _clean(cal["slope"]) is not None:
@@ -417,13 +424,22 @@ def create_app(session: ReviewSession, token: str, analyst: str = "", allowed_ho
                     raise ValueError("expected a JSON object")
             except ValueError as err:
                 return _problem(ValueError(f"the request is not JSON: {err}"))
+            started = time.perf_counter()
             try:
                 await _in_thread(action, body)
             except ReviewConflict as err:
                 return _problem(err, 409)
             except (InputError, ValueError, KeyError, TypeError) as err:
                 return _problem(err)
-            return JSONResponse(state(session, analyst))
+            acted_at = time.perf_counter()
+            view = state(session, analyst)
+            response = JSONResponse(view)
+            done = time.perf_counter()
+            # what the page's benchmark splits the server's time into (benchmarks/review_speed.py)
+            response.headers["Server-Timing"] = (
+                f"change;dur={1000 * (acted_at - started):.1f}, state;dur={1000 * (done - acted_at):.1f}"
+            )
+            return response
 
         return endpoint
 
@@ -557,3 +573,31 @@ def serve(
     if on_ready is not None:
         on_ready(f"http://127.0.0.1:{port}/?token={token}")
     server.run(sockets=[sock])
+
+
+@contextmanager
+def running(session: ReviewSession, token: str, analyst: str = "", port: int = 0) -> Iterator[str]:
+    """Serve the review in a background thread for as long as the block runs; yields its address
+    (with the token). For tests, benchmarks and screenshots: `lcmsquant review` uses `serve`."""
+    import uvicorn
+
+    sock = bind(port)
+    bound = sock.getsockname()[1]
+    hosts = (f"127.0.0.1:{bound}", f"localhost:{bound}")
+    config = uvicorn.Config(
+        create_app(session, token, analyst, hosts), log_level="warning", access_log=False, lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="lcmsquant-review", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the review server did not start")
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{bound}/?token={token}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
