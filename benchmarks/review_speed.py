@@ -21,7 +21,7 @@ one calibrator's quantifier it types a new end boundary, clicks Apply and the re
 
 Prints a table (milliseconds), no assertions. The aim: under 0.5 s for 96 injections.
 
-    cd /work/wt-ui && PYTHONPATH=src python benchmarks/review_speed.py [--sizes 96 384] [--repeat 5]
+    PYTHONPATH=src python benchmarks/review_speed.py [--sizes 96 384] [--repeat 5]
 
 Result on the 2-core development machine shared with other engineers' test runs (load ~1;
 Linux, Python 3.11.7, Chromium 156; batches of seed 11: 768 and 3072 grid rows, state JSON
