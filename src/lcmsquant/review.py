@@ -373,7 +373,8 @@ def open_review(
     """
     folder = Path(folder)
     out = Path(out_dir) if out_dir is not None else folder / RESULTS_FOLDER
-    with results_lock(out, list(command) if command is not None else None):
+    command = list(command) if command is not None else ["lcmsquant", "review", str(folder)]
+    with results_lock(out, command):  # a run refused meanwhile names the review as the holder
         session = ReviewSession(folder, method_path, out, jobs, command)
         session.write_results(analyst)
         yield session
