@@ -227,7 +227,7 @@ def test_a_run_into_the_folder_under_review_is_refused_with_a_message(batch):
     with open_review(batch, jobs=1):
         outcome = process_batch(batch, report=False)
     assert not outcome.ok and "another lcmsquant process is writing into it" in outcome.error
-    assert "review" in outcome.error  # the holder's command line names the review
+    assert f"lcmsquant review {batch}" in outcome.error  # the holder names the review
     assert process_batch(batch, report=False).ok  # once the review has ended
 
 
