@@ -189,7 +189,16 @@ def test_one_person_signs_one_meaning_of_one_results_set_once(batch):
     results = _reviewed(batch)
     with pytest.raises(SignatureError, match="Ada Lovelace has already signed these results as reviewed"):
         sign(results, "  Ada   Lovelace ", Meaning.REVIEWED)  # the same name, however spaced
+    with pytest.raises(SignatureError, match="ADA LOVELACE has already signed these results as reviewed"):
+        sign(results, "ADA LOVELACE", Meaning.REVIEWED)  # or however its case is typed
     assert len(read_trail(results).entries) == 3
+
+
+def test_the_reviewer_cannot_approve_by_typing_the_name_in_another_case(batch):
+    results = _reviewed(batch)  # reviewed by Ada Lovelace
+    with pytest.raises(SignatureError, match="a second person approves them"):
+        sign(results, "ada lovelace", Meaning.APPROVED)
+    assert sign(results, "Grace Hopper", Meaning.APPROVED).by == "Grace Hopper"
 
 
 @pytest.mark.parametrize(

@@ -309,15 +309,17 @@ def sign(results_dir: Path | str, name: str, meaning: Meaning | str) -> TrailEnt
             ],
         )
     valid = [s for s in signatures(trail, current) if s.current]
-    if any(s.name == name and s.meaning == meaning for s in valid):
+    # one person, however the name's case is typed: "ada lovelace" may not approve Ada Lovelace's review
+    person = name.casefold()
+    if any(s.name.casefold() == person and s.meaning == meaning for s in valid):
         raise SignatureError(results_dir, [f"{name} has already signed these results as {meaning}"])
     if meaning == Meaning.APPROVED:
-        reviewers = {s.name for s in valid if s.meaning == Meaning.REVIEWED}
+        reviewers = {s.name.casefold() for s in valid if s.meaning == Meaning.REVIEWED}
         if not reviewers:
             raise SignatureError(
                 results_dir, ["approval needs a review of these results first (a 'reviewed' signature)"]
             )
-        if reviewers == {name}:
+        if reviewers == {person}:
             raise SignatureError(results_dir, [f"{name} reviewed these results; a second person approves them"])
     return append_entry(
         results_dir,
