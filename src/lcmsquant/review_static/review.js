@@ -234,6 +234,11 @@ function renderGrid() {
   $("row-count").textContent = `${S.filtered.length} of ${S.state.rows.length} rows · ${flagged} flagged`;
 }
 
+// MANUAL last: the purple area already marks a manual peak, and a narrow cell cuts the flags at its end
+function gridFlags(flags) {
+  return [...flags.filter((f) => f !== "MANUAL"), ...flags.filter((f) => f === "MANUAL")];
+}
+
 function rowHtml(r) {
   const cls = (r.manual ? "manual " : "") + (r.id === S.selected ? "sel" : "");
   return (
@@ -241,7 +246,7 @@ function rowHtml(r) {
     `<td>${esc(r.sample_type)}</td><td>${esc(r.level)}</td><td>${esc(r.analyte)}</td>` +
     `<td class="role" title="${esc(r.transition)}">${ROLE_SHORT[r.role] || esc(r.role)}</td>` +
     `<td class="num">${fmt(r.rt_min)}</td><td class="num area" data-area="${r.area ?? ""}">${fmtArea(r.area)}</td>` +
-    `<td class="num">${fmtSn(r.sn)}</td><td class="flags">${badges(r.flags)}</td></tr>`
+    `<td class="num">${fmtSn(r.sn)}</td><td class="flags" title="${esc(r.flags.join(", "))}">${badges(gridFlags(r.flags))}</td></tr>`
   );
 }
 
