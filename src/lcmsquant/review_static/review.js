@@ -658,6 +658,7 @@ function askReason(summary, suggested = "") {
 
 async function post(path, body, describe) {
   S.busy = true;
+  const wasDirty = Boolean(S.window && S.window.dirty);
   if (S.window) S.window.dirty = false; // the change redraws the peak as it then is
   updateControls();
   const t0 = performance.now();
@@ -674,7 +675,14 @@ async function post(path, body, describe) {
     if (describe) showMessage(describe(state), "info");
     return state;
   } catch (err) {
-    showError(err);
+    if (path === "/api/change") {
+      // the review put overrides.csv and the results back: say so, and keep the boundaries typed
+      if (S.window) S.window.dirty = wasDirty;
+      const problems = (err.problems || []).filter((p) => p !== err.message);
+      showMessage(`Not applied, nothing was changed: ${err.message || err}`, "error", problems);
+    } else {
+      showError(err);
+    }
     return null;
   } finally {
     S.busy = false;
@@ -776,7 +784,11 @@ function curveKeyOf(cal) {
 
 function renderCurve() {
   const cals = S.state.calibration;
-  if (!cals.length) return;
+  if (!cals.length) {
+    $("curve-choices").innerHTML = '<span class="muted">No calibration curve in this run: there are no calibrators to fit (a method without calibrator sets measures peaks only: areas, retention times and flags).</span>';
+    $("curve-params").textContent = "";
+    return;
+  }
   const row = selectedRow();
   if (!S.curveKey || !cals.some((c) => curveKeyOf(c) === S.curveKey)) {
     const own = row && cals.find((c) => c.analyte === row.analyte);
@@ -897,7 +909,7 @@ function renderQcs() {
   }
   $("qc-summary").innerHTML = [...groups]
     .map(([a, g]) => `<span class="chip neutral">${esc(a)}: ${g.pass} of ${g.n} QCs within limits</span>`)
-    .join(" ");
+    .join(" ") || '<span class="muted">No QC results in this run (no QC samples, or no calibration curve to measure them by).</span>';
   table(
     $("qc-table"),
     ["#Inj", "QC", "Analyte", "Set", "Level", "#Nominal", "#Found", "#Accuracy", "Result", "Flags"],
@@ -912,16 +924,21 @@ function renderQcs() {
 }
 
 function renderVerdicts() {
+  if (!S.state.verdicts.length) {
+    $("verdict-table").innerHTML =
+      '<tbody><tr><td class="muted">No verdicts: ICH M10 acceptance is judged on a calibration curve, and this run has none.</td></tr></tbody>';
+    return;
+  }
   table(
     $("verdict-table"),
-    ["Analyte", "Set", "Verdict", "Failing rules"],
+    ["Analyte", "Set", "Verdict", "Rules not met"],
     S.state.verdicts.map(
       (v) =>
         `<tr class="${v.accepted ? "" : "fail"}"><td>${esc(v.analyte)}</td><td>${esc(v.calibrator_set)}</td>` +
         `<td class="${v.accepted ? "pass" : "failtext"}">${v.accepted ? "accepted" : "REJECTED"}</td><td class="wrap">` +
         (v.failing.length
           ? `<ul class="rules">${v.failing
-              .map((r) => `<li><b>${esc(r.id)}</b> ${esc(r.rule)} <span class="muted">(${esc(r.section)}; measured ${esc(r.measured)}, limit ${esc(r.limit)}${r.critical ? ", critical" : ""})</span></li>`)
+              .map((r) => `<li><span class="${r.critical ? "failtext" : "warntext"}">${r.critical ? "rejects" : "warning"}</span> <b>${esc(r.id)}</b> ${esc(r.rule)} <span class="muted">(${esc(r.section)}; measured ${esc(r.measured)}, limit ${esc(r.limit)})</span></li>`)
               .join("")}</ul>`
           : v.reasons.map(esc).join("; ") || '<span class="muted">none</span>') +
         "</td></tr>"
