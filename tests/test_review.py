@@ -228,6 +228,7 @@ def test_a_run_into_the_folder_under_review_is_refused_with_a_message(batch):
         outcome = process_batch(batch, report=False)
     assert not outcome.ok and "another lcmsquant process is writing into it" in outcome.error
     assert f"lcmsquant review {batch}" in outcome.error  # the holder names the review
+    assert "end it with Ctrl-C in the window where it runs" in outcome.error  # waiting would not end it
     assert process_batch(batch, report=False).ok  # once the review has ended
 
 

@@ -599,14 +599,17 @@ def _acquire(path: Path, out_dir: Path) -> int | None:
             os.close(fd)
             return None
         if not locked:
-            holder = _holder(fd)
+            holder, command = _holder(fd)
             os.close(fd)
+            # a review holds the folder until someone ends it: waiting alone would not do
+            wait = (
+                "a review holds it until it is ended: end it with Ctrl-C in the window where it runs, then try again"
+                if command[1:2] == ["review"]
+                else "wait until it has finished"
+            )
             raise ResultsFolderBusy(
                 out_dir,
-                [
-                    f"another lcmsquant process is writing into it ({holder}); wait until it has finished, "
-                    f"or write elsewhere with --out"
-                ],
+                [f"another lcmsquant process is writing into it ({holder}); {wait}, or write elsewhere with --out"],
             )
         try:
             if os.path.samestat(os.fstat(fd), os.stat(path)):
@@ -645,17 +648,18 @@ def _release(path: Path, fd: int) -> None:
         pass
 
 
-def _holder(fd: int) -> str:
-    """The holder's details as it wrote them into the lock file."""
+def _holder(fd: int) -> tuple[str, list[str]]:
+    """The holder's details as it wrote them into the lock file, and its command."""
     os.lseek(fd, 0, os.SEEK_SET)
     try:
         holder = json.loads(os.read(fd, 1 << 16).decode("utf-8"))
-        command = " ".join(map(str, holder.get("command") or []))
+        words = [str(w) for w in holder.get("command") or []]
+        command = " ".join(words)
         return f"PID {holder['pid']} on {holder['host']}, started {holder['started_at']}" + (
             f": {command}" if command else ""
-        )
+        ), words
     except (ValueError, KeyError, TypeError, AttributeError):
-        return "it has just started and not yet written its PID"
+        return "it has just started and not yet written its PID", []
 
 
 def write_csv(table: pd.DataFrame, path: Path) -> Path:
