@@ -403,6 +403,14 @@ def review(
             serve(session, sock, new_token(), analyst, ready)
             if not (session.out_dir / "report.html").is_file():  # a change removed the report of the old results
                 console.print(f"Report written to {session.write_report(analyst or None)}", markup=False)
+            overrides = session.folder / "overrides.csv"
+            console.print(
+                f"Review ended. Results in {session.out_dir}, every change and signature in its audit-trail.jsonl"
+                + (f", the manual integrations in {overrides}" if overrides.is_file() else "")
+                + "; undo and redo end with the review.",
+                markup=False,
+                soft_wrap=True,
+            )
     except InputError as err:
         _fail(err)
     except OSError as err:
