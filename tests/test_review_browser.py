@@ -354,3 +354,32 @@ def test_the_report_and_a_broken_trail(review, browser):
     assert page.is_visible("#trail-banner")
     assert "not intact" in page.inner_text("#trail-banner")
     page.close()
+
+
+def test_a_change_refused_for_an_outside_edit_stays_said_after_the_page_reloads(tmp_path, browser):
+    """overrides.csv edited in a text editor while the reason dialog is open: the change is
+    refused and the page reloads; the refusal ("make the change again") must not be replaced by
+    the other-tab note a moment later, or the chemist believes the change was made."""
+    folder = tmp_path / "batch"
+    simulate_batch(folder, seed=7)
+    with open_review(folder, jobs=1, analyst=ANALYST) as session, running(session, new_token(), ANALYST) as url:
+        page = _open(browser, url)
+        page.select_option("#f-type", "calibrator")
+        page.select_option("#f-analyte", "flumatinib")
+        page.select_option("#f-role", "quantifier")
+        page.click(f'#grid-body tr[data-id="{CAL4}"]')
+        _wait_chart(page, 6, "flumatinib quantifier")
+        version = page.evaluate("() => window.__review.state.version")
+        page.click("#no-peak")
+        page.wait_for_selector("#reason-dialog[open]")
+        (folder / "overrides.csv").write_text(
+            "file,target,action,start_min,end_min,reason,analyst\n005_CAL3.mzML,flumatinib,exclude,,,by hand,Bob\n"
+        )
+        _give_reason(page, pick="No peak present", analyst=ANALYST)
+        page.wait_for_selector("#message.error")
+        page.wait_for_function(f"() => window.__review.state.version !== {version}")  # reloaded from the file
+        page.wait_for_timeout(2500)  # a poll later
+        assert "make the change again" in page.inner_text("#message.error")
+        assert "Not applied, nothing was changed" in page.inner_text("#message.error")
+        assert "EXCLUDED by analyst" in page.inner_text("#cal-table")  # the page shows the file as it is
+        page.close()

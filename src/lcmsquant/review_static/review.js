@@ -1043,8 +1043,10 @@ async function poll() {
   try {
     const { version } = await api("/api/version");
     if (version !== S.state.version && !S.busy) {
+      // an error on screen (e.g. "make the change again") must stay until it is read or dismissed
+      const errorShown = !$("message").hidden && $("message").className === "error";
       await reloadState();
-      showMessage("Updated with a change made elsewhere (another tab or window).", "info");
+      if (!errorShown) showMessage("Updated with a change made elsewhere (another tab or window).", "info");
     }
   } catch (err) {
     showError(err);
