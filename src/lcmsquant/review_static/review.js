@@ -113,6 +113,11 @@ function fmtSn(v) {
 function fmtPct(v) {
   return v == null ? "" : `${Number(v).toFixed(1)} %`;
 }
+// signed, one decimal; a deviation that rounds to zero is "0.0 %", not "-0.0 %" or "+0.0 %"
+function fmtDeviation(dev) {
+  const text = dev.toFixed(1);
+  return Number(text) === 0 ? "0.0 %" : `${dev > 0 ? "+" : ""}${text} %`;
+}
 function shortHash(h) {
   return h ? h.slice(0, 12) : "";
 }
@@ -821,8 +826,8 @@ function renderCurve() {
     const bad = dev != null && Math.abs(dev) > limit;
     return `<tr class="${bad && !c.excluded ? "fail" : ""}"><td class="num">${c.injection}</td><td>${esc(c.sample_id)}</td>` +
       `<td class="num">${fmtSig(c.nominal)}</td><td class="num">${fmtSig(c.area_ratio)}</td><td class="num">${fmtSig(c.found)}</td>` +
-      `<td class="num">${dev == null ? "" : `${dev >= 0 ? "+" : ""}${dev.toFixed(1)} %`}</td>` +
-      `<td>${c.excluded ? `<span class="badge f-EXCLUDED" title="${esc(c.exclusion_reason || "excluded")}">${c.excluded_by_analyst ? "EXCLUDED by analyst" : "EXCLUDED"}</span>` : ""}</td>` +
+      `<td class="num">${dev == null ? "" : fmtDeviation(dev)}</td>` +
+      `<td>${c.excluded ? `<span class="badge f-EXCLUDED" title="${esc(c.exclusion_reason || "excluded")}">${c.excluded_by_analyst ? "EXCLUDED by analyst" : "EXCLUDED by the fit"}</span>` : ""}</td>` +
       `<td><button type="button" data-cal="${c.injection}" data-action="${c.excluded_by_analyst ? "include" : "exclude"}">${c.excluded_by_analyst ? "Include" : "Exclude"}</button></td></tr>`;
   });
   $("cal-table").innerHTML =
