@@ -68,7 +68,7 @@ def test_each_run_change_and_signature_is_one_entry_chained_to_the_one_before(ba
     ]
     run, change, signature = trail.entries
     assert run.details["command"][:2] == ["lcmsquant", "run"]
-    assert change.summary == "excluded calibrator from the flumatinib curve in 003_CAL1.mzML (spoiled in preparation)"
+    assert change.summary == "excluded calibrator from the flumatinib curve in 003_CAL1.mzML: spoiled in preparation"
     assert change.details["reason"] == "spoiled in preparation"
     assert run.results_sha256 != change.results_sha256 == signature.results_sha256 == results_sha256(results)
     assert [e.previous_sha256 for e in trail.entries[1:]] == [e.entry_sha256 for e in trail.entries[:-1]]

@@ -22,8 +22,8 @@ def test_manual_boundaries_replace_the_automatic_peak_and_are_audited(plasma_bat
     auto = before.peaks[
         (before.peaks["injection"] == int(sample.name) + 1) & (before.peaks["transition"] == "flumatinib quantifier")
     ].iloc[0]
-    # The analyst cuts the tail: integrate from the start to just after the apex.
-    end = auto["rt_min"] + 0.02
+    # The analyst cuts the tail: integrate from the start to a quarter of the way down the tail.
+    end = auto["rt_min"] + 0.25 * (auto["end_min"] - auto["rt_min"])
     (plasma_batch / "overrides.csv").write_text(
         HEADER
         + f"{sample['file']},flumatinib,integrate,{auto['start_min']:.4f},{end:.4f},tail cut by co-eluting peak,JD,2026-11-24\n"
@@ -33,7 +33,7 @@ def test_manual_boundaries_replace_the_automatic_peak_and_are_audited(plasma_bat
         (after.results["sample_id"] == sample["sample_id"]) & (after.results["analyte"] == "flumatinib")
     ].iloc[0]
     assert "MANUAL" in row["flags"].split(";")
-    assert row["area"] < 0.95 * auto["area"]
+    assert 0 < row["area"] < 0.95 * auto["area"]
     others = after.results[after.results["sample_id"] != sample["sample_id"]]
     assert not others["flags"].str.contains("MANUAL").any()
 
@@ -135,3 +135,22 @@ def test_only_a_calibrator_can_be_excluded_and_only_for_an_analyte(plasma_batch)
     problems = "\n".join(err.value.problems)
     assert f"line 2: exclude applies to calibrators only; '{sample['file']}' is sample type unknown" in problems
     assert "line 3: exclude needs an analyte as target" in problems
+
+
+def test_a_manual_window_with_nothing_above_its_baseline_is_no_peak_not_a_negative_area(plasma_batch):
+    """One SOP window for every injection also lands on blanks, where the baseline drawn between
+    the boundaries can lie above the noise: that is no peak, never a negative area."""
+    _, before = run_batch(plasma_batch)
+    rt = before.peaks.query("transition == 'M3 quantifier' and status == 'OK'")["rt_min"].median()
+    worklist = pd.read_csv(plasma_batch / "worklist.csv", dtype=str, keep_default_na=False)
+    (plasma_batch / "overrides.csv").write_text(
+        HEADER + "".join(f"{f},M3,integrate,{rt - 0.15:.4f},{rt + 0.15:.4f},SOP window,JD,\n" for f in worklist["file"])
+    )
+    _, after = run_batch(plasma_batch)
+    m3 = after.peaks[after.peaks["transition"] == "M3 quantifier"]
+    assert m3["manual"].all()
+    assert not (m3["area"] <= 0).any()  # every window integrated gives a positive area ...
+    nothing = m3[m3["status"] == "NO_PEAK"]  # ... or none at all
+    assert len(nothing) >= 1 and nothing["area"].isna().all()
+    blanks = after.results[(after.results["analyte"] == "M3") & (after.results["injection"].isin(nothing["injection"]))]
+    assert all({"NO_PEAK", "MANUAL"} <= set(flags.split(";")) for flags in blanks["flags"])

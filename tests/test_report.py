@@ -850,7 +850,7 @@ def test_the_report_lists_every_trail_entry_with_the_results_each_concerns(signe
         ["5", "signature", "Ada Lovelace"],
         ["6", "signature", "Grace Hopper"],
     ]
-    assert rows[1][4] == "excluded calibrator from the flumatinib curve in 003_CAL1.mzML (spoiled in preparation)"
+    assert rows[1][4] == "excluded calibrator from the flumatinib curve in 003_CAL1.mzML: spoiled in preparation"
     short = results_sha256(results)[:12]
     assert [r[5] for r in rows[3:]] == [f"{short} these results"] * 3
     assert "trail-broken" not in trail and "trail-mismatch" not in trail

@@ -55,7 +55,9 @@ def measure_injection(
     Internal standards are found first; each analyte is then searched around the RT its IS
     predicts, and each qualifier around its quantifier's apex. A manual integration replaces
     the automatic peak of its transition (and so anchors what is searched after it); the row
-    keeps the automatic values it replaced for the audit trail.
+    keeps the automatic values it replaced for the audit trail. A manual window whose signal does
+    not rise above its own baseline (area <= 0, e.g. drawn over noise in a blank) is NO_PEAK, not
+    a negative area.
     """
     overrides = overrides or {}
     file_warnings: list[str] = []
@@ -76,12 +78,13 @@ def measure_injection(
             rows.append(_peak_row(t, search.expected_rt, trace, peak, read_warnings=warnings))
             return peak
         manual = _manual_peak(trace, override)
+        no_signal = manual is not None and not manual.area > 0  # the window holds nothing above its baseline
         row = _peak_row(
             t,
             search.expected_rt,
             trace,
-            manual,
-            "NO_PEAK" if manual is None and trace is not None else None,
+            None if no_signal else manual,
+            "NO_PEAK" if (manual is None or no_signal) and trace is not None else None,
             read_warnings=warnings,
         )
         automatic = _peak_row(t, search.expected_rt, trace, peak)
@@ -92,7 +95,7 @@ def measure_injection(
                 f"{override.start:g} and {override.end:g} min"
             )
         rows.append(row)
-        return manual
+        return None if no_signal else manual
 
     anchors = offset_anchors(traces, method)
     offset = offset_from(anchors, method)

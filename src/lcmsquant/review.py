@@ -83,6 +83,7 @@ class Step:
     before: bytes | None
     after: bytes | None
     details: Mapping = field(default_factory=dict)
+    by: str = ""  # who made the change (undo may be pressed by someone else, in another tab)
 
 
 class ReviewSession:
@@ -187,7 +188,7 @@ class ReviewSession:
                 "reason": reason,
                 "corrections": [{k: v for k, v in vars(c).items() if v is not None} for c in corrections],
             }
-            step = Step(summary, self._overrides, after, details)
+            step = Step(summary, self._overrides, after, details, analyst)
             entry = self._change_to(after, TrailNote(TrailEvent.CHANGE, analyst, summary, details))
             self.undo_steps.append(step)
             self.redo_steps.clear()
@@ -408,7 +409,7 @@ def _summary(corrections: Sequence[Correction], reason: str) -> str:
         INCLUDE: f"included calibrator in the {first.target} curve again",
     }[first.action]
     where = first.file if len(corrections) == 1 else f"{len(corrections)} injections"
-    return f"{what} in {where} ({reason})"
+    return f"{what} in {where}: {reason}"
 
 
 def _target_names(method: Method) -> dict[str, str]:

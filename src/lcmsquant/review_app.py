@@ -293,9 +293,17 @@ def state(session: ReviewSession, analyst: str = "") -> dict:
             ],
             "trail_intact": trail.intact,
             "trail_problems": list(trail.problems),
-            "undo": session.undo_steps[-1].summary if session.undo_steps else "",
-            "redo": session.redo_steps[-1].summary if session.redo_steps else "",
+            "undo": _step_text(session.undo_steps),
+            "redo": _step_text(session.redo_steps),
         }
+
+
+def _step_text(steps: list) -> str:
+    """What undo or redo would take back, and whose change it was (tabs share one history)."""
+    if not steps:
+        return ""
+    step = steps[-1]
+    return f"{step.summary} (by {step.by})" if step.by else step.summary
 
 
 def _peak_view(peak: Mapping) -> dict:
