@@ -4,6 +4,7 @@ signature binds a name and a meaning to one results set."""
 
 import hashlib
 import json
+import platform
 import shutil
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from lcmsquant.audit_trail import (
     TRAIL,
     SignatureError,
+    account,
     read_trail,
     results_sha256,
     sign,
@@ -176,7 +178,12 @@ def test_approval_needs_a_review_of_these_results_by_someone_else(batch):
         review.sign("Ada Lovelace", Meaning.REVIEWED)
         approval = review.sign("Grace Hopper", Meaning.APPROVED)
     assert approval.summary == "Approved by Grace Hopper"
-    assert approval.details == {"meaning": "approved", "statement": Meaning.APPROVED.statement}
+    assert approval.details == {
+        "meaning": "approved",
+        "statement": Meaning.APPROVED.statement,
+        "account": account(),  # the login it came from, beside the declared name
+        "host": platform.node(),
+    }
     current = results_sha256(batch / "results")
     assert [(s.name, s.meaning, s.current) for s in signatures(read_trail(batch / "results"), current)] == [
         ("Ada Lovelace", Meaning.REVIEWED, False),

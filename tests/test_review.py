@@ -204,7 +204,7 @@ def test_excluding_a_calibrator_takes_it_out_of_the_curve_and_including_it_puts_
         (Correction("nope.mzML", "M1", "no_peak"), REASON, "A. Chemist", "is not in the worklist"),
         (Correction("{file}", "M9", "no_peak"), REASON, "A. Chemist", "no analyte, internal standard or transition"),
         (Correction("{file}", "M1", "integrate", 2.5, 2.4), REASON, "A. Chemist", "needs a start before the end"),
-        (Correction("{file}", "M1", "integrate", 20.0, 21.0), REASON, "A. Chemist", "no data of M1 quantifier"),
+        (Correction("{file}", "M1", "integrate", 20.0, 21.0), REASON, "A. Chemist", r"  - no data of M1 quantifier"),
         (Correction("{file}", "M1", "exclude"), REASON, "A. Chemist", "only a calibrator"),
         (Correction("{file}", "M1", "no_peak"), "  ", "A. Chemist", "needs a reason"),
         (Correction("{file}", "M1", "no_peak"), "a bell\x07", "A. Chemist", "one line of printable text"),
@@ -249,7 +249,8 @@ def test_overrides_edited_by_hand_during_a_review_are_taken_in_before_any_change
 
 def test_a_signature_covers_the_results_it_signed_until_they_change(batch):
     with open_review(batch, jobs=1) as session:
-        session.sign("A. Chemist", Meaning.REVIEWED)
+        signed = session.sign("A. Chemist", Meaning.REVIEWED)
+        assert signed.details["account"] and signed.details["host"]  # the login beside the declared name
         with pytest.raises(SignatureError, match="a second person approves"):
             session.sign("A. Chemist", Meaning.APPROVED)
         session.sign("B. Manager", Meaning.APPROVED)

@@ -18,6 +18,7 @@ import getpass
 import hashlib
 import json
 import os
+import platform
 import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -326,6 +327,8 @@ def sign(results_dir: Path | str, name: str, meaning: Meaning | str) -> TrailEnt
         TrailEvent.SIGNATURE,
         name,
         f"{meaning.capitalize()} by {name}",
-        {"meaning": str(meaning), "statement": meaning.statement},
+        # The account and computer beside the declared name: identity is declared, not
+        # authenticated, but an inspector can see which login a signature came from.
+        {"meaning": str(meaning), "statement": meaning.statement, "account": account(), "host": platform.node()},
         results_sha=current,
     )

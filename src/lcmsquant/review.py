@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -351,8 +352,8 @@ class ReviewSession:
             _put(path, before_bytes)
             self.batch, self._measured, self._overrides = before_batch, before_measured, before_bytes
             self.result = self._quantify()
-            if isinstance(err, OverrideError):
-                raise ReviewError(path, list(err.problems)) from None
+            if isinstance(err, OverrideError):  # about rows the review wrote, not lines a person typed
+                raise ReviewError(path, [_OVERRIDE_LINE.sub("", p) for p in err.problems]) from None
             raise
         self.version += 1
         return self.trail.entries[-1]
@@ -379,6 +380,9 @@ def open_review(
         session = ReviewSession(folder, method_path, out, jobs, command)
         session.write_results(analyst)
         yield session
+
+
+_OVERRIDE_LINE = re.compile(rf"^{re.escape(OVERRIDES)} line \d+: ")
 
 
 def _checked_reason(reason: str) -> str:
