@@ -63,6 +63,17 @@ class TrailEntry:
     previous_sha256: str = FIRST_PREVIOUS
     entry_sha256: str = ""
 
+    def listed(self) -> dict:
+        """What a list of entries shows of this one (the page, the report)."""
+        return {
+            "number": self.number,
+            "at": self.at,
+            "event": str(self.event),
+            "by": self.by,
+            "summary": self.summary,
+            "results_sha256": self.results_sha256,
+        }
+
     def content(self) -> dict:
         """The entry as written, without its own hash."""
         return {

@@ -1015,12 +1015,7 @@ def trail_section(trail: Trail, run_json_sha256: str, drawn_during_run: bool = F
     """
     entries = [
         {
-            "number": e.number,
-            "at": e.at,
-            "event": str(e.event),
-            "by": e.by,
-            "summary": e.summary,
-            "results_sha256": e.results_sha256,
+            **e.listed(),
             "short": e.results_sha256[:SHORT_SHA],
             "these": bool(run_json_sha256) and e.results_sha256 == run_json_sha256,
         }

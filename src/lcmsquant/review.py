@@ -197,30 +197,27 @@ class ReviewSession:
 
     def undo(self, analyst: str) -> TrailEntry:
         """Take back the last change (its overrides.csv rows as they were before it)."""
-        analyst = _checked_analyst(analyst)
-        with self.lock:
-            if not self.undo_steps:
-                raise ReviewError(self.folder, ["nothing to undo"])
-            self._check_not_edited_elsewhere()
-            step = self.undo_steps[-1]
-            entry = self._change_to(
-                step.before, TrailNote(TrailEvent.UNDO, analyst, f"Undid: {step.summary}", step.details)
-            )
-            self.redo_steps.append(self.undo_steps.pop())
-            return entry
+        return self._replay(self.undo_steps, self.redo_steps, TrailEvent.UNDO, analyst)
 
     def redo(self, analyst: str) -> TrailEntry:
         """Make the last undone change again."""
+        return self._replay(self.redo_steps, self.undo_steps, TrailEvent.REDO, analyst)
+
+    def _replay(self, steps: list[Step], other: list[Step], event: TrailEvent, analyst: str) -> TrailEntry:
+        """Undo (overrides.csv as before the last step) or redo (as after it), moving the step
+        from one history to the other."""
         analyst = _checked_analyst(analyst)
         with self.lock:
-            if not self.redo_steps:
-                raise ReviewError(self.folder, ["nothing to redo"])
+            if not steps:
+                raise ReviewError(self.folder, [f"nothing to {event}"])
             self._check_not_edited_elsewhere()
-            step = self.redo_steps[-1]
+            step = steps[-1]
+            done = "Undid" if event == TrailEvent.UNDO else "Redid"
             entry = self._change_to(
-                step.after, TrailNote(TrailEvent.REDO, analyst, f"Redid: {step.summary}", step.details)
+                step.before if event == TrailEvent.UNDO else step.after,
+                TrailNote(event, analyst, f"{done}: {step.summary}", step.details),
             )
-            self.undo_steps.append(self.redo_steps.pop())
+            other.append(steps.pop())
             return entry
 
     def sign(self, name: str, meaning: Meaning | str) -> TrailEntry:
