@@ -4,6 +4,7 @@ session on a simulated batch, from the grid to the signatures, then what it left
 from __future__ import annotations
 
 import csv
+import math
 import shutil
 import urllib.error
 import urllib.request
@@ -351,6 +352,13 @@ def test_what_a_first_time_user_missed(review, browser):
     page.click('#grid-body tr[data-id="11|M1 quantifier"]')
     assert page.evaluate("() => window.__review.curveKey") == "M1|plasma"
     assert "M1 · plasma" in page.inner_text("#curve-choices button.active")
+    # ... its log axes labelled at the decades only ("0.01, 0.1, 1, 10", not "2, 10, 5, 2, 1")
+    page.wait_for_selector("#curve-plot g.x2tick text")
+    ticks = page.evaluate(
+        "() => [...document.querySelectorAll('#curve-plot g.ytick text, #curve-plot g.x2tick text')]"
+        ".map(t => t.textContent)"
+    )
+    assert len(ticks) >= 4 and all(math.log10(float(t)).is_integer() for t in ticks), ticks
 
     # the flag filter: only the flags the rows carry, with their counts under the other filters
     options = page.evaluate("() => [...document.querySelectorAll('#f-flag option')].map(o => o.textContent)")

@@ -981,7 +981,7 @@ function drawCurve(cal) {
     marker: { symbol: "line-ew-open", size: 12, color: "#c0392b", line: { width: 1.5 } },
   };
   // log axes labelled at the decades only (plotly's default "2, 5" between them read as 2, 10, 5, 2, 1)
-  const decades = log ? { dtick: 1, exponentformat: "power", minor: { dtick: "D1", showgrid: true, gridcolor: "#f6f7f9" } } : {};
+  const decades = log ? { dtick: 1, exponentformat: "none", minor: { dtick: "D1", showgrid: true, gridcolor: "#f6f7f9" } } : {};
   const traces = [
     { x: cal.curve.x, y: cal.curve.y, type: "scatter", mode: "lines", line: { color: "#333", width: 1.2 }, name: "fit", hoverinfo: "skip" },
     point(used, false), point(out, true), resid(used, false), resid(out, true), limits,
