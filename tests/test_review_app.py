@@ -112,6 +112,29 @@ def test_chromatogram_of_a_row_and_404_for_unknown_ones(client):
     assert _get(client, "/api/chromatogram", injection="x", transition="flumatinib quantifier").status_code == 404
 
 
+def test_the_ion_ratio_comes_with_its_reference_and_tolerance(client, session):
+    """An ION_RATIO row says nothing by itself: the chromatogram view carries the ratio, the
+    calibrators' reference and the method's tolerance for a qualifier of that abundance."""
+    results = session.result.results
+    flagged = results[results["flags"].str.contains("ION_RATIO", regex=False)].iloc[0]
+    view = _get(
+        client, "/api/chromatogram", injection=int(flagged["injection"]), transition=f"{flagged['analyte']} qualifier"
+    ).json()
+    ratio = view["ion_ratio"]
+    assert ratio["qualifier"] == f"{flagged['analyte']} qualifier" and ratio["flagged"] is True
+    assert ratio["ratio"] == pytest.approx(flagged["ion_ratio"])
+    assert ratio["reference"] == pytest.approx(flagged["ion_ratio_reference"])
+    tolerance = session.method.identity.ion_ratio_tolerance_pct(flagged["ion_ratio_reference"])
+    assert ratio["tolerance_pct"] == tolerance
+    assert abs(ratio["deviation_pct"]) > tolerance  # why it is flagged
+    quiet = _get(client, "/api/chromatogram", injection=5, transition="flumatinib quantifier").json()["ion_ratio"]
+    assert quiet["flagged"] is False and abs(quiet["deviation_pct"]) <= quiet["tolerance_pct"]
+    is_view = _get(client, "/api/chromatogram", injection=5, transition="flumatinib-d3 internal standard").json()
+    assert is_view["ion_ratio"] is None  # an internal standard has none
+    state = _get(client, "/api/state").json()
+    assert _row(state, "5|flumatinib quantifier")["calibrator_set"] == "plasma"  # the Curve tab follows it
+
+
 def _row(state, row_id):
     return next(r for r in state["rows"] if r["id"] == row_id)
 

@@ -4,6 +4,7 @@ session on a simulated batch, from the grid to the signatures, then what it left
 from __future__ import annotations
 
 import csv
+import math
 import shutil
 import urllib.error
 import urllib.request
@@ -315,6 +316,124 @@ def test_a_review_from_the_grid_to_the_signatures(review, browser):
     out = folder / "results"
     assert output_set(batch, result, out)[out / "run.json"] == (out / "run.json").read_bytes()
     second.close()
+    page.close()
+
+
+def _headings(page):
+    """The chromatogram panels' headings (plotly annotations), by transition."""
+    return page.evaluate(
+        """() => Object.fromEntries(document.getElementById('chart').layout.annotations
+             .filter(a => a.text.startsWith('<b>')).map(a => [a.text.split('</b>')[0].slice(3), a.text]))"""
+    )
+
+
+def test_what_a_first_time_user_missed(review, browser):
+    """Where the page opens, the flag filter's counts, the Curve tab following the row, the ion
+    ratio's numbers, neighbours kept on the panel, S/N that fits, a window beyond the trace, the
+    boundaries actually integrated, and the redo shortcuts."""
+    _, url = review
+    page = _open(browser, url)
+    _settled(page)
+
+    # opens on the first flagged row, not on a blank's noise; the Curve tab shows its analyte
+    opened = page.evaluate("() => window.__review.selected")
+    assert opened == "11|M3 quantifier"
+    assert page.evaluate(
+        "(id) => { const rows = window.__review.filtered; const i = rows.findIndex(r => r.id === id);"
+        " return i > 0 && rows.slice(0, i).every(r => !isFlagged(r)) && isFlagged(rows[i]); }",
+        opened,
+    )
+    assert page.evaluate("() => window.__review.curveKey") == "M3|plasma"
+
+    # a curve picked by hand stays while rows of the same analyte are reviewed, until another analyte
+    page.click('#curve-choices button[data-key="flumatinib|plasma"]')
+    page.click('#grid-body tr[data-id="11|M3 qualifier"]')
+    assert page.evaluate("() => window.__review.curveKey") == "flumatinib|plasma"
+    page.click('#grid-body tr[data-id="11|M1 quantifier"]')
+    assert page.evaluate("() => window.__review.curveKey") == "M1|plasma"
+    assert "M1 · plasma" in page.inner_text("#curve-choices button.active")
+    # ... its log axes labelled at the decades only ("0.01, 0.1, 1, 10", not "2, 10, 5, 2, 1")
+    page.wait_for_selector("#curve-plot g.x2tick text")
+    ticks = page.evaluate(
+        "() => [...document.querySelectorAll('#curve-plot g.ytick text, #curve-plot g.x2tick text')]"
+        ".map(t => t.textContent)"
+    )
+    assert len(ticks) >= 4 and all(math.log10(float(t)).is_integer() for t in ticks), ticks
+
+    # the flag filter: only the flags the rows carry, with their counts under the other filters
+    options = page.evaluate("() => [...document.querySelectorAll('#f-flag option')].map(o => o.textContent)")
+    assert options[0] == "Any flag" and "ION_RATIO (6)" in options and len(options) < 21
+    assert all(o.endswith(")") and not o.endswith("(0)") for o in options[1:])
+    page.select_option("#f-analyte", "M1")
+    assert "ION_RATIO (2)" in page.evaluate("() => [...document.querySelectorAll('#f-flag option')].map(o => o.text)")
+    page.select_option("#f-analyte", "")
+
+    # S/N of millions fits its cell
+    shown = page.evaluate("() => window.__review.state.rows.map(r => fmtSn(r.sn))")
+    assert ">9999" in shown and max(len(c) for c in shown) <= 5
+
+    # an ION_RATIO row: the ratio, its reference and tolerance in the qualifier's and the quantifier's heading
+    page.select_option("#f-flag", "ION_RATIO")
+    page.click('#grid-body tr[data-id="23|M3 quantifier"]')
+    _wait_chart(page, 23, "M3 quantifier")
+    _settled(page)
+    ratio = page.evaluate("() => window.__review.chrom.ion_ratio")
+    headings = _headings(page)
+    for transition in ("M3 quantifier", "M3 qualifier"):
+        assert f"ion ratio {ratio['ratio']:.3f}" in headings[transition]
+        assert f"reference {ratio['reference']:.3f} ± {ratio['tolerance_pct']:g} %" in headings[transition]
+    assert "ion ratio" not in headings["M3-d4 internal standard"]
+    # ... and its tall neighbours are scaled to its apex, as said, rather than flattening it
+    assert "scaled to this trace's apex" in page.evaluate(
+        "() => document.getElementById('chart').layout.annotations.map(a => a.text).join(' ')"
+    )
+    assert page.evaluate(
+        """() => { const gd = document.getElementById('chart'); const top = gd.layout.yaxis.range[1];
+             const [lo, hi] = gd.layout.xaxis.range;
+             return gd.data.filter(t => t.yaxis === 'y' && t.name && t.name.startsWith('#'))
+               .every(t => t.y.every((y, k) => t.x[k] < lo || t.x[k] > hi || y <= top)); }"""
+    )
+    page.select_option("#f-flag", "")
+
+    # a window beyond the trace is said and cannot be applied; one inside it can
+    page.select_option("#f-type", "calibrator")
+    page.select_option("#f-analyte", "M3")
+    page.select_option("#f-role", "quantifier")
+    page.click('#grid-body tr[data-id="7|M3 quantifier"]')
+    _wait_chart(page, 7, "M3 quantifier")
+    _settled(page)
+    page.fill("#start", "0")
+    page.fill("#end", "99")
+    page.press("#end", "Tab")
+    assert "The chromatogram covers" in page.inner_text("#window-note")
+    assert page.is_disabled("#apply") and page.is_disabled("#apply-all")
+    page.click("#reset-window")
+    assert page.is_hidden("#window-note") and not page.is_disabled("#apply")
+
+    # after Apply, the boundaries integrated (on the data points) are said
+    start = page.evaluate("() => window.__review.window.start")
+    page.fill("#start", f"{start + 0.0123:.4f}")
+    page.press("#start", "Tab")
+    page.click("#apply")
+    _give_reason(page, pick="Baseline drawn incorrectly", analyst=ANALYST)
+    page.wait_for_selector("#message.info")
+    row = page.evaluate("() => window.__review.byId.get('7|M3 quantifier')")
+    assert row["manual"]
+    assert f"integrated {row['start_min']:.4f}–{row['end_min']:.4f} min" in page.inner_text("#message")
+
+    # Ctrl-Z undoes, Ctrl-Shift-Z and Ctrl-Y redo; not while typing in a field
+    manual = "(m) => window.__review.byId.get('7|M3 quantifier').manual === m && !window.__review.busy"
+    page.focus("#grid-scroll")
+    for keys, now in (("Control+z", False), ("Control+Shift+Z", True), ("Control+z", False), ("Control+y", True)):
+        page.keyboard.press(keys)
+        page.wait_for_function(manual, arg=now)
+    page.keyboard.press("Control+z")
+    page.wait_for_function(manual, arg=False)
+    page.focus("#start")
+    page.keyboard.press("Control+y")
+    page.wait_for_timeout(300)
+    assert page.evaluate(manual, False)
+    assert page.errors == []  # type: ignore[attr-defined]
     page.close()
 
 

@@ -95,7 +95,16 @@ def grid_rows(session: ReviewSession) -> list[dict]:
     by_key = {
         (int(r["injection"]), r["analyte"]): r
         for r in results[
-            ["injection", "analyte", "flags", "area_ratio", "concentration", "accuracy_pct", "internal_standard"]
+            [
+                "injection",
+                "analyte",
+                "flags",
+                "area_ratio",
+                "concentration",
+                "accuracy_pct",
+                "internal_standard",
+                "calibrator_set",
+            ]
         ].to_dict("records")
     }
     is_users = {
@@ -118,10 +127,11 @@ def grid_rows(session: ReviewSession) -> list[dict]:
             analyte = compound
             result = by_key.get((order, compound), {})
             own = [f for f in str(result.get("flags", "")).split(";") if f]
+            extra = {"calibrator_set": _clean(result.get("calibrator_set"))}
             if role == "quantifier":
                 target = compound
                 flags += own
-                extra = {
+                extra |= {
                     "area_ratio": _clean(result.get("area_ratio")),
                     "concentration": _clean(result.get("concentration")),
                     "accuracy_pct": _clean(result.get("accuracy_pct")),
@@ -364,6 +374,7 @@ def chromatogram(session: ReviewSession, injection: int, transition: str) -> dic
 
     position = orders.index(injection)
     inj = session.injection(injection)
+    analyte_name = chosen.compound if chosen.role != "internal_standard" else None
     neighbours = [
         {"injection": o, "sample_id": session.injection(o).sample_id, **panel(o, chosen)}
         for o in (
@@ -380,6 +391,32 @@ def chromatogram(session: ReviewSession, injection: int, transition: str) -> dic
         "transition": transition,
         "panels": [panel(injection, t) for t in group],
         "neighbours": neighbours,
+        "ion_ratio": _ion_ratio(session, injection, analyte_name) if analyte_name else None,
+    }
+
+
+def _ion_ratio(session: ReviewSession, injection: int, analyte: str) -> dict | None:
+    """The analyte's ion ratio in this injection (first qualifier / quantifier), the batch's
+    reference (mean of the calibrators in the curve), the method's tolerance for a qualifier of
+    that abundance, and whether it is flagged; None for an analyte without a qualifier."""
+    method_analyte = session.method.analyte(analyte)
+    if not method_analyte.qualifiers:
+        return None
+    results = session.result.results
+    row = results[(results["injection"] == injection) & (results["analyte"] == analyte)]
+    if not len(row) or "ion_ratio" not in row.columns:
+        return None
+    ratio = _clean(row["ion_ratio"].iloc[0])
+    reference = _clean(row["ion_ratio_reference"].iloc[0])
+    tolerance = session.method.identity.ion_ratio_tolerance_pct(reference) if reference else None
+    deviation = 100.0 * (ratio / reference - 1.0) if ratio is not None and reference else None
+    return {
+        "qualifier": method_analyte.qualifiers[0].name,
+        "ratio": ratio,
+        "reference": reference,
+        "tolerance_pct": tolerance,
+        "deviation_pct": deviation,
+        "flagged": Flag.ION_RATIO in str(row["flags"].iloc[0]).split(";"),
     }
 
 

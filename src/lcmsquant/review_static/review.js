@@ -10,6 +10,7 @@ const POLL_MS = 2000;
 const ROLE_SHORT = { quantifier: "quant", qualifier: "qual", internal_standard: "IS" };
 const ROLE_COLOUR = { quantifier: "#1f5fa8", qualifier: "#7a4fa0", internal_standard: "#2a8a4a" };
 const BOUNDARY = "#e8820c";
+const NEIGHBOUR_SCALE_ABOVE = 3; // a neighbour more than 3x this trace's apex is drawn scaled to it
 
 const S = {
   state: null, // the last /api/state
@@ -107,8 +108,9 @@ function fmtSig(v, sig = 4) {
   const text = Number(v).toPrecision(sig);
   return text.includes(".") && !text.includes("e") ? text.replace(/0+$/, "").replace(/\.$/, "") : text;
 }
+// at most four digits: a clean standard's S/N runs to millions, which no cell holds
 function fmtSn(v) {
-  return v == null ? "" : v >= 100 ? String(Math.round(v)) : fmtSig(v, 3);
+  return v == null ? "" : v >= 9999.5 ? ">9999" : v >= 100 ? String(Math.round(v)) : fmtSig(v, 3);
 }
 function fmtPct(v) {
   return v == null ? "" : `${Number(v).toFixed(1)} %`;
@@ -143,12 +145,23 @@ function setState(state) {
   renderGrid();
   renderTabs();
   if (!S.selected || !S.byId.has(S.selected)) {
-    select(S.filtered.length ? S.filtered[0].id : null);
+    select(first ? openingRow() : S.filtered.length ? S.filtered[0].id : null);
   } else {
     markSelected();
     updateControls();
     loadChromatogram();
   }
+}
+
+// Where the page opens: the first row needing a look, else the first calibrator's quantifier
+// (the first grid row is usually a blank's noise, which tells a reviewer nothing)
+function openingRow() {
+  const rows = S.filtered;
+  const row =
+    rows.find(isFlagged) ||
+    rows.find((r) => r.sample_type === "calibrator" && r.role === "quantifier") ||
+    rows[0];
+  return row ? row.id : null;
 }
 
 async function reloadState() {
@@ -182,8 +195,6 @@ function initFilters(st) {
   const add = (select, values, label = (v) => v) => {
     for (const v of values) select.add(new Option(label(v), v));
   };
-  add($("f-flag"), st.flags.map((f) => f.flag));
-  for (const option of $("f-flag").options) if (option.value) option.title = flagMeaning(option.value);
   add($("f-type"), st.sample_types);
   add($("f-analyte"), [...st.analytes, ...st.internal_standards]);
   for (const id of ["f-flagged", "f-flag", "f-type", "f-analyte", "f-role"]) {
@@ -232,11 +243,34 @@ const OVERSCAN = 12;
 
 function renderGrid() {
   const filter = currentFilter();
+  renderFlagOptions(filter);
   S.filtered = S.state.rows.filter((r) => rowPasses(r, filter));
   S.filteredIndex = new Map(S.filtered.map((r, i) => [r.id, i]));
   renderSlice(true);
   const flagged = S.state.rows.filter(isFlagged).length;
   $("row-count").textContent = `${S.filtered.length} of ${S.state.rows.length} rows · ${flagged} flagged`;
+}
+
+// The flag filter lists the flags the rows under the other filters carry, with their counts
+// ("EDGE (12)"); a flag chosen stays listed (with 0) until another is chosen.
+function renderFlagOptions(filter) {
+  const others = { ...filter, flag: "" };
+  const counts = new Map();
+  for (const r of S.state.rows) {
+    if (!rowPasses(r, others)) continue;
+    for (const f of r.flags) counts.set(f, (counts.get(f) || 0) + 1);
+  }
+  const box = $("f-flag");
+  const options = [new Option("Any flag", "")];
+  for (const { flag } of S.state.flags) {
+    const n = counts.get(flag) || 0;
+    if (!n && flag !== filter.flag) continue;
+    const option = new Option(`${flag} (${n})`, flag);
+    option.title = flagMeaning(flag);
+    options.push(option);
+  }
+  box.replaceChildren(...options);
+  box.value = filter.flag;
 }
 
 // MANUAL last: the purple area already marks a manual peak, and a narrow cell cuts the flags at its end
@@ -251,7 +285,7 @@ function rowHtml(r) {
     `<td>${esc(r.sample_type)}</td><td>${esc(r.level)}</td><td>${esc(r.analyte)}</td>` +
     `<td class="role" title="${esc(r.transition)}">${ROLE_SHORT[r.role] || esc(r.role)}</td>` +
     `<td class="num">${fmt(r.rt_min)}</td><td class="num area" data-area="${r.area ?? ""}">${fmtArea(r.area)}</td>` +
-    `<td class="num">${fmtSn(r.sn)}</td><td class="flags" title="${esc(r.flags.join(", "))}">${badges(gridFlags(r.flags))}</td></tr>`
+    `<td class="num"${r.sn != null && r.sn >= 9999.5 ? ` title="S/N ${Math.round(r.sn).toLocaleString("en-US")}"` : ""}>${fmtSn(r.sn)}</td><td class="flags" title="${esc(r.flags.join(", "))}">${badges(gridFlags(r.flags))}</td></tr>`
   );
 }
 
@@ -291,7 +325,22 @@ function select(id) {
   S.selected = id;
   markSelected();
   updateControls();
+  followAnalyte();
   loadChromatogram();
+}
+
+// The Curve tab shows the selected row's analyte (and calibrator set); a curve picked by hand
+// stays until a row of another analyte is selected.
+function followAnalyte() {
+  const row = selectedRow();
+  if (!row || !S.state || row.analyte === S.curveAnalyte) return;
+  S.curveAnalyte = row.analyte;
+  const cals = S.state.calibration.filter((c) => c.analyte === row.analyte);
+  const cal = cals.find((c) => c.calibrator_set === row.calibrator_set) || cals[0];
+  if (cal && curveKeyOf(cal) !== S.curveKey) {
+    S.curveKey = curveKeyOf(cal);
+    renderCurve();
+  }
 }
 
 function moveSelection(step) {
@@ -407,15 +456,23 @@ function drawChromatogram() {
       zeroline: false,
     };
     const inWindow = (t) => t >= xRange[0] && t <= xRange[1];
-    let yMax = 0;
-    p.time.forEach((t, k) => {
-      if (inWindow(t) && p.intensity[k] > yMax) yMax = p.intensity[k];
+    const isChosen = p === chosen;
+    const highest = (q) => q.time.reduce((m, t, k) => (inWindow(t) && q.intensity[k] > m ? q.intensity[k] : m), 0);
+    const own = highest(p);
+    // The faint neighbours count in the y-range, so that a peak next door is not cut at the top;
+    // one far taller than this trace (a blank after the top calibrator, a low sample between
+    // high ones) would flatten it, and is scaled down to this trace's apex instead, as said.
+    const neighbours = (isChosen && $("show-neighbours").checked ? view.neighbours : []).map((nb) => {
+      const top = highest(nb);
+      const factor = own > 0 && top > NEIGHBOUR_SCALE_ABOVE * own ? own / top : 1;
+      return { ...nb, factor, intensity: factor === 1 ? nb.intensity : nb.intensity.map((y) => y * factor) };
     });
-    yMax = yMax > 0 ? yMax * 1.12 : 1;
+    const yMax = Math.max(own, ...neighbours.map(highest), 0);
+    const yTop = yMax > 0 ? yMax * 1.12 : 1;
     layout[ax.ya] = {
       domain: [top - height, top],
       anchor: ax.x,
-      range: [0, yMax],
+      range: [0, yTop],
       exponentformat: "SI",
       ticks: "outside",
       ticklen: 3,
@@ -423,15 +480,20 @@ function drawChromatogram() {
       zeroline: false,
       nticks: 4,
     };
-    const isChosen = p === chosen;
-    if (isChosen && $("show-neighbours").checked) {
-      for (const nb of view.neighbours) {
-        traces.push({
-          x: nb.time, y: nb.intensity, xaxis: ax.x, yaxis: ax.y, type: "scatter", mode: "lines",
-          line: { color: "#8c96a3", width: 1 }, opacity: 0.45, name: `#${nb.injection} ${nb.sample_id}`,
-          hovertemplate: `#${nb.injection} ${esc(nb.sample_id)}<br>%{x:.3f} min, %{y:.4s}<extra></extra>`,
-        });
-      }
+    for (const nb of neighbours) {
+      traces.push({
+        x: nb.time, y: nb.intensity, xaxis: ax.x, yaxis: ax.y, type: "scatter", mode: "lines",
+        line: { color: "#8c96a3", width: 1 }, opacity: 0.45, name: `#${nb.injection} ${nb.sample_id}`,
+        hovertemplate: `#${nb.injection} ${esc(nb.sample_id)}${nb.factor === 1 ? "" : ` × ${fmtSig(nb.factor, 2)}`}<br>%{x:.3f} min, %{y:.4s}<extra></extra>`,
+      });
+    }
+    const scaled = neighbours.filter((nb) => nb.factor !== 1);
+    if (scaled.length) {
+      annotations.push({
+        text: `grey: ${scaled.map((nb) => `#${nb.injection} ${esc(nb.sample_id)} × ${fmtSig(nb.factor, 2)}`).join(", ")} (scaled to this trace's apex)`,
+        xref: "paper", yref: "paper", x: 1, y: top, xanchor: "right", yanchor: "top", showarrow: false,
+        font: { size: 10, color: "#667080" }, bgcolor: "rgba(255,255,255,0.8)",
+      });
     }
     const pk = p.peak || {};
     if (pk.start_min != null && pk.end_min != null && p.time.length) {
@@ -471,7 +533,7 @@ function drawChromatogram() {
     }
     const vline = (x, style, label) =>
       traces.push({
-        x: [x, x], y: [0, yMax], xaxis: ax.x, yaxis: ax.y, type: "scatter", mode: "lines", line: style,
+        x: [x, x], y: [0, yTop], xaxis: ax.x, yaxis: ax.y, type: "scatter", mode: "lines", line: style,
         hovertemplate: `${label} %{x:.3f} min<extra></extra>`,
       });
     if (pk.expected_rt_min != null) vline(pk.expected_rt_min, { color: "#555", width: 1, dash: "dot" }, "expected RT");
@@ -492,8 +554,9 @@ function drawChromatogram() {
     const stat = pk.status === "OK"
       ? `area ${fmtArea(pk.area)} · RT ${fmt(pk.rt_min)} · S/N ${fmtSn(pk.sn)}`
       : pk.status || "no data";
+    const ratio = ionRatioText(view.ion_ratio, p, row);
     annotations.push({
-      text: `<b>${esc(p.transition)}</b>  ${esc(stat)}${pk.manual ? "  <b>MANUAL</b>" : ""}${pk.manual && pk.auto_area != null ? ` (automatic ${fmtArea(pk.auto_area)})` : ""}`,
+      text: `<b>${esc(p.transition)}</b>  ${esc(stat)}${pk.manual ? "  <b>MANUAL</b>" : ""}${pk.manual && pk.auto_area != null ? ` (automatic ${fmtArea(pk.auto_area)})` : ""}${ratio}`,
       xref: "paper", yref: "paper", x: 0, y: top, xanchor: "left", yanchor: "bottom", showarrow: false,
       font: { size: 11, color: isChosen ? "#111" : "#555" },
     });
@@ -512,6 +575,20 @@ function drawChromatogram() {
   Plotly.react(gd, traces, layout, config);
   if (first) gd.on("plotly_relayout", onRelayout);
   syncInputs();
+}
+
+// The ion ratio in the heading of the qualifier it is measured with, and of the quantifier when
+// it is flagged: the ratio, the calibrators' reference and the tolerance it was judged by.
+function ionRatioText(ir, panel, row) {
+  if (!ir) return "";
+  const flagged = ir.flagged || (row && row.role === "quantifier" && row.flags.includes("ION_RATIO"));
+  if (!(panel.transition === ir.qualifier || (panel.role === "quantifier" && flagged))) return "";
+  if (ir.ratio == null) return "  · ion ratio: none (no qualifier or quantifier area)";
+  const reference = ir.reference == null ? "no reference (no calibrator in the curve)" : `reference ${fmtSig(ir.reference, 3)}`;
+  const tolerance = ir.tolerance_pct == null ? "" : ` ± ${fmtSig(ir.tolerance_pct, 3)} %`;
+  const deviation = ir.deviation_pct == null ? "" : ` (${fmtDeviation(ir.deviation_pct)})`;
+  const text = `ion ratio ${fmtSig(ir.ratio, 3)}${deviation} · ${reference}${tolerance}`;
+  return flagged ? `  · <span style="color:#b3261e"><b>ION_RATIO</b> ${esc(text)}</span>` : `  · ${esc(text)}`;
 }
 
 function onRelayout(event) {
@@ -600,11 +677,15 @@ function updateControls() {
   const has = Boolean(row) && !S.busy;
   const dirty = Boolean(S.window && S.window.dirty);
   $("controls").classList.toggle("dirty", dirty);
-  $("apply").disabled = !has || !S.window || S.inputsInvalid;
+  const outside = windowOutside();
+  $("window-note").textContent = outside;
+  $("window-note").hidden = !outside;
+  for (const id of ["start", "end"]) $(id).classList.toggle("outside", Boolean(outside));
+  $("apply").disabled = !has || !S.window || S.inputsInvalid || Boolean(outside);
   $("reset-window").disabled = !has || !dirty;
   $("no-peak").disabled = !has || row.status === "NO_PEAK" && !row.manual;
   $("restore").disabled = !has || !row.manual;
-  $("apply-all").disabled = !has || !S.window || S.inputsInvalid;
+  $("apply-all").disabled = !has || !S.window || S.inputsInvalid || Boolean(outside);
   const cal = calibratorOf(row);
   $("exclude").hidden = !cal || cal.excluded_by_analyst;
   $("include").hidden = !cal || !cal.excluded_by_analyst;
@@ -616,6 +697,27 @@ function updateControls() {
     $("redo").disabled = !S.state.redo;
     $("report").disabled = $("report2").disabled = $("sign").disabled = false;
   }
+}
+
+// The time range of the selected row's trace, once its chromatogram is loaded (else null).
+function traceRange() {
+  const row = selectedRow();
+  const view = S.chrom;
+  if (!row || !view || view.injection !== row.injection || view.transition !== row.transition) return null;
+  const panel = view.panels.find((p) => p.transition === row.transition);
+  return panel && panel.time.length ? [panel.time[0], panel.time[panel.time.length - 1]] : null;
+}
+
+// A window reaching beyond the trace would be cut to it without a word: say so, and apply only
+// a window inside it ("" when the window is inside, or there is no trace to compare with).
+function windowOutside() {
+  const range = traceRange();
+  if (!range || !S.window) return "";
+  const slack = 1e-4; // the boundaries are kept to 0.0001 min
+  if (S.window.start >= range[0] - slack && S.window.end <= range[1] + slack) return "";
+  const lo = (Math.ceil(range[0] * 1000) / 1000).toFixed(3);
+  const hi = (Math.floor(range[1] * 1000) / 1000).toFixed(3);
+  return `The chromatogram covers ${lo}–${hi} min: put both boundaries inside it to apply.`;
 }
 
 function correction(row, action, window) {
@@ -695,10 +797,20 @@ async function post(path, body, describe) {
   }
 }
 
-async function change(corrections, summary, suggested) {
+async function change(corrections, summary, suggested, integrated) {
   const answer = await askReason(summary, suggested);
   if (!answer) return null;
-  return post("/api/change", { corrections, reason: answer.reason, analyst: answer.analyst }, () => `Applied: ${summary}`);
+  const describe = (st) => `Applied: ${summary}${integrated ? `; ${integrated(st)}` : ""}`;
+  return post("/api/change", { corrections, reason: answer.reason, analyst: answer.analyst }, describe);
+}
+
+// What was integrated in the end: the boundaries snap to the trace's data points.
+function integratedText(state, row) {
+  const now = state.rows.find((r) => r.id === row.id);
+  if (!now) return "";
+  const where = `#${now.injection}`;
+  if (now.status !== "OK" || now.start_min == null || now.end_min == null) return `${where} is now ${now.status}`;
+  return `integrated ${now.start_min.toFixed(4)}–${now.end_min.toFixed(4)} min in ${where} (boundaries on the nearest data points)`;
 }
 
 function whereOf(row) {
@@ -709,8 +821,14 @@ async function applyWindow() {
   const row = selectedRow();
   if (!row || !S.window) return;
   if (!(S.window.start < S.window.end)) return showMessage("The start must be before the end.", "error");
+  if (windowOutside()) return showMessage(windowOutside(), "error");
   const w = { ...S.window };
-  await change([correction(row, "integrate", w)], `Integrate ${whereOf(row)} between ${w.start.toFixed(3)} and ${w.end.toFixed(3)} min`);
+  await change(
+    [correction(row, "integrate", w)],
+    `Integrate ${whereOf(row)} between ${w.start.toFixed(3)} and ${w.end.toFixed(3)} min`,
+    "",
+    (st) => integratedText(st, row)
+  );
 }
 
 async function applyWindowToMany() {
@@ -721,11 +839,13 @@ async function applyWindowToMany() {
   const pool = scope === "filtered" ? S.filtered : S.state.rows;
   const rows = pool.filter((r) => r.transition === row.transition);
   if (!rows.length) return showMessage("No rows of this transition to apply the window to.", "error");
+  if (windowOutside()) return showMessage(windowOutside(), "error");
   const what = scope === "filtered" ? `${rows.length} filtered injections` : `all ${rows.length} injections`;
   await change(
     rows.map((r) => correction(r, "integrate", w)),
     `Integrate ${row.transition} between ${w.start.toFixed(3)} and ${w.end.toFixed(3)} min in ${what}`,
-    "Same window for all injections (SOP)"
+    "Same window for all injections (SOP)",
+    (st) => integratedText(st, row)
   );
 }
 
@@ -860,6 +980,8 @@ function drawCurve(cal) {
     xaxis: "x2", yaxis: "y2", type: "scatter", mode: "markers", hoverinfo: "skip",
     marker: { symbol: "line-ew-open", size: 12, color: "#c0392b", line: { width: 1.5 } },
   };
+  // log axes labelled at the decades only (plotly's default "2, 5" between them read as 2, 10, 5, 2, 1)
+  const decades = log ? { dtick: 1, exponentformat: "none", minor: { dtick: "D1", showgrid: true, gridcolor: "#f6f7f9" } } : {};
   const traces = [
     { x: cal.curve.x, y: cal.curve.y, type: "scatter", mode: "lines", line: { color: "#333", width: 1.2 }, name: "fit", hoverinfo: "skip" },
     point(used, false), point(out, true), resid(used, false), resid(out, true), limits,
@@ -868,9 +990,9 @@ function drawCurve(cal) {
     margin: { l: 60, r: 10, t: 10, b: 36 },
     showlegend: false,
     font: { size: 11, family: "system-ui, sans-serif" },
-    xaxis: { type: log ? "log" : "linear", anchor: "y", domain: [0, 1], showticklabels: false, gridcolor: "#eef0f3", zeroline: false },
-    yaxis: { type: log ? "log" : "linear", domain: [0.36, 1], title: { text: "area ratio" }, gridcolor: "#eef0f3", zeroline: false, exponentformat: "SI" },
-    xaxis2: { type: log ? "log" : "linear", anchor: "y2", matches: "x", title: { text: `nominal (${S.state.units})`, standoff: 4 }, gridcolor: "#eef0f3" },
+    xaxis: { type: log ? "log" : "linear", anchor: "y", domain: [0, 1], showticklabels: false, gridcolor: "#eef0f3", zeroline: false, ...decades },
+    yaxis: { type: log ? "log" : "linear", domain: [0.36, 1], title: { text: "area ratio" }, gridcolor: "#eef0f3", zeroline: false, exponentformat: "SI", ...decades },
+    xaxis2: { type: log ? "log" : "linear", anchor: "y2", matches: "x", title: { text: `nominal (${S.state.units})`, standoff: 4 }, gridcolor: "#eef0f3", ...decades },
     yaxis2: { domain: [0, 0.3], title: { text: "deviation %" }, zeroline: true, zerolinecolor: "#999", gridcolor: "#eef0f3", range: [-40, 40] },
     shapes: [{ type: "rect", xref: "x2 domain", yref: "y2", x0: 0, x1: 1, y0: -15, y1: 15, fillcolor: "rgba(28,122,59,0.08)", line: { width: 0 }, layer: "below" }],
   };
@@ -1066,9 +1188,14 @@ function onKey(event) {
   const tag = event.target.tagName;
   if (tag === "INPUT" || tag === "SELECT" || tag === "TEXTAREA") return;
   if (event.ctrlKey || event.metaKey || event.altKey) {
-    if ((event.ctrlKey || event.metaKey) && event.key === "z" && !event.shiftKey) {
+    const key = event.key.toLowerCase();
+    if (!(event.ctrlKey || event.metaKey) || event.altKey) return;
+    if (key === "z" && !event.shiftKey) {
       event.preventDefault();
       undo();
+    } else if ((key === "z" && event.shiftKey) || (key === "y" && !event.shiftKey)) {
+      event.preventDefault();
+      redo();
     }
     return;
   }
