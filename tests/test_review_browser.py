@@ -335,14 +335,19 @@ def test_what_a_first_time_user_missed(review, browser):
     page = _open(browser, url)
     _settled(page)
 
-    # opens on the first flagged row, not on a blank's noise; the Curve tab shows its analyte
+    # opens on the first flagged row of a measured sample, not on a blank's noise; the Curve tab
+    # shows its analyte
     opened = page.evaluate("() => window.__review.selected")
-    assert opened == "11|M3 quantifier"
     assert page.evaluate(
         "(id) => { const rows = window.__review.filtered; const i = rows.findIndex(r => r.id === id);"
-        " return i > 0 && rows.slice(0, i).every(r => !isFlagged(r)) && isFlagged(rows[i]); }",
+        " const measured = r => !['blank', 'zero'].includes(r.sample_type);"
+        " return i > 0 && measured(rows[i]) && isFlagged(rows[i])"
+        " && rows.slice(0, i).every(r => !(isFlagged(r) && measured(r))); }",
         opened,
     )
+    opened_analyte = page.evaluate("(id) => window.__review.filtered.find(r => r.id === id).analyte", opened)
+    assert page.evaluate("() => window.__review.curveKey") == f"{opened_analyte}|plasma"
+    page.click('#grid-body tr[data-id="11|M3 quantifier"]')  # a flagged blank, reviewed next
     assert page.evaluate("() => window.__review.curveKey") == "M3|plasma"
 
     # a curve picked by hand stays while rows of the same analyte are reviewed, until another analyte

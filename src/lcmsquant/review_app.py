@@ -290,17 +290,7 @@ def state(session: ReviewSession, analyst: str = "") -> dict:
                 }
                 for s in signatures(trail, current)
             ],
-            "trail": [
-                {
-                    "number": e.number,
-                    "at": e.at,
-                    "event": str(e.event),
-                    "by": e.by,
-                    "summary": e.summary,
-                    "results_sha256": e.results_sha256,
-                }
-                for e in trail.entries[-TRAIL_SHOWN:]
-            ],
+            "trail": [e.listed() for e in trail.entries[-TRAIL_SHOWN:]],
             "trail_intact": trail.intact,
             "trail_problems": list(trail.problems),
             "undo": _step_text(session.undo_steps),

@@ -153,11 +153,13 @@ function setState(state) {
   }
 }
 
-// Where the page opens: the first row needing a look, else the first calibrator's quantifier
-// (the first grid row is usually a blank's noise, which tells a reviewer nothing)
+// Where the page opens: the first flagged row of a calibrator, QC or study sample, else the
+// first calibrator's quantifier (a blank's flagged noise tells a reviewer little first)
 function openingRow() {
   const rows = S.filtered;
+  const measured = (r) => !["blank", "zero"].includes(r.sample_type);
   const row =
+    rows.find((r) => isFlagged(r) && measured(r)) ||
     rows.find(isFlagged) ||
     rows.find((r) => r.sample_type === "calibrator" && r.role === "quantifier") ||
     rows[0];
