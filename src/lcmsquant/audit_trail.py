@@ -76,16 +76,7 @@ class TrailEntry:
 
     def content(self) -> dict:
         """The entry as written, without its own hash."""
-        return {
-            "number": self.number,
-            "at": self.at,
-            "event": str(self.event),
-            "by": self.by,
-            "summary": self.summary,
-            "results_sha256": self.results_sha256,
-            "details": dict(self.details),
-            "previous_sha256": self.previous_sha256,
-        }
+        return {**self.listed(), "details": dict(self.details), "previous_sha256": self.previous_sha256}
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 from lcmsquant.audit_trail import signatures
 from lcmsquant.files import InputError
+from lcmsquant.measure import AUDITED, PEAK_FIELDS
 from lcmsquant.review import Correction, ReviewConflict, ReviewSession
 from lcmsquant.vocabulary import PEAK_REVIEW_FLAGS, Flag, Meaning, PeakStatus, SampleType
 
@@ -306,25 +307,12 @@ def _step_text(steps: list) -> str:
     return f"{step.summary} (by {step.by})" if step.by else step.summary
 
 
+# What the chromatogram view draws of a peak: its integration and what a manual one replaced.
+PEAK_VIEW = ("status", *PEAK_FIELDS, "expected_rt_min", *(f"auto_{k}" for k in AUDITED))
+
+
 def _peak_view(peak: Mapping) -> dict:
-    return {
-        k: _clean(peak.get(k))
-        for k in (
-            "status",
-            "rt_min",
-            "start_min",
-            "end_min",
-            "area",
-            "height",
-            "sn",
-            "baseline_start",
-            "baseline_end",
-            "expected_rt_min",
-            "auto_start_min",
-            "auto_end_min",
-            "auto_area",
-        )
-    } | {"manual": bool(peak.get("manual", False))}
+    return {k: _clean(peak.get(k)) for k in PEAK_VIEW} | {"manual": bool(peak.get("manual", False))}
 
 
 def chromatogram(session: ReviewSession, injection: int, transition: str) -> dict:
