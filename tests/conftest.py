@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from click.testing import Result
 
 from lcmsquant.pipeline import run_batch
 from lcmsquant.simulate import simulate_batch
@@ -33,6 +34,23 @@ def run_cli(*args, cwd=None, env=None, timeout: float = 600) -> subprocess.Compl
 def cli():
     """run_cli, for tests of the command as a user runs it: such tests are marked `subprocess`."""
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def invoke():
+    """`lcmsquant ARGS...` in this process (typer's CliRunner), for tests of what a command says
+    and writes rather than of the process: no interpreter start-up, so not marked `subprocess`.
+    COLUMNS is wide as for run_cli (click's help); cli.console keeps the width it chose at import.
+    The result has exit_code, stdout and stderr; an uncaught exception is raised, not caught, so
+    a traceback fails the test as it would have shown on a user's terminal."""
+    from typer.testing import CliRunner
+
+    from lcmsquant.cli import app
+
+    def invoke(*args) -> Result:
+        return CliRunner(env={"COLUMNS": "400"}).invoke(app, [str(arg) for arg in args], catch_exceptions=False)
+
+    return invoke
 
 
 # Markers that a quick run leaves out (`pytest -m quick`, see pyproject.toml); CI runs everything.

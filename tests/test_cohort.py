@@ -36,14 +36,14 @@ def _process(folder: Path, out: Path, method_path: Path | None = None) -> Path:
 # End to end: run -> cohort add -> cohort penetration
 
 
-def test_ratios_of_quantifiable_pairs_are_within_20_percent_and_blq_csf_is_censored(processed_study, tmp_path, cli):
+def test_ratios_of_quantifiable_pairs_are_within_20_percent_and_blq_csf_is_censored(processed_study, tmp_path, invoke):
     study, results = processed_study
     db = tmp_path / "cohort.sqlite"
-    done = cli("cohort", "add", *results, "--db", db)
-    assert done.returncode == 0, done.stderr
+    done = invoke("cohort", "add", *results, "--db", db)
+    assert done.exit_code == 0, done.stderr
     assert "added run 'plasma-run'" in done.stdout and "added run 'csf-run'" in done.stdout
-    done = cli("cohort", "penetration", "--db", db, "--out", tmp_path / "out")
-    assert done.returncode == 0, done.stderr
+    done = invoke("cohort", "penetration", "--db", db, "--out", tmp_path / "out")
+    assert done.exit_code == 0, done.stderr
     assert "CSF:serum" in done.stdout and "marrow:serum" in done.stdout
 
     pairs = pd.read_csv(tmp_path / "out" / "penetration.csv", keep_default_na=False, na_values=[""])
@@ -115,7 +115,7 @@ def test_adding_a_run_twice_replaces_it_and_a_batch_folder_stands_for_its_result
     assert hashes == before["analyses"]  # every row keeps its run and file hashes
 
 
-def test_a_run_processed_with_another_method_file_is_refused(cohort, processed_study, tmp_path, cli):
+def test_a_run_processed_with_another_method_file_is_refused(cohort, processed_study, tmp_path, invoke):
     study, _ = processed_study
     method = tmp_path / "methods" / "flumatinib-v2.toml"
     method.parent.mkdir()
@@ -126,8 +126,8 @@ def test_a_run_processed_with_another_method_file_is_refused(cohort, processed_s
     results = _process(study.runs[1], tmp_path / "csf-results-v2", method)
     before = count(cohort, "analyses")
 
-    done = cli("cohort", "add", results, "--db", cohort, "--method", method)
-    assert done.returncode == 2
+    done = invoke("cohort", "add", results, "--db", cohort, "--method", method)
+    assert done.exit_code == 2
     message = " ".join(done.stderr.split())
     assert "method 'flumatinib' version 2 (flumatinib-v2.toml" in message
     assert "the cohort with method 'flumatinib' version 1 (flumatinib.toml" in message
@@ -155,14 +155,14 @@ def test_a_run_on_other_calibrator_nominals_is_refused(cohort, processed_study, 
     assert count(cohort, "runs") == 3
 
 
-def test_a_failed_addition_leaves_no_new_database(processed_study, tmp_path, cli):
+def test_a_failed_addition_leaves_no_new_database(processed_study, tmp_path, invoke):
     _, results = processed_study
     db = tmp_path / "new.sqlite"
     with pytest.raises(CohortError, match="results.csv is missing"):
         add_runs(db, [results[0], tmp_path])
     assert not db.exists()
-    done = cli("cohort", "penetration", "--db", db)
-    assert done.returncode == 2 and "no cohort database" in done.stderr
+    done = invoke("cohort", "penetration", "--db", db)
+    assert done.exit_code == 2 and "no cohort database" in done.stderr
 
 
 def test_results_of_a_rejected_analyte_are_kept_but_not_reported(tmp_path):

@@ -17,9 +17,9 @@ STUDY = "FLU-201"
 
 
 @pytest.fixture(scope="module")
-def sdtm(cohort, tmp_path_factory, cli):
+def sdtm(cohort, tmp_path_factory, invoke):
     out = tmp_path_factory.mktemp("sdtm")
-    done = cli(
+    done = invoke(
         "cohort",
         "export",
         "--db",
@@ -33,7 +33,7 @@ def sdtm(cohort, tmp_path_factory, cli):
         "--out",
         out,
     )
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.stderr
     pc_csv = pd.read_csv(out / "pc.csv", dtype=str, keep_default_na=False)
     return out, pc_csv
 
@@ -125,7 +125,7 @@ def test_parquet_and_csv_hold_the_same_tables(cohort, tmp_path):
     assert analyses["file_sha256"].str.len().eq(64).all()
 
 
-def test_sdtm_needs_a_study_identifier(cohort, tmp_path, cli):
-    done = cli("cohort", "export", "--db", cohort, "--format", "sdtm", "--out", tmp_path)
-    assert done.returncode == 2 and "--study STUDYID" in done.stderr and "Traceback" not in done.stderr
+def test_sdtm_needs_a_study_identifier(cohort, tmp_path, invoke):
+    done = invoke("cohort", "export", "--db", cohort, "--format", "sdtm", "--out", tmp_path)
+    assert done.exit_code == 2 and "--study STUDYID" in done.stderr and "Traceback" not in done.stderr
     assert not list(tmp_path.iterdir())

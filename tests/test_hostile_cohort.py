@@ -237,13 +237,13 @@ def test_a_file_that_is_not_a_usable_cohort_is_refused_and_unchanged(kind, comma
     assert listing(tmp_path) == ["cohort.sqlite"]  # no journal, no output folder
 
 
-def test_the_commands_on_a_damaged_database_exit_2_without_a_traceback(cohort, tmp_path, cli):
+def test_the_commands_on_a_damaged_database_exit_2_without_a_traceback(cohort, tmp_path, invoke):
     db = tmp_path / "cohort.sqlite"
     shutil.copy(cohort, db)
     _damage(db, "corrupt pages")
     before = db.read_bytes()
-    done = cli("cohort", "export", "--db", db, "--format", "csv")
-    assert done.returncode == 2 and "Traceback" not in done.stderr
+    done = invoke("cohort", "export", "--db", db, "--format", "csv")
+    assert done.exit_code == 2 and "Traceback" not in done.stderr
     assert f"{db} is damaged: PRAGMA quick_check says" in one_line(done.stderr)
     assert "restore it from a backup" in one_line(done.stderr)
     for args in (["penetration", "--db", str(db)], ["log", "--db", str(db)]):

@@ -249,10 +249,10 @@ def test_a_nan_nominal_or_an_underscore_number_in_calibrators_csv_is_refused(bat
 # 8. Other inputs
 
 
-def test_an_empty_calibrators_csv_is_a_clear_error_not_a_fault(batch_copy, cli):
+def test_an_empty_calibrators_csv_is_a_clear_error_not_a_fault(batch_copy, invoke):
     (batch_copy / "calibrators.csv").write_bytes(b"")
-    done = cli("run", batch_copy)
-    assert done.returncode == 2, done.stderr
+    done = invoke("run", batch_copy)
+    assert done.exit_code == 2, done.stderr
     assert "calibrators.csv is empty: it needs a header `level,analyte,nominal`" in done.stderr
     assert "Traceback" not in done.stderr and "please report" not in done.stderr
     assert not (batch_copy / "results").exists()
@@ -346,11 +346,11 @@ def test_not_a_file_says_what_is_there(tmp_path):
     assert not_a_file("/dev/null") == "is a character device, not a regular file"
 
 
-def test_out_naming_a_file_is_refused_and_the_file_untouched(small_batch, tmp_path, cli):
+def test_out_naming_a_file_is_refused_and_the_file_untouched(small_batch, tmp_path, invoke):
     target = tmp_path / "notes.txt"
     target.write_text("mine")
-    done = cli("run", small_batch, "--out", target)
-    assert done.returncode == 2
+    done = invoke("run", small_batch, "--out", target)
+    assert done.exit_code == 2
     assert f"--out {target} is a regular file, not a folder: give a folder (it is created if missing)" in done.stderr
     assert "File exists" not in done.stderr and "Traceback" not in done.stderr
     assert target.read_text() == "mine" and not (small_batch / "results").exists()
@@ -382,9 +382,9 @@ def test_isr_of_a_copy_of_the_original_run_is_refused_naming_its_files(processed
         isr_runs([read_validation_run(processed)], [read_validation_run(copy)])
 
 
-def test_isr_cli_with_the_same_folder_twice_exits_2_and_writes_nothing(processed, tmp_path, cli):
-    done = cli("isr", processed, processed, "--out", tmp_path)
-    assert done.returncode == 2 and "given as both original and repeat" in done.stderr
+def test_isr_cli_with_the_same_folder_twice_exits_2_and_writes_nothing(processed, tmp_path, invoke):
+    done = invoke("isr", processed, processed, "--out", tmp_path)
+    assert done.exit_code == 2 and "given as both original and repeat" in done.stderr
     assert list(tmp_path.iterdir()) == []
 
 
@@ -393,7 +393,7 @@ def test_isr_cli_with_the_same_folder_twice_exits_2_and_writes_nothing(processed
 
 
 @pytest.fixture(scope="module")
-def hostile_run(small_batch, tmp_path_factory, cli):
+def hostile_run(small_batch, tmp_path_factory, invoke):
     """The small batch with markup in one sample id and a formula and SQL in one subject id, run
     by the CLI (report included) and added to a cohort."""
     folder = Path(shutil.copytree(small_batch, tmp_path_factory.mktemp("hostile-run") / "batch"))
@@ -403,12 +403,12 @@ def hostile_run(small_batch, tmp_path_factory, cli):
     table.loc[rows, "subject_id"] = "=1+1'); DROP TABLE analyses;--"
     table.loc[_first_unknown(table), "sample_id"] = "<script>alert(1)</script>"
     table.to_csv(folder / "worklist.csv", index=False)
-    assert cli("run", folder).returncode == 0
+    assert invoke("run", folder).exit_code == 0
     db = folder.parent / "cohort.sqlite"
-    added = cli("cohort", "add", folder / "results", "--db", db)
-    assert added.returncode == 0, added.stderr
-    exported = cli("cohort", "export", "--db", db, "--format", "csv", "--out", folder.parent / "export")
-    assert exported.returncode == 0, exported.stderr
+    added = invoke("cohort", "add", folder / "results", "--db", db)
+    assert added.exit_code == 0, added.stderr
+    exported = invoke("cohort", "export", "--db", db, "--format", "csv", "--out", folder.parent / "export")
+    assert exported.exit_code == 0, exported.stderr
     return folder, db
 
 
@@ -418,13 +418,11 @@ def test_markup_in_a_sample_id_is_escaped_in_the_report(hostile_run):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>alert(1)" not in html
 
 
-def test_sql_in_a_subject_id_is_stored_as_text_and_exported_inert(hostile_run, cli):
+def test_sql_in_a_subject_id_is_stored_as_text_and_exported_inert(hostile_run, invoke):
     folder, db = hostile_run
     exported = folder.parent / "export" / "cohort_results.csv"
     text = exported.read_text(encoding="utf-8")
     assert "'=1+1'); DROP TABLE analyses;--" in text
     assert "=1+1'); DROP TABLE analyses;--" in set(pd.read_csv(exported, dtype=str)["subject_id"].map(restore_text))
-    again = cli("cohort", "export", "--db", db, "--format", "csv", "--out", folder.parent / "again")
-    assert (
-        again.returncode == 0 and (folder.parent / "again" / "cohort_results.csv").read_text(encoding="utf-8") == text
-    )
+    again = invoke("cohort", "export", "--db", db, "--format", "csv", "--out", folder.parent / "again")
+    assert again.exit_code == 0 and (folder.parent / "again" / "cohort_results.csv").read_text(encoding="utf-8") == text

@@ -141,12 +141,12 @@ def test_a_batch_calibrators_csv_makes_a_peaks_only_method_quantify_without_qc_l
 
 
 @pytest.fixture(scope="module")
-def sciex_peaks_only(sciex_dir, tmp_path_factory, cli):
+def sciex_peaks_only(sciex_dir, tmp_path_factory, invoke):
     """`lcmsquant method import traML.csv`, then `lcmsquant run` of a batch of both real files
-    (study samples only) with that method: (completed process, results folder)."""
+    (study samples only) with that method: (CliRunner result, results folder)."""
     root = tmp_path_factory.mktemp("sciex-peaks-only")
-    done = cli("method", "import", sciex_dir / "traML.csv", "-o", root / "yeast.toml")
-    assert done.returncode == 0, done.stderr
+    done = invoke("method", "import", sciex_dir / "traML.csv", "-o", root / "yeast.toml")
+    assert done.exit_code == 0, done.stderr
     assert "runs peaks only" in " ".join(done.stdout.split())  # rich wraps long lines
     batch = root / "batch"
     batch.mkdir()
@@ -155,12 +155,12 @@ def sciex_peaks_only(sciex_dir, tmp_path_factory, cli):
     (batch / "worklist.csv").write_text(
         f"{WORKLIST_HEADER}\n{SACC},Sacc1,unknown,,plasma,,,,\n{RAW},BloodProject01-QC-Broth-1,unknown,,plasma,,,,\n"
     )
-    return cli("run", batch, "--method", root / "yeast.toml", "--jobs", "1"), batch / "results"
+    return invoke("run", batch, "--method", root / "yeast.toml", "--jobs", "1"), batch / "results"
 
 
 def test_a_peaks_only_run_of_the_real_files_finishes_and_says_so(sciex_peaks_only):
     done, _ = sciex_peaks_only
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.stderr
     assert "Traceback" not in done.stderr
     summary = " ".join(done.stdout.split())  # rich wraps long lines
     assert f"Run summary: {PEAKS_ONLY}" in summary and "has no [calibrator_sets]" in summary

@@ -204,9 +204,9 @@ def test_every_command_refuses_an_edited_folder_with_the_same_words(read, error,
     assert err.value.problems[0].startswith("reanalysis.csv is not the file run.json records")
 
 
-def test_the_validate_command_says_so_without_a_traceback(copy, cli):
+def test_the_validate_command_says_so_without_a_traceback(copy, invoke):
     (copy / "audit.csv").unlink()
-    done = cli("validate", copy, "--out", copy.parent / "v")
-    assert done.returncode == 2 and "Traceback" not in done.stderr
+    done = invoke("validate", copy, "--out", copy.parent / "v")
+    assert done.exit_code == 2 and "Traceback" not in done.stderr
     assert "audit.csv is missing, though run.json lists it" in " ".join(done.stderr.split())
     assert not (copy.parent / "v").exists()

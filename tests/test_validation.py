@@ -412,10 +412,10 @@ def test_reanalysed_study_samples_agree(study_and_reanalysis):
 # The commands
 
 
-def test_validate_command_writes_its_tables_and_reruns_identically(validation_runs, tmp_path, cli):
+def test_validate_command_writes_its_tables_and_reruns_identically(validation_runs, tmp_path, invoke):
     runs = [validation_runs[k] for k in ("day1-a", "day1-b", "biased")]
-    done = cli("validate", *runs, "--out", tmp_path / "first")
-    assert done.returncode == 0, done.stderr
+    done = invoke("validate", *runs, "--out", tmp_path / "first")
+    assert done.exit_code == 0, done.stderr
     assert "Accuracy and precision: 3 run(s)" in done.stdout and "Validation FAILED" in done.stdout
     assert "M1 LQC fails: run biased accuracy" in done.stdout
     table = pd.read_csv(tmp_path / "first" / "validation.csv")
@@ -424,32 +424,32 @@ def test_validate_command_writes_its_tables_and_reruns_identically(validation_ru
         ("M1", False),
         ("M3", True),
     ]
-    assert cli("validate", *runs, "--out", tmp_path / "second").returncode == 0
+    assert invoke("validate", *runs, "--out", tmp_path / "second").exit_code == 0
     for name in ("validation.csv", "validation_runs.csv", "validation.json"):
         assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes(), name
 
 
-def test_validate_command_refuses_mixed_methods_and_missing_folders(validation_runs, tmp_path, cli):
-    done = cli("validate", validation_runs["day1-a"], validation_runs["other-method"], "--out", tmp_path)
-    assert done.returncode == 2 and "must use one method file" in done.stderr and "Traceback" not in done.stderr
-    done = cli("validate", tmp_path / "nowhere", "--out", tmp_path)
-    assert done.returncode == 2 and "no results.csv here" in done.stderr and "Traceback" not in done.stderr
+def test_validate_command_refuses_mixed_methods_and_missing_folders(validation_runs, tmp_path, invoke):
+    done = invoke("validate", validation_runs["day1-a"], validation_runs["other-method"], "--out", tmp_path)
+    assert done.exit_code == 2 and "must use one method file" in done.stderr and "Traceback" not in done.stderr
+    done = invoke("validate", tmp_path / "nowhere", "--out", tmp_path)
+    assert done.exit_code == 2 and "no results.csv here" in done.stderr and "Traceback" not in done.stderr
     assert not list(tmp_path.iterdir())
 
 
-def test_calibration_compare_command(validation_runs, tmp_path, cli):
+def test_calibration_compare_command(validation_runs, tmp_path, invoke):
     out = tmp_path / "compare.csv"
-    done = cli("calibration", "compare", validation_runs["day2"], "--out", out)
-    assert done.returncode == 0, done.stderr
+    done = invoke("calibration", "compare", validation_runs["day2"], "--out", out)
+    assert done.exit_code == 0, done.stderr
     assert done.stdout.count("<- method") == 3 and "flumatinib (plasma): 1 run(s)" in done.stdout
     table = pd.read_csv(out)
     assert len(table) == 45 and table["current"].sum() == 3
 
 
-def test_isr_command(study_and_reanalysis, tmp_path, cli):
+def test_isr_command(study_and_reanalysis, tmp_path, invoke):
     original, repeat = study_and_reanalysis
-    done = cli("isr", original, repeat, "--out", tmp_path, "--study-samples", 400)
-    assert done.returncode == 0, done.stderr
+    done = invoke("isr", original, repeat, "--out", tmp_path, "--study-samples", 400)
+    assert done.exit_code == 0, done.stderr
     assert "ISR passed" in done.stdout and "40 needed for 400 study samples" in done.stdout
     assert "ICH M10 5 asks for 40" in done.stderr
     pairs = pd.read_csv(tmp_path / "isr.csv")
