@@ -55,7 +55,7 @@ def read_overrides(path: Path, method: Method, worklist_files: Mapping[str, str]
     missing = [c for c in COLUMNS if c not in header]
     if missing:
         raise OverrideError(path, [f"{path.name}: missing column(s) {', '.join(missing)} (needs {', '.join(COLUMNS)})"])
-    targets = _targets(method)
+    targets = target_names(method)
     problems: list[str] = []
     overrides: list[Override] = []
     seen: dict[tuple, int] = {}
@@ -120,8 +120,9 @@ def read_overrides(path: Path, method: Method, worklist_files: Mapping[str, str]
     return tuple(overrides)
 
 
-def _targets(method: Method) -> dict[str, str]:
-    """Every name an analyst may use for a transition, mapped to the transition's name."""
+def target_names(method: Method) -> dict[str, str]:
+    """Every name an analyst may use for a transition (an analyte for its quantifier, an internal
+    standard, a transition name), mapped to the transition's name."""
     names = {t.name: t.name for t in method.transitions()}
     names.update({a.name: a.quantifier.name for a in method.analytes})
     names.update({i.name: i.transition.name for i in method.internal_standards})

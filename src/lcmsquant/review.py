@@ -39,10 +39,10 @@ from lcmsquant.audit_trail import (
 )
 from lcmsquant.batch import Batch, Injection, load_batch, resolve_method_path
 from lcmsquant.chromatograms import ChromatogramReadError, Trace, read_injection
-from lcmsquant.files import InputError, atomic_write
+from lcmsquant.files import InputError, atomic_write, read_csv_rows
 from lcmsquant.measure import measure_injection, measure_injections, peak_table
 from lcmsquant.method import MAX_REASON, Method, load_method
-from lcmsquant.overrides import ACTIONS, COLUMNS, OVERRIDES, OverrideError
+from lcmsquant.overrides import ACTIONS, COLUMNS, OVERRIDES, OverrideError, target_names
 from lcmsquant.pipeline import RunResult, quantify
 from lcmsquant.results import RESULTS_FOLDER, output_set, results_lock, write_outputs
 from lcmsquant.vocabulary import Meaning, SampleType, TrailEvent
@@ -270,12 +270,19 @@ class ReviewSession:
                 ],
             )
 
+    def _overrides_rows(self) -> tuple[list[str], list[dict[str, str]]]:
+        """overrides.csv's header and rows as they are (on disk as this review last left it)."""
+        if self._overrides is None:
+            return [], []
+        header, records = read_csv_rows(self.folder / OVERRIDES, OverrideError)
+        return header, [dict(zip(header, values)) for _, values in records]
+
     def _edited_overrides(self, corrections: Sequence[Correction], reason: str, analyst: str) -> bytes | None:
         """overrides.csv with each correction's row replaced, added or removed."""
-        header, rows = _parse_overrides(self._overrides)
+        header, rows = self._overrides_rows()
         header = list(dict.fromkeys([*COLUMNS, *header, CHANGED_AT]))
         now = utc_now()
-        names = _target_names(self.method)
+        names = target_names(self.method)
         files = {self.file_of(inj): inj for inj in self.batch.injections}
         problems = []
         for c in corrections:
@@ -333,12 +340,12 @@ class ReviewSession:
         """Put `overrides` in place, re-measure the injections whose manual integrations it
         changes, re-quantify and write the results set; on any problem put everything back."""
         path = self.folder / OVERRIDES
-        before_bytes, before_batch, before_measured = self._overrides, self.batch, dict(self._measured)
+        before = self._overrides, self.batch, self._measured, self.result
         _put(path, overrides)
         try:
             batch = load_batch(self.folder, self.method)
             measured = dict(self._measured)
-            was = {inj.order: _integrations(before_batch.overrides_for(inj)) for inj in before_batch.injections}
+            was = {inj.order: _integrations(self.batch.overrides_for(inj)) for inj in self.batch.injections}
             for inj in batch.injections:
                 if _integrations(batch.overrides_for(inj)) != was[inj.order]:
                     measured[inj.order] = measure_injection(inj.file, self.method, batch.overrides_for(inj))
@@ -346,9 +353,8 @@ class ReviewSession:
             self.result = self._quantify()
             write_outputs(self.batch, self.result, self.out_dir, self.command, note=note)
         except (InputError, OSError) as err:
-            _put(path, before_bytes)
-            self.batch, self._measured, self._overrides = before_batch, before_measured, before_bytes
-            self.result = self._quantify()
+            _put(path, before[0])
+            self._overrides, self.batch, self._measured, self.result = before
             if isinstance(err, OverrideError):  # about rows the review wrote, not lines a person typed
                 raise ReviewError(path, [_OVERRIDE_LINE.sub("", p) for p in err.problems]) from None
             raise
@@ -413,33 +419,11 @@ def _summary(corrections: Sequence[Correction], reason: str) -> str:
     return f"{what} in {where}: {reason}"
 
 
-def _target_names(method: Method) -> dict[str, str]:
-    """Every name a correction may use for a transition, mapped to the transition's name."""
-    names = {t.name: t.name for t in method.transitions()}
-    names.update({a.name: a.quantifier.name for a in method.analytes})
-    names.update({i.name: i.transition.name for i in method.internal_standards})
-    return names
-
-
 def _row_key(row: Mapping[str, str], names: Mapping[str, str]) -> tuple[str, str, str]:
     action = row.get("action", "").lower().replace(" ", "_")
     if action == "exclude":
         return (row.get("file", ""), "exclude", row.get("target", ""))
     return (row.get("file", ""), names.get(row.get("target", ""), row.get("target", "")), "")
-
-
-def _parse_overrides(data: bytes | None) -> tuple[list[str], list[dict[str, str]]]:
-    if not data:
-        return [], []
-    lines = data.decode("utf-8-sig").splitlines()
-    first = next((line for line in lines if line.strip()), "")
-    reader = csv.DictReader(lines, delimiter=max(",;\t", key=first.count))
-    rows = [
-        {k: (v or "").strip() for k, v in r.items() if k is not None}
-        for r in reader
-        if any((v or "").strip() for v in r.values() if isinstance(v, str))
-    ]
-    return list(reader.fieldnames or []), rows
 
 
 def _integrations(overrides: Mapping) -> dict[str, tuple]:

@@ -75,16 +75,25 @@ def _peak_flags(peak: Mapping) -> list[str]:
         flags.append(Flag.NO_DATA)
     elif peak["status"] == PeakStatus.NO_PEAK:
         flags.append(Flag.NO_PEAK)
-    for column, flag in (("edge", Flag.EDGE), ("saturated", Flag.SATURATED), ("split", Flag.SPLIT)):
+    for column, flag in (
+        ("edge", Flag.EDGE),
+        ("saturated", Flag.SATURATED),
+        ("split", Flag.SPLIT),
+        ("shoulder", Flag.SHOULDER),
+    ):
         if bool(peak[column]):
             flags.append(flag)
-    if bool(peak["shoulder"]):
-        flags.append(Flag.SHOULDER)
     if peak["read_warnings"]:
         flags.append(Flag.READ_WARNING)
     if bool(peak["manual"]):
         flags.append(Flag.MANUAL)
     return flags
+
+
+def correction_target(role: str, compound: str, transition: str) -> str:
+    """The name a correction of this transition uses (overrides.csv's `target`): the analyte or
+    internal standard for its quantifier or IS transition, the transition's name for a qualifier."""
+    return transition if role == "qualifier" else compound
 
 
 def grid_rows(session: ReviewSession) -> list[dict]:
@@ -120,7 +129,7 @@ def grid_rows(session: ReviewSession) -> list[dict]:
         flags: list[str] = _peak_flags(peak)
         extra: dict = {}
         if role == "internal_standard":
-            target, analyte = compound, compound
+            analyte = compound
             for user in is_users.get(compound, []):
                 own = str(by_key.get((order, user), {}).get("flags", "")).split(";")
                 flags += [f for f in (Flag.IS_RESPONSE, Flag.NO_IS) if f in own]
@@ -130,7 +139,6 @@ def grid_rows(session: ReviewSession) -> list[dict]:
             own = [f for f in str(result.get("flags", "")).split(";") if f]
             extra = {"calibrator_set": _clean(result.get("calibrator_set"))}
             if role == "quantifier":
-                target = compound
                 flags += own
                 extra |= {
                     "area_ratio": _clean(result.get("area_ratio")),
@@ -138,7 +146,6 @@ def grid_rows(session: ReviewSession) -> list[dict]:
                     "accuracy_pct": _clean(result.get("accuracy_pct")),
                 }
             else:
-                target = peak["transition"]
                 flags += [f for f in own if f == Flag.ION_RATIO]
         if peak["status"] == PeakStatus.OK and role != "quantifier" and _clean(peak["sn"]) is not None:
             if peak["sn"] < method.integration.min_sn and inj.sample_type != SampleType.BLANK:
@@ -154,7 +161,7 @@ def grid_rows(session: ReviewSession) -> list[dict]:
                 "analyte": analyte,
                 "role": role,
                 "transition": peak["transition"],
-                "target": target,
+                "target": correction_target(role, compound, peak["transition"]),
                 "status": peak["status"],
                 "rt_min": _clean(peak["rt_min"]),
                 "start_min": _clean(peak["start_min"]),
@@ -344,7 +351,7 @@ def chromatogram(session: ReviewSession, injection: int, transition: str) -> dic
         return {
             "transition": t.name,
             "role": t.role,
-            "target": t.compound if t.role != "qualifier" else t.name,
+            "target": correction_target(t.role, t.compound, t.name),
             "time": trace.time.tolist() if trace is not None else [],
             "intensity": trace.intensity.tolist() if trace is not None else [],
             "peak": _peak_view(row.iloc[0].to_dict()) if len(row) else {},
