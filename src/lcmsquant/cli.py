@@ -411,9 +411,7 @@ def review(
                 markup=False,
                 soft_wrap=True,
             )
-    except InputError as err:
-        _fail(err)
-    except OSError as err:
+    except (InputError, OSError) as err:
         _fail(err)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
